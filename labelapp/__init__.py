@@ -1,0 +1,1 @@
+"""The Django app of the RLHF studio: labels, queues, pages. Never imports the ML stack."""

@@ -1,0 +1,51 @@
+"""The one keymap table. It drives both the page's key handlers (static/labelapp/app.js reads
+it from a JSON script tag) and the `?` help overlay (rendered from it server-side).
+
+Each entry: scope (a page name, or "global"), the keys as the handler matches them
+(modifiers first, lower-case, `+`-joined: "ctrl+enter"), what the help shows, the action the
+script performs, and whether it also fires while typing in a text field.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Binding:
+    scope: str
+    keys: tuple[str, ...]
+    label: str
+    action: str
+    description: str
+    in_text: bool = False
+
+
+DIGITS = tuple(str(n) for n in range(1, 10))
+
+KEYMAP: tuple[Binding, ...] = (
+    Binding("global", ("?",), "?", "help", "Show or hide this list of keys"),
+    Binding("global", ("escape",), "Esc", "escape", "Close this help, or leave the text field", in_text=True),
+    Binding("project", ("w",), "W", "click:start-write", "Start writing demonstrations"),
+    Binding("project", ("r",), "R", "click:start-rank", "Start ranking responses"),
+    Binding("project", ("v",), "V", "click:start-review", "Review demonstrations (reviewers)"),
+    Binding("write", ("ctrl+enter", "meta+enter"), "Ctrl+Enter", "submit", "Submit the demonstration", in_text=True),
+    Binding("write", ("s",), "S", "skip", "Skip this prompt (type a reason, then Enter)"),
+    Binding("write", ("t",), "T", "focus:answer", "Go to the answer box"),
+    Binding("rank", DIGITS, "1 … K", "rank", "Give the focused response this rank (equal ranks tie)"),
+    Binding("rank", ("j", "arrowdown"), "J / ↓", "next", "Focus the next response"),
+    Binding("rank", ("k", "arrowup"), "K / ↑", "prev", "Focus the previous response"),
+    Binding("rank", ("h",), "H", "flag:harmful", "Flag the focused response as harmful"),
+    Binding("rank", ("u",), "U", "flag:untruthful", "Flag the focused response as untruthful"),
+    Binding("rank", ("i",), "I", "flag:ignores_instruction", "Flag: ignores the instruction"),
+    Binding("rank", ("q",), "Q", "score", "Go to the focused response's 1–7 score"),
+    Binding("rank", ("n",), "N", "toggle:none_acceptable", "None of the responses is acceptable"),
+    Binding("rank", ("ctrl+enter", "meta+enter"), "Ctrl+Enter", "submit", "Submit the ranking", in_text=True),
+    Binding("rank", ("s",), "S", "skip", "Skip this task (optional reason, then Enter)"),
+    Binding("review", ("a",), "A", "click:approve", "Approve the demonstration"),
+    Binding("review", ("r",), "R", "click:reject", "Reject it (needs a comment)"),
+    Binding("review", ("c",), "C", "focus:comment", "Go to the comment box"),
+)
+
+
+def bindings_for(page: str) -> list[dict]:
+    return [asdict(b) for b in KEYMAP if b.scope in ("global", page)]

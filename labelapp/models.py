@@ -1,0 +1,327 @@
+"""Data model of the studio: what is labelled (prompts, completions, ranking tasks), the
+labels (demonstrations, rankings), who may label (memberships) and who holds what (assignments).
+
+Reward-model pairs are never stored: they are derived from Ranking.order (see labelapp.pairs).
+Counters on items (Prompt.demonstration_count, RankingTask.ranking_count) are only changed
+with F() expressions inside the services that hold the item's row lock.
+"""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+
+
+class Category(models.TextChoices):
+    """InstructGPT's use-case categories (Ouyang et al. 2022, table 1)."""
+
+    GENERATION = "generation", "Generation"
+    OPEN_QA = "open_qa", "Open QA"
+    BRAINSTORMING = "brainstorming", "Brainstorming"
+    CHAT = "chat", "Chat"
+    REWRITE = "rewrite", "Rewrite"
+    SUMMARIZATION = "summarization", "Summarization"
+    CLASSIFICATION = "classification", "Classification"
+    CLOSED_QA = "closed_qa", "Closed QA"
+    EXTRACT = "extract", "Extract"
+    OTHER = "other", "Other"
+
+
+class Role(models.TextChoices):
+    ANNOTATOR = "annotator", "Annotator"
+    REVIEWER = "reviewer", "Reviewer"
+    ADMIN = "admin", "Admin"
+
+
+class Queue(models.TextChoices):
+    WRITE = "write", "Write demonstrations"
+    RANK = "rank", "Rank completions"
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=80, unique=True)
+    guidelines = models.TextField(blank=True, help_text="Shown to annotators on their home page (plain text).")
+    base_model = models.CharField(
+        max_length=300, default="smollm2-135m-instruct", help_text="Model reference the first policy starts from."
+    )
+    k = models.PositiveSmallIntegerField(
+        default=4,
+        validators=[MinValueValidator(2), MaxValueValidator(9)],
+        help_text="Completions per ranking task (2–9).",
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="Annotators who rank each task; the task leaves every queue after this many rankings.",
+    )
+    demonstrations_per_prompt = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(20)],
+        help_text="Demonstrations wanted per prompt (rejected ones do not count).",
+    )
+    sampling = models.JSONField(default=dict, blank=True, help_text="Default decoding settings for new samples.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(k__gte=2) & Q(k__lte=9), name="project_k_2_to_9"),
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.ANNOTATOR)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} – {self.role} in {self.project}"
+
+
+class Prompt(models.Model):
+    class Source(models.TextChoices):
+        ANNOTATOR = "annotator", "Annotator"
+        CUSTOMER = "customer", "Customer"
+        IMPORTED = "imported", "Imported"
+
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        VALIDATION = "validation", "Validation"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    text = models.TextField(blank=True, help_text="A single-turn prompt; empty when messages are given.")
+    messages = models.JSONField(
+        null=True, blank=True, help_text='Chat prompt: [{"role": "user"|"assistant"|"system", "content": "..."}].'
+    )
+    category = models.CharField(max_length=32, choices=Category.choices, default=Category.OTHER)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.IMPORTED)
+    split = models.CharField(max_length=16, choices=Split.choices, default=Split.TRAIN)
+    reference = models.TextField(blank=True, help_text="Optional reference answer (used by simulated annotators).")
+    content_hash = models.CharField(max_length=64, help_text="sha256 of the normalised content: re-imports dedupe.")
+    demonstration_count = models.PositiveIntegerField(default=0, help_text="Non-rejected demonstrations.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="prompt_unique_content"),
+            models.CheckConstraint(
+                condition=(Q(messages__isnull=True) & ~Q(text="")) | (Q(messages__isnull=False) & Q(text="")),
+                name="prompt_text_xor_messages",
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "demonstration_count", "created_at", "id"], name="prompt_queue")]
+
+    def __str__(self) -> str:
+        return self.preview
+
+    @property
+    def preview(self) -> str:
+        body = self.text if not self.messages else self.messages[-1].get("content", "")
+        return body[:80] + ("…" if len(body) > 80 else "")
+
+    @property
+    def turns(self) -> list[dict]:
+        """The prompt as chat turns, whichever way it was stored."""
+        return list(self.messages) if self.messages else [{"role": "user", "content": self.text}]
+
+
+class ModelVersion(models.Model):
+    class Kind(models.TextChoices):
+        POLICY = "policy", "Policy"
+        REWARD = "reward", "Reward model"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions", null=True, blank=True)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
+    parent = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="children")
+    artifact_path = models.CharField(max_length=500, blank=True)
+    training_data = models.JSONField(default=dict, blank=True, help_text="The label snapshot: ids, counts, hash.")
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Completion(models.Model):
+    class Source(models.TextChoices):
+        MODEL = "model", "Sampled from a model version"
+        IMPORTED = "imported", "Imported"
+        HANDWRITTEN = "handwritten", "Hand-written"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="completions")
+    text = models.TextField()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.MODEL)
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="completions"
+    )
+    decoding = models.JSONField(default=dict, blank=True, help_text="Decoding settings, seed and token counts.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(source="model") | Q(model_version__isnull=False), name="completion_model_has_version"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class RankingTask(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="ranking_tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="ranking_tasks")
+    completions = models.ManyToManyField(Completion, related_name="ranking_tasks")
+    ranking_count = models.PositiveIntegerField(default=0, help_text="Submitted rankings.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["project", "ranking_count", "created_at", "id"], name="rankingtask_queue")]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk}: {self.prompt.preview}"
+
+
+class Assignment(models.Model):
+    """One annotator's hold on one item (a prompt to write for, or a ranking task).
+
+    `expires_at` is the lease: after it the item counts as free again and the holder's
+    submission is refused. A (user, item) pair has at most one row, so an annotator can
+    never label the same item twice.
+    """
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Leased"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    queue = models.CharField(max_length=8, choices=Queue.choices)
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, null=True, blank=True, related_name="assignments")
+    ranking_task = models.ForeignKey(
+        RankingTask, on_delete=models.CASCADE, null=True, blank=True, related_name="assignments"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    skip_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-leased_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(queue="write") & Q(prompt__isnull=False) & Q(ranking_task__isnull=True))
+                | (Q(queue="rank") & Q(ranking_task__isnull=False) & Q(prompt__isnull=True)),
+                name="assignment_one_item_matching_queue",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "prompt"], condition=Q(prompt__isnull=False), name="assignment_once_per_prompt"
+            ),
+            models.UniqueConstraint(
+                fields=["user", "ranking_task"],
+                condition=Q(ranking_task__isnull=False),
+                name="assignment_once_per_task",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["ranking_task", "status", "expires_at"], name="assignment_task_lease"),
+            models.Index(fields=["prompt", "status", "expires_at"], name="assignment_prompt_lease"),
+            models.Index(fields=["user", "project", "queue", "status"], name="assignment_user_queue"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.queue} {self.item_id} ({self.status})"
+
+    @property
+    def item_id(self) -> int | None:
+        return self.prompt_id if self.queue == Queue.WRITE else self.ranking_task_id
+
+
+class Demonstration(models.Model):
+    class Review(models.TextChoices):
+        PENDING = "pending", "Pending review"
+        APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="demonstrations")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="demonstrations")
+    assignment = models.OneToOneField(
+        Assignment, on_delete=models.SET_NULL, null=True, blank=True, related_name="demonstration"
+    )
+    text = models.TextField()
+    time_spent_ms = models.PositiveIntegerField(default=0)
+    review_status = models.CharField(max_length=16, choices=Review.choices, default=Review.PENDING)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="reviews"
+    )
+    review_comment = models.TextField(blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["prompt", "author"], name="demonstration_once_per_author"),
+            models.CheckConstraint(condition=~Q(text=""), name="demonstration_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Demonstration {self.pk} by {self.author}"
+
+
+class Flag(models.TextChoices):
+    HARMFUL = "harmful", "Harmful"
+    UNTRUTHFUL = "untruthful", "Untruthful"
+    IGNORES_INSTRUCTION = "ignores_instruction", "Ignores the instruction"
+
+
+class Ranking(models.Model):
+    """An annotator's ordering of a task's completions, best first.
+
+    `order` is a list of tie groups of completion ids: [[7], [3, 9], [4]] means 7 is best,
+    3 and 9 tie, 4 is worst. `flags` maps completion id → list of Flag values; `scores` maps
+    completion id → 1..7 quality score (optional, per completion).
+    """
+
+    task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="rankings")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
+    assignment = models.OneToOneField(
+        Assignment, on_delete=models.SET_NULL, null=True, blank=True, related_name="ranking"
+    )
+    order = models.JSONField(default=list, blank=True)
+    none_acceptable = models.BooleanField(default=False)
+    flags = models.JSONField(default=dict, blank=True)
+    scores = models.JSONField(default=dict, blank=True)
+    time_spent_ms = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="ranking_once_per_annotator")]
+
+    def __str__(self) -> str:
+        return f"Ranking {self.pk} of task {self.task_id} by {self.annotator}"
+
+    def clean(self) -> None:
+        for cid, value in (self.scores or {}).items():
+            if not isinstance(value, int) or not 1 <= value <= 7:
+                raise ValidationError({"scores": f"score for completion {cid} must be an integer from 1 to 7"})

@@ -1,0 +1,94 @@
+"""Reads. Everything here is scoped to what the asking user may see: an annotator sees their
+own labels only, never another annotator's ranking of an item."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, time
+from itertools import combinations
+
+from django.db.models import QuerySet
+from django.utils import timezone
+
+from labelapp.models import Assignment, Completion, Demonstration, Project, Queue, Ranking, Role
+from labelapp.services.access import RANK, role_of
+from labelapp.services.queue import available_items
+
+
+def projects_for(user) -> QuerySet[Project]:
+    if user.is_superuser:
+        return Project.objects.all()
+    return Project.objects.filter(memberships__user=user).distinct()
+
+
+@dataclass(frozen=True)
+class ProjectOverview:
+    project: Project
+    role: str
+    waiting: dict[str, int]
+    labels_today: int
+    pending_reviews: int | None
+
+
+def project_overview(*, project: Project, user, now: datetime | None = None) -> ProjectOverview:
+    now = now or timezone.now()
+    role = role_of(project=project, user=user)
+    waiting = {q: available_items(project=project, user=user, queue=q, now=now).count() for q in Queue.values}
+    midnight = timezone.make_aware(datetime.combine(timezone.localdate(now), time.min))
+    labels_today = Assignment.objects.filter(
+        project=project, user=user, status=Assignment.Status.SUBMITTED, finished_at__gte=midnight
+    ).count()
+    pending = None
+    if role and RANK[role] >= RANK[Role.REVIEWER]:
+        pending = reviewable(project=project, reviewer=user).count()
+    return ProjectOverview(project, role, waiting, labels_today, pending)
+
+
+def reviewable(*, project: Project, reviewer) -> QuerySet[Demonstration]:
+    return (
+        Demonstration.objects.filter(prompt__project=project, review_status=Demonstration.Review.PENDING)
+        .exclude(author=reviewer)
+        .select_related("prompt", "author")
+        .order_by("created_at", "id")
+    )
+
+
+def completions_for_annotator(*, task_id: int, user) -> list[Completion]:
+    """The task's completions in an order shuffled per annotator (stable across reloads), so
+    position carries no hint of which model wrote what."""
+    completions = list(Completion.objects.filter(ranking_tasks__id=task_id).order_by("id"))
+    random.Random(f"{task_id}:{user.pk}").shuffle(completions)
+    return completions
+
+
+def my_labels(*, project: Project, user, limit: int = 100) -> dict[str, list]:
+    demonstrations = list(
+        Demonstration.objects.filter(prompt__project=project, author=user)
+        .select_related("prompt")
+        .order_by("-created_at")[:limit]
+    )
+    rankings = list(
+        Ranking.objects.filter(task__project=project, annotator=user)
+        .select_related("task__prompt")
+        .order_by("-created_at")[:limit]
+    )
+    return {"demonstrations": demonstrations, "rankings": rankings}
+
+
+def ranking_pairs(ranking: Ranking) -> list[tuple[int, int, float | None]]:
+    """Reward-model pairs implied by one ranking: (chosen id, rejected id, margin).
+
+    Every two completions in different tie groups make one pair, the better one chosen: C(K,2)
+    pairs minus the tied ones. The margin is the difference of the 1–7 scores when both have
+    one, else None. Nothing is stored: pairs are always derived from the ranking.
+    """
+    scores = {int(k): v for k, v in (ranking.scores or {}).items()}
+    pairs = []
+    for better, worse in combinations(range(len(ranking.order)), 2):
+        for chosen in ranking.order[better]:
+            for rejected in ranking.order[worse]:
+                margin = None
+                if chosen in scores and rejected in scores:
+                    margin = float(scores[chosen] - scores[rejected])
+                pairs.append((chosen, rejected, margin))
+    return pairs

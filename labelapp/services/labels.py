@@ -1,0 +1,228 @@
+"""Submitting and reviewing labels.
+
+Submissions are idempotent per assignment: the assignment row is locked first, and a repeat of
+an already submitted assignment (a double click, a resubmitted form, a retried request) returns
+the label stored the first time instead of storing a second one.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from labelapp.models import Assignment, Demonstration, Flag, Prompt, Queue, Ranking, RankingTask, Role
+from labelapp.services.access import require_role
+from labelapp.services.queue import lease_for_submit
+
+MAX_TIME_SPENT_MS = 24 * 3600 * 1000
+
+
+def clean_text(value: str | None, *, what: str) -> str:
+    """Strip a human-written text and enforce the size limit; empty text is an error."""
+    text = (value or "").strip()
+    if not text:
+        raise ValidationError(f"The {what} is empty: write something before submitting.")
+    limit = settings.LABEL_MAX_TEXT_CHARS
+    if len(text) > limit:
+        raise ValidationError(f"The {what} has {len(text):,} characters; the limit is {limit:,}.")
+    return text
+
+
+def clamp_time_spent(value) -> int:
+    try:
+        ms = int(value or 0)
+    except (TypeError, ValueError):
+        raise ValidationError("time spent must be a whole number of milliseconds") from None
+    return max(0, min(ms, MAX_TIME_SPENT_MS))
+
+
+@transaction.atomic
+def demonstration_submit(
+    *, assignment_id: int, user, text: str, time_spent_ms: int = 0, now: datetime | None = None
+) -> Demonstration:
+    """Store the demonstration written for a leased prompt."""
+    now = now or timezone.now()
+    assignment = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.WRITE, now=now)
+    if assignment.status == Assignment.Status.SUBMITTED:
+        return Demonstration.objects.get(assignment=assignment)
+    demonstration = Demonstration(
+        prompt_id=assignment.prompt_id,
+        author=user,
+        assignment=assignment,
+        text=clean_text(text, what="demonstration"),
+        time_spent_ms=clamp_time_spent(time_spent_ms),
+    )
+    demonstration.full_clean()
+    demonstration.save()
+    Prompt.objects.filter(pk=assignment.prompt_id).update(demonstration_count=F("demonstration_count") + 1)
+    _finish(assignment, now)
+    return demonstration
+
+
+def order_from_ranks(ranks: Mapping[int, object], *, completion_ids: Iterable[int]) -> list[list[int]]:
+    """Turn {completion id: rank} (1 = best, equal ranks tie) into tie groups, best first."""
+    ids = set(completion_ids)
+    k = len(ids)
+    missing = sorted(ids - set(ranks))
+    if missing:
+        raise ValidationError(f"Give every response a rank from 1 to {k}: {len(missing)} response(s) have none.")
+    by_rank: dict[int, list[int]] = {}
+    for cid, raw in ranks.items():
+        if cid not in ids:
+            raise ValidationError(f"Response {cid} is not part of this task.")
+        try:
+            rank = int(str(raw).strip())
+        except ValueError:
+            raise ValidationError(f"Rank {raw!r} is not a number from 1 to {k}.") from None
+        if not 1 <= rank <= k:
+            raise ValidationError(f"Rank {rank} is out of range: use 1 (best) to {k} (worst).")
+        by_rank.setdefault(rank, []).append(cid)
+    return [sorted(by_rank[r]) for r in sorted(by_rank)]
+
+
+def validate_order(order, *, completion_ids: Iterable[int]) -> list[list[int]]:
+    """Check that `order` is tie groups covering exactly the task's completions, each once."""
+    ids = set(completion_ids)
+    if not isinstance(order, list) or not all(isinstance(g, list) and g for g in order):
+        raise ValidationError("The ranking must be a list of non-empty groups of response ids, best first.")
+    seen: list[int] = [cid for group in order for cid in group]
+    if not all(isinstance(cid, int) and not isinstance(cid, bool) for cid in seen):
+        raise ValidationError("The ranking may only contain response ids (integers).")
+    if len(seen) != len(set(seen)):
+        raise ValidationError("The ranking names a response more than once.")
+    unknown = sorted(set(seen) - ids)
+    if unknown:
+        raise ValidationError(f"The ranking names responses that are not in this task: {unknown}.")
+    missing = sorted(ids - set(seen))
+    if missing:
+        raise ValidationError(f"The ranking leaves out {len(missing)} of this task's responses: rank all {len(ids)}.")
+    return [sorted(group) for group in order]
+
+
+def _known_id(key, ids: set[int], what: str) -> int:
+    try:
+        cid = int(key)
+    except (TypeError, ValueError):
+        cid = None
+    if cid not in ids:
+        raise ValidationError(f"A {what} names response {key!r}, which is not in this task.")
+    return cid
+
+
+def _clean_flags(flags: Mapping | None, ids: set[int]) -> dict[str, list[str]]:
+    cleaned: dict[str, list[str]] = {}
+    for key, values in (flags or {}).items():
+        cid = _known_id(key, ids, "flag")
+        bad = sorted(set(values) - set(Flag.values))
+        if bad:
+            raise ValidationError(f"Unknown flag(s) {bad}: use {', '.join(Flag.values)}.")
+        if values:
+            cleaned[str(cid)] = sorted(set(values))
+    return cleaned
+
+
+def _clean_scores(scores: Mapping | None, ids: set[int]) -> dict[str, int]:
+    cleaned: dict[str, int] = {}
+    for key, raw in (scores or {}).items():
+        if raw in (None, ""):
+            continue
+        cid = _known_id(key, ids, "score")
+        try:
+            value = int(raw)
+        except (TypeError, ValueError):
+            raise ValidationError(f"Score {raw!r} is not a whole number from 1 to 7.") from None
+        if not 1 <= value <= 7:
+            raise ValidationError(f"Score {value} is out of range: use 1 (worst) to 7 (best).")
+        cleaned[str(cid)] = value
+    return cleaned
+
+
+@transaction.atomic
+def ranking_submit(
+    *,
+    assignment_id: int,
+    user,
+    order: list[list[int]] | None,
+    none_acceptable: bool = False,
+    flags: Mapping | None = None,
+    scores: Mapping | None = None,
+    time_spent_ms: int = 0,
+    now: datetime | None = None,
+) -> Ranking:
+    """Store a ranking of a leased task. With `none_acceptable` the order may be left empty."""
+    now = now or timezone.now()
+    assignment = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.RANK, now=now)
+    if assignment.status == Assignment.Status.SUBMITTED:
+        return Ranking.objects.get(assignment=assignment)
+    ids = set(RankingTask.completions.through.objects.filter(rankingtask_id=assignment.ranking_task_id).values_list(
+        "completion_id", flat=True
+    ))
+    if none_acceptable and not order:
+        order = []
+    else:
+        order = validate_order(order, completion_ids=ids)
+    ranking = Ranking(
+        task_id=assignment.ranking_task_id,
+        annotator=user,
+        assignment=assignment,
+        order=order,
+        none_acceptable=bool(none_acceptable),
+        flags=_clean_flags(flags, ids),
+        scores=_clean_scores(scores, ids),
+        time_spent_ms=clamp_time_spent(time_spent_ms),
+    )
+    ranking.full_clean()
+    ranking.save()
+    RankingTask.objects.filter(pk=assignment.ranking_task_id).update(ranking_count=F("ranking_count") + 1)
+    _finish(assignment, now)
+    return ranking
+
+
+def _finish(assignment: Assignment, now: datetime) -> None:
+    assignment.status = Assignment.Status.SUBMITTED
+    assignment.finished_at = now
+    assignment.save(update_fields=["status", "finished_at"])
+
+
+@transaction.atomic
+def demonstration_review(
+    *, demonstration_id: int, reviewer, approve: bool, comment: str = "", now: datetime | None = None
+) -> Demonstration:
+    """Approve or reject a pending demonstration. A rejection needs a comment and sends the
+    prompt back to the write queue (rejected demonstrations do not count towards it)."""
+    now = now or timezone.now()
+    demonstration = (
+        Demonstration.objects.select_for_update(of=("self",))
+        .select_related("prompt__project")
+        .filter(pk=demonstration_id)
+        .first()
+    )
+    if demonstration is None:
+        raise ValidationError("That demonstration does not exist.")
+    require_role(project=demonstration.prompt.project, user=reviewer, role=Role.REVIEWER)
+    if demonstration.author_id == reviewer.pk:
+        raise ValidationError("You cannot review your own demonstration.")
+    if demonstration.review_status != Demonstration.Review.PENDING:
+        raise ValidationError(
+            f"This demonstration was already {demonstration.get_review_status_display().lower()} "
+            f"by {demonstration.reviewer}."
+        )
+    comment = (comment or "").strip()
+    if len(comment) > settings.LABEL_MAX_TEXT_CHARS:
+        raise ValidationError(f"The comment is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
+    if not approve and not comment:
+        raise ValidationError("Say why in the comment: a rejection needs a comment the author can act on.")
+    demonstration.review_status = Demonstration.Review.APPROVED if approve else Demonstration.Review.REJECTED
+    demonstration.reviewer = reviewer
+    demonstration.review_comment = comment
+    demonstration.reviewed_at = now
+    demonstration.full_clean()
+    demonstration.save(update_fields=["review_status", "reviewer", "review_comment", "reviewed_at"])
+    if not approve:
+        Prompt.objects.filter(pk=demonstration.prompt_id).update(demonstration_count=F("demonstration_count") - 1)
+    return demonstration

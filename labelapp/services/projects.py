@@ -1,0 +1,162 @@
+"""Projects, members, prompts, completions and ranking tasks."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils.text import slugify
+
+from labelapp.importing import parse_prompts, prompt_hash
+from labelapp.models import Completion, Membership, ModelVersion, Project, Prompt, RankingTask
+
+
+@transaction.atomic
+def project_create(
+    *,
+    name: str,
+    slug: str = "",
+    guidelines: str = "",
+    k: int = 4,
+    overlap: int = 1,
+    demonstrations_per_prompt: int = 1,
+    base_model: str = "smollm2-135m-instruct",
+) -> Project:
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError("A project needs a name.")
+    slug = slugify(slug or name)[:80]
+    if Project.objects.filter(slug=slug).exists():
+        raise ValidationError(f"A project with the slug {slug!r} already exists.")
+    project = Project(
+        name=name,
+        slug=slug,
+        guidelines=guidelines,
+        k=k,
+        overlap=overlap,
+        demonstrations_per_prompt=demonstrations_per_prompt,
+        base_model=base_model,
+    )
+    project.full_clean()
+    project.save()
+    return project
+
+
+@transaction.atomic
+def membership_set(*, project: Project, user, role: str) -> Membership:
+    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    membership.full_clean()
+    return membership
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    created: int
+    duplicates: int
+
+
+class ImportRejected(ValidationError):
+    """The whole file was refused; `.messages` names each line, field and reason."""
+
+
+@transaction.atomic
+def prompts_import(*, project: Project, data: bytes, fmt: str) -> ImportResult:
+    """Add the prompts of a JSONL or CSV file to a project: all of them, or none.
+
+    Prompts whose content is already in the project (or earlier in the same file) are counted
+    as duplicates and skipped, so importing the same file twice adds nothing.
+    """
+    report = parse_prompts(data, fmt=fmt)
+    if report.errors:
+        raise ImportRejected(report.errors)
+    existing = set(Prompt.objects.filter(project=project).values_list("content_hash", flat=True))
+    new: list[Prompt] = []
+    for row in report.rows:
+        digest = row.content_hash
+        if digest in existing:
+            continue
+        existing.add(digest)
+        new.append(
+            Prompt(
+                project=project,
+                text=row.text,
+                messages=row.messages,
+                category=row.category,
+                split=row.split,
+                source=row.source,
+                reference=row.reference,
+                content_hash=digest,
+            )
+        )
+    Prompt.objects.bulk_create(new, batch_size=1000)
+    return ImportResult(created=len(new), duplicates=len(report.rows) - len(new))
+
+
+@transaction.atomic
+def prompt_create(
+    *,
+    project: Project,
+    text: str = "",
+    messages: list[dict] | None = None,
+    category: str = "other",
+    split: str = Prompt.Split.TRAIN,
+    source: str = Prompt.Source.ANNOTATOR,
+    reference: str = "",
+) -> Prompt:
+    text = (text or "").strip()
+    if len(text) > settings.LABEL_MAX_TEXT_CHARS:
+        raise ValidationError(f"The prompt is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
+    digest = prompt_hash(text=text, messages=messages)
+    if Prompt.objects.filter(project=project, content_hash=digest).exists():
+        raise ValidationError("This prompt is already in the project.")
+    prompt = Prompt(
+        project=project,
+        text="" if messages else text,
+        messages=messages or None,
+        category=category,
+        split=split,
+        source=source,
+        reference=reference,
+        content_hash=digest,
+    )
+    prompt.full_clean()
+    prompt.save()
+    return prompt
+
+
+@transaction.atomic
+def completion_create(
+    *,
+    prompt: Prompt,
+    text: str,
+    source: str = Completion.Source.MODEL,
+    model_version: ModelVersion | None = None,
+    decoding: dict | None = None,
+) -> Completion:
+    if not (text or "").strip():
+        raise ValidationError("A completion cannot be empty.")
+    if len(text) > settings.LABEL_MAX_TEXT_CHARS:
+        raise ValidationError(f"The completion is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
+    completion = Completion(
+        prompt=prompt, text=text, source=source, model_version=model_version, decoding=decoding or {}
+    )
+    completion.full_clean()
+    completion.save()
+    return completion
+
+
+@transaction.atomic
+def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequence[Completion]) -> RankingTask:
+    """A task asking annotators to rank 2–9 distinct completions of one prompt."""
+    ids = {c.pk for c in completions}
+    if not 2 <= len(ids) <= 9 or len(ids) != len(completions):
+        raise ValidationError(f"A ranking task needs 2 to 9 distinct completions; got {len(completions)}.")
+    if prompt.project_id != project.pk:
+        raise ValidationError("The prompt belongs to another project.")
+    if any(c.prompt_id != prompt.pk for c in completions):
+        raise ValidationError("Every completion of a ranking task must answer the task's prompt.")
+    task = RankingTask.objects.create(project=project, prompt=prompt)
+    task.completions.set(completions)
+    return task

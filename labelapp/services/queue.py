@@ -1,0 +1,184 @@
+"""The assignment queue: which item an annotator labels next, under a lease.
+
+Two queues share one mechanism: `write` hands out prompts that still need demonstrations,
+`rank` hands out ranking tasks that still need rankings. An item is *available* to a user when
+
+    submitted labels + live leases held by others < capacity      (capacity = overlap)
+    and the user has not already submitted or skipped it.
+
+Locking: the candidate is read with one `SELECT … FOR UPDATE SKIP LOCKED` ordered by
+(fewest submitted labels, oldest). Under READ COMMITTED that statement's view of *other*
+rows (the leases) may be older than the locked row, so once the row is ours the live leases
+are counted again in a fresh statement; every lease is created while holding the item's row
+lock, so that second count is exact. A candidate that turns out full is passed over and the
+next one is tried (this only happens in a race, never in proportion to queue length).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from labelapp.models import Assignment, Project, Prompt, Queue, RankingTask, Role
+from labelapp.services.access import require_role
+
+MAX_RACE_RETRIES = 20
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    model: type[models.Model]
+    fk: str  # Assignment field pointing at the item
+    count_field: str  # item field counting submitted labels
+    capacity_field: str  # project field giving the capacity
+
+
+SPECS = {
+    Queue.WRITE: QueueSpec(Prompt, "prompt", "demonstration_count", "demonstrations_per_prompt"),
+    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap"),
+}
+
+
+def live_lease(now: datetime) -> Q:
+    """Assignments that still reserve their item."""
+    return Q(status=Assignment.Status.ACTIVE, expires_at__gt=now)
+
+
+def spec_for(queue: str) -> QueueSpec:
+    try:
+        return SPECS[Queue(queue)]
+    except ValueError:
+        raise ValidationError(f"Unknown queue {queue!r}: use one of {', '.join(Queue.values)}.") from None
+
+
+def available_items(*, project: Project, user, queue: str, now: datetime) -> models.QuerySet:
+    """Items of `queue` this user could be given now, best first (no locking)."""
+    spec = spec_for(queue)
+    capacity = getattr(project, spec.capacity_field)
+    leases = (
+        Assignment.objects.filter(live_lease(now), **{spec.fk: OuterRef("pk")})
+        .order_by()
+        .values(spec.fk)
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    done_by_user = Assignment.objects.filter(
+        ~Q(status=Assignment.Status.ACTIVE) | Q(expires_at__gt=now), user=user, **{spec.fk: OuterRef("pk")}
+    )
+    return (
+        spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
+        .annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
+        .filter(live_leases__lt=Value(capacity) - F(spec.count_field))
+        .exclude(Exists(done_by_user))
+        .order_by(spec.count_field, "created_at", "id")
+    )
+
+
+def current_assignment(*, project: Project, user, queue: str, now: datetime | None = None) -> Assignment | None:
+    """The user's live lease in this queue, if any."""
+    now = now or timezone.now()
+    return (
+        Assignment.objects.filter(live_lease(now), project=project, user=user, queue=queue)
+        .order_by("-leased_at")
+        .first()
+    )
+
+
+@transaction.atomic
+def task_claim(
+    *, project: Project, user, queue: str, lease_seconds: int | None = None, now: datetime | None = None
+) -> Assignment | None:
+    """Lease the next item of `queue` to `user`, or return None when nothing is waiting.
+
+    A user holds at most one live lease per queue: claiming again returns the same one, so a
+    reload never burns an item. The lease lasts `lease_seconds` (default LABEL_LEASE_SECONDS).
+    """
+    require_role(project=project, user=user, role=Role.ANNOTATOR)
+    now = now or timezone.now()
+    existing = current_assignment(project=project, user=user, queue=queue, now=now)
+    if existing is not None:
+        return existing
+    spec = spec_for(queue)
+    capacity = getattr(project, spec.capacity_field)
+    lease = timedelta(seconds=lease_seconds if lease_seconds is not None else settings.LABEL_LEASE_SECONDS)
+    passed_over: list[int] = []
+    for _ in range(MAX_RACE_RETRIES):
+        candidates = available_items(project=project, user=user, queue=queue, now=now)
+        if passed_over:
+            candidates = candidates.exclude(pk__in=passed_over)
+        item = candidates.select_for_update(skip_locked=True, of=("self",)).first()
+        if item is None:
+            return None
+        # The row is locked: count live leases again with a statement that sees every commit.
+        others = Assignment.objects.filter(live_lease(now), **{spec.fk: item}).exclude(user=user).count()
+        if getattr(item, spec.count_field) + others >= capacity:
+            passed_over.append(item.pk)
+            continue
+        assignment, _ = Assignment.objects.update_or_create(
+            user=user,
+            **{spec.fk: item},
+            defaults={
+                "project": project,
+                "queue": queue,
+                "status": Assignment.Status.ACTIVE,
+                "leased_at": now,
+                "expires_at": now + lease,
+                "finished_at": None,
+                "skip_reason": "",
+            },
+        )
+        return assignment
+    return None
+
+
+def lease_for_submit(*, assignment_id: int, user, queue: str, now: datetime) -> Assignment:
+    """Lock and return the user's assignment for a submission; refuse anything not leased to them.
+
+    Must be called inside `transaction.atomic`. Returns assignments already submitted as they
+    are (the caller treats that as an idempotent repeat).
+    """
+    assignment = (
+        Assignment.objects.select_for_update(of=("self",))
+        .filter(pk=assignment_id, queue=queue)
+        .first()
+    )
+    if assignment is None or assignment.user_id != user.pk:
+        raise ValidationError("This item is not leased to you: open the queue to get your next item.")
+    if assignment.status == Assignment.Status.SUBMITTED:
+        return assignment
+    if assignment.status == Assignment.Status.SKIPPED:
+        raise ValidationError("You skipped this item; it has gone back to the queue.")
+    if assignment.expires_at <= now:
+        raise ValidationError(
+            f"Your lease on this item expired at {assignment.expires_at:%H:%M} UTC, so it may have gone to "
+            "someone else. Your answer was not saved; copy it if you need it and take the next item."
+        )
+    return assignment
+
+
+@transaction.atomic
+def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime | None = None) -> Assignment:
+    """Give an item back: it returns to the queue for others and never comes back to this user."""
+    now = now or timezone.now()
+    reason = (reason or "").strip()
+    if len(reason) > 500:
+        raise ValidationError("The skip reason is longer than 500 characters.")
+    assignment = Assignment.objects.select_for_update().filter(pk=assignment_id).first()
+    if assignment is None or assignment.user_id != user.pk:
+        raise ValidationError("This item is not leased to you.")
+    if assignment.status == Assignment.Status.SKIPPED:
+        return assignment
+    if assignment.status == Assignment.Status.SUBMITTED:
+        raise ValidationError("This item is already submitted; it cannot be skipped.")
+    assignment.status = Assignment.Status.SKIPPED
+    assignment.skip_reason = reason
+    assignment.finished_at = now
+    assignment.full_clean()
+    assignment.save(update_fields=["status", "skip_reason", "finished_at"])
+    return assignment

@@ -1,0 +1,16 @@
+from django.urls import path
+
+from labelapp import views
+
+app_name = "labelapp"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("p/<slug:slug>/", views.project_home, name="project"),
+    path("p/<slug:slug>/mine/", views.mine, name="mine"),
+    path("p/<slug:slug>/review/", views.review, name="review"),
+    path("p/<slug:slug>/<str:queue>/next/", views.claim_next, name="claim"),
+    path("p/<slug:slug>/write/<int:assignment_id>/", views.write, name="write"),
+    path("p/<slug:slug>/rank/<int:assignment_id>/", views.rank, name="rank"),
+    path("p/<slug:slug>/<str:queue>/<int:assignment_id>/skip/", views.skip, name="skip"),
+]

@@ -1,0 +1,62 @@
+"""Shared fixtures and factories. Service tests run against the database named by
+DATABASE_URL (PostgreSQL in `make test` and CI)."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+_seq = itertools.count(1)
+
+
+def make_user(username: str | None = None, **extra):
+    from django.contrib.auth import get_user_model
+
+    username = username or f"user{next(_seq)}"
+    return get_user_model().objects.create_user(username=username, password="pw-" + username, **extra)
+
+
+def make_project(**kwargs):
+    from labelapp.services.projects import project_create
+
+    kwargs.setdefault("name", f"Project {next(_seq)}")
+    return project_create(**kwargs)
+
+
+def add_member(project, user=None, role="annotator"):
+    from labelapp.services.projects import membership_set
+
+    user = user or make_user()
+    membership_set(project=project, user=user, role=role)
+    return user
+
+
+def make_prompt(project, text: str | None = None, **kwargs):
+    from labelapp.services.projects import prompt_create
+
+    return prompt_create(project=project, text=text or f"Prompt number {next(_seq)}?", **kwargs)
+
+
+def make_task(project, prompt=None, k: int | None = None, texts: list[str] | None = None):
+    from labelapp.models import Completion
+    from labelapp.services.projects import completion_create, ranking_task_create
+
+    prompt = prompt or make_prompt(project)
+    texts = texts or [f"answer {i} to {prompt.pk}" for i in range(k or project.k)]
+    completions = [completion_create(prompt=prompt, text=t, source=Completion.Source.HANDWRITTEN) for t in texts]
+    return ranking_task_create(project=project, prompt=prompt, completions=completions)
+
+
+@pytest.fixture
+def project(db):
+    return make_project(k=4, overlap=1)
+
+
+@pytest.fixture
+def annotator(project):
+    return add_member(project, role="annotator")
+
+
+@pytest.fixture
+def reviewer(project):
+    return add_member(project, role="reviewer")
