@@ -1,0 +1,352 @@
+"""Data formats: small dataclasses, converters to TRL's ``datasets.Dataset`` formats, and readers.
+
+Every prompt is a conversation: a list of ``{"role": "system"|"user"|"assistant", "content": str}``
+ending with a user turn (a plain string is wrapped as one user message by ``as_messages``).
+
+* ``Demonstration(prompt, response)`` -> TRL conversational prompt/completion rows (completion-only loss).
+* ``Ranking(prompt, completions, ranks, scores)`` - ranks are 0 = best; equal ranks are ties.
+  ``ranking_to_pairs`` expands it into C(K,2) minus tied pairs; with ``margin_scale`` the 1-7 scores
+  give ``margin = margin_scale * (score_chosen - score_rejected)`` (TRL RewardTrainer's ``margin``).
+* ``PreferencePair(prompt, chosen, rejected, margin)`` -> TRL conversational preference rows
+  (``prompt``, ``chosen``, ``rejected`` [, ``margin``]) used by RewardTrainer and DPOTrainer.
+
+Readers for the formats in ``../shared/data``: HH-RLHF transcripts, OASST ranked sibling replies,
+FineGrainedRLHF 4-way preferences, Dolly / no_robots / Self-Instruct demonstrations.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import gzip
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+Messages = list[dict[str, str]]
+
+
+def as_messages(prompt: str | Messages) -> Messages:
+    """A prompt as a conversation (a plain string becomes one user turn)."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+@dataclass
+class Demonstration:
+    prompt: Messages
+    response: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.prompt = as_messages(self.prompt)
+
+
+@dataclass
+class Ranking:
+    prompt: Messages
+    completions: list[str]
+    ranks: list[int]  # 0 = best; equal values are ties
+    scores: list[float] | None = None  # optional 1-7 quality scores, one per completion
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.prompt = as_messages(self.prompt)
+        if len(self.ranks) != len(self.completions):
+            raise ValueError("one rank per completion")
+        if self.scores is not None and len(self.scores) != len(self.completions):
+            raise ValueError("one score per completion")
+
+
+@dataclass
+class PreferencePair:
+    prompt: Messages
+    chosen: str
+    rejected: str
+    margin: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.prompt = as_messages(self.prompt)
+
+
+def to_dict(record) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def from_dict(cls, d: dict[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------- conversions
+def ranking_to_pairs(ranking: Ranking, margin_scale: float | None = None) -> list[PreferencePair]:
+    """All C(K,2) pairs of a ranking minus ties, better completion as ``chosen``."""
+    pairs = []
+    for i, j in itertools.combinations(range(len(ranking.completions)), 2):
+        if ranking.ranks[i] == ranking.ranks[j]:
+            continue
+        best, worst = (i, j) if ranking.ranks[i] < ranking.ranks[j] else (j, i)
+        margin = None
+        if margin_scale is not None and ranking.scores is not None:
+            margin = margin_scale * (float(ranking.scores[best]) - float(ranking.scores[worst]))
+        meta = dict(ranking.meta, chosen_index=best, rejected_index=worst)
+        pairs.append(PreferencePair(ranking.prompt, ranking.completions[best], ranking.completions[worst], margin, meta))
+    return pairs
+
+
+def rankings_to_pairs(rankings: Iterable[Ranking], margin_scale: float | None = None) -> list[PreferencePair]:
+    return [p for r in rankings for p in ranking_to_pairs(r, margin_scale)]
+
+
+def _assistant(text: str) -> Messages:
+    return [{"role": "assistant", "content": text}]
+
+
+def demonstrations_to_dataset(demos: Iterable[Demonstration]):
+    """TRL conversational prompt/completion: ``{"prompt": [...], "completion": [{"role": "assistant", ...}]}``."""
+    from datasets import Dataset
+
+    rows = [{"prompt": d.prompt, "completion": _assistant(d.response)} for d in demos]
+    return Dataset.from_list(rows)
+
+
+def dataset_to_demonstrations(ds) -> list[Demonstration]:
+    return [Demonstration(r["prompt"], r["completion"][-1]["content"]) for r in ds]
+
+
+def pairs_to_dataset(pairs: Iterable[PreferencePair]):
+    """TRL conversational preference rows; ``margin`` only when every pair has one."""
+    from datasets import Dataset
+
+    pairs = list(pairs)
+    with_margin = bool(pairs) and all(p.margin is not None for p in pairs)
+    rows = []
+    for p in pairs:
+        row = {"prompt": p.prompt, "chosen": _assistant(p.chosen), "rejected": _assistant(p.rejected)}
+        if with_margin:
+            row["margin"] = float(p.margin)
+        rows.append(row)
+    return Dataset.from_list(rows)
+
+
+def dataset_to_pairs(ds) -> list[PreferencePair]:
+    return [PreferencePair(r["prompt"], r["chosen"][-1]["content"], r["rejected"][-1]["content"], r.get("margin"))
+            for r in ds]
+
+
+# ---------------------------------------------------------------------------------------------- HH-RLHF
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+_HH_NAME = {v: k for k, v in _HH_ROLE.items()}
+
+
+def hh_to_messages(transcript: str) -> Messages:
+    """``'\\n\\nHuman: hi\\n\\nAssistant: hello'`` -> ``[{"role": "user", ...}, {"role": "assistant", ...}]``."""
+    parts = _HH_TURN.split(transcript)
+    if parts[0].strip():
+        raise ValueError("an HH transcript starts with '\\n\\nHuman:'")
+    messages = []
+    for name, text in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": _HH_ROLE[name], "content": text[1:] if text.startswith(" ") else text})
+    return messages
+
+
+def messages_to_hh(messages: Messages) -> str:
+    """Inverse of ``hh_to_messages`` (system turns are not part of the HH format)."""
+    return "".join(f"\n\n{_HH_NAME[m['role']]}: {m['content']}" for m in messages)
+
+
+def hh_record_to_pair(record: dict[str, str]) -> PreferencePair:
+    """``{"chosen": transcript, "rejected": transcript}`` -> pair; the shared prefix is the prompt."""
+    chosen, rejected = hh_to_messages(record["chosen"]), hh_to_messages(record["rejected"])
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise ValueError("HH record does not end with an Assistant turn")
+    return PreferencePair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"],
+                          meta={"source": "hh-rlhf", "same_prefix": chosen[:-1] == rejected[:-1]})
+
+
+def pair_to_hh_record(pair: PreferencePair) -> dict[str, str]:
+    return {"chosen": messages_to_hh(pair.prompt + _assistant(pair.chosen)),
+            "rejected": messages_to_hh(pair.prompt + _assistant(pair.rejected))}
+
+
+def read_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[PreferencePair]:
+    """Read an HH-RLHF ``*.jsonl[.gz]`` file (records whose transcripts cannot be parsed are skipped)."""
+    pairs = []
+    for record in _jsonl(path):
+        try:
+            pairs.append(hh_record_to_pair(record))
+        except (ValueError, KeyError):
+            continue
+        if limit is not None and len(pairs) >= limit:
+            break
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------- OASST
+def _oasst_walk(node: dict, history: Messages) -> Iterator[Ranking]:
+    role = "user" if node["role"] == "prompter" else "assistant"
+    conv = history + [{"role": role, "content": node["text"]}]
+    replies = [r for r in node.get("replies", []) if not r.get("deleted")]
+    ranked = [r for r in replies if r["role"] == "assistant" and r.get("rank") is not None]
+    if role == "user" and len(ranked) >= 2:
+        yield Ranking(conv, [r["text"] for r in ranked], [int(r["rank"]) for r in ranked],
+                      meta={"source": "oasst", "parent_id": node["message_id"], "lang": node.get("lang"),
+                            "message_ids": [r["message_id"] for r in ranked]})
+    for r in replies:
+        yield from _oasst_walk(r, conv)
+
+
+def read_oasst_rankings(path: str | os.PathLike, langs: set[str] | None = None) -> list[Ranking]:
+    """OASST message trees -> one ``Ranking`` per prompter turn with >= 2 ranked assistant replies."""
+    out = []
+    for tree in _jsonl(path):
+        for ranking in _oasst_walk(tree["prompt"], []):
+            if langs is None or ranking.meta.get("lang") in langs:
+                out.append(ranking)
+    return out
+
+
+# ---------------------------------------------------------------------------------------- FineGrainedRLHF
+FG_PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # order of the 6 `preference` entries
+
+
+def finegrained_prompt(record: dict) -> str:
+    passages = "\n\n".join(f"{p[0]}: {' '.join(p[1:])}" if len(p) > 1 else p[0] for p in record["passages"])
+    return f"Answer the question using the passages.\n\nQuestion: {record['question']}\n\nPassages:\n{passages}"
+
+
+def finegrained_to_ranking(record: dict) -> Ranking:
+    """4 predictions + 6 pairwise preferences (1: first better, 2: second better, 0: none) -> ``Ranking``.
+
+    Ranks come from Copeland scores (wins - losses; equal scores are ties). ``meta["consistent"]`` says
+    whether the ranking reproduces every stated preference (it does not for intransitive annotations).
+    """
+    preds = [record[f"prediction {i}"] for i in range(1, 5)]
+    score = [0] * 4
+    for (a, b), pref in zip(FG_PAIRS, record["preference"]):
+        if pref == 1:
+            score[a], score[b] = score[a] + 1, score[b] - 1
+        elif pref == 2:
+            score[a], score[b] = score[a] - 1, score[b] + 1
+    order = sorted(set(score), reverse=True)
+    ranks = [order.index(s) for s in score]
+    consistent = all((pref == 0 and ranks[a] == ranks[b]) or (pref == 1 and ranks[a] < ranks[b])
+                     or (pref == 2 and ranks[a] > ranks[b]) for (a, b), pref in zip(FG_PAIRS, record["preference"]))
+    return Ranking(finegrained_prompt(record), preds, ranks,
+                   meta={"source": "finegrained-rlhf", "preference": list(record["preference"]),
+                         "consistent": consistent})
+
+
+def read_finegrained_rankings(path: str | os.PathLike, consistent_only: bool = False) -> list[Ranking]:
+    with _open(path) as f:
+        records = json.load(f)
+    rankings = [finegrained_to_ranking(r) for r in records]
+    return [r for r in rankings if r.meta["consistent"]] if consistent_only else rankings
+
+
+# -------------------------------------------------------------------------------------- demonstrations
+def read_dolly(path: str | os.PathLike) -> list[Demonstration]:
+    """Dolly CSV (instruction, context, response, category); the context is appended to the instruction."""
+    out = []
+    with _open(path) as f:
+        for row in csv.DictReader(f):
+            prompt = row["instruction"] + (f"\n\n{row['context']}" if row.get("context") else "")
+            out.append(Demonstration(prompt, row["response"], meta={"source": "dolly", "category": row["category"]}))
+    return out
+
+
+def read_no_robots(path: str | os.PathLike) -> list[Demonstration]:
+    """no_robots CSV; ``messages`` is a Python-repr list; the last assistant turn is the response."""
+    out = []
+    with _open(path) as f:
+        for row in csv.DictReader(f):
+            messages = ast.literal_eval(row["messages"])
+            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            out.append(Demonstration(messages[:last], messages[last]["content"],
+                                     meta={"source": "no_robots", "category": row["category"],
+                                           "prompt_id": row["prompt_id"]}))
+    return out
+
+
+def read_self_instruct(path: str | os.PathLike) -> list[Demonstration]:
+    """Self-Instruct JSONL: one demonstration per instance (instruction + optional input)."""
+    out = []
+    for rec in _jsonl(path):
+        for inst in rec["instances"]:
+            prompt = rec["instruction"] + (f"\n\n{inst['input']}" if inst.get("input") else "")
+            out.append(Demonstration(prompt, inst["output"], meta={"source": "self-instruct", "id": rec["id"]}))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ JSONL io
+def _open(path):
+    path = str(path)
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def _jsonl(path) -> Iterator[dict]:
+    with _open(path) as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def save_jsonl(records: Iterable[Any], path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(to_dict(r) if dataclasses.is_dataclass(r) else r, ensure_ascii=False) + "\n")
+
+
+def load_jsonl(path: str | os.PathLike, cls) -> list:
+    return [from_dict(cls, d) for d in _jsonl(path)]
+
+
+DEMONSTRATION_FORMATS = {
+    "jsonl": lambda p: load_jsonl(p, Demonstration),
+    "dolly": read_dolly,
+    "no_robots": read_no_robots,
+    "self_instruct": read_self_instruct,
+}
+PAIR_FORMATS = {
+    "jsonl": lambda p, scale=None: load_jsonl(p, PreferencePair),
+    "rankings": lambda p, scale=None: rankings_to_pairs(load_jsonl(p, Ranking), scale),
+    "hh_rlhf": lambda p, scale=None: read_hh_rlhf(p),
+    "oasst": lambda p, scale=None: rankings_to_pairs(read_oasst_rankings(p)),
+    "finegrained": lambda p, scale=None: rankings_to_pairs(read_finegrained_rankings(p, consistent_only=True)),
+}
+
+
+def load_demonstrations(path: str | os.PathLike, fmt: str = "jsonl") -> list[Demonstration]:
+    if fmt not in DEMONSTRATION_FORMATS:
+        raise ValueError(f"unknown demonstration format {fmt!r}; known: {sorted(DEMONSTRATION_FORMATS)}")
+    return DEMONSTRATION_FORMATS[fmt](path)
+
+
+def load_pairs(path: str | os.PathLike, fmt: str = "jsonl", margin_scale: float | None = None) -> list[PreferencePair]:
+    if fmt not in PAIR_FORMATS:
+        raise ValueError(f"unknown preference format {fmt!r}; known: {sorted(PAIR_FORMATS)}")
+    return PAIR_FORMATS[fmt](path, margin_scale)
+
+
+def load_prompts(path: str | os.PathLike) -> list[Messages]:
+    """Prompts for sampling: JSONL with ``prompt`` (string or messages), ``turns`` (MT-/Vicuna-bench: the
+    first turn) or ``instruction``; or a plain text file with one prompt per line."""
+    if not str(path).endswith((".jsonl", ".jsonl.gz")):
+        with _open(path) as f:
+            return [as_messages(line.rstrip("\n")) for line in f if line.strip()]
+    out = []
+    for rec in _jsonl(path):
+        prompt = rec.get("prompt") or (rec.get("turns") or [None])[0] or rec.get("instruction")
+        if prompt is None:
+            raise ValueError(f"no prompt in record {rec!r:.80}")
+        out.append(as_messages(prompt))
+    return out

@@ -1,0 +1,57 @@
+"""Direct Preference Optimization (Rafailov et al. 2023) with TRL's DPOTrainer.
+
+    python -m rlhf dpo --config dpo.json
+
+The policy starts from ``model`` (normally the SFT checkpoint) and is trained on conversational
+preference pairs with the DPO loss ``-log sigmoid(beta * (log-ratio(chosen) - log-ratio(rejected)))``.
+With LoRA (the default) the reference policy is the same weights with the adapter disabled, so no
+second copy sits in memory; with full fine-tuning a frozen copy is loaded (safetensors only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .contract import Artifacts, TrainerConfig, _help, data_hash, seed_everything
+from .data import PreferencePair, load_pairs, pairs_to_dataset
+from .models import describe_model, load_causal_lm, load_tokenizer
+from .runner import attach_progress, peft_config_for, run_trainer, trl_args
+
+
+@dataclass
+class DPORunConfig(TrainerConfig):
+    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/dpo")
+    learning_rate: float = _help("Peak learning rate (linear decay).", 5e-5)
+    beta: float = _help("DPO temperature: strength of the implicit KL constraint to the reference.", 0.1)
+    loss_type: str = _help("TRL DPO loss ('sigmoid' = DPO, 'ipo', 'hinge', ...).", "sigmoid")
+
+
+def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
+                      eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
+    """A ``DPOTrainer`` ready to ``train()``."""
+    from trl import DPOConfig, DPOTrainer
+
+    seed_everything(config.seed)
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    load = dict(device=config.device, dtype=config.dtype, load_in_bits=config.load_in_bits)
+    model = model or load_causal_lm(config.model, **load)
+    ref_model = None if config.use_lora else load_causal_lm(config.model, **load).eval()
+    args = trl_args(config, DPOConfig, beta=config.beta, loss_type=[config.loss_type])
+    return DPOTrainer(
+        model=model, ref_model=ref_model, args=args, processing_class=tokenizer,
+        train_dataset=pairs_to_dataset(pairs), eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
+        peft_config=peft_config_for(config, "CAUSAL_LM"),
+    )
+
+
+def train_dpo(config: DPORunConfig, pairs: Sequence[PreferencePair] | None = None,
+              progress: Callable[[int, int, dict], None] | None = None) -> Artifacts:
+    """Run DPO; ``pairs`` default to ``load_pairs(config.data, config.data_format)``."""
+    if pairs is None:
+        pairs = load_pairs(config.data, config.data_format)
+    pairs = list(pairs)
+    tokenizer = load_tokenizer(config.model)
+    trainer = attach_progress(build_dpo_trainer(config, pairs, tokenizer=tokenizer), progress)
+    return run_trainer(trainer, config, kind="dpo", tokenizer=tokenizer, base_model=describe_model(config.model),
+                       data_hash=data_hash(pairs), progress=progress, extra_meta={"num_pairs": len(pairs)})

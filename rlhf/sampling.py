@@ -1,0 +1,203 @@
+"""Sampling K completions per prompt, plus the token-level helpers PPO builds on.
+
+    python -m rlhf sample --config sample.json
+
+``sample(model, tokenizer, prompts, k=4, ...)`` renders each prompt through the chat template (with the
+generation prompt), generates in left-padded batches of up to ``batch_size`` sequences, stops at EOS and
+returns one ``Sample`` per completion with the decoding settings, the seed and token counts.
+Reproducibility: the same seed, batch size and device give the same samples.
+
+Helpers for RL: ``generate_ids`` (padded query/response tensors), ``truncate_after_eos``,
+``token_logprobs`` and ``response_logprobs`` (per-token log-probabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .contract import _help, data_hash, write_metadata
+from .data import Messages, as_messages, load_prompts
+
+
+@dataclass
+class SamplingConfig:
+    model: str | None = _help("Policy: null/'bundled', a local checkpoint or adapter dir, or a hub id.")
+    prompts: str | None = _help("Prompt file (JSONL with `prompt`/`turns`/`instruction`, or one prompt per line).")
+    output_dir: str = _help("Directory for samples.jsonl and metadata.json.", "runs/samples")
+    k: int = _help("Completions per prompt.", 4)
+    max_new_tokens: int = _help("Max generated tokens per completion (generation stops earlier at EOS).", 128)
+    do_sample: bool = _help("Sample (true) or greedy decoding (false).", True)
+    temperature: float = _help("Softmax temperature.", 1.0)
+    top_p: float = _help("Nucleus sampling threshold (1.0 = off).", 1.0)
+    top_k: int = _help("Top-k sampling (0 = off).", 0)
+    repetition_penalty: float = _help("HF repetition penalty (1.0 = off).", 1.0)
+    seed: int = _help("Random seed.", 0)
+    batch_size: int = _help("Sequences per generate() call (prompts x K are flattened).", 32)
+    device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
+    dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
+    cache_implementation: str | None = _help("HF cache implementation, e.g. 'static' (compiled decode on GPU).")
+
+
+@dataclass
+class Sample:
+    prompt_index: int
+    sample_index: int
+    prompt: Messages
+    completion: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "eos" | "length"
+    seed: int
+    decoding: dict[str, Any] = field(default_factory=dict)
+
+
+def decoding_settings(max_new_tokens=128, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                      repetition_penalty=1.0) -> dict[str, Any]:
+    return {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+            "top_p": top_p, "top_k": top_k, "repetition_penalty": repetition_penalty}
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """All token ids that end a completion (tokenizer EOS plus the model's generation-config EOS)."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return sorted(i for i in ids if i is not None)
+
+
+def render_prompts(tokenizer, prompts: Sequence[str | Messages]) -> list[str]:
+    """Chat-template text of each prompt, ending with the assistant generation prompt."""
+    return [tokenizer.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True) for p in prompts]
+
+
+def truncate_after_eos(response_ids: torch.Tensor, eos_token_ids: Sequence[int], pad_token_id: int):
+    """Keep each row up to and including its first EOS; pad the rest. Returns ``(ids, mask, has_eos)``.
+
+    ``response_ids`` (B, R) -> ids (B, R), mask (B, R) bool, has_eos (B,) bool.
+    """
+    is_eos = torch.isin(response_ids, torch.tensor(list(eos_token_ids), device=response_ids.device))
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full_like(has_eos, response_ids.shape[1],
+                                                                                 dtype=torch.long))
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device).unsqueeze(0)  # (1, R)
+    mask = positions <= first.unsqueeze(1)  # (B, R)
+    return response_ids.masked_fill(~mask, pad_token_id), mask, has_eos
+
+
+@torch.no_grad()
+def generate_ids(model, tokenizer, prompts: Sequence[str | Messages], max_new_tokens: int = 128,
+                 cache_implementation: str | None = None, **decoding) -> dict[str, torch.Tensor]:
+    """One generate() call over ``prompts``: left-padded ``query_ids``/``query_mask`` (B, Q) and EOS-truncated
+    ``response_ids``/``response_mask`` (B, R), ``has_eos`` (B,)."""
+    device = next(model.parameters()).device
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(render_prompts(tokenizer, prompts), add_special_tokens=False, padding=True,
+                        return_tensors="pt").to(device)
+    finally:
+        tokenizer.padding_side = side
+    eos = eos_ids(model, tokenizer)
+    kwargs = dict(decoding)
+    if not kwargs.get("do_sample", True):
+        kwargs = {"do_sample": False, "repetition_penalty": kwargs.get("repetition_penalty", 1.0)}
+    if cache_implementation:
+        kwargs["cache_implementation"] = cache_implementation
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                         pad_token_id=tokenizer.pad_token_id, **kwargs)
+    response = out[:, enc["input_ids"].shape[1]:]  # (B, R)
+    response, mask, has_eos = truncate_after_eos(response, eos, tokenizer.pad_token_id)
+    return {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"].bool(),
+            "response_ids": response, "response_mask": mask, "has_eos": has_eos}
+
+
+def sample(model, tokenizer, prompts: Sequence[str | Messages], k: int = 4, max_new_tokens: int = 128,
+           do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+           repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 32,
+           cache_implementation: str | None = None,
+           progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
+    """K completions for each prompt, in batches of ``batch_size`` sequences."""
+    decoding = decoding_settings(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty)
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    jobs = [(i, j) for i in range(len(prompts)) for j in range(k)]
+    samples: list[Sample] = []
+    eos = None
+    t0 = time.time()
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        out = generate_ids(model, tokenizer, [prompts[i] for i, _ in batch],
+                           cache_implementation=cache_implementation, **decoding)
+        eos = eos or eos_ids(model, tokenizer)
+        for row, (i, j) in enumerate(batch):
+            n = int(out["response_mask"][row].sum())
+            ids = out["response_ids"][row, :n].tolist()
+            has_eos = bool(out["has_eos"][row])
+            text = tokenizer.decode(ids[:-1] if has_eos else ids, skip_special_tokens=True)
+            samples.append(Sample(i, j, as_messages(prompts[i]), text, int(out["query_mask"][row].sum()), n,
+                                  "eos" if has_eos else "length", seed, dict(decoding)))
+        if progress is not None:
+            tokens = sum(s.completion_tokens for s in samples)
+            progress(len(samples), len(jobs), {"perf/tokens_per_s": tokens / max(time.time() - t0, 1e-9)})
+    model.train(was_training)
+    return samples
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(x_t | x_<t) for t = 1..T-1: (B, T) ids -> (B, T-1) log-probs (grad flows if enabled)."""
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   use_cache=False).logits[:, :-1].float()  # (B, T-1, V)
+    logits = logits / temperature
+    return torch.gather(F.log_softmax(logits, dim=-1), 2, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def response_logprobs(model, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0):
+    """Per-token log-probs of the response tokens: (B, Q) + (B, R) -> (B, R); 0 where ``response_mask`` is off."""
+    ids = torch.cat([query_ids, response_ids], dim=1)  # (B, Q+R)
+    mask = torch.cat([query_mask, response_mask], dim=1)
+    lp = token_logprobs(model, ids, mask, temperature)[:, query_ids.shape[1] - 1:]  # (B, R)
+    return lp * response_mask
+
+
+# --------------------------------------------------------------------------------------------- entry point
+def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | None = None,
+                 progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
+    """Load the model, sample, write ``samples.jsonl`` + ``metadata.json`` to ``config.output_dir``."""
+    from .models import describe_model, load_causal_lm, load_tokenizer
+
+    if prompts is None:
+        if not config.prompts:
+            raise ValueError("no prompts: set `prompts` in the config or pass them")
+        prompts = load_prompts(config.prompts)
+    tokenizer = load_tokenizer(config.model)
+    model = load_causal_lm(config.model, device=config.device, dtype=config.dtype)
+    t0 = time.time()
+    samples = sample(model, tokenizer, prompts, k=config.k, max_new_tokens=config.max_new_tokens,
+                     do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p,
+                     top_k=config.top_k, repetition_penalty=config.repetition_penalty, seed=config.seed,
+                     batch_size=config.batch_size, cache_implementation=config.cache_implementation,
+                     progress=progress)
+    seconds = time.time() - t0
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
+        for s in samples:
+            f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
+    tokens = sum(s.completion_tokens for s in samples)
+    metrics = {"samples": len(samples), "completion_tokens": tokens, "seconds": seconds,
+               "perf/tokens_per_s": tokens / max(seconds, 1e-9),
+               "eos_fraction": sum(s.finish_reason == "eos" for s in samples) / max(len(samples), 1)}
+    write_metadata(out, kind="sample", base_model=describe_model(config.model),
+                   data_hash=data_hash([as_messages(p) for p in prompts]), config=config, metrics=metrics,
+                   status="succeeded")
+    return samples
