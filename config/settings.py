@@ -131,6 +131,12 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+# Serve straight from static/ as well, so the embedded demo needs no collectstatic step.
+WHITENOISE_USE_FINDERS = True
+try:
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:  # a read-only DATA_DIR still serves through the finders
+    pass
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "labelapp:home"

@@ -23,8 +23,9 @@ MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 
 
 def clean_text(value: str | None, *, what: str) -> str:
-    """Strip a human-written text and enforce the size limit; empty text is an error."""
-    text = (value or "").strip()
+    """Strip a human-written text, normalise line ends (browsers send CRLF) and enforce the
+    size limit; empty text is an error."""
+    text = (value or "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text:
         raise ValidationError(f"The {what} is empty: write something before submitting.")
     limit = settings.LABEL_MAX_TEXT_CHARS

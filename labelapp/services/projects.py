@@ -39,7 +39,10 @@ def project_create(
         demonstrations_per_prompt=demonstrations_per_prompt,
         base_model=base_model,
     )
-    project.full_clean()
+    try:
+        project.full_clean()
+    except ValidationError as exc:
+        raise ValidationError([f"{field}: {m}" for field, ms in exc.message_dict.items() for m in ms]) from None
     project.save()
     return project
 

@@ -37,7 +37,8 @@
   function moveFocus(step) {
     const all = cards();
     const current = all.indexOf(focusedCard());
-    focusCard(current < 0 ? 0 : current + step);
+    if (current < 0) focusCard(step > 0 ? 0 : all.length - 1);
+    else focusCard(current + step);
   }
 
   function setRank(digit) {
