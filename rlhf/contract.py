@@ -59,7 +59,7 @@ class TrainerConfig:
     per_device_batch_size: int = _help("Examples (pairs for reward/DPO) per device per micro-batch.", 8)
     gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", 1)
     max_length: int = _help("Max tokens per sequence (reward model: longer pairs are dropped, as in TRL).", 1024)
-    save_steps: int = _help("Save a checkpoint every N optimizer steps (0: only at the end).", 100)
+    save_steps: int = _help("Save a checkpoint every N optimizer steps (0: none; the final model is still saved).", 100)
     save_total_limit: int | None = _help("Keep at most this many checkpoints (null: all).", 2)
     resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", False)
     logging_steps: int = _help("Log metrics every N steps.", 1)

@@ -1,0 +1,53 @@
+"""Model resolution, loading, LoRA merge."""
+
+import pytest
+import torch
+
+from rlhf import models
+
+
+def test_resolve_local_checkpoint_and_reject_empty_dir(tiny_dir, tmp_path):
+    assert models.resolve_model(tiny_dir) == tiny_dir
+    with pytest.raises(FileNotFoundError):
+        models.resolve_model(str(tmp_path))
+
+
+def test_auto_device_and_dtype():
+    dev = models.pick_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert models.pick_dtype("auto", "cpu") == torch.float32
+    assert models.pick_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+def test_bundled_model_path_and_data_dir(monkeypatch, tmp_path):
+    assert models.bundled_gguf_path().name == models.GGUF_FILE
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    assert models.data_dir() == tmp_path
+    with pytest.raises(ValueError):
+        models.quantization_config(3)
+
+
+def test_lora_merge_equals_adapter_outputs(tiny_dir, tiny_tokenizer, tmp_path):
+    from peft import get_peft_model
+
+    model = models.load_causal_lm(tiny_dir)
+    peft_model = get_peft_model(model, models.lora_config(r=4)).eval()  # eval: no LoRA dropout
+    with torch.no_grad():  # make the adapter non-trivial (B starts at zero)
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    ids = tiny_tokenizer("Tell me about cats.", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        adapted = peft_model(ids).logits
+        with peft_model.disable_adapter():
+            base = peft_model(ids).logits
+    assert not torch.allclose(adapted, base, atol=1e-4)
+    peft_model.save_pretrained(tmp_path / "adapter")  # adapter dirs load with their base applied
+    reloaded = models.load_causal_lm(tmp_path / "adapter")
+    merged = models.merge_lora(peft_model, tmp_path / "merged", tiny_tokenizer)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, adapted, atol=1e-5)
+        assert torch.allclose(merged(ids).logits, adapted, atol=1e-5)
+        assert torch.allclose(models.load_causal_lm(tmp_path / "merged")(ids).logits, adapted, atol=1e-5)
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+    assert models.load_tokenizer(tmp_path / "adapter").pad_token == "<|endoftext|>"

@@ -1,0 +1,73 @@
+"""Sampling: K completions per prompt, EOS truncation, token log-probs, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from rlhf.sampling import generate_ids, response_logprobs, sample, token_logprobs, truncate_after_eos
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS = ["Tell me about cats.", [{"role": "user", "content": "What is the capital of France?"}], "hi"]
+
+
+def test_truncate_after_eos():
+    ids = torch.tensor([[5, 6, 2, 7, 8], [5, 6, 7, 8, 9], [2, 9, 9, 9, 9]])
+    out, mask, has_eos = truncate_after_eos(ids, [2], pad_token_id=0)
+    assert out.tolist() == [[5, 6, 2, 0, 0], [5, 6, 7, 8, 9], [2, 0, 0, 0, 0]]
+    assert mask.sum(1).tolist() == [3, 5, 1] and has_eos.tolist() == [True, False, True]
+
+
+def test_sample_k_per_prompt_reproducible(tiny_dir, tiny_tokenizer):
+    from rlhf.models import load_causal_lm
+
+    model = load_causal_lm(tiny_dir)
+    kw = dict(k=3, max_new_tokens=12, temperature=1.0, top_p=0.9, seed=7, batch_size=4)
+    samples = sample(model, tiny_tokenizer, PROMPTS, **kw)
+    assert [(s.prompt_index, s.sample_index) for s in samples] == [(i, j) for i in range(3) for j in range(3)]
+    for s in samples:
+        assert 1 <= s.completion_tokens <= 12 and s.prompt_tokens > 5 and s.seed == 7
+        assert (s.finish_reason == "length") == (s.completion_tokens == 12 and "<|im_end|>" not in s.completion)
+        assert s.decoding["top_p"] == 0.9 and s.decoding["max_new_tokens"] == 12
+    assert samples[3].prompt == PROMPTS[1]
+    again = sample(model, tiny_tokenizer, PROMPTS, **kw)
+    assert [s.completion for s in again] == [s.completion for s in samples]
+    other = sample(model, tiny_tokenizer, PROMPTS, **{**kw, "seed": 8})
+    assert [s.completion for s in other] != [s.completion for s in samples]
+
+
+def test_response_logprobs_match_unpadded_reference(tiny_dir, tiny_tokenizer):
+    from rlhf.models import load_causal_lm
+
+    model = load_causal_lm(tiny_dir)
+    torch.manual_seed(0)
+    out = generate_ids(model, tiny_tokenizer, ["hi", "Tell me a long story about the sea please."], max_new_tokens=8)
+    assert out["query_mask"][0].sum() < out["query_mask"][1].sum()  # row 0 is left padded
+    lp = response_logprobs(model, out["query_ids"], out["query_mask"], out["response_ids"], out["response_mask"])
+    for b in range(2):
+        q = out["query_ids"][b][out["query_mask"][b]]
+        r = out["response_ids"][b][out["response_mask"][b]]
+        ids = torch.cat([q, r]).unsqueeze(0)
+        ref = token_logprobs(model, ids, torch.ones_like(ids))[0, len(q) - 1:]
+        assert torch.allclose(lp[b][out["response_mask"][b]], ref, atol=1e-4)
+        assert (lp[b][~out["response_mask"][b]] == 0).all()
+
+
+def test_cli_sample_writes_samples_and_metadata(tiny_dir, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["hi", "Tell me about dogs."]))
+    config = tmp_path / "sample.json"
+    config.write_text(json.dumps({"model": tiny_dir, "prompts": str(prompts), "output_dir": str(tmp_path / "out"),
+                                  "k": 2, "max_new_tokens": 6, "seed": 3}))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "rlhf", "sample", "--config", str(config), "--set", "k=3"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["samples"] == 6
+    rows = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["prompt_index"] for r in rows} == {0, 1}
+    meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
+    assert meta["kind"] == "sample" and meta["config"]["k"] == 3 and meta["metrics"]["samples"] == 6
