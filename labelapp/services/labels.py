@@ -58,7 +58,7 @@ def demonstration_submit(
         text=clean_text(text, what="demonstration"),
         time_spent_ms=clamp_time_spent(time_spent_ms),
     )
-    demonstration.full_clean()
+    demonstration.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those
     demonstration.save()
     Prompt.objects.filter(pk=assignment.prompt_id).update(demonstration_count=F("demonstration_count") + 1)
     _finish(assignment, now)
@@ -177,7 +177,7 @@ def ranking_submit(
         scores=_clean_scores(scores, ids),
         time_spent_ms=clamp_time_spent(time_spent_ms),
     )
-    ranking.full_clean()
+    ranking.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those
     ranking.save()
     RankingTask.objects.filter(pk=assignment.ranking_task_id).update(ranking_count=F("ranking_count") + 1)
     _finish(assignment, now)

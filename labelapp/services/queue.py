@@ -115,24 +115,30 @@ def task_claim(
         item = candidates.select_for_update(skip_locked=True, of=("self",)).first()
         if item is None:
             return None
-        # The row is locked: count live leases again with a statement that sees every commit.
-        others = Assignment.objects.filter(live_lease(now), **{spec.fk: item}).exclude(user=user).count()
-        if getattr(item, spec.count_field) + others >= capacity:
+        # The row is locked: read its leases again with a statement that sees every commit.
+        holders = list(
+            Assignment.objects.filter(live_lease(now) | Q(user=user), **{spec.fk: item}).values_list("user_id", "pk", "status")
+        )
+        others = sum(1 for holder, _, _ in holders if holder != user.pk)
+        done = any(holder == user.pk and status != Assignment.Status.ACTIVE for holder, _, status in holders)
+        if done or getattr(item, spec.count_field) + others >= capacity:
             passed_over.append(item.pk)
             continue
-        assignment, _ = Assignment.objects.update_or_create(
-            user=user,
-            **{spec.fk: item},
-            defaults={
-                "project": project,
-                "queue": queue,
-                "status": Assignment.Status.ACTIVE,
-                "leased_at": now,
-                "expires_at": now + lease,
-                "finished_at": None,
-                "skip_reason": "",
-            },
-        )
+        fields = {
+            "project": project,
+            "queue": queue,
+            "status": Assignment.Status.ACTIVE,
+            "leased_at": now,
+            "expires_at": now + lease,
+            "finished_at": None,
+            "skip_reason": "",
+        }
+        mine = next((pk for holder, pk, _ in holders if holder == user.pk), None)
+        if mine is None:  # the usual case
+            assignment = Assignment.objects.create(user=user, **{spec.fk: item}, **fields)
+        else:  # the user's own lease on it expired earlier: renew that row
+            Assignment.objects.filter(pk=mine).update(**fields)
+            assignment = Assignment(pk=mine, user=user, **{spec.fk: item}, **fields)
         return assignment
     return None
 

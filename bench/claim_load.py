@@ -1,0 +1,177 @@
+"""Load benchmark of the assignment queue on PostgreSQL.
+
+N simulated annotators (separate processes, each with its own connection) loop
+claim → submit against one project holding T ranking tasks, for D seconds, pausing a random
+think time (exponential, mean --think-ms; 0 = hammer the server) between labels. Prints the
+latency percentiles of each call, throughput, errors, and checks that no task went past
+its overlap and no annotator got a task twice.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/studio_bench \
+        .venv/bin/python bench/claim_load.py --tasks 100000 --annotators 50 --seconds 30
+
+Target (issue 2): p95 < 50 ms, 0 errors, no over-assignment. The database named by
+DATABASE_URL is dropped and re-created: point it at a scratch database.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+
+def setup_django():
+    import django
+
+    django.setup()
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1].split("?")[0]
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def seed(tasks: int, annotators: int, overlap: int) -> tuple[int, list[int]]:
+    from django.core.management import call_command
+    from django.db import connection
+
+    from labelapp.models import Completion, Prompt, RankingTask
+    from labelapp.services.projects import completion_create, membership_set, project_create, prompt_create
+    from django.contrib.auth import get_user_model
+
+    call_command("migrate", verbosity=0)
+    project = project_create(name="Load", slug="load", k=2, overlap=overlap)
+    prompt = prompt_create(project=project, text="Which answer is better?")
+    completions = [completion_create(prompt=prompt, text=t, source=Completion.Source.HANDWRITTEN) for t in "AB"]
+    created = RankingTask.objects.bulk_create(
+        [RankingTask(project=project, prompt=prompt) for _ in range(tasks)], batch_size=5000
+    )
+    through = RankingTask.completions.through
+    through.objects.bulk_create(
+        [through(rankingtask_id=t.pk, completion_id=c.pk) for t in created for c in completions], batch_size=10000
+    )
+    User = get_user_model()
+    users = User.objects.bulk_create([User(username=f"load{i}") for i in range(annotators)])
+    for user in users:
+        membership_set(project=project, user=user, role="annotator")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE")
+    assert Prompt.objects.count() == 1
+    return project.pk, [u.pk for u in users]
+
+
+def annotator(project_id: int, user_id: int, seconds: float, think_ms: float, start_at: float, out: mp.Queue) -> None:
+    setup_django()
+    from django.contrib.auth import get_user_model
+
+    from labelapp.models import Project, Queue, RankingTask
+    from labelapp.services.labels import ranking_submit
+    from labelapp.services.queue import task_claim
+
+    project = Project.objects.get(pk=project_id)
+    user = get_user_model().objects.get(pk=user_id)
+    claims: list[float] = []
+    submits: list[float] = []
+    errors: list[str] = []
+    # every task shares the same two completions (see seed)
+    ids = list(RankingTask.completions.through.objects.values_list("completion_id", flat=True).distinct())
+    rng = random.Random(user_id)
+    while time.time() < start_at:
+        time.sleep(0.005)
+    deadline = start_at + seconds
+    while time.time() < deadline:
+        try:
+            t0 = time.perf_counter()
+            assignment = task_claim(project=project, user=user, queue=Queue.RANK)
+            claims.append(time.perf_counter() - t0)
+            if assignment is None:
+                break
+            t0 = time.perf_counter()
+            ranking_submit(assignment_id=assignment.pk, user=user, order=[[ids[0]], [ids[1]]])
+            submits.append(time.perf_counter() - t0)
+            if think_ms:
+                time.sleep(min(rng.expovariate(1000 / think_ms), deadline - time.time()) if deadline > time.time() else 0)
+        except Exception as exc:  # counted and reported
+            errors.append(f"{type(exc).__name__}: {exc}")
+    out.put((claims, submits, errors))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=100_000)
+    parser.add_argument("--annotators", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--overlap", type=int, default=2)
+    parser.add_argument("--think-ms", type=float, default=0, help="mean pause between labels (0: none)")
+    args = parser.parse_args()
+    url = os.environ.get("DATABASE_URL", "")
+    if not url.startswith("postgres"):
+        sys.exit("set DATABASE_URL to a scratch PostgreSQL database (it is dropped and re-created)")
+    recreate_database(url)
+    setup_django()
+    t0 = time.perf_counter()
+    project_id, user_ids = seed(args.tasks, args.annotators, args.overlap)
+    print(f"seeded {args.tasks:,} ranking tasks and {args.annotators} annotators in {time.perf_counter() - t0:.1f} s")
+    from django.db import connections
+
+    connections.close_all()
+    out: mp.Queue = mp.Queue()
+    start_at = time.time() + 3
+    procs = [
+        mp.Process(target=annotator, args=(project_id, uid, args.seconds, args.think_ms, start_at, out)) for uid in user_ids
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    claims = [x for r in results for x in r[0]]
+    submits = [x for r in results for x in r[1]]
+    errors = [x for r in results for x in r[2]]
+
+    from django.db.models import Count, Max
+
+    from labelapp.models import Assignment, RankingTask
+
+    over = RankingTask.objects.filter(ranking_count__gt=args.overlap).count()
+    worst = RankingTask.objects.aggregate(m=Max("ranking_count"))["m"]
+    twice = (
+        Assignment.objects.values("user_id", "ranking_task_id").annotate(n=Count("id")).filter(n__gt=1).count()
+    )
+    print(f"annotators {args.annotators}, {args.seconds:.0f} s, overlap {args.overlap}, think {args.think_ms:.0f} ms")
+    for name, values in (("claim", claims), ("submit", submits)):
+        print(
+            f"{name:<7} n={len(values):>6}  p50={pct(values, .5):6.1f} ms  p95={pct(values, .95):6.1f} ms  "
+            f"p99={pct(values, .99):6.1f} ms  mean={statistics.fmean(values) * 1000 if values else float('nan'):6.1f} ms"
+        )
+    print(f"labels/s {len(submits) / args.seconds:.0f}")
+    print(f"errors {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+    print(f"over-assigned tasks {over} (max labels on a task {worst}, overlap {args.overlap}); same task twice {twice}")
+    p95 = max(pct(claims, .95), pct(submits, .95))
+    print(f"p95 vs 50 ms target: {p95 / 50:.2f}x of the budget")
+    if errors or over or twice:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
