@@ -48,6 +48,7 @@ def page(browser):
 def login(page, live_server, username):
     """Log in with the keyboard only."""
     page.goto(live_server.url + "/accounts/login/")
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'id_username'")
     page.keyboard.type(username)
     page.keyboard.press("Tab")
     page.keyboard.type("pw-" + username)
