@@ -325,3 +325,21 @@ class Ranking(models.Model):
         for cid, value in (self.scores or {}).items():
             if not isinstance(value, int) or not 1 <= value <= 7:
                 raise ValidationError({"scores": f"score for completion {cid} must be an integer from 1 to 7"})
+
+
+class ApiToken(models.Model):
+    """A per-user API key. Only the SHA-256 of the key is stored; the key is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=12, help_text="First characters of the key, to recognise it.")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -7,10 +7,21 @@ from dataclasses import dataclass
 from datetime import datetime, time
 from itertools import combinations
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from labelapp.models import Assignment, Completion, Demonstration, Project, Queue, Ranking, Role
+from labelapp.models import (
+    Assignment,
+    Completion,
+    Demonstration,
+    ModelVersion,
+    Project,
+    Prompt,
+    Queue,
+    Ranking,
+    RankingTask,
+    Role,
+)
 from labelapp.services.access import RANK, role_of
 from labelapp.services.queue import available_items
 
@@ -92,3 +103,50 @@ def ranking_pairs(ranking: Ranking) -> list[tuple[int, int, float | None]]:
                     margin = float(scores[chosen] - scores[rejected])
                 pairs.append((chosen, rejected, margin))
     return pairs
+
+
+# ---- API scoping: every API lookup starts from one of these ------------------------------
+
+
+def project_ids(user, *, min_role: str = Role.ANNOTATOR) -> QuerySet:
+    """Ids of the projects where the user holds at least `min_role`."""
+    if user.is_superuser:
+        return Project.objects.values("id")
+    roles = [r for r, rank in RANK.items() if rank >= RANK[Role(min_role)]]
+    return Project.objects.filter(memberships__user=user, memberships__role__in=roles).values("id")
+
+
+def visible_projects(user) -> QuerySet[Project]:
+    return Project.objects.filter(id__in=project_ids(user))
+
+
+def visible_prompts(user) -> QuerySet[Prompt]:
+    return Prompt.objects.filter(project_id__in=project_ids(user))
+
+
+def visible_completions(user) -> QuerySet[Completion]:
+    return Completion.objects.filter(prompt__project_id__in=project_ids(user)).select_related("prompt")
+
+
+def visible_ranking_tasks(user) -> QuerySet[RankingTask]:
+    return RankingTask.objects.filter(project_id__in=project_ids(user)).prefetch_related("completions")
+
+
+def visible_model_versions(user) -> QuerySet[ModelVersion]:
+    return ModelVersion.objects.filter(project_id__in=project_ids(user))
+
+
+def visible_demonstrations(user) -> QuerySet[Demonstration]:
+    """Reviewers and admins see their projects' demonstrations; annotators only their own."""
+    reviewed = project_ids(user, min_role=Role.REVIEWER)
+    return Demonstration.objects.filter(
+        Q(prompt__project_id__in=reviewed) | Q(author=user, prompt__project_id__in=project_ids(user))
+    ).select_related("prompt")
+
+
+def visible_rankings(user) -> QuerySet[Ranking]:
+    """Reviewers and admins see their projects' rankings; annotators only their own."""
+    reviewed = project_ids(user, min_role=Role.REVIEWER)
+    return Ranking.objects.filter(
+        Q(task__project_id__in=reviewed) | Q(annotator=user, task__project_id__in=project_ids(user))
+    ).select_related("task")

@@ -1,0 +1,26 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.routers import SimpleRouter
+
+from labelapp.api import views
+
+router = SimpleRouter()
+router.register("projects", views.ProjectViewSet, basename="project")
+router.register("prompts", views.PromptViewSet, basename="prompt")
+router.register("completions", views.CompletionViewSet, basename="completion")
+router.register("ranking-tasks", views.RankingTaskViewSet, basename="rankingtask")
+router.register("demonstrations", views.DemonstrationViewSet, basename="demonstration")
+router.register("rankings", views.RankingViewSet, basename="ranking")
+router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
+router.register("tokens", views.TokenViewSet, basename="token")
+
+app_name = "api"
+
+urlpatterns = [
+    *router.urls,
+    path("projects/<int:project_id>/imports/prompts/", views.PromptImportView.as_view(), name="import-prompts"),
+    path("projects/<int:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
+    path("projects/<int:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
+]
