@@ -25,10 +25,11 @@ from itertools import groupby
 from django.conf import settings
 
 from labelapp.agreement import pairwise_agreement
-from labelapp.models import Demonstration, Project, Prompt, Ranking
+from labelapp.models import Demonstration, Project, Ranking, RankingTask
 from labelapp.selectors import ranking_pairs
 
-CHUNK = 1000
+CHUNK = 2000
+FIRST_CHUNK = 50
 FORMATS = ("pairs", "rankings", "demonstrations", "kto")
 
 
@@ -46,22 +47,99 @@ class ExportFilter:
     min_agreement: float | None = None
 
 
+def buffered(chunks: Iterable[bytes], size: int = 1 << 16) -> Iterator[bytes]:
+    """Join small pieces into ~64 KB writes; the first piece goes out at once (first byte)."""
+    buffer: list[bytes] = []
+    filled = 0
+    first = True
+    for chunk in chunks:
+        if first:
+            yield chunk
+            first = False
+            continue
+        buffer.append(chunk)
+        filled += len(chunk)
+        if filled >= size:
+            yield b"".join(buffer)
+            buffer, filled = [], 0
+    if buffer:
+        yield b"".join(buffer)
+
+
 def _line(obj: dict) -> bytes:
     return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def _plain_prompt(prompt: Prompt) -> str:
-    if not prompt.messages:
-        return prompt.text
-    names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-    return "".join(f"\n\n{names[t['role']]}: {t['content']}" for t in prompt.messages).lstrip("\n")
 
 
 def _assistant(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def _rankings(f: ExportFilter) -> Iterator[Ranking]:
+@dataclass(frozen=True)
+class RankingRow:
+    """One ranking with what its exports need, read without building model instances."""
+
+    id: int
+    task_id: int
+    annotator_id: int
+    order: list
+    none_acceptable: bool
+    flags: dict
+    scores: dict
+    time_spent_ms: int
+    created_at: datetime
+    prompt_id: int
+    prompt_text: str
+    prompt_messages: list | None
+    category: str
+    split: str
+    completions: dict  # completion id → (text, model_version_id), in id order
+
+    @property
+    def turns(self) -> list[dict]:
+        return list(self.prompt_messages) if self.prompt_messages else [{"role": "user", "content": self.prompt_text}]
+
+    @property
+    def plain_prompt(self) -> str:
+        if not self.prompt_messages:
+            return self.prompt_text
+        names = {"user": "Human", "assistant": "Assistant", "system": "System"}
+        return "".join(f"\n\n{names[t['role']]}: {t['content']}" for t in self.prompt_messages).lstrip("\n")
+
+
+RANKING_FIELDS = (
+    "id", "task_id", "annotator_id", "order", "none_acceptable", "flags", "scores", "time_spent_ms", "created_at",
+    "task__prompt_id", "task__prompt__text", "task__prompt__messages", "task__prompt__category", "task__prompt__split",
+)
+
+
+def _batches(rows: Iterator, first: int = FIRST_CHUNK, size: int = CHUNK) -> Iterator[list]:
+    """Small first batch for a fast first byte, then full ones."""
+    batch: list = []
+    limit = first
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= limit:
+            yield batch
+            batch, limit = [], size
+    if batch:
+        yield batch
+
+
+def _completion_texts(project: Project, task_ids: set[int]) -> dict[int, dict[int, tuple[str, int | None]]]:
+    # The batch is ordered by task id, so a range (plus the project) finds its tasks without a
+    # 2,000-item IN list; tasks in the range that the filters left out are simply not looked up.
+    through = RankingTask.completions.through.objects.filter(
+        rankingtask__project=project, rankingtask_id__gte=min(task_ids), rankingtask_id__lte=max(task_ids)
+    ).order_by("completion_id")
+    texts: dict[int, dict[int, tuple[str, int | None]]] = {}
+    for task_id, cid, text, version in through.values_list(
+        "rankingtask_id", "completion_id", "completion__text", "completion__model_version_id"
+    ):
+        texts.setdefault(task_id, {})[cid] = (text, version)
+    return texts
+
+
+def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
     qs = Ranking.objects.filter(task__project=f.project)
     if f.split:
         qs = qs.filter(task__prompt__split=f.split)
@@ -69,8 +147,15 @@ def _rankings(f: ExportFilter) -> Iterator[Ranking]:
         qs = qs.filter(created_at__gte=f.since)
     if f.until:
         qs = qs.filter(created_at__lt=f.until)
-    qs = qs.select_related("task__prompt").prefetch_related("task__completions").order_by("task_id", "id")
-    rankings = qs.iterator(chunk_size=CHUNK)
+    rows = qs.order_by("task_id", "id").values_list(*RANKING_FIELDS).iterator(chunk_size=CHUNK)
+    for batch in _batches(rows):
+        texts = _completion_texts(f.project, {row[1] for row in batch})
+        for row in batch:
+            yield RankingRow(*row, completions=texts.get(row[1], {}))
+
+
+def _rankings(f: ExportFilter) -> Iterator[RankingRow]:
+    rankings = _ranking_rows(f)
     if f.min_agreement is None:
         yield from rankings
         return
@@ -83,35 +168,35 @@ def _rankings(f: ExportFilter) -> Iterator[Ranking]:
 
 
 def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool = False, meta: bool = False) -> Iterator[bytes]:
+    dumps = json.dumps
     for ranking in _rankings(f):
-        texts = {c.pk: c.text for c in ranking.task.completions.all()}
-        prompt = ranking.task.prompt.turns if conversational else _plain_prompt(ranking.task.prompt)
+        # Encode the prompt and each completion once; a ranking of K gives up to C(K,2) lines.
+        prompt = dumps(ranking.turns if conversational else ranking.plain_prompt, ensure_ascii=False)
+        encoded = {
+            cid: dumps(_assistant(text) if conversational else text, ensure_ascii=False)
+            for cid, (text, _) in ranking.completions.items()
+        }
+        tail = f', "ranking_id": {ranking.id}, "annotator": "{pseudonym(ranking.annotator_id)}"' if meta else ""
+        lines = []
         for chosen, rejected, diff in ranking_pairs(ranking):
-            row = {
-                "prompt": prompt,
-                "chosen": _assistant(texts[chosen]) if conversational else texts[chosen],
-                "rejected": _assistant(texts[rejected]) if conversational else texts[rejected],
-            }
-            if margin:
-                row["margin"] = diff if diff is not None else 0.0
-            if meta:
-                row.update(ranking_id=ranking.pk, annotator=pseudonym(ranking.annotator_id))
-            yield _line(row)
+            extra = f', "margin": {diff if diff is not None else 0.0}' if margin else ""
+            lines.append(f'{{"prompt": {prompt}, "chosen": {encoded[chosen]}, "rejected": {encoded[rejected]}{extra}{tail}}}\n')
+        if lines:
+            yield "".join(lines).encode("utf-8")
 
 
 def export_rankings(f: ExportFilter) -> Iterator[bytes]:
     for r in _rankings(f):
-        prompt = r.task.prompt
         yield _line(
             {
-                "ranking_id": r.pk,
+                "ranking_id": r.id,
                 "task_id": r.task_id,
-                "prompt_id": prompt.pk,
-                "prompt": prompt.turns,
-                "category": prompt.category,
-                "split": prompt.split,
+                "prompt_id": r.prompt_id,
+                "prompt": r.turns,
+                "category": r.category,
+                "split": r.split,
                 "completions": [
-                    {"id": c.pk, "text": c.text, "model_version_id": c.model_version_id} for c in r.task.completions.all()
+                    {"id": cid, "text": text, "model_version_id": version} for cid, (text, version) in r.completions.items()
                 ],
                 "order": r.order,
                 "none_acceptable": r.none_acceptable,
@@ -128,8 +213,8 @@ def export_kto(f: ExportFilter) -> Iterator[bytes]:
     """Unpaired rows: the best tie group of a ranking is desirable, the worst undesirable (the
     middle is left out as ambiguous); with "none acceptable" every response is undesirable."""
     for r in _rankings(f):
-        texts = {c.pk: c.text for c in r.task.completions.all()}
-        prompt = r.task.prompt.turns
+        texts = {cid: text for cid, (text, _) in r.completions.items()}
+        prompt = r.turns
         labelled: Iterable[tuple[int, bool]]
         if r.none_acceptable:
             labelled = [(cid, False) for cid in texts]
@@ -149,5 +234,7 @@ def export_demonstrations(f: ExportFilter, *, statuses: Iterable[str] = ("approv
         qs = qs.filter(created_at__gte=f.since)
     if f.until:
         qs = qs.filter(created_at__lt=f.until)
-    for d in qs.select_related("prompt").order_by("id").iterator(chunk_size=CHUNK):
-        yield _line({"messages": d.prompt.turns + _assistant(d.text)})
+    rows = qs.order_by("id").values_list("text", "prompt__text", "prompt__messages").iterator(chunk_size=CHUNK)
+    for text, prompt_text, messages in rows:
+        turns = list(messages) if messages else [{"role": "user", "content": prompt_text}]
+        yield _line({"messages": turns + _assistant(text)})

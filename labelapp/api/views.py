@@ -253,7 +253,7 @@ class ExportView(APIView):
             for value in statuses:
                 self._parse({"status": value}, "status", _choice(*Demonstration.Review.values))
             lines = exports.export_demonstrations(flt, statuses=statuses)
-        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
+        response = StreamingHttpResponse(exports.buffered(lines), content_type="application/x-ndjson")
         response["Content-Disposition"] = f'attachment; filename="{project.slug}-{kind}.jsonl"'
         return response
 
