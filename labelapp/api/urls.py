@@ -3,6 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework.routers import SimpleRouter
 
 from labelapp.api import views
+from labelapp.api.label_imports import LabelImportView
 
 router = SimpleRouter()
 router.register("projects", views.ProjectViewSet, basename="project")
@@ -19,6 +20,7 @@ app_name = "api"
 urlpatterns = [
     *router.urls,
     path("projects/<int:project_id>/imports/prompts/", views.PromptImportView.as_view(), name="import-prompts"),
+    path("projects/<int:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
     path("projects/<int:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
     path("projects/<int:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

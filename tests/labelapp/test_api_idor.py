@@ -68,6 +68,7 @@ OBJECTS = {
     "modelversion-detail": ("modelversion", {}),
     "token-detail": ("token", {}),
     "import-prompts": ("project", {}),
+    "import-labels": ("project", {}),
     "export": ("project", {"kind": "pairs"}),
     "agreement": ("project", {}),
 }

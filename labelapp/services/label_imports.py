@@ -1,0 +1,259 @@
+"""Importing labels (rankings, preference pairs, completions, demonstrations) into a project.
+
+All or nothing: the file is parsed and validated first (labelapp.label_formats); any error
+refuses it whole with ImportRejected. Then, in one transaction, with bulk queries:
+
+- prompts are matched by Prompt.content_hash (labelapp.importing.prompt_hash), else created;
+- completions are matched per prompt by their exact text, else created (source "imported");
+- a ranking task is matched by its prompt and its exact set of completions, else created, so
+  every ranking of the same completions — imported or made in the studio — shares one task;
+- a ranking is a duplicate when its annotator already ranked that task (the database allows one
+  ranking per task and annotator), so re-importing a file adds nothing;
+- a demonstration is a duplicate when its prompt already has a demonstration with the same text.
+
+External annotators: each annotator label of a file becomes an inactive user with an unusable
+password named `ext-<source>-<label>` (e.g. `ext-hh-crowdworker`, `ext-oasst-consensus`), with an
+annotator membership in the project, so exports and agreement treat them like people. A
+`studio-rankings` pseudonym that belongs to a member of this project maps back to that member.
+Demonstrations: a prompt holds one demonstration per author, so the n-th distinct imported
+demonstration of a prompt by the same label goes to `ext-<source>-<label>-<n>`.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from django.contrib.auth import get_user_model
+from django.db import connection, transaction
+from django.db.models import F
+
+from labelapp.exports import pseudonym
+from labelapp.label_formats import ImportedPrompt, LabelReport, parse_labels
+from labelapp.models import (
+    Completion, Demonstration, Membership, Project, Prompt, Ranking, RankingTask, Role,
+)
+from labelapp.services.projects import ImportRejected
+
+BATCH = 1000
+KINDS = ("prompts", "completions", "ranking_tasks", "rankings", "demonstrations", "annotators")
+
+
+@dataclass
+class LabelImportResult:
+    format: str
+    rows: int
+    created: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    duplicates: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    notes: list[str] = field(default_factory=list)
+
+
+@transaction.atomic
+def labels_import(*, project: Project, data: bytes, fmt: str, skip_invalid: bool = False) -> LabelImportResult:
+    """Add the labels of a file in one of labelapp.label_formats.FORMATS to a project: all of
+    them, or none (ImportRejected lists every line, field and reason). With `skip_invalid`,
+    lines that cannot be used are left out and named in the result's notes instead.
+
+    Takes the project's row lock, so two imports into one project run one after the other."""
+    report = parse_labels(data, fmt=fmt, skip_invalid=skip_invalid)
+    if report.errors:
+        raise ImportRejected(report.errors)
+    Project.objects.select_for_update().filter(pk=project.pk).first()
+    result = LabelImportResult(format=fmt, rows=report.row_count, notes=list(report.notes))
+    run = _Run(project, report, result)
+    run.prompts()
+    run.completions()
+    run.annotators()
+    run.rankings()
+    run.demonstrations()
+    return result
+
+
+def _chunks(items: list, size: int = 5000):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class _Run:
+    def __init__(self, project: Project, report: LabelReport, result: LabelImportResult):
+        self.project, self.report, self.result = project, report, result
+        self.prompt_ids: dict[str, int] = {}  # content hash → id
+        self.completion_ids: dict[tuple[int, str], int] = {}  # (prompt id, text) → id
+        self.users: dict[str, int] = {}  # annotator label → user id
+
+    def count(self, kind: str, created: int, duplicates: int) -> None:
+        self.result.created[kind] += created
+        self.result.duplicates[kind] += duplicates
+
+    def prompts(self) -> None:
+        wanted: dict[str, ImportedPrompt] = {}
+        for row in (*self.report.rankings, *self.report.completions, *self.report.demonstrations):
+            wanted.setdefault(row.prompt.content_hash, row.prompt)
+        for chunk in _chunks(list(wanted)):
+            self.prompt_ids.update(
+                Prompt.objects.filter(project=self.project, content_hash__in=chunk).values_list("content_hash", "id")
+            )
+        new = [
+            Prompt(project=self.project, text=p.text, messages=p.turns, category=p.category, split=p.split,
+                   reference=p.reference, source=Prompt.Source.IMPORTED, content_hash=digest)
+            for digest, p in wanted.items() if digest not in self.prompt_ids
+        ]
+        # a prompt import running at the same time may add one of these: keep its row
+        Prompt.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
+        for chunk in _chunks([p.content_hash for p in new]):
+            self.prompt_ids.update(
+                Prompt.objects.filter(project=self.project, content_hash__in=chunk).values_list("content_hash", "id")
+            )
+        self.count("prompts", len(new), len(wanted) - len(new))
+
+    def completions(self) -> None:
+        wanted: dict[tuple[int, str], str] = {}
+        for c in (*self.report.completions, *(c for r in self.report.rankings for c in r.completions)):
+            wanted.setdefault((self.prompt_ids[c.prompt.content_hash], c.text), c.model)
+        prompt_ids = sorted({pid for pid, _ in wanted})
+        for chunk in _chunks(prompt_ids):
+            for cid, pid, text in Completion.objects.filter(prompt_id__in=chunk).values_list("id", "prompt_id", "text"):
+                self.completion_ids.setdefault((pid, text), cid)
+        new = [
+            Completion(prompt_id=pid, text=text, source=Completion.Source.IMPORTED, decoding={"model": model} if model else {})
+            for (pid, text), model in wanted.items() if (pid, text) not in self.completion_ids
+        ]
+        Completion.objects.bulk_create(new, batch_size=BATCH)
+        self.completion_ids.update(((c.prompt_id, c.text), c.pk) for c in new)
+        self.count("completions", len(new), len(wanted) - len(new))
+
+    def annotators(self) -> None:
+        """One inactive user per external label; studio pseudonyms of members map to the member."""
+        labels = {r.annotator for r in self.report.rankings} | {d.annotator for d in self.report.demonstrations}
+        if not labels:
+            return
+        members = Membership.objects.filter(project=self.project).values_list("user_id", flat=True)
+        if self.report.source == "studio":
+            self.users.update({pseudonym(uid): uid for uid in members if pseudonym(uid) in labels})
+        names = {label: external_username(self.report.source, label) for label in labels - set(self.users)}
+        self.users.update(self._external_users(names))
+
+    def _external_users(self, names: dict[str, str]) -> dict[str, int]:
+        User = get_user_model()
+        existing = dict(User.objects.filter(username__in=names.values()).values_list("username", "id"))
+        new = [User(username=n, is_active=False) for n in set(names.values()) - set(existing)]
+        for user in new:
+            user.set_unusable_password()
+        User.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)  # another project's import may race
+        existing.update(User.objects.filter(username__in=[u.username for u in new]).values_list("username", "id"))
+        ids = {label: existing[name] for label, name in names.items()}
+        Membership.objects.bulk_create(
+            [Membership(project=self.project, user_id=uid, role=Role.ANNOTATOR) for uid in set(ids.values())],
+            ignore_conflicts=True,  # a member keeps the role they have
+        )
+        self.count("annotators", len(new), len(existing) - len(new))
+        return ids
+
+    def _user(self, label: str) -> int:
+        if label not in self.users:
+            self.users.update(self._external_users({label: external_username(self.report.source, label)}))
+        return self.users[label]
+
+    def rankings(self) -> None:
+        rows = self.report.rankings
+        if not rows:
+            return
+        task_of: dict[tuple[int, frozenset[int]], int] = {}
+        through = RankingTask.completions.through
+        members: dict[int, set[int]] = defaultdict(set)
+        prompt_of: dict[int, int] = {}
+        for chunk in _chunks(sorted({self.prompt_ids[r.prompt.content_hash] for r in rows})):
+            for tid, cid, pid in through.objects.filter(rankingtask__prompt_id__in=chunk).values_list(
+                "rankingtask_id", "completion_id", "rankingtask__prompt_id"
+            ):
+                members[tid].add(cid)
+                prompt_of[tid] = pid
+        for tid in sorted(members):
+            task_of.setdefault((prompt_of[tid], frozenset(members[tid])), tid)
+        keyed = []
+        for r in rows:
+            pid = self.prompt_ids[r.prompt.content_hash]
+            ids = [self.completion_ids[(pid, c.text)] for c in r.completions]
+            keyed.append((r, pid, ids, (pid, frozenset(ids))))
+        new_keys = list(dict.fromkeys(key for *_, key in keyed if key not in task_of))
+        tasks = RankingTask.objects.bulk_create(
+            [RankingTask(project=self.project, prompt_id=pid) for pid, _ in new_keys], batch_size=BATCH
+        )
+        _insert(through, [through(rankingtask_id=t.pk, completion_id=cid) for t, (_, cids) in zip(tasks, new_keys) for cid in sorted(cids)])
+        task_of.update((key, t.pk) for key, t in zip(new_keys, tasks))
+        self.count("ranking_tasks", len(tasks), len({k for *_, k in keyed}) - len(tasks))
+
+        task_ids = sorted({task_of[k] for *_, k in keyed})
+        done: set[tuple[int, int]] = set()
+        for chunk in _chunks(task_ids):
+            done.update(Ranking.objects.filter(task_id__in=chunk).values_list("task_id", "annotator_id"))
+        new = []
+        for r, pid, ids, key in keyed:
+            tid, uid = task_of[key], self.users[r.annotator]
+            if (tid, uid) in done:
+                continue
+            done.add((tid, uid))
+            new.append(Ranking(
+                task_id=tid, annotator_id=uid, order=[sorted(ids[i] for i in g) for g in r.order],
+                none_acceptable=r.none_acceptable, flags={str(ids[i]): v for i, v in r.flags.items()},
+                scores={str(ids[i]): v for i, v in r.scores.items()}, time_spent_ms=r.time_spent_ms,
+            ))
+        _insert(Ranking, new)
+        _bump(RankingTask, "ranking_count", Counter(r.task_id for r in new))
+        self.count("rankings", len(new), len(rows) - len(new))
+
+    def demonstrations(self) -> None:
+        rows = self.report.demonstrations
+        if not rows:
+            return
+        texts: dict[int, set[str]] = defaultdict(set)
+        authors: dict[int, set[int]] = defaultdict(set)
+        pids = sorted({self.prompt_ids[d.prompt.content_hash] for d in rows})
+        for chunk in _chunks(pids):
+            for pid, uid, text in Demonstration.objects.filter(prompt_id__in=chunk).values_list("prompt_id", "author_id", "text"):
+                texts[pid].add(text)
+                authors[pid].add(uid)
+        new = []
+        for d in rows:
+            pid = self.prompt_ids[d.prompt.content_hash]
+            if d.text in texts[pid]:
+                continue
+            texts[pid].add(d.text)
+            n, slot = 1, d.annotator  # one demonstration per author and prompt: then "<label>-2", "-3", …
+            while (uid := self._user(slot)) in authors[pid]:
+                n += 1
+                slot = f"{d.annotator}-{n}"
+            authors[pid].add(uid)
+            new.append(Demonstration(prompt_id=pid, author_id=uid, text=d.text))
+        _insert(Demonstration, new)
+        _bump(Prompt, "demonstration_count", Counter(d.prompt_id for d in new))
+        self.count("demonstrations", len(new), len(rows) - len(new))
+
+
+def _insert(model, objs: list) -> None:
+    """Insert rows whose ids are not needed back: COPY on PostgreSQL (several times faster than
+    INSERT with client-side quoting of every value), bulk_create elsewhere."""
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create(objs, batch_size=BATCH)
+        return
+    fields = [f for f in model._meta.concrete_fields if not f.primary_key]
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    with connection.cursor() as cursor, cursor.cursor.copy(
+        f"COPY {connection.ops.quote_name(model._meta.db_table)} ({columns}) FROM STDIN"
+    ) as copy:
+        for obj in objs:
+            copy.write_row([f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields])
+
+
+def _bump(model, counter: str, increments: Counter) -> None:
+    """counter += n with F(), one UPDATE per distinct n."""
+    by_n: dict[int, list[int]] = defaultdict(list)
+    for pk, n in increments.items():
+        by_n[n].append(pk)
+    for n, pks in by_n.items():
+        for chunk in _chunks(pks):
+            model.objects.filter(pk__in=chunk).update(**{counter: F(counter) + n})
+
+
+def external_username(source: str, label: str) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in label)
+    return f"ext-{source}-{safe}"[:150]
