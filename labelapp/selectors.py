@@ -2,6 +2,7 @@
 own labels only, never another annotator's ranking of an item."""
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -150,3 +151,33 @@ def visible_rankings(user) -> QuerySet[Ranking]:
     return Ranking.objects.filter(
         Q(task__project_id__in=reviewed) | Q(annotator=user, task__project_id__in=project_ids(user))
     ).select_related("task")
+
+
+# ---- training data snapshots (read by the workers) ----------------------------------------
+
+
+def training_demonstrations(*, project: Project) -> list[tuple[int, list[dict], str]]:
+    """(id, prompt turns, text) of every demonstration not rejected in review, oldest first."""
+    rows = (
+        Demonstration.objects.filter(prompt__project=project)
+        .exclude(review_status=Demonstration.Review.REJECTED)
+        .order_by("id")
+        .values_list("id", "prompt__text", "prompt__messages", "text")
+    )
+    return [(i, list(m) if m else [{"role": "user", "content": t}], text) for i, t, m, text in rows]
+
+
+def label_set(ids: list[int]) -> dict:
+    """The exact label set a model was trained on: ids, count and a hash of the ids."""
+    ordered = sorted(ids)
+    digest = hashlib.sha256(",".join(map(str, ordered)).encode()).hexdigest()
+    return {"ids": ordered, "count": len(ordered), "hash": digest}
+
+
+def demonstration_snapshot(*, project: Project) -> dict:
+    """Label set of the current training demonstrations; its hash changes when any is added,
+    edited away by review, or rejected — the round uses it to decide whether to run SFT."""
+    rows = training_demonstrations(project=project)
+    snapshot = label_set([i for i, _, _ in rows])
+    content = hashlib.sha256("\x00".join(text for _, _, text in rows).encode()).hexdigest()
+    return {**snapshot, "hash": hashlib.sha256((snapshot["hash"] + content).encode()).hexdigest()}

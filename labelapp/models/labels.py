@@ -148,10 +148,16 @@ class ModelVersion(models.Model):
     artifact_path = models.CharField(max_length=500, blank=True)
     training_data = models.JSONField(default=dict, blank=True, help_text="The label snapshot: ids, counts, hash.")
     metrics = models.JSONField(default=dict, blank=True)
+    is_current = models.BooleanField(default=False, help_text="The project's current policy / reward model.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["project", "kind"], condition=Q(is_current=True), name="modelversion_one_current_per_kind"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -317,6 +323,7 @@ class Ranking(models.Model):
     class Meta:
         ordering = ["created_at", "id"]
         constraints = [models.UniqueConstraint(fields=["task", "annotator"], name="ranking_once_per_annotator")]
+        indexes = [models.Index(fields=["task", "id"], name="ranking_task_then_id")]  # export keyset pages
 
     def __str__(self) -> str:
         return f"Ranking {self.pk} of task {self.task_id} by {self.annotator}"

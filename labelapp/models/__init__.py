@@ -1,0 +1,18 @@
+"""The studio's data model: labels (labels.py) and the training loop (runs.py)."""
+from labelapp.models.labels import (  # noqa: F401
+    ApiToken,
+    Assignment,
+    Category,
+    Completion,
+    Demonstration,
+    Flag,
+    Membership,
+    ModelVersion,
+    Project,
+    Prompt,
+    Queue,
+    Ranking,
+    RankingTask,
+    Role,
+)
+from labelapp.models.runs import Round, TrainingRun  # noqa: F401

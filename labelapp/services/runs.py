@@ -1,0 +1,259 @@
+"""Training runs: create, execute exactly once, report, cancel, retry, reconcile.
+
+The database row owns a run's state; queue messages only say "look at run N". That is what makes
+the tasks idempotent and keeps long runs from executing twice when Redis re-delivers a message
+after its visibility timeout:
+
+- `run_create` inserts a queued row and sends the message only after the transaction commits.
+- `run_begin` (called by the worker) locks the row and takes it only when it is queued, or when
+  it is running but its heartbeat stopped (the previous worker died). A re-delivered message for
+  a finished run, or for a run another worker is executing, gets None and does nothing.
+- `run_report` refreshes the heartbeat and progress, but only for the worker holding the
+  run's execution token; it tells the worker whether a cancel was requested.
+- `runs_reconcile` finds running rows whose heartbeat stopped: it re-queues them to resume from
+  their last checkpoint, at most `max_attempts` times, then fails them.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from labelapp.models import ModelVersion, Project, Role, Round, TrainingRun
+from labelapp.services.access import require_role
+
+log = logging.getLogger(__name__)
+METRIC_HISTORY_LIMIT = 2000
+LOG_TAIL_CHARS = 8000
+QUEUE_FOR_KIND = {kind: "gpu" for kind in TrainingRun.Kind.values}
+
+
+class RunLost(Exception):
+    """This worker no longer owns the run (another took it over, or it was finished)."""
+
+
+def enqueue(run: TrainingRun) -> None:
+    """Send the run's message; called on commit. The web process never imports the workers.
+
+    If the broker is down the run stays queued and the reconciler sends it again later."""
+    from celery import current_app
+
+    try:
+        result = current_app.send_task("studio.run_execute", args=[run.pk], queue=QUEUE_FOR_KIND[run.kind])
+    except Exception:  # the broker is unreachable: the row is safe, the reconciler re-sends
+        log.warning("could not enqueue run %s; the reconciler will retry", run.pk, exc_info=True)
+        return
+    TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=result.id or "", enqueued_at=timezone.now())
+
+
+@transaction.atomic
+def run_create(
+    *,
+    project: Project,
+    kind: str,
+    params: dict | None = None,
+    input_model: ModelVersion | None = None,
+    round: Round | None = None,
+    user=None,
+    max_attempts: int | None = None,
+) -> TrainingRun:
+    """Queue a run. Its message is sent after commit, so a rolled-back request enqueues nothing."""
+    if user is not None:
+        require_role(project=project, user=user, role=Role.ADMIN)
+    if kind not in TrainingRun.Kind.values:
+        raise ValidationError(f"Unknown run kind {kind!r}: use one of {', '.join(TrainingRun.Kind.values)}.")
+    if input_model is not None and input_model.project_id not in (None, project.pk):
+        raise ValidationError("The input model belongs to another project.")
+    run = TrainingRun.objects.create(
+        project=project,
+        kind=kind,
+        params=params or {},
+        input_model=input_model,
+        round=round,
+        created_by=user,
+        max_attempts=max_attempts or settings.RUN_MAX_ATTEMPTS,
+    )
+    transaction.on_commit(lambda: enqueue(run))
+    return run
+
+
+def _stale_before(now: datetime) -> datetime:
+    return now - timedelta(seconds=settings.RUN_HEARTBEAT_TIMEOUT)
+
+
+@transaction.atomic
+def run_begin(*, run_id: int, now: datetime | None = None) -> tuple[TrainingRun, str] | None:
+    """Take a run for execution; returns (run, execution token) or None when there is nothing to do."""
+    now = now or timezone.now()
+    run = TrainingRun.objects.select_for_update(of=("self",)).filter(pk=run_id).first()
+    if run is None or run.status in TrainingRun.TERMINAL:
+        return None
+    if run.status == TrainingRun.Status.RUNNING and run.heartbeat_at and run.heartbeat_at > _stale_before(now):
+        return None  # alive elsewhere: a duplicate message must not start it twice
+    if run.cancel_requested:
+        run.status, run.finished_at = TrainingRun.Status.CANCELLED, now
+        run.save(update_fields=["status", "finished_at"])
+        return None
+    if run.attempts >= run.max_attempts:
+        run.status, run.finished_at = TrainingRun.Status.FAILED, now
+        run.error = f"Gave up after {run.attempts} attempts (the worker kept dying)."
+        run.save(update_fields=["status", "finished_at", "error"])
+        return None
+    token = secrets.token_hex(16)
+    run.status = TrainingRun.Status.RUNNING
+    run.execution = token
+    run.attempts += 1
+    run.heartbeat_at = now
+    run.started_at = run.started_at or now
+    run.save(update_fields=["status", "execution", "attempts", "heartbeat_at", "started_at"])
+    return run, token
+
+
+def run_report(
+    *, run_id: int, token: str, step: int | None = None, total: int | None = None, metrics: dict | None = None,
+    log: str | None = None, now: datetime | None = None,
+) -> bool:
+    """Heartbeat (and progress) from the executing worker. Returns True when cancel was asked.
+
+    Raises RunLost when the token no longer owns the run."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update(of=("self",)).filter(pk=run_id).first()
+        if run is None or run.execution != token or run.status != TrainingRun.Status.RUNNING:
+            raise RunLost(f"run {run_id} is no longer executed by this worker")
+        fields = ["heartbeat_at"]
+        run.heartbeat_at = now
+        if step is not None:
+            run.step, run.total = step, max(total or 0, step)
+            fields += ["step", "total"]
+        if metrics:
+            run.metrics = (run.metrics + [{"step": step, **metrics}])[-METRIC_HISTORY_LIMIT:]
+            fields.append("metrics")
+        if log:
+            run.logs_tail = (run.logs_tail + log)[-LOG_TAIL_CHARS:]
+            fields.append("logs_tail")
+        run.save(update_fields=fields)
+        return run.cancel_requested
+
+
+@transaction.atomic
+def run_finish(
+    *, run_id: int, token: str, status: str, result: dict | None = None, error: str = "",
+    output_model: ModelVersion | None = None, now: datetime | None = None,
+) -> TrainingRun:
+    """Record how the run ended. Only the executing worker may finish it."""
+    now = now or timezone.now()
+    run = TrainingRun.objects.select_for_update(of=("self",)).get(pk=run_id)
+    if run.execution != token or run.status != TrainingRun.Status.RUNNING:
+        raise RunLost(f"run {run_id} is no longer executed by this worker")
+    run.status = status
+    run.result = result or {}
+    run.error = error[-LOG_TAIL_CHARS:]
+    run.output_model = output_model
+    run.finished_at = now
+    run.heartbeat_at = now
+    if status == TrainingRun.Status.SUCCEEDED and run.total:
+        run.step = run.total
+    run.save()
+    return run
+
+
+@transaction.atomic
+def run_cancel(*, run_id: int, user, now: datetime | None = None) -> TrainingRun:
+    """A queued run is cancelled at once; a running one stops at its next step."""
+    now = now or timezone.now()
+    run = TrainingRun.objects.select_for_update(of=("self",)).select_related("project").get(pk=run_id)
+    require_role(project=run.project, user=user, role=Role.ADMIN)
+    if run.status in TrainingRun.TERMINAL:
+        raise ValidationError(f"This run already {run.status}.")
+    run.cancel_requested = True
+    if run.status == TrainingRun.Status.QUEUED:
+        run.status, run.finished_at = TrainingRun.Status.CANCELLED, now
+    run.save(update_fields=["cancel_requested", "status", "finished_at"])
+    return run
+
+
+@transaction.atomic
+def run_retry(*, run_id: int, user) -> TrainingRun:
+    """Queue a fresh run with the same settings as a failed or cancelled one."""
+    old = TrainingRun.objects.select_related("project").get(pk=run_id)
+    if old.status not in (TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
+        raise ValidationError("Only failed or cancelled runs can be retried.")
+    run = run_create(
+        project=old.project, kind=old.kind, params=old.params, input_model=old.input_model, round=old.round, user=user
+    )
+    run.retry_of = old
+    run.save(update_fields=["retry_of"])
+    return run
+
+
+def runs_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
+    """Re-queue (to resume) or fail runs whose worker stopped sending heartbeats, and send again
+    the messages of queued runs that no worker picked up (a broker restart may have lost them;
+    a duplicate message is harmless, see run_begin)."""
+    now = now or timezone.now()
+    outcome: dict[str, list[int]] = {"requeued": [], "failed": [], "resent": []}
+    waiting = TrainingRun.objects.filter(status=TrainingRun.Status.QUEUED, cancel_requested=False).filter(
+        Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=_stale_before(now))
+    )
+    for run in waiting:
+        enqueue(run)
+        outcome["resent"].append(run.pk)
+    stale = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING, heartbeat_at__lt=_stale_before(now))
+    for run_id in stale.values_list("id", flat=True):
+        with transaction.atomic():
+            run = TrainingRun.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+                pk=run_id, status=TrainingRun.Status.RUNNING, heartbeat_at__lt=_stale_before(now)
+            ).first()
+            if run is None:
+                continue
+            note = f"\n[{now:%H:%M:%S}] worker lost (no heartbeat for {settings.RUN_HEARTBEAT_TIMEOUT} s)"
+            run.logs_tail = (run.logs_tail + note)[-LOG_TAIL_CHARS:]
+            run.execution = ""
+            if run.attempts < run.max_attempts and settings.RUN_RESUME_LOST:
+                run.status = TrainingRun.Status.QUEUED
+                run.params = {**run.params, "resume": True}
+                run.save(update_fields=["status", "execution", "params", "logs_tail"])
+                transaction.on_commit(lambda run=run: enqueue(run))
+                outcome["requeued"].append(run.pk)
+            else:
+                run.status, run.finished_at = TrainingRun.Status.FAILED, now
+                run.error = "The worker stopped sending heartbeats" + (
+                    f" {run.attempts} times." if run.attempts >= run.max_attempts else "."
+                )
+                run.save(update_fields=["status", "execution", "finished_at", "error", "logs_tail"])
+                outcome["failed"].append(run.pk)
+    return outcome
+
+
+@transaction.atomic
+def model_version_register(
+    *, project: Project, name: str, kind: str, artifact_path: str, parent: ModelVersion | None = None,
+    training_data: dict | None = None, metrics: dict | None = None, make_current: bool = False,
+) -> ModelVersion:
+    """Add a trained model to the registry, optionally as the project's current one of its kind."""
+    if make_current:
+        ModelVersion.objects.filter(project=project, kind=kind, is_current=True).update(is_current=False)
+    version = ModelVersion(
+        project=project, name=name, kind=kind, artifact_path=artifact_path, parent=parent,
+        training_data=training_data or {}, metrics=metrics or {}, is_current=make_current,
+    )
+    version.full_clean()
+    version.save()
+    return version
+
+
+@transaction.atomic
+def model_version_make_current(*, version_id: int, user) -> ModelVersion:
+    version = ModelVersion.objects.select_for_update().select_related("project").get(pk=version_id)
+    require_role(project=version.project, user=user, role=Role.ADMIN)
+    ModelVersion.objects.filter(project=version.project, kind=version.kind, is_current=True).update(is_current=False)
+    version.is_current = True
+    version.save(update_fields=["is_current"])
+    return version

@@ -1,0 +1,198 @@
+"""What each kind of run does: read its rows, call rlhf, write results through labelapp services.
+
+An executor takes the run and a `progress(step, total, metrics)` callback (which raises
+rlhf.Cancelled when a cancel was requested) and returns an Outcome. rlhf is imported inside the
+functions, so importing this module stays cheap for processes that never train.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from django.core.exceptions import ValidationError
+
+from labelapp import exports, selectors
+from labelapp.models import Completion, ModelVersion, Prompt, RankingTask, TrainingRun
+from labelapp.services.projects import completion_create, ranking_task_create
+from labelapp.services.runs import model_version_register
+
+Progress = Callable[[int, int, dict], None]
+
+
+@dataclass
+class Outcome:
+    result: dict = field(default_factory=dict)
+    model: ModelVersion | None = None
+
+
+def model_ref(run: TrainingRun, version: ModelVersion | None = None) -> str:
+    """The checkpoint a run starts from: its input model, else the project's base model."""
+    version = version or run.input_model
+    if version is not None:
+        return version.artifact_path
+    return run.project.base_model
+
+
+def make_config(cls, run: TrainingRun, **fixed):
+    """The rlhf config: defaults < the run's params < what the worker decides (paths)."""
+    from rlhf.contract import load_config
+
+    params = dict(run.params)
+    known = {f for f in cls.__dataclass_fields__}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValidationError(f"Unknown {cls.__name__} settings: {unknown}.")
+    return load_config(cls, {**params, **fixed, "output_dir": run.output_dir})
+
+
+def _cancelled(artifacts) -> bool:
+    if artifacts.status == "cancelled":
+        from rlhf import Cancelled
+
+        raise Cancelled("cancelled at the user's request")
+    return False
+
+
+def preference_pairs(project) -> tuple[list, list[int]]:
+    """rlhf PreferencePairs from every ranking of the project, and the ranking ids used."""
+    from rlhf.data import PreferencePair
+
+    pairs, ids = [], []
+    for row in exports._ranking_rows(exports.ExportFilter(project=project)):
+        ids.append(row.id)
+        texts = {cid: text for cid, (text, _) in row.completions.items()}
+        for chosen, rejected, margin in selectors.ranking_pairs(row):
+            pairs.append(PreferencePair(prompt=row.turns, chosen=texts[chosen], rejected=texts[rejected], margin=margin))
+    return pairs, ids
+
+
+def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
+    from rlhf.data import Demonstration
+    from rlhf.sft import SFTRunConfig, train_sft
+
+    snapshot = selectors.demonstration_snapshot(project=run.project)
+    if not snapshot["count"]:
+        raise ValidationError("There are no demonstrations to train on yet.")
+    demos = [Demonstration(prompt=turns, response=text) for _, turns, text in selectors.training_demonstrations(project=run.project)]
+    config = make_config(SFTRunConfig, run, model=model_ref(run))
+    artifacts = train_sft(config, demos, progress=progress)
+    _cancelled(artifacts)
+    version = model_version_register(
+        project=run.project, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+        parent=run.input_model, training_data={"demonstrations": snapshot}, metrics=artifacts.metrics, make_current=True,
+    )
+    return Outcome({"demonstrations": snapshot["count"], **artifacts.metrics}, version)
+
+
+def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
+    from rlhf.reward import RewardRunConfig, train_reward
+
+    pairs, ids = preference_pairs(run.project)
+    if len(pairs) < 2:
+        raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}.")
+    config = make_config(RewardRunConfig, run, model=model_ref(run))
+    artifacts = train_reward(config, pairs, progress=progress)
+    _cancelled(artifacts)
+    label_set = selectors.label_set(ids)
+    version = model_version_register(
+        project=run.project, name=f"reward-{run.pk}", kind=ModelVersion.Kind.REWARD, artifact_path=artifacts.model_dir,
+        parent=run.input_model, training_data={"rankings": label_set, "pairs": len(pairs)}, metrics=artifacts.metrics,
+        make_current=True,
+    )
+    return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
+
+
+def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
+    from rlhf.dpo import DPORunConfig, train_dpo
+
+    pairs, ids = preference_pairs(run.project)
+    if not pairs:
+        raise ValidationError("DPO needs preference pairs; there are none yet.")
+    artifacts = train_dpo(make_config(DPORunConfig, run, model=model_ref(run)), pairs, progress=progress)
+    _cancelled(artifacts)
+    version = model_version_register(
+        project=run.project, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+        parent=run.input_model, training_data={"rankings": selectors.label_set(ids), "pairs": len(pairs)},
+        metrics=artifacts.metrics, make_current=True,
+    )
+    return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
+
+
+def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
+    from rlhf.ppo import PPOConfig, train
+
+    reward = ModelVersion.objects.filter(pk=run.params.get("reward_model_id")).first() or ModelVersion.objects.filter(
+        project=run.project, kind=ModelVersion.Kind.REWARD, is_current=True
+    ).first()
+    if reward is None:
+        raise ValidationError("PPO needs a reward model: train one first.")
+    params = {k: v for k, v in run.params.items() if k != "reward_model_id"}
+    run.params = params
+    prompts = [p.turns for p in Prompt.objects.filter(project=run.project, split=Prompt.Split.TRAIN).order_by("id")]
+    config = make_config(PPOConfig, run, model=model_ref(run), reward_model=reward.artifact_path)
+    artifacts = train(config, prompts, progress=progress)
+    _cancelled(artifacts)
+    version = model_version_register(
+        project=run.project, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+        parent=run.input_model, training_data={"prompts": len(prompts), "reward_model_id": reward.pk},
+        metrics=artifacts.metrics, make_current=True,
+    )
+    return Outcome({"prompts": len(prompts), **artifacts.metrics}, version)
+
+
+def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
+    """K completions for N prompts from the run's input policy, stored as ranking tasks."""
+    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.sampling import sample
+
+    project = run.project
+    k = int(run.params.get("k", project.k))
+    n = int(run.params.get("prompts", 8))
+    version = run.input_model
+    already = RankingTask.objects.filter(project=project, completions__model_version=version).values("prompt_id")
+    prompts = list(
+        Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).exclude(id__in=already).order_by("?")[:n]
+        if version else Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).order_by("?")[:n]
+    )
+    if not prompts:
+        return Outcome({"prompts": 0, "tasks": 0})
+    if version is None:  # sampling from the base model: register it once so completions can name it
+        version = ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first() or model_version_register(
+            project=project, name=f"base ({project.base_model})", kind=ModelVersion.Kind.POLICY,
+            artifact_path=project.base_model,
+        )
+    tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
+    model = load_causal_lm(version.artifact_path)
+    seed = int(run.params.get("seed", random.SystemRandom().randrange(1 << 30)))
+    samples = sample(
+        model, tokenizer, [p.turns for p in prompts], k=k, max_new_tokens=int(run.params.get("max_new_tokens", 64)),
+        temperature=float(run.params.get("temperature", 1.0)), seed=seed, progress=progress,
+    )
+    by_prompt: dict[int, list] = {}
+    for item in samples:
+        by_prompt.setdefault(item.prompt_index, []).append(item)
+    tasks = 0
+    for index, prompt in enumerate(prompts):
+        completions = [
+            completion_create(
+                prompt=prompt, text=item.completion.strip() or "(empty response)", source=Completion.Source.MODEL,
+                model_version=version,
+                decoding={**item.decoding, "seed": item.seed, "completion_tokens": item.completion_tokens,
+                          "prompt_tokens": item.prompt_tokens, "finish_reason": item.finish_reason},
+            )
+            for item in sorted(by_prompt.get(index, []), key=lambda s: s.sample_index)
+        ]
+        if len(completions) >= 2:
+            ranking_task_create(project=project, prompt=prompt, completions=completions)
+            tasks += 1
+    return Outcome({"prompts": len(prompts), "tasks": tasks, "k": k, "seed": seed})
+
+
+EXECUTORS: dict[str, Callable[[TrainingRun, Progress], Outcome]] = {
+    TrainingRun.Kind.SFT: run_sft,
+    TrainingRun.Kind.REWARD: run_reward,
+    TrainingRun.Kind.DPO: run_dpo,
+    TrainingRun.Kind.PPO: run_ppo,
+    TrainingRun.Kind.SAMPLE: run_sample,
+}
