@@ -5,7 +5,8 @@ Formats (`fmt`):
 - `studio-rankings`        the lines labelapp.exports.export_rankings writes; `order`, `flags` and
                            `scores` name completion ids listed in the same row's `completions`
 - `studio-demonstrations`  the `{"messages": [..., assistant turn]}` lines export_demonstrations writes
-- `completions`            `{"prompt": str | turns, "completion": str | [assistant turn], "model": str?}`
+- `completions`            `{"prompt": str | turns, "completion": str | [assistant turn], "model": str?,
+                           "decoding": {…}?}`
 - `trl-pairs`              TRL preference rows `{"prompt", "chosen", "rejected"}`, plain strings or
                            conversational turns (also the implicit-prompt form without "prompt");
                            each pair is a 2-completion ranking, chosen first
@@ -30,6 +31,7 @@ import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import combinations
 
 from django.conf import settings
@@ -59,7 +61,7 @@ class ImportedPrompt:
     def turns(self) -> list[dict] | None:
         return [{"role": r, "content": c} for r, c in self.messages] if self.messages else None
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         return prompt_hash(text=self.text, messages=self.turns)
 
@@ -70,6 +72,7 @@ class ImportedCompletion:
     prompt: ImportedPrompt
     text: str
     model: str = ""
+    decoding: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -259,10 +262,12 @@ def _studio_demonstrations(obj: dict, line: int, report: LabelReport) -> Iterato
 
 def _completions(obj: dict, line: int, report: LabelReport) -> Iterator:
     prompt = _prompt(obj.get("prompt"), **_meta(obj))
-    model = obj.get("model") or ""
+    model, decoding = obj.get("model") or "", obj.get("decoding") or {}
     if not isinstance(model, str):
         raise RowError("model", "must be a string")
-    yield ImportedCompletion(line, prompt, _reply(obj.get("completion"), "completion"), model.strip())
+    if not isinstance(decoding, dict):
+        raise RowError("decoding", "must be an object of decoding settings")
+    yield ImportedCompletion(line, prompt, _reply(obj.get("completion"), "completion"), model.strip(), decoding)
 
 
 def _pair(line: int, prompt: ImportedPrompt, chosen: str, rejected: str, annotator: str) -> ImportedRanking:

@@ -15,17 +15,21 @@ External annotators: each annotator label of a file becomes an inactive user wit
 password named `ext-<source>-<label>` (e.g. `ext-hh-crowdworker`, `ext-oasst-consensus`), with an
 annotator membership in the project, so exports and agreement treat them like people. A
 `studio-rankings` pseudonym that belongs to a member of this project maps back to that member.
-Demonstrations: a prompt holds one demonstration per author, so the n-th distinct imported
-demonstration of a prompt by the same label goes to `ext-<source>-<label>-<n>`.
+Demonstrations arrive pending review; a prompt holds one demonstration per author, so the n-th
+distinct imported demonstration of a prompt by the same label goes to `ext-<source>-<label>-<n>`.
+Imported prompts join the write queue like any imported prompt; a ranking task whose imported
+rankings reach the project's overlap leaves the rank queue.
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, JSONField
+from django.utils import timezone
 
 from labelapp.exports import pseudonym
 from labelapp.label_formats import ImportedPrompt, LabelReport, parse_labels
@@ -106,18 +110,19 @@ class _Run:
         self.count("prompts", len(new), len(wanted) - len(new))
 
     def completions(self) -> None:
-        wanted: dict[tuple[int, str], str] = {}
+        wanted: dict[tuple[int, str], dict] = {}  # (prompt id, text) → decoding
         for c in (*self.report.completions, *(c for r in self.report.rankings for c in r.completions)):
-            wanted.setdefault((self.prompt_ids[c.prompt.content_hash], c.text), c.model)
+            decoding = {**c.decoding, "model": c.model} if c.model else c.decoding
+            wanted.setdefault((self.prompt_ids[c.prompt.content_hash], c.text), decoding)
         prompt_ids = sorted({pid for pid, _ in wanted})
         for chunk in _chunks(prompt_ids):
             for cid, pid, text in Completion.objects.filter(prompt_id__in=chunk).values_list("id", "prompt_id", "text"):
                 self.completion_ids.setdefault((pid, text), cid)
         new = [
-            Completion(prompt_id=pid, text=text, source=Completion.Source.IMPORTED, decoding={"model": model} if model else {})
-            for (pid, text), model in wanted.items() if (pid, text) not in self.completion_ids
+            Completion(prompt_id=pid, text=text, source=Completion.Source.IMPORTED, decoding=decoding)
+            for (pid, text), decoding in wanted.items() if (pid, text) not in self.completion_ids
         ]
-        Completion.objects.bulk_create(new, batch_size=BATCH)
+        _insert(Completion, new, ids=True)
         self.completion_ids.update(((c.prompt_id, c.text), c.pk) for c in new)
         self.count("completions", len(new), len(wanted) - len(new))
 
@@ -175,9 +180,8 @@ class _Run:
             ids = [self.completion_ids[(pid, c.text)] for c in r.completions]
             keyed.append((r, pid, ids, (pid, frozenset(ids))))
         new_keys = list(dict.fromkeys(key for *_, key in keyed if key not in task_of))
-        tasks = RankingTask.objects.bulk_create(
-            [RankingTask(project=self.project, prompt_id=pid) for pid, _ in new_keys], batch_size=BATCH
-        )
+        tasks = [RankingTask(project=self.project, prompt_id=pid) for pid, _ in new_keys]
+        _insert(RankingTask, tasks, ids=True)
         _insert(through, [through(rankingtask_id=t.pk, completion_id=cid) for t, (_, cids) in zip(tasks, new_keys) for cid in sorted(cids)])
         task_of.update((key, t.pk) for key, t in zip(new_keys, tasks))
         self.count("ranking_tasks", len(tasks), len({k for *_, k in keyed}) - len(tasks))
@@ -229,19 +233,40 @@ class _Run:
         self.count("demonstrations", len(new), len(rows) - len(new))
 
 
-def _insert(model, objs: list) -> None:
-    """Insert rows whose ids are not needed back: COPY on PostgreSQL (several times faster than
-    INSERT with client-side quoting of every value), bulk_create elsewhere."""
+def _insert(model, objs: list, *, ids: bool = False) -> None:
+    """Bulk insert. On PostgreSQL with COPY, several times faster than INSERT with client-side
+    quoting of every value; with `ids`, the ids are drawn from the table's sequence first and set
+    on the objects. Elsewhere bulk_create (which sets ids where the backend returns them)."""
+    if not objs:
+        return
     if connection.vendor != "postgresql":
         model.objects.bulk_create(objs, batch_size=BATCH)
         return
     fields = [f for f in model._meta.concrete_fields if not f.primary_key]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    with connection.cursor() as cursor, cursor.cursor.copy(
-        f"COPY {connection.ops.quote_name(model._meta.db_table)} ({columns}) FROM STDIN"
-    ) as copy:
-        for obj in objs:
-            copy.write_row([f.get_db_prep_save(f.pre_save(obj, True), connection) for f in fields])
+    table, pk = model._meta.db_table, model._meta.pk
+    with connection.cursor() as cursor:
+        if ids:
+            cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+                           [table, pk.column, len(objs)])
+            for obj, (value,) in zip(objs, cursor.fetchall()):
+                obj.pk = value
+            fields.insert(0, pk)
+        columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+        values = [_getter(f, timezone.now()) for f in fields]
+        with cursor.cursor.copy(f"COPY {connection.ops.quote_name(table)} ({columns}) FROM STDIN") as copy:
+            for obj in objs:
+                copy.write_row([value(obj) for value in values])
+
+
+def _getter(f, now):
+    """How COPY reads a field from an object: psycopg adapts plain values itself."""
+    from psycopg.types.json import Jsonb
+
+    if getattr(f, "auto_now_add", False) or getattr(f, "auto_now", False):
+        return lambda obj: now
+    if isinstance(f, JSONField):
+        return lambda obj: Jsonb(getattr(obj, f.attname))
+    return attrgetter(f.attname)
 
 
 def _bump(model, counter: str, increments: Counter) -> None:

@@ -223,9 +223,11 @@ def test_trl_implicit_prompt_and_completions(project):
     assert labels_import(project=project, data=jsonl(row), fmt="trl-pairs").created["rankings"] == 1
     assert Prompt.objects.get().text == "2+2?"  # one user turn is stored as text: the hash matches plain rows
     result = labels_import(project=project, data=jsonl(
-        {"prompt": "2+2?", "completion": "four", "model": "smollm2"}, {"prompt": turns, "completion": "4"}), fmt="completions")
+        {"prompt": "2+2?", "completion": "four", "model": "smollm2", "decoding": {"temperature": 0.7}},
+        {"prompt": turns, "completion": "4"}), fmt="completions")
     assert (result.created["completions"], result.duplicates["completions"], result.created["prompts"]) == (1, 1, 0)
-    assert Completion.objects.get(text="four").decoding == {"model": "smollm2"}
+    assert Completion.objects.get(text="four").decoding == {"temperature": 0.7, "model": "smollm2"}
+    assert Completion.objects.get(text="four").source == "imported"
 
 
 # ---- bad input: refused whole, with the line, nothing written ----------------------------------
