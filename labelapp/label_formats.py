@@ -353,7 +353,7 @@ def _oasst(obj: dict, line: int, report: LabelReport) -> Iterator:
         _distinct(texts, "replies")
         ranks = [r["rank"] for r in ranked]
         order = [[i for i, x in enumerate(ranks) if x == rank] for rank in sorted(set(ranks))]
-        completions = [ImportedCompletion(line, prompt, t, r.get("model_name") or "") for t, r in zip(texts, ranked)]
+        completions = [ImportedCompletion(line, prompt, t, str(r.get("model_name") or "")) for t, r in zip(texts, ranked)]
         yield ImportedRanking(line, prompt, completions, order, "consensus")
 
 
@@ -385,7 +385,7 @@ def _finegrained(obj: dict, line: int, report: LabelReport) -> Iterator:
     if not isinstance(preference, list) or len(preference) != 6 or any(p not in (0, 1, 2) for p in preference):
         raise RowError("preference", "must be 6 judgements (1v2, 1v3, 1v4, 2v3, 2v4, 3v4), each 0, 1 or 2")
     order = copeland_order(preference)
-    yield ImportedRanking(line, prompt, [ImportedCompletion(line, prompt, t, "t5-large (FineGrainedRLHF)") for t in texts],
+    yield ImportedRanking(line, prompt, [ImportedCompletion(line, prompt, t, "T5 policy (FineGrainedRLHF)") for t in texts],
                           order, "annotator")
     corrected = (obj.get("feedback") or {}).get("corrected-prediction") if isinstance(obj.get("feedback"), dict) else None
     if isinstance(corrected, str) and corrected.strip():
@@ -440,6 +440,8 @@ def _objects(text: str) -> Iterator[tuple[int, object | json.JSONDecodeError]]:
                     yield number, json.loads(raw)
                 except json.JSONDecodeError as exc:
                     yield number, exc
+                except RecursionError:
+                    yield number, json.JSONDecodeError("nested too deeply", raw, 0)
         return
     decoder, pos = json.JSONDecoder(), text.index("[") + 1
     while True:
@@ -451,6 +453,9 @@ def _objects(text: str) -> Iterator[tuple[int, object | json.JSONDecodeError]]:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             yield exc.lineno, exc
+            return
+        except RecursionError:
+            yield line, json.JSONDecodeError("nested too deeply", text, pos)
             return
         yield line, obj
         pos = _skip(text, pos)
@@ -483,7 +488,10 @@ def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False) -> LabelR
                 raise RowError(None, f"broken JSON ({obj.msg} at column {obj.colno})")
             if not isinstance(obj, dict):
                 raise RowError(None, "each line must be a JSON object")
-            rows = list(parse(obj, line, report))
+            try:
+                rows = list(parse(obj, line, report))
+            except RecursionError:
+                raise RowError(None, "nested too deeply") from None
         except RowError as exc:
             if skip_invalid and not isinstance(obj, json.JSONDecodeError):
                 skipped += 1

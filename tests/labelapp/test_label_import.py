@@ -252,6 +252,7 @@ RANKING = {"prompt": [{"role": "user", "content": "Q?"}], "completions": [{"id":
         (jsonl({"prompt": "Q", "chosen": "a"}), "trl-pairs", "line 1, field 'rejected': the completion must be a string"),
         (b"[\n" + json.dumps({"question": "q"}).encode() + b",\n{broken\n]", "finegrained", "line 3: broken JSON"),
         (b"", "hh", "line 1: the file holds no hh rows"),
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "oasst", "line 1: broken JSON (nested too deeply"),
     ],
 )
 def test_bad_files_are_refused_whole(project, data, fmt, expected):
