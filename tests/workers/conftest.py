@@ -1,0 +1,96 @@
+"""A real Celery worker process on the real Redis, reading the test database."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_REDIS = os.environ.get("REDIS_URL", "")  # `make test` sets redis://127.0.0.1:6379/14
+
+
+@pytest.fixture
+def broker():
+    """The test Redis database, emptied before and after."""
+    import redis
+
+    from workers.celery import app
+
+    if not TEST_REDIS.startswith("redis://") or app.conf.broker_url != TEST_REDIS:
+        pytest.fail("worker tests need a real Redis: run `make test`, or set REDIS_URL=redis://127.0.0.1:6379/14")
+    client = redis.Redis.from_url(TEST_REDIS)
+    try:
+        client.flushdb()
+    except redis.ConnectionError:
+        pytest.fail(f"Redis is not reachable at {TEST_REDIS}: run scripts/test-prereqs.sh")
+    yield client
+    client.flushdb()
+
+
+def worker_env(tmp_path, **extra) -> dict:
+    from django.db import connection
+
+    db = connection.settings_dict
+    url = f"postgres://{db['USER']}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": TEST_REDIS,
+        "DATA_DIR": str(tmp_path),
+        "RUN_HEARTBEAT_EVERY": "1",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+class Worker:
+    def __init__(self, tmp_path, **env):
+        self.log = tmp_path / f"worker-{time.monotonic_ns()}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "gpu,default", "--pool", "solo",
+             "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
+            cwd=ROOT, env=worker_env(tmp_path, **env), stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def stop(self, sig=None) -> None:
+        if self.proc.poll() is None:
+            if sig is None:
+                self.proc.terminate()
+            else:
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def start_worker(tmp_path, broker):
+    workers: list[Worker] = []
+
+    def start(**env) -> Worker:
+        worker = Worker(tmp_path, **env)
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        worker.stop()
+
+
+def wait_for(predicate, timeout: float, what: str, worker: Worker | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    tail = worker.output()[-3000:] if worker else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n{tail}")

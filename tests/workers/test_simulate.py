@@ -1,0 +1,48 @@
+import random
+
+import pytest
+from django.core.management import call_command
+
+from labelapp.agreement import pairwise_agreement
+from labelapp.models import Demonstration, Ranking
+from labelapp.stats import project_rankings
+from tests.conftest import make_project, make_prompt, make_task
+from workers.simulate import expected_agreement, noisy_order, rule_scores, sigma_for
+
+
+def test_sigma_is_solved_for_the_target_agreement():
+    for k in (2, 4, 9):
+        sigma = sigma_for(0.726, k)
+        assert expected_agreement(sigma, k) == pytest.approx(0.726, abs=1e-6)
+    assert sigma_for(1.0, 4) == 0.0
+
+
+def test_noisy_orders_reach_the_agreement_they_were_set_for():
+    rng = random.Random(1)
+    ids, scores = [1, 2, 3, 4], [0.9, 0.5, 0.4, 0.1]
+    sigma = sigma_for(0.726, 4)
+    rankings = {item: {a: noisy_order(ids, scores, sigma, rng) for a in "ab"} for item in range(3000)}
+    assert pairwise_agreement(rankings).rate == pytest.approx(0.726, abs=0.02)
+
+
+def test_rule_oracle_prefers_the_answer_closest_to_the_reference():
+    scores = rule_scores("Paris is the capital of France", ["The capital of France is Paris", "I like cheese", ""])
+    assert scores[0] > scores[1] >= scores[2]
+
+
+@pytest.mark.django_db
+def test_simulated_annotators_label_through_the_services(capsys):
+    project = make_project(k=4, overlap=3)
+    for i in range(3):
+        prompt = make_prompt(project, text=f"What is the capital of France? ({i})", reference="Paris is the capital.")
+        make_task(project, prompt=prompt, texts=["Paris is the capital.", "It is Paris.", "Lyon.", "Bananas."])
+    make_prompt(project, text="No reference here")
+    call_command("simulate_annotators", project.slug, "--annotators", "3", "--agreement", "0.9")
+    assert "rankings" in capsys.readouterr().out
+    assert Demonstration.objects.count() == 3  # one per prompt with a reference; the other skipped
+    assert Ranking.objects.count() == 9  # 3 tasks x overlap 3
+    agreement = pairwise_agreement(project_rankings(project=project)).rate
+    assert agreement > 0.6
+    best = [r.order[0][0] for r in Ranking.objects.all()]
+    texts = dict(project.ranking_tasks.first().completions.values_list("id", "text"))
+    assert sum(1 for b in best if texts.get(b) == "Paris is the capital.") >= 1
