@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from django.contrib.auth import get_user_model
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F, JSONField
 from django.utils import timezone
 
@@ -51,16 +51,25 @@ class LabelImportResult:
     notes: list[str] = field(default_factory=list)
 
 
-@transaction.atomic
 def labels_import(*, project: Project, data: bytes, fmt: str, skip_invalid: bool = False) -> LabelImportResult:
     """Add the labels of a file in one of labelapp.label_formats.FORMATS to a project: all of
     them, or none (ImportRejected lists every line, field and reason). With `skip_invalid`,
     lines that cannot be used are left out and named in the result's notes instead.
 
-    Takes the project's row lock, so two imports into one project run one after the other."""
+    Writes in one transaction holding the project's row lock, so two label imports into one
+    project run one after the other."""
     report = parse_labels(data, fmt=fmt, skip_invalid=skip_invalid)
     if report.errors:
         raise ImportRejected(report.errors)
+    try:
+        return _write(project=project, report=report, fmt=fmt)
+    except IntegrityError:  # a prompt import or a labeller got there first: nothing was written
+        raise ImportRejected(["line 1: the project changed during the import (the same prompts or labels were "
+                              "added at the same time); nothing was written, import the file again"]) from None
+
+
+@transaction.atomic
+def _write(*, project: Project, report: LabelReport, fmt: str) -> LabelImportResult:
     Project.objects.select_for_update().filter(pk=project.pk).first()
     result = LabelImportResult(format=fmt, rows=report.row_count, notes=list(report.notes))
     run = _Run(project, report, result)
@@ -101,12 +110,8 @@ class _Run:
                    reference=p.reference, source=Prompt.Source.IMPORTED, content_hash=digest)
             for digest, p in wanted.items() if digest not in self.prompt_ids
         ]
-        # a prompt import running at the same time may add one of these: keep its row
-        Prompt.objects.bulk_create(new, batch_size=BATCH, ignore_conflicts=True)
-        for chunk in _chunks([p.content_hash for p in new]):
-            self.prompt_ids.update(
-                Prompt.objects.filter(project=self.project, content_hash__in=chunk).values_list("content_hash", "id")
-            )
+        _insert(Prompt, new, ids=True)
+        self.prompt_ids.update((p.content_hash, p.pk) for p in new)
         self.count("prompts", len(new), len(wanted) - len(new))
 
     def completions(self) -> None:
@@ -265,7 +270,7 @@ def _getter(f, now):
     if getattr(f, "auto_now_add", False) or getattr(f, "auto_now", False):
         return lambda obj: now
     if isinstance(f, JSONField):
-        return lambda obj: Jsonb(getattr(obj, f.attname))
+        return lambda obj: None if (v := getattr(obj, f.attname)) is None else Jsonb(v)  # SQL NULL, not JSON null
     return attrgetter(f.attname)
 
 
