@@ -99,6 +99,10 @@ def parse_prompts(data: bytes, *, fmt: str) -> ParseReport:
         line = data[: exc.start].count(b"\n") + 1
         report.error(line, None, f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
         return report
+    if "\x00" in text or "\\u0000" in text:
+        at = text.find("\x00") if "\x00" in text else text.find("\\u0000")
+        report.error(text[:at].count("\n") + 1, None, "contains a NUL character, which cannot be stored")
+        return report
     if fmt == "jsonl":
         _parse_jsonl(text, report)
     elif fmt == "csv":

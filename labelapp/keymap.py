@@ -28,6 +28,7 @@ KEYMAP: tuple[Binding, ...] = (
     Binding("project", ("w",), "W", "click:start-write", "Start writing demonstrations"),
     Binding("project", ("r",), "R", "click:start-rank", "Start ranking responses"),
     Binding("project", ("v",), "V", "click:start-review", "Review demonstrations (reviewers)"),
+    Binding("project", ("c",), "C", "click:start-compare", "Start comparing answers (blind evaluation)"),
     Binding("write", ("ctrl+enter", "meta+enter"), "Ctrl+Enter", "submit", "Submit the demonstration", in_text=True),
     Binding("write", ("s",), "S", "skip", "Skip this prompt (type a reason, then Enter)"),
     Binding("write", ("t",), "T", "focus:answer", "Go to the answer box"),
@@ -41,9 +42,18 @@ KEYMAP: tuple[Binding, ...] = (
     Binding("rank", ("n",), "N", "toggle:none_acceptable", "None of the responses is acceptable"),
     Binding("rank", ("ctrl+enter", "meta+enter"), "Ctrl+Enter", "submit", "Submit the ranking", in_text=True),
     Binding("rank", ("s",), "S", "skip", "Skip this task (optional reason, then Enter)"),
+    Binding("compare", ("1", "arrowleft"), "1 / ←", "click:prefer-left", "The left answer is better"),
+    Binding("compare", ("2", "arrowright"), "2 / →", "click:prefer-right", "The right answer is better"),
+    Binding("compare", ("t", "0"), "T / 0", "click:prefer-tie", "They are equally good (tie)"),
+    Binding("compare", ("s",), "S", "skip", "Skip this comparison (optional reason, then Enter)"),
     Binding("review", ("a",), "A", "click:approve", "Approve the demonstration"),
     Binding("review", ("r",), "R", "click:reject", "Reject it (needs a comment)"),
     Binding("review", ("c",), "C", "focus:comment", "Go to the comment box"),
+    Binding("studio", ("n",), "N", "focus:round-method", "Start a new round: go to its form"),
+    Binding("studio", ("g",), "G", "focus:runs-title", "Go to the runs table"),
+    Binding("studio", ("m",), "M", "focus:models-title", "Go to the model versions"),
+    Binding("studio-run", ("u",), "U", "click:studio-up", "Back to the studio overview"),
+    Binding("studio-run", ("c",), "C", "focus:charts-title", "Go to the charts (←/→ move along a focused chart)"),
 )
 
 

@@ -73,6 +73,14 @@ def completions_for_annotator(*, task_id: int, user) -> list[Completion]:
     return completions
 
 
+def comparison_sides(*, task, user) -> tuple[bool, list]:
+    """(candidate shown left?, [left completion, right completion]) — random per annotator and
+    task, stable across reloads, so the side carries no hint."""
+    a_left = random.Random(f"compare:{task.pk}:{user.pk}").random() < 0.5
+    pair = [task.completion_a, task.completion_b]
+    return a_left, pair if a_left else pair[::-1]
+
+
 def my_labels(*, project: Project, user, limit: int = 100) -> dict[str, list]:
     demonstrations = list(
         Demonstration.objects.filter(prompt__project=project, author=user)

@@ -12,5 +12,6 @@ urlpatterns = [
     path("p/<slug:slug>/<str:queue>/next/", views.claim_next, name="claim"),
     path("p/<slug:slug>/write/<int:assignment_id>/", views.write, name="write"),
     path("p/<slug:slug>/rank/<int:assignment_id>/", views.rank, name="rank"),
+    path("p/<slug:slug>/compare/<int:assignment_id>/", views.compare, name="compare"),
     path("p/<slug:slug>/<str:queue>/<int:assignment_id>/skip/", views.skip, name="skip"),
 ]

@@ -17,7 +17,13 @@ from labelapp import selectors
 from labelapp.keymap import bindings_for
 from labelapp.models import Assignment, Flag, Project, Queue, Role
 from labelapp.services.access import has_role
-from labelapp.services.labels import demonstration_review, demonstration_submit, order_from_ranks, ranking_submit
+from labelapp.services.labels import (
+    comparison_submit,
+    demonstration_review,
+    demonstration_submit,
+    order_from_ranks,
+    ranking_submit,
+)
 from labelapp.services.queue import assignment_skip, task_claim
 
 
@@ -71,7 +77,10 @@ def _go_to_next(request: HttpRequest, project: Project, queue: str) -> HttpRespo
 
 def _assignment(request: HttpRequest, project: Project, assignment_id: int, queue: str) -> Assignment:
     assignment = (
-        Assignment.objects.select_related("prompt", "ranking_task__prompt")
+        Assignment.objects.select_related(
+            "prompt", "ranking_task__prompt", "evaluation_task__prompt", "evaluation_task__completion_a",
+            "evaluation_task__completion_b",
+        )
         .filter(pk=assignment_id, project=project, queue=queue, user=request.user)
         .first()
     )
@@ -183,6 +192,34 @@ def rank(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
         "errors": errors,
     }
     return _render(request, "labelapp/rank.html", "rank", context, status=400 if errors else 200)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def compare(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
+    project = _project(request, slug)
+    assignment = _assignment(request, project, assignment_id, Queue.COMPARE)
+    task = assignment.evaluation_task
+    a_left, sides = selectors.comparison_sides(task=task, user=request.user)
+    errors: list[str] = []
+    if request.method == "POST":
+        try:
+            comparison_submit(
+                assignment_id=assignment.pk,
+                user=request.user,
+                preferred=request.POST.get("preferred", ""),
+                a_shown_left=a_left,
+                time_spent_ms=request.POST.get("time_spent_ms") or 0,
+            )
+        except ValidationError as exc:
+            errors = _errors(exc)
+        else:
+            messages.success(request, "Comparison saved.")
+            return _go_to_next(request, project, Queue.COMPARE)
+    elif (gone := _finished_redirect(request, project, assignment)) is not None:
+        return gone
+    context = {"project": project, "assignment": assignment, "prompt": task.prompt, "sides": sides, "errors": errors}
+    return _render(request, "labelapp/compare.html", "compare", context, status=400 if errors else 200)
 
 
 @login_required

@@ -189,10 +189,59 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
     return Outcome({"prompts": len(prompts), "tasks": tasks, "k": k, "seed": seed})
 
 
+def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
+    """One answer per held-out prompt from the candidate (the run's input model) and the
+    baseline; both scored by the current reward model; stored as blind A/B tasks."""
+    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.reward import conversation, score
+    from rlhf.sampling import sample
+
+    from labelapp.services.projects import evaluation_task_create
+    from labelapp.stats import evaluation_summary
+
+    project, candidate = run.project, run.input_model
+    baseline = ModelVersion.objects.filter(pk=run.params.get("baseline_id")).first() or (candidate and candidate.parent)
+    if candidate is None or baseline is None:
+        raise ValidationError("An evaluation needs a candidate model and a baseline (its parent).")
+    n = int(run.params.get("prompts", 8))
+    held_out = Prompt.objects.filter(project=project, split=Prompt.Split.VALIDATION)
+    note = ""
+    if not held_out.exists():
+        held_out, note = Prompt.objects.filter(project=project), "no validation prompts: used training prompts"
+    prompts = list(held_out.order_by("id")[:n])
+    settings = {"max_new_tokens": int(run.params.get("max_new_tokens", 64)),
+                "temperature": float(run.params.get("temperature", 0.7)), "seed": int(run.params.get("seed", 0))}
+    answers = {}
+    for step, version in enumerate((candidate, baseline), start=1):
+        model = load_causal_lm(version.artifact_path)
+        tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
+        answers[version.pk] = [s.completion.strip() for s in sample(model, tokenizer, [p.turns for p in prompts], k=1, **settings)]
+        del model
+        progress(step, 3, {})
+    reward = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD, is_current=True).first()
+    rewards_a = rewards_b = [None] * len(prompts)
+    if reward is not None:
+        rm, rm_tokenizer = load_reward_model(reward.artifact_path), load_tokenizer(reward.artifact_path)
+        a_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[candidate.pk])]
+        b_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[baseline.pk])]
+        rewards_a, rewards_b = score(rm, rm_tokenizer, a_items).tolist(), score(rm, rm_tokenizer, b_items).tolist()
+    for prompt, text_a, text_b, ra, rb in zip(prompts, answers[candidate.pk], answers[baseline.pk], rewards_a, rewards_b):
+        evaluation_task_create(
+            project=project, prompt=prompt, model_a=candidate, model_b=baseline, text_a=text_a, text_b=text_b,
+            round=run.round, reward_a=ra, reward_b=rb, decoding=settings,
+        )
+    progress(3, 3, {})
+    summary = evaluation_summary(project=project, round_id=run.round_id) if run.round_id else {}
+    auto = summary.get("reward_model", {})
+    return Outcome({"tasks": len(prompts), "auto_win_rate": auto.get("win_rate"), "auto_low": auto.get("low"),
+                    "auto_high": auto.get("high"), "note": note})
+
+
 EXECUTORS: dict[str, Callable[[TrainingRun, Progress], Outcome]] = {
     TrainingRun.Kind.SFT: run_sft,
     TrainingRun.Kind.REWARD: run_reward,
     TrainingRun.Kind.DPO: run_dpo,
     TrainingRun.Kind.PPO: run_ppo,
     TrainingRun.Kind.SAMPLE: run_sample,
+    TrainingRun.Kind.EVALUATE: run_evaluate,
 }

@@ -16,3 +16,4 @@ from labelapp.models.labels import (  # noqa: F401
     Role,
 )
 from labelapp.models.runs import Round, TrainingRun  # noqa: F401
+from labelapp.models.evaluation import Comparison, EvaluationTask  # noqa: F401  (after runs: it uses Round)

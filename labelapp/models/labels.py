@@ -38,6 +38,7 @@ class Role(models.TextChoices):
 class Queue(models.TextChoices):
     WRITE = "write", "Write demonstrations"
     RANK = "rank", "Rank completions"
+    COMPARE = "compare", "Compare two answers (blind evaluation)"
 
 
 class Project(models.Model):
@@ -225,6 +226,9 @@ class Assignment(models.Model):
     ranking_task = models.ForeignKey(
         RankingTask, on_delete=models.CASCADE, null=True, blank=True, related_name="assignments"
     )
+    evaluation_task = models.ForeignKey(
+        "labelapp.EvaluationTask", on_delete=models.CASCADE, null=True, blank=True, related_name="assignments"
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
@@ -235,8 +239,18 @@ class Assignment(models.Model):
         ordering = ["-leased_at"]
         constraints = [
             models.CheckConstraint(
-                condition=(Q(queue="write") & Q(prompt__isnull=False) & Q(ranking_task__isnull=True))
-                | (Q(queue="rank") & Q(ranking_task__isnull=False) & Q(prompt__isnull=True)),
+                condition=(
+                    Q(queue="write") & Q(prompt__isnull=False) & Q(ranking_task__isnull=True)
+                    & Q(evaluation_task__isnull=True)
+                )
+                | (
+                    Q(queue="rank") & Q(ranking_task__isnull=False) & Q(prompt__isnull=True)
+                    & Q(evaluation_task__isnull=True)
+                )
+                | (
+                    Q(queue="compare") & Q(evaluation_task__isnull=False) & Q(prompt__isnull=True)
+                    & Q(ranking_task__isnull=True)
+                ),
                 name="assignment_one_item_matching_queue",
             ),
             models.UniqueConstraint(
@@ -247,10 +261,16 @@ class Assignment(models.Model):
                 condition=Q(ranking_task__isnull=False),
                 name="assignment_once_per_task",
             ),
+            models.UniqueConstraint(
+                fields=["user", "evaluation_task"],
+                condition=Q(evaluation_task__isnull=False),
+                name="assignment_once_per_evaluation",
+            ),
         ]
         indexes = [
             models.Index(fields=["ranking_task", "status", "expires_at"], name="assignment_task_lease"),
             models.Index(fields=["prompt", "status", "expires_at"], name="assignment_prompt_lease"),
+            models.Index(fields=["evaluation_task", "status", "expires_at"], name="assignment_evaluation_lease"),
             models.Index(fields=["user", "project", "queue", "status"], name="assignment_user_queue"),
         ]
 
@@ -259,7 +279,7 @@ class Assignment(models.Model):
 
     @property
     def item_id(self) -> int | None:
-        return self.prompt_id if self.queue == Queue.WRITE else self.ranking_task_id
+        return {Queue.WRITE: self.prompt_id, Queue.RANK: self.ranking_task_id}.get(self.queue, self.evaluation_task_id)
 
 
 class Demonstration(models.Model):

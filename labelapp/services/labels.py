@@ -15,7 +15,18 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from labelapp.models import Assignment, Demonstration, Flag, Prompt, Queue, Ranking, RankingTask, Role
+from labelapp.models import (
+    Assignment,
+    Comparison,
+    Demonstration,
+    EvaluationTask,
+    Flag,
+    Prompt,
+    Queue,
+    Ranking,
+    RankingTask,
+    Role,
+)
 from labelapp.services.access import require_role
 from labelapp.services.queue import lease_for_submit
 
@@ -25,7 +36,7 @@ MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 def clean_text(value: str | None, *, what: str) -> str:
     """Strip a human-written text, normalise line ends (browsers send CRLF) and enforce the
     size limit; empty text is an error."""
-    text = (value or "").replace("\r\n", "\n").replace("\r", "\n").strip()
+    text = (value or "").replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip()
     if not text:
         raise ValidationError(f"The {what} is empty: write something before submitting.")
     limit = settings.LABEL_MAX_TEXT_CHARS
@@ -182,6 +193,34 @@ def ranking_submit(
     RankingTask.objects.filter(pk=assignment.ranking_task_id).update(ranking_count=F("ranking_count") + 1)
     _finish(assignment, now)
     return ranking
+
+
+@transaction.atomic
+def comparison_submit(
+    *, assignment_id: int, user, preferred: str, a_shown_left: bool, time_spent_ms: int = 0,
+    now: datetime | None = None,
+) -> Comparison:
+    """Store a blind A/B judgement. `preferred` is "left", "right" or "tie" as the annotator saw
+    it; `a_shown_left` says which side the candidate was on (the page knows, the person not)."""
+    now = now or timezone.now()
+    assignment = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.COMPARE, now=now)
+    if assignment.status == Assignment.Status.SUBMITTED:
+        return Comparison.objects.get(assignment=assignment)
+    if preferred not in ("left", "right", "tie"):
+        raise ValidationError("Choose the left answer, the right answer, or a tie.")
+    if preferred == "tie":
+        winner = Comparison.Winner.TIE
+    else:
+        winner = Comparison.Winner.A if (preferred == "left") == bool(a_shown_left) else Comparison.Winner.B
+    comparison = Comparison(
+        task_id=assignment.evaluation_task_id, annotator=user, assignment=assignment, winner=winner,
+        a_shown_left=bool(a_shown_left), time_spent_ms=clamp_time_spent(time_spent_ms),
+    )
+    comparison.full_clean(validate_unique=False, validate_constraints=False)
+    comparison.save()
+    EvaluationTask.objects.filter(pk=assignment.evaluation_task_id).update(comparison_count=F("comparison_count") + 1)
+    _finish(assignment, now)
+    return comparison
 
 
 def _finish(assignment: Assignment, now: datetime) -> None:

@@ -138,7 +138,9 @@ def completion_create(
     model_version: ModelVersion | None = None,
     decoding: dict | None = None,
 ) -> Completion:
-    if not (text or "").strip():
+    # Model outputs are untrusted: a NUL cannot be stored in PostgreSQL text; show it as U+FFFD.
+    text = (text or "").replace("\x00", "\ufffd")
+    if not text.strip():
         raise ValidationError("A completion cannot be empty.")
     if len(text) > settings.LABEL_MAX_TEXT_CHARS:
         raise ValidationError(f"The completion is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
@@ -163,3 +165,23 @@ def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequen
     task = RankingTask.objects.create(project=project, prompt=prompt)
     task.completions.set(completions)
     return task
+
+
+@transaction.atomic
+def evaluation_task_create(
+    *, project: Project, prompt: Prompt, model_a: ModelVersion, model_b: ModelVersion, text_a: str, text_b: str,
+    round=None, reward_a: float | None = None, reward_b: float | None = None, decoding: dict | None = None,
+):
+    """A blind A/B task: the candidate's (A) and the baseline's (B) answers to one prompt."""
+    from labelapp.models import EvaluationTask
+
+    if model_a.pk == model_b.pk:
+        raise ValidationError("An evaluation compares two different model versions.")
+    if prompt.project_id != project.pk:
+        raise ValidationError("The prompt belongs to another project.")
+    a = completion_create(prompt=prompt, text=text_a or "(empty response)", model_version=model_a, decoding=decoding)
+    b = completion_create(prompt=prompt, text=text_b or "(empty response)", model_version=model_b, decoding=decoding)
+    return EvaluationTask.objects.create(
+        project=project, round=round, prompt=prompt, model_a=model_a, model_b=model_b, completion_a=a, completion_b=b,
+        reward_a=reward_a, reward_b=reward_b,
+    )

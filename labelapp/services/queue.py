@@ -1,7 +1,8 @@
 """The assignment queue: which item an annotator labels next, under a lease.
 
-Two queues share one mechanism: `write` hands out prompts that still need demonstrations,
-`rank` hands out ranking tasks that still need rankings. An item is *available* to a user when
+Three queues share one mechanism: `write` hands out prompts that still need demonstrations,
+`rank` hands out ranking tasks that still need rankings, `compare` hands out blind A/B
+evaluation tasks that still need comparisons. An item is *available* to a user when
 
     submitted labels + live leases held by others < capacity      (capacity = overlap)
     and the user has not already submitted or skipped it.
@@ -25,7 +26,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from labelapp.models import Assignment, Project, Prompt, Queue, RankingTask, Role
+from labelapp.models import Assignment, EvaluationTask, Project, Prompt, Queue, RankingTask, Role
 from labelapp.services.access import require_role
 
 MAX_RACE_RETRIES = 20
@@ -42,6 +43,7 @@ class QueueSpec:
 SPECS = {
     Queue.WRITE: QueueSpec(Prompt, "prompt", "demonstration_count", "demonstrations_per_prompt"),
     Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap"),
+    Queue.COMPARE: QueueSpec(EvaluationTask, "evaluation_task", "comparison_count", "overlap"),
 }
 
 

@@ -6,6 +6,8 @@
       → REWARD   (reward model from all the project's rankings)
       → POLICY   (PPO against that reward model, or DPO on the pairs)
       → RESAMPLING (the new policy's samples become new ranking tasks)
+      → EVALUATION (blind A/B tasks: new policy vs its parent on held-out prompts, plus the
+                    reward model's automatic win-rate)
       → DONE
 
 `round_advance` is called by the worker when a round's run ends, by the periodic
@@ -32,12 +34,14 @@ DEFAULTS = {
     "reward": {},
     "policy": {},  # PPO or DPO settings
     "sample": {},  # max_new_tokens, temperature
+    "evaluation": {},  # prompts (held-out, default 8), max_new_tokens, temperature
 }
 STAGE_RUN = {
     Stage.SFT: TrainingRun.Kind.SFT,
     Stage.SAMPLING: TrainingRun.Kind.SAMPLE,
     Stage.REWARD: TrainingRun.Kind.REWARD,
     Stage.RESAMPLING: TrainingRun.Kind.SAMPLE,
+    Stage.EVALUATION: TrainingRun.Kind.EVALUATE,
 }
 
 
@@ -96,6 +100,10 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
         run_create(project=rnd.project, kind=TrainingRun.Kind.SAMPLE, params=sample, input_model=input_model, round=rnd)
     elif stage == Stage.REWARD:
         run_create(project=rnd.project, kind=TrainingRun.Kind.REWARD, params=p["reward"], input_model=input_model, round=rnd)
+    elif stage == Stage.EVALUATION:
+        baseline = rnd.sft_policy or rnd.base_policy
+        params = {**p["evaluation"], "baseline_id": baseline.pk if baseline else None}
+        run_create(project=rnd.project, kind=TrainingRun.Kind.EVALUATE, params=params, input_model=input_model, round=rnd)
     elif stage == Stage.POLICY:
         kind = TrainingRun.Kind.PPO if rnd.method == Round.Method.PPO else TrainingRun.Kind.DPO
         params = dict(p["policy"])
@@ -145,6 +153,8 @@ def round_advance(*, round_id: int) -> Round:
         rnd.new_policy = run.output_model
         _enter(rnd, Stage.RESAMPLING, input_model=rnd.new_policy)
     elif rnd.stage == Stage.RESAMPLING:
+        _enter(rnd, Stage.EVALUATION, input_model=rnd.new_policy)
+    elif rnd.stage == Stage.EVALUATION:
         _enter(rnd, Stage.DONE)
     return rnd
 

@@ -99,3 +99,17 @@ def test_project_create_command(capsys):
         call_command("project_create", "Support bot")
     with pytest.raises(CommandError, match="k: Ensure this value is less than or equal to 9"):
         call_command("project_create", "Too many", "--k", "12")
+
+
+def test_nul_characters_are_refused_with_their_line(project):
+    data = b'{"text": "fine"}\n{"text": "bad \\u0000 here"}\n'
+    with pytest.raises(ValidationError, match="line 2: contains a NUL character"):
+        prompts_import(project=project, data=data, fmt="jsonl")
+    assert not Prompt.objects.exists()
+
+
+def test_model_output_with_nul_is_stored_visibly(project):
+    from labelapp.services.projects import completion_create
+
+    prompt = Prompt.objects.create(project=project, text="q", content_hash="h")
+    assert completion_create(prompt=prompt, text="a\x00b", source="imported").text == "a\ufffdb"

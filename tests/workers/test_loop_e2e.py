@@ -3,7 +3,7 @@ demonstrations → SFT → ranking tasks → rankings → reward model → PPO �
 samples are new ranking tasks."""
 import pytest
 
-from labelapp.models import Completion, ModelVersion, RankingTask, Round, TrainingRun
+from labelapp.models import Completion, EvaluationTask, ModelVersion, RankingTask, Round, TrainingRun
 from labelapp.services.rounds import round_advance, round_start
 from tests.conftest import add_member, make_project, make_prompt
 from tests.workers.conftest import wait_for
@@ -27,6 +27,8 @@ def tiny_project(tmp_path):
     for i in range(3):
         make_prompt(project, text=f"Tell me a fact about cats, number {i}.", category="open_qa",
                     reference="Cats sleep for most of the day and purr when they are happy.")
+    for i in range(2):
+        make_prompt(project, text=f"Held-out question {i} about dogs?", split="validation")
     return project, admin
 
 
@@ -41,7 +43,7 @@ def test_a_round_runs_end_to_end(tiny_project, start_worker):
     worker = start_worker()
     rnd = round_start(project=project, user=admin, method="ppo", params={
         "prompts": 2, "min_rankings": 2, "sft": TINY_TRAINING, "reward": TINY_TRAINING, "policy": PPO,
-        "sample": {"max_new_tokens": 8},
+        "sample": {"max_new_tokens": 8}, "evaluation": {"max_new_tokens": 8},
     })
     assert rnd.stage == Round.Stage.SFT
     wait_for(lambda: stage(rnd) in ("ranking", "failed"), 240, "SFT and sampling", worker)
@@ -63,6 +65,12 @@ def test_a_round_runs_end_to_end(tiny_project, start_worker):
     assert RankingTask.objects.filter(completions__model_version=policy).distinct().count() == 2
     kinds = list(rnd.runs.order_by("created_at").values_list("kind", "status"))
     assert kinds == [("sft", "succeeded"), ("sample", "succeeded"), ("reward", "succeeded"),
-                     ("ppo", "succeeded"), ("sample", "succeeded")]
+                     ("ppo", "succeeded"), ("sample", "succeeded"), ("evaluate", "succeeded")]
+    evaluations = EvaluationTask.objects.filter(round=rnd)
+    assert evaluations.count() == 2  # one per held-out prompt
+    assert all(t.model_a_id == policy.pk and t.model_b_id == sft.pk for t in evaluations)
+    assert all(t.reward_a is not None and t.reward_b is not None for t in evaluations)
+    evaluate = TrainingRun.objects.get(round=rnd, kind="evaluate")
+    assert 0 <= evaluate.result["auto_win_rate"] <= 1
     ppo = TrainingRun.objects.get(round=rnd, kind="ppo")
     assert ppo.metrics and "objective/kl" in ppo.metrics[-1] and ppo.heartbeat_at
