@@ -38,6 +38,7 @@ from django.conf import settings
 
 from labelapp.importing import MAX_REPORTED_ERRORS, ROLES, ParseReport, _gunzip, prompt_hash
 from labelapp.models import Category, Flag, Prompt
+from labelapp.services.labels import MAX_TIME_SPENT_MS
 
 MAX_K = 9
 HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -243,8 +244,8 @@ def _studio_rankings(obj: dict, line: int, report: LabelReport) -> Iterator:
             raise RowError("scores", f"score of completion {key} must be a whole number from 1 to 7")
         clean_scores[known(key, "scores")] = value
     time_spent = obj.get("time_spent_ms", 0)
-    if not isinstance(time_spent, int) or time_spent < 0:
-        raise RowError("time_spent_ms", "must be a whole number of milliseconds")
+    if not isinstance(time_spent, int) or not 0 <= time_spent <= MAX_TIME_SPENT_MS:
+        raise RowError("time_spent_ms", f"must be a whole number of milliseconds up to {MAX_TIME_SPENT_MS:,}")
     yield ImportedRanking(
         line, prompt, [ImportedCompletion(line, prompt, t) for t in texts],
         groups, _annotator(obj, "unknown"), none_acceptable, clean_flags, clean_scores, time_spent,
@@ -423,11 +424,16 @@ def _read(data: bytes, report: LabelReport) -> str | None:
             report.error(1, None, str(exc))
             return None
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         report.error(line, None, f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
         return None
+    at = min((i for i in (text.find("\x00"), text.find("\\u0000")) if i >= 0), default=-1)
+    if at >= 0:  # PostgreSQL cannot store it in text or jsonb
+        report.error(text[:at].count("\n") + 1, None, "contains a NUL character, which cannot be stored")
+        return None
+    return text
 
 
 def _objects(text: str) -> Iterator[tuple[int, object | json.JSONDecodeError]]:

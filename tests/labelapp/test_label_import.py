@@ -252,6 +252,8 @@ RANKING = {"prompt": [{"role": "user", "content": "Q?"}], "completions": [{"id":
         (jsonl({"prompt": "Q", "chosen": "a"}), "trl-pairs", "line 1, field 'rejected': the completion must be a string"),
         (b"[\n" + json.dumps({"question": "q"}).encode() + b",\n{broken\n]", "finegrained", "line 3: broken JSON"),
         (b"", "hh", "line 1: the file holds no hh rows"),
+        (jsonl(RANKING, {**RANKING, "prompt": "Q\u0000?"}), "studio-rankings", "line 2: contains a NUL character"),
+        (jsonl({**RANKING, "time_spent_ms": 2**40}), "studio-rankings", "line 1, field 'time_spent_ms'"),
         (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "oasst", "line 1: broken JSON (nested too deeply"),
     ],
 )
