@@ -1,0 +1,277 @@
+"""Reads for the admin studio: rounds and their runs, run progress, model lineage, queue depths
+and annotator throughput. Nothing here writes; the studio's buttons call labelapp.services.
+
+Every function takes a project the caller has already checked the admin role on; annotator
+names are shown because only admins reach these pages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from numbers import Real
+
+from django.contrib.auth import get_user_model
+from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
+
+from labelapp.models import Assignment, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
+from labelapp.services.queue import SPECS, live_lease
+
+WAITING_STAGES = (Round.Stage.RANKING,)  # a round here waits for people, not for a run
+HISTORY_POINTS = 500  # metric points per run sent to the browser
+LINEAGE_DEPTH = 20
+# Charts and summaries show these first, then any other numeric key, alphabetically.
+PREFERRED_METRICS = ("loss/train", "objective/reward", "objective/kl", "eval/pairwise_accuracy", "eval/accuracy",
+                     "loss/eval", "loss/policy", "loss/value")
+
+
+# ---- rounds and runs ----------------------------------------------------------------------
+
+
+def round_steps(rnd: Round) -> list[dict]:
+    """The round's stages in order, each marked done / current / todo (or failed / cancelled)."""
+    order = [s for s in Round.Stage if s not in (Round.Stage.FAILED, Round.Stage.CANCELLED)]
+    if rnd.stage in order:
+        here = order.index(rnd.stage)
+
+        def state(i: int) -> str:
+            if i < here or rnd.stage == Round.Stage.DONE:
+                return "done"
+            return "current" if i == here else "todo"
+
+        return [{"stage": s.value, "label": s.label, "state": state(i)} for i, s in enumerate(order)]
+    # Failed or cancelled: the stages its runs reached are done, the last one is where it stopped.
+    reached = {run.kind for run in rnd.runs.all()}
+    steps = [{"stage": s.value, "label": s.label, "state": "todo"} for s in order if s != Round.Stage.DONE]
+    last = None
+    for step in steps:
+        if _stage_kinds(step["stage"], rnd) & reached:
+            step["state"], last = "done", step
+    if last is not None:
+        last["state"] = rnd.stage
+    steps.append({"stage": rnd.stage, "label": rnd.get_stage_display(), "state": rnd.stage})
+    return steps
+
+
+def _stage_kinds(stage: str, rnd: Round) -> set[str]:
+    return {
+        "sft": {"sft"}, "sampling": {"sample"}, "reward": {"reward"}, "policy": {rnd.method},
+        "evaluation": {"evaluate"},
+    }.get(stage, set())
+
+
+def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
+    """The latest rounds, newest first, with their runs (oldest first) prefetched and `steps`
+    (see round_steps) set."""
+    from django.db.models import Prefetch
+
+    runs = TrainingRun.objects.order_by("created_at", "id")
+    rounds = list(
+        Round.objects.filter(project=project).select_related("created_by")
+        .prefetch_related(Prefetch("runs", queryset=runs)).order_by("-number")[:limit]
+    )
+    for rnd in rounds:
+        rnd.steps = round_steps(rnd)
+    return rounds
+
+
+def recent_runs(*, project: Project, limit: int = 25) -> QuerySet[TrainingRun]:
+    return (
+        TrainingRun.objects.filter(project=project)
+        .select_related("round", "input_model", "output_model")
+        .order_by("-created_at", "-id")[:limit]
+    )
+
+
+def run_for(*, project: Project, run_id: int) -> TrainingRun | None:
+    return TrainingRun.objects.select_related("round", "input_model", "output_model", "retry_of").filter(
+        project=project, pk=run_id
+    ).first()
+
+
+def percent(run: TrainingRun) -> float:
+    if run.status == TrainingRun.Status.SUCCEEDED:
+        return 100.0
+    if not run.total:
+        return 0.0
+    return round(min(100.0, 100.0 * run.step / run.total), 1)
+
+
+def _numeric(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and value == value  # not NaN
+
+
+def metric_keys(history: list[dict]) -> list[str]:
+    keys = {k for point in history for k, v in point.items() if k != "step" and _numeric(v)}
+    first = [k for k in PREFERRED_METRICS if k in keys]
+    return first + sorted(keys - set(first))
+
+
+def capped_history(history: list[dict], limit: int = HISTORY_POINTS) -> list[dict]:
+    """At most `limit` points, evenly spread, always keeping the last one."""
+    if len(history) <= limit:
+        return list(history)
+    stride = len(history) / (limit - 1)
+    picked = [history[int(i * stride)] for i in range(limit - 1)]
+    return picked + [history[-1]]
+
+
+def metric_series(history: list[dict]) -> list[dict]:
+    """One series per metric key: points (step, value) and the summary shown under its chart."""
+    series = []
+    for key in metric_keys(history):
+        points = [(p.get("step") or i, p[key]) for i, p in enumerate(history) if _numeric(p.get(key))]
+        values = [v for _, v in points]
+        summary = {"last": values[-1], "min": min(values), "max": max(values)}
+        text = ", ".join(f"{name} {value:.4g}" for name, value in summary.items()) + f" ({len(values)} points)"
+        series.append({"key": key, "points": points, **summary, "summary": text})
+    return series
+
+
+def duration_text(seconds: float | None) -> str:
+    """12 s, 3 min 5 s, 2 h 4 min; an em dash when unknown."""
+    if seconds is None:
+        return "—"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def run_status(run: TrainingRun, *, history: bool = False, now: datetime | None = None) -> dict:
+    """What the studio polls: progress, ETA, liveness and the latest metrics of one run."""
+    now = now or timezone.now()
+    metrics = run.metrics or []
+    data = {
+        "id": run.pk,
+        "kind": run.kind,
+        "kind_label": run.get_kind_display(),
+        "status": run.status,
+        "status_label": run.get_status_display() + (" (cancelling)" if run.cancel_requested and run.status == "running" else ""),
+        "finished": run.status in TrainingRun.TERMINAL,
+        "retryable": run.status in (TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED),
+        "cancel_requested": run.cancel_requested,
+        "step": run.step,
+        "total": run.total,
+        "percent": percent(run),
+        "eta_seconds": None if run.eta_seconds is None else round(run.eta_seconds, 1),
+        "heartbeat_age_seconds": None if run.heartbeat_at is None else round((now - run.heartbeat_at).total_seconds(), 1),
+        "eta_text": duration_text(run.eta_seconds) if run.status == TrainingRun.Status.RUNNING else "—",
+        "attempts": run.attempts,
+        "last_metrics": {k: v for k, v in (metrics[-1] if metrics else {}).items() if _numeric(v)},
+        "error": run.error[-2000:],
+        "output_model_id": run.output_model_id,
+        "round": None if run.round is None else {
+            "id": run.round_id, "number": run.round.number, "stage": run.round.stage,
+            "stage_label": run.round.get_stage_display(),
+        },
+    }
+    age = data["heartbeat_age_seconds"]
+    data["heartbeat_text"] = "—" if age is None or data["finished"] else f"{duration_text(age)} ago"
+    if history:
+        data["history"] = capped_history(metrics)
+        data["metric_keys"] = metric_keys(metrics)
+        data["logs_tail"] = run.logs_tail[-4000:]
+    return data
+
+
+def round_status(rnd: Round) -> dict:
+    return {
+        "id": rnd.pk, "number": rnd.number, "method": rnd.method, "stage": rnd.stage,
+        "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
+        "steps": getattr(rnd, "steps", None) or round_steps(rnd),
+    }
+
+
+def studio_status(*, project: Project, now: datetime | None = None) -> dict:
+    """The overview's polling payload. `active` says whether anything may still move without a
+    person acting: a queued or running run, or an unfinished round between two runs."""
+    runs = [run_status(run, now=now) for run in recent_runs(project=project)]
+    rounds = [round_status(rnd) for rnd in rounds_timeline(project=project)]
+    active = any(not r["finished"] for r in runs) or any(
+        not r["finished"] and r["stage"] not in WAITING_STAGES for r in rounds
+    )
+    return {"active": active, "runs": runs, "rounds": rounds}
+
+
+# ---- model versions -----------------------------------------------------------------------
+
+
+@dataclass
+class VersionRow:
+    version: ModelVersion
+    lineage: list[ModelVersion] = field(default_factory=list)  # root first, the version last
+    key_metrics: list[tuple[str, float]] = field(default_factory=list)
+
+
+def key_metrics(metrics: dict, limit: int = 4) -> list[tuple[str, float]]:
+    numeric = {k: v for k, v in (metrics or {}).items() if _numeric(v)}
+    first = [k for k in PREFERRED_METRICS if k in numeric]
+    keys = first + sorted(set(numeric) - set(first))
+    return [(k, numeric[k]) for k in keys[:limit]]
+
+
+def model_versions(*, project: Project, limit: int = 50) -> list[VersionRow]:
+    """The project's versions, newest first, each with its parent chain (root → version)."""
+    versions = list(ModelVersion.objects.filter(project=project).order_by("-created_at", "-id")[:limit])
+    known = {v.pk: v for v in versions}
+    missing = {v.parent_id for v in versions if v.parent_id and v.parent_id not in known}
+    while missing:  # parents outside the page (or shared base models): fetch level by level
+        more = list(ModelVersion.objects.filter(pk__in=missing))
+        known.update({v.pk: v for v in more})
+        missing = {v.parent_id for v in more if v.parent_id and v.parent_id not in known}
+    rows = []
+    for version in versions:
+        chain, node = [], version
+        while node is not None and len(chain) < LINEAGE_DEPTH:
+            chain.append(node)
+            node = known.get(node.parent_id) if node.parent_id else None
+        rows.append(VersionRow(version, list(reversed(chain)), key_metrics(version.metrics)))
+    return rows
+
+
+def version_for(*, project: Project, version_id: int) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project=project, pk=version_id).first()
+
+
+# ---- queues and people ----------------------------------------------------------------------
+
+
+def queue_depths(*, project: Project, now: datetime | None = None) -> list[dict]:
+    """Items waiting per queue (below their capacity), live leases, and demonstrations to review."""
+    now = now or timezone.now()
+    rows = []
+    for queue, spec in SPECS.items():
+        capacity = getattr(project, spec.capacity_field)
+        waiting = spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity}).count()
+        leased = Assignment.objects.filter(live_lease(now), project=project, queue=queue).count()
+        rows.append({"queue": str(queue), "label": queue.label, "waiting": waiting, "leased": leased})
+    review = Demonstration.objects.filter(prompt__project=project, review_status=Demonstration.Review.PENDING).count()
+    rows.append({"queue": "review", "label": "Review demonstrations", "waiting": review, "leased": None})
+    return rows
+
+
+def annotator_throughput(*, project: Project, now: datetime | None = None) -> list[dict]:
+    """Labels (demonstrations + rankings) per annotator in the last 24 hours and 7 days."""
+    now = now or timezone.now()
+    day, week = now - timedelta(days=1), now - timedelta(days=7)
+    counts: dict[int, dict] = {}
+    sources = (
+        (Demonstration.objects.filter(prompt__project=project), "author", "demonstrations"),
+        (Ranking.objects.filter(task__project=project), "annotator", "rankings"),
+    )
+    for queryset, who, kind in sources:
+        rows = (
+            queryset.filter(created_at__gte=week).order_by().values(who)
+            .annotate(week=Count("id"), day=Count("id", filter=Q(created_at__gte=day)))
+        )
+        for row in rows:
+            entry = counts.setdefault(row[who], {"day": 0, "week": 0, "demonstrations": 0, "rankings": 0})
+            entry["day"] += row["day"]
+            entry["week"] += row["week"]
+            entry[kind] += row["week"]
+    names = dict(get_user_model().objects.filter(pk__in=counts).values_list("pk", "username"))
+    table = [{"user_id": uid, "username": names.get(uid, f"user {uid}"), **c} for uid, c in counts.items()]
+    return sorted(table, key=lambda r: (-r["day"], -r["week"], r["username"]))

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from labelapp import studio_views as views
+
+app_name = "studio"
+
+urlpatterns = [
+    path("p/<slug:slug>/", views.overview, name="overview"),
+    path("p/<slug:slug>/runs.json", views.status_json, name="status"),
+    path("p/<slug:slug>/rounds/start/", views.round_start_view, name="round_start"),
+    path("p/<slug:slug>/rounds/<int:round_id>/cancel/", views.round_cancel_view, name="round_cancel"),
+    path("p/<slug:slug>/rounds/<int:round_id>/advance/", views.round_advance_view, name="round_advance"),
+    path("p/<slug:slug>/runs/<int:run_id>/", views.run_detail, name="run"),
+    path("p/<slug:slug>/runs/<int:run_id>.json", views.run_json, name="run_json"),
+    path("p/<slug:slug>/runs/<int:run_id>/cancel/", views.run_cancel_view, name="run_cancel"),
+    path("p/<slug:slug>/runs/<int:run_id>/retry/", views.run_retry_view, name="run_retry"),
+    path("p/<slug:slug>/models/<int:version_id>/current/", views.make_current_view, name="make_current"),
+]
