@@ -1,0 +1,158 @@
+"""Does rlhf.ppo learn? One short PPO run from the bundled SFT model against a reward model, on CPU.
+
+    .venv/bin/python bench/ppo_learns.py                 # about 15-25 min on 2 CPU cores
+    .venv/bin/python bench/ppo_learns.py --updates 10    # shorter
+
+1. Reward model: ``rlhf.reward.train_reward`` (LoRA) from the bundled SmolLM2-135M-Instruct on the first
+   ``--rm-pairs`` single-turn pairs of HH-RLHF helpful-base (``../shared/data/hh_rlhf_test_splits``); cached in
+   ``bench/out/ppo_learns/reward`` (its held-out pairwise accuracy is printed).
+2. PPO: ``rlhf.ppo.train`` from the bundled model (the SFT policy) on the next prompts of that file.
+3. Evaluation on held-out prompts (used neither by the reward model nor by PPO): one sampled answer per prompt
+   from the SFT model and from the PPO policy (same seed and decoding); the reward model scores both.
+   Prints the mean reward before/after, the KL of the PPO policy to the SFT model on its own answers
+   (summed over tokens, nats), and the share of prompts where the reward model prefers the PPO answer
+   (ties count one half; target >= 60%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+OUT = REPO / "bench" / "out" / "ppo_learns"
+HH = REPO / ".." / "shared" / "data" / "hh_rlhf_test_splits" / "helpful-base.test.jsonl.gz"
+
+
+def single_turn_pairs(path: Path, max_chars: int):
+    from rlhf.data import read_hh_rlhf
+
+    return [p for p in read_hh_rlhf(path) if len(p.prompt) == 1 and len(p.prompt[0]["content"]) <= max_chars
+            and max(len(p.chosen), len(p.rejected)) <= 2 * max_chars]
+
+
+def train_reward_model(pairs, args) -> str:
+    from rlhf.reward import RewardRunConfig, train_reward
+
+    out = OUT / "reward"
+    if (out / "model" / "config.json").is_file():
+        print(f"reward model: cached {out / 'model'}", flush=True)
+        return str(out / "model")
+    t0 = time.time()
+    cfg = RewardRunConfig(output_dir=str(out), model=None, max_steps=args.rm_steps, per_device_batch_size=8,
+                          learning_rate=2e-4, max_length=384, eval_fraction=0.1, save_steps=0, bf16=args.bf16,
+                          seed=0)
+    art = train_reward(cfg, pairs, progress=lambda s, t, m: print(f"  rm step {s}/{t} loss {m.get('loss/train')}",
+                                                                  flush=True) if s % 10 == 0 else None)
+    print(f"reward model: {art.model_dir}, held-out pairwise accuracy "
+          f"{art.metrics.get('eval/pairwise_accuracy'):.3f} on {art.metrics.get('eval/pairs')} pairs, "
+          f"{time.time() - t0:.0f} s", flush=True)
+    return art.model_dir
+
+
+def answers(model, tok, prompts, args):
+    from rlhf.sampling import sample
+
+    return [s.completion for s in sample(model, tok, prompts, k=1, max_new_tokens=args.max_new_tokens,
+                                         temperature=args.eval_temperature, seed=123, batch_size=16)]
+
+
+def evaluate(policy_dir: str, rm_dir: str, prompts, args) -> dict:
+    import torch
+
+    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.ppo import policy_forward
+    from rlhf.reward import conversation, score
+    from rlhf.sampling import generate_ids
+
+    tok = load_tokenizer(None)
+    sft = load_causal_lm(None, device="cpu").eval()
+    ppo = load_causal_lm(policy_dir, device="cpu").eval()
+    rm = load_reward_model(rm_dir, device="cpu").eval()
+    rm = rm.merge_and_unload() if hasattr(rm, "merge_and_unload") else rm
+    rm_tok = load_tokenizer(rm_dir)
+    a_sft, a_ppo = answers(sft, tok, prompts, args), answers(ppo, tok, prompts, args)
+    r_sft = score(rm, rm_tok, [conversation(p, a) for p, a in zip(prompts, a_sft)])
+    r_ppo = score(rm, rm_tok, [conversation(p, a) for p, a in zip(prompts, a_ppo)])
+    wins = float(((r_ppo > r_sft).float() + 0.5 * (r_ppo == r_sft).float()).mean())
+    kls = []  # KL(ppo || sft) estimated on the PPO policy's own samples (k1, summed over tokens)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        for start in range(0, len(prompts), 16):
+            g = generate_ids(ppo, tok, prompts[start:start + 16], max_new_tokens=args.max_new_tokens, do_sample=True,
+                             temperature=1.0)
+            a = (g["query_ids"], g["query_mask"], g["response_ids"], g["response_mask"])
+            kls += (policy_forward(ppo, *a) - policy_forward(sft, *a)).sum(1).tolist()
+    return {"reward_sft": float(r_sft.mean()), "reward_ppo": float(r_ppo.mean()), "win_rate_ppo_vs_sft": wins,
+            "kl_ppo_sft_nats": sum(kls) / len(kls), "n_prompts": len(prompts),
+            "examples": [{"prompt": p[0]["content"], "sft": s, "ppo": q, "r_sft": float(x), "r_ppo": float(y)}
+                         for p, s, q, x, y in list(zip(prompts, a_sft, a_ppo, r_sft, r_ppo))[:3]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rm-pairs", type=int, default=600)
+    ap.add_argument("--rm-steps", type=int, default=60)
+    ap.add_argument("--updates", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--eval-prompts", type=int, default=64)
+    ap.add_argument("--eval-temperature", type=float, default=0.7)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--kl-coef", type=float, default=0.05)
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast")
+    args = ap.parse_args()
+    import torch
+
+    from rlhf.ppo import PPOConfig, train
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    pairs = single_turn_pairs(HH, max_chars=400)
+    rm_pairs = pairs[:args.rm_pairs]
+    rest = [p.prompt for p in pairs[args.rm_pairs:]]
+    seen, prompts = set(), []
+    for p in rest:  # unique prompts
+        if p[0]["content"] not in seen:
+            seen.add(p[0]["content"])
+            prompts.append(p)
+    eval_prompts = prompts[:args.eval_prompts]
+    ppo_prompts = prompts[args.eval_prompts:args.eval_prompts + args.updates * args.batch]
+    print(f"{len(pairs)} single-turn pairs: {len(rm_pairs)} for the reward model, {len(ppo_prompts)} PPO prompts, "
+          f"{len(eval_prompts)} held-out prompts; torch threads {torch.get_num_threads()}", flush=True)
+    rm_dir = train_reward_model(rm_pairs, args)
+
+    cfg = PPOConfig(output_dir=str(OUT / "ppo"), model=None, reward_model=rm_dir, device="cpu", bf16=args.bf16,
+                    max_steps=args.updates, rollout_batch_size=args.batch, mini_batch_size=args.batch // 2,
+                    per_device_batch_size=args.batch, ppo_epochs=2, max_new_tokens=args.max_new_tokens,
+                    learning_rate=args.lr, kl_coef=args.kl_coef, missing_eos_penalty=1.0, normalize_reward=True,
+                    reward_clip=5.0, max_length=256, save_steps=10, seed=0, resume=False)
+    t0 = time.time()
+
+    def progress(step, total, m):
+        print(f"  ppo {step}/{total} reward {m['objective/reward']:+.3f} kl {m['objective/kl']:.2f} "
+              f"entropy {m['objective/entropy']:.1f} clipfrac {m['policy/clipfrac']:.3f} "
+              f"ev {m['val/explained_variance']:+.2f} len {m['policy/response_length']:.0f} "
+              f"{m['perf/episodes_per_s']:.2f} ep/s gen {m['perf/generation_share']:.0%}", flush=True)
+
+    art = train(cfg, ppo_prompts, progress)
+    history = [json.loads(x) for x in (OUT / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    k = max(1, min(5, len(history) // 3))
+    first = sum(h["objective/reward"] for h in history[:k]) / k
+    last = sum(h["objective/reward"] for h in history[-k:]) / k
+    print(f"PPO: {art.global_step} updates in {time.time() - t0:.0f} s; training reward first {k} "
+          f"{first:+.3f} -> last {k} {last:+.3f}; KL last {history[-1]['objective/kl']:.2f}", flush=True)
+    result = evaluate(art.model_dir, rm_dir, eval_prompts, args)
+    result.update(train_reward_first=first, train_reward_last=last, updates=art.global_step)
+    (OUT / "result.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    print(f"held-out: reward SFT {result['reward_sft']:+.3f} -> PPO {result['reward_ppo']:+.3f}; KL(PPO||SFT) "
+          f"{result['kl_ppo_sft_nats']:.2f} nats/answer; RM prefers PPO on {result['win_rate_ppo_vs_sft']:.0%} "
+          f"of {result['n_prompts']} prompts (target >= 60%)")
+
+
+if __name__ == "__main__":
+    main()

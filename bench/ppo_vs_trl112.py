@@ -1,0 +1,268 @@
+"""rlhf.ppo against TRL 1.12's experimental PPOTrainer, side by side in one run, identical settings.
+
+    .venv/bin/python bench/ppo_vs_trl112.py                      # GPU: 360M Llama config x 4 roles, B=32, 128 tokens
+    .venv/bin/python bench/ppo_vs_trl112.py --cpu-small           # CPU: bundled 135M model, small batch
+
+TRL removed PPOTrainer after 1.12, so the baseline runs in its own virtual environment ``.venv-trl112``
+(created on first use: ``trl==1.12.0`` plus the *same* torch/transformers/accelerate/datasets/peft versions
+as ``.venv``, so only the trainer differs; ``--trl-python`` points at an existing interpreter instead, e.g. on
+a GPU host without network). Each side runs in its own subprocess (clean peak-memory numbers):
+
+* models: policy and reference = the SFT checkpoint, reward and value = the reward checkpoint. GPU default:
+  random-weight SmolLM2-360M-shaped Llama configs (as the peer measurement); ``--cpu-small``: the bundled
+  SmolLM2-135M-Instruct and a reward model built from it with a fresh, seeded score head.
+* TRL: full fine-tuning of policy + value with a frozen reference copy and a frozen reward model (4 models,
+  its standard setup). Ours: its default (LoRA: reference = adapter off, value = LoRA on the reward model's
+  weights) and, with ``--ours full``, full fine-tuning too.
+* identical rollout batch, minibatch, PPO epochs, response length, temperature, KL coefficient,
+  missing-EOS penalty, learning rate, bf16 (GPU) / fp32 (CPU).
+
+Time per update = mean over the updates after the first (warm-up); episodes/s = batch / that; peak memory =
+``torch.cuda.max_memory_allocated`` on GPU, peak RSS (``ru_maxrss``) of the process on CPU. Note: TRL always
+generates ``response_length`` tokens; ours stops when every response has hit EOS (its mean response length
+is printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out" / "ppo_vs_trl112"
+TRL_VENV = REPO / ".venv-trl112"
+PROMPTS = [
+    "What are some good ways to relax after a long day?", "How do I make a cup of green tea?",
+    "Can you explain what a black hole is?", "What should I pack for a weekend camping trip?",
+    "How can I improve my handwriting?", "Why is the sky blue?", "Give me three tips for a job interview.",
+    "How do plants make their food?", "What is a good name for a pet goldfish?", "How do I start running?",
+    "What is the difference between weather and climate?", "How can I keep my houseplants alive?",
+    "Write a short thank-you note to a neighbour.", "What are the benefits of reading every day?",
+    "How does a bicycle stay upright?", "What can I cook with rice, eggs and spinach?",
+]
+
+
+# ------------------------------------------------------------------------------------------ the models
+def build_checkpoints(args) -> tuple[str, str]:
+    """(policy dir, reward dir) under bench/out, built once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, LlamaConfig
+
+    sys.path.insert(0, str(REPO))
+    from rlhf.models import convert_bundled_model, load_tokenizer
+
+    bundled = convert_bundled_model()
+    tok = load_tokenizer(str(bundled))
+    tag = "smollm2-135m" if args.cpu_small else "llama-360m-random"
+    policy_dir, reward_dir = OUT / f"{tag}-policy", OUT / f"{tag}-reward"
+    if not (policy_dir / "config.json").is_file():
+        torch.manual_seed(0)
+        if args.cpu_small:
+            policy = AutoModelForCausalLM.from_pretrained(bundled, dtype=torch.float32)
+        else:  # SmolLM2-360M shape, random weights, the bundled (same) 49k tokenizer
+            base = json.loads((bundled / "config.json").read_text())
+            base.update(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                        num_key_value_heads=5, tie_word_embeddings=True)
+            policy = AutoModelForCausalLM.from_config(LlamaConfig(**{k: v for k, v in base.items()
+                                                                     if k not in ("architectures", "model_type")}))
+        policy.generation_config.pad_token_id = tok.pad_token_id
+        policy.save_pretrained(policy_dir, safe_serialization=True)
+        tok.save_pretrained(policy_dir)
+    if not (reward_dir / "config.json").is_file():
+        torch.manual_seed(1)
+        rm = AutoModelForSequenceClassification.from_pretrained(policy_dir, num_labels=1, dtype=torch.float32)
+        rm.config.pad_token_id = tok.pad_token_id
+        rm.save_pretrained(reward_dir, safe_serialization=True)
+        tok.save_pretrained(reward_dir)
+    return str(policy_dir), str(reward_dir)
+
+
+def settings(args) -> dict:
+    return dict(batch=args.batch, mini_batch=args.mini_batch, epochs=args.epochs, response_length=args.response_length,
+                updates=args.updates, temperature=1.0, kl_coef=0.05, missing_eos_penalty=1.0, learning_rate=1e-5,
+                seed=0)
+
+
+# ------------------------------------------------------------------------------------------- the sides
+def peak_memory_gb(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+
+
+def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from rlhf.ppo import PPOConfig, train
+
+    stamps = []
+    lengths = []
+
+    def progress(step, total, metrics):
+        stamps.append(time.time())
+        lengths.append(metrics["policy/response_length"])
+
+    cfg = PPOConfig(output_dir=str(OUT / f"ours-{mode}"), model=policy, reward_model=reward, device=device,
+                    use_lora=mode == "lora", max_steps=s["updates"], rollout_batch_size=s["batch"],
+                    mini_batch_size=s["mini_batch"], per_device_batch_size=s["batch"], ppo_epochs=s["epochs"],
+                    max_new_tokens=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
+                    missing_eos_penalty=s["missing_eos_penalty"], learning_rate=s["learning_rate"], seed=s["seed"],
+                    save_steps=0, merge=False, max_length=256)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.time()
+    train(cfg, PROMPTS * (s["batch"] // len(PROMPTS) + 1), progress)
+    return {"stamps": [t0] + stamps, "peak_gb": peak_memory_gb(device), "mean_response_length":
+            sum(lengths) / len(lengths)}
+
+
+def run_trl(s: dict, policy: str, reward: str, device: str) -> dict:
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    assert trl.__version__ == "1.12.0", trl.__version__
+    tok = AutoTokenizer.from_pretrained(policy, padding_side="left")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    load = dict(dtype=dtype)
+    pol = AutoModelForCausalLM.from_pretrained(policy, **load)
+    ref = AutoModelForCausalLM.from_pretrained(policy, **load)
+    val = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1, **load)
+    rm = AutoModelForSequenceClassification.from_pretrained(reward, num_labels=1, **load)
+    prompts = PROMPTS * (s["batch"] * s["updates"] // len(PROMPTS) + 1)
+    ids = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True,
+                                   return_dict=True)["input_ids"] for p in prompts]
+    ds = Dataset.from_dict({"input_ids": ids})
+    n_mini = s["batch"] // s["mini_batch"]
+    args = PPOConfig(output_dir=str(OUT / "trl"), per_device_train_batch_size=s["mini_batch"],
+                     gradient_accumulation_steps=n_mini, num_mini_batches=n_mini, num_ppo_epochs=s["epochs"],
+                     total_episodes=s["batch"] * s["updates"], local_rollout_forward_batch_size=s["batch"],
+                     response_length=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
+                     missing_eos_penalty=s["missing_eos_penalty"], stop_token="eos", learning_rate=s["learning_rate"],
+                     seed=s["seed"], bf16=device == "cuda", use_cpu=device == "cpu", gradient_checkpointing=False,
+                     num_sample_generations=0, save_strategy="no", report_to="none", logging_steps=1,
+                     disable_tqdm=True)
+    stamps = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            stamps.append(time.time())
+
+        def on_step_end(self, *a, **k):
+            stamps.append(time.time())
+
+    trainer = PPOTrainer(args=args, processing_class=tok, model=pol, ref_model=ref, reward_model=rm,
+                         value_model=val, train_dataset=ds, callbacks=[Clock()])
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    return {"stamps": stamps, "peak_gb": peak_memory_gb(device), "mean_response_length": s["response_length"]}
+
+
+def worker(args) -> None:
+    import torch
+
+    torch.manual_seed(0)
+    s = json.loads(args.settings)
+    device = "cuda" if torch.cuda.is_available() and not args.cpu_small else "cpu"
+    if args.worker == "trl":
+        out = run_trl(s, args.policy, args.reward, device)
+    else:
+        out = run_ours(s, args.policy, args.reward, args.worker.split("-", 1)[1], device)
+    out["device"] = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}"
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+# ---------------------------------------------------------------------------------------- orchestration
+def trl_python(args) -> str:
+    if args.trl_python:
+        return args.trl_python
+    py = TRL_VENV / "bin" / "python"
+    if not py.exists():
+        from importlib.metadata import version
+
+        pins = [f"{p}=={version(p)}" for p in ("torch", "transformers", "accelerate", "datasets", "peft")]
+        print(f"creating {TRL_VENV} with trl==1.12.0 {' '.join(pins)} ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "trl==1.12.0", *pins], check=True)
+    return str(py)
+
+
+def launch(python: str, name: str, args, policy: str, reward: str) -> dict:
+    cmd = [python, __file__, "--worker", name, "--policy", policy, "--reward", reward,
+           "--settings", json.dumps(settings(args))] + (["--cpu-small"] if args.cpu_small else [])
+    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    print(f"running {name} ...", flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    out = json.loads(lines[-1][7:])
+    stamps = out["stamps"]
+    per_update = [b - a for a, b in zip(stamps, stamps[1:])]
+    steady = per_update[1:] or per_update
+    out["s_per_update"] = sum(steady) / len(steady)
+    out["episodes_per_s"] = args.batch / out["s_per_update"]
+    out["per_update"] = per_update
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cpu-small", action="store_true", help="bundled 135M model on CPU at a small batch")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--mini-batch", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--response-length", type=int, default=None)
+    p.add_argument("--updates", type=int, default=None)
+    p.add_argument("--ours", default="lora", help="comma list of our modes: lora, full")
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--trl-python", help="an interpreter with trl==1.12.0 (default: create .venv-trl112)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--policy", help=argparse.SUPPRESS)
+    p.add_argument("--reward", help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    small = args.cpu_small
+    args.batch = args.batch or (4 if small else 32)
+    args.mini_batch = args.mini_batch or (2 if small else 8)
+    args.response_length = args.response_length or (32 if small else 128)
+    args.updates = args.updates or (2 if small else 4)
+    OUT.mkdir(parents=True, exist_ok=True)
+    policy, reward = build_checkpoints(args)
+    print("settings:", json.dumps(settings(args)), flush=True)
+    results = {}
+    for mode in [m for m in args.ours.split(",") if m]:
+        results[f"ours-{mode}"] = launch(sys.executable, f"ours-{mode}", args, policy, reward)
+    if not args.skip_trl:
+        results["trl-1.12"] = launch(trl_python(args), "trl", args, policy, reward)
+    print(f"\n{'side':12s} {'s/update':>9s} {'episodes/s':>11s} {'peak GB':>8s} {'resp len':>8s}  device")
+    for name, r in results.items():
+        print(f"{name:12s} {r['s_per_update']:9.2f} {r['episodes_per_s']:11.3f} {r['peak_gb']:8.2f} "
+              f"{r['mean_response_length']:8.1f}  {r['device']}   per update: "
+              + " ".join(f"{x:.1f}" for x in r["per_update"]))
+    if "trl-1.12" in results:
+        base = results["trl-1.12"]
+        for name, r in results.items():
+            if name != "trl-1.12":
+                print(f"{name} / trl-1.12: episodes/s x{r['episodes_per_s'] / base['episodes_per_s']:.2f}, "
+                      f"peak memory x{r['peak_gb'] / base['peak_gb']:.2f}"
+                      + ("   (CPU: peak RSS of the whole process)" if small else ""))
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
