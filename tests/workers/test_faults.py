@@ -1,0 +1,70 @@
+"""Faults with a real worker: SIGKILL mid-run, duplicate messages, a lost broker message."""
+import signal
+
+import pytest
+from django.utils import timezone
+
+from labelapp.models import TrainingRun
+from labelapp.services.runs import enqueue, run_create, runs_reconcile
+from tests.conftest import add_member, make_project, make_prompt
+from tests.workers.conftest import wait_for
+from workers.simulate import simulate
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sft_project(tmp_path):
+    from rlhf.testing import tiny_checkpoint
+
+    project = make_project()
+    project.base_model = tiny_checkpoint(tmp_path / "tiny")
+    project.save()
+    add_member(project, role="admin")
+    for i in range(4):
+        make_prompt(project, text=f"Tell me about cats ({i}).", reference="Cats purr when they are happy.")
+    simulate(project=project, annotators=2, queues=["write"])
+    return project
+
+
+def refreshed(run):
+    run.refresh_from_db()
+    return run
+
+
+def test_sigkill_mid_run_is_resumed_from_its_checkpoint_and_never_runs_twice(sft_project, start_worker, settings):
+    settings.RUN_HEARTBEAT_TIMEOUT = 4
+    run = run_create(project=sft_project, kind="sft", params={
+        "max_steps": 80, "save_steps": 5, "per_device_batch_size": 2, "max_length": 512, "save_total_limit": 1,
+    })
+    first = start_worker()
+    wait_for(lambda: refreshed(run).step >= 8, 180, "the run to pass its first checkpoint", first)
+    first.stop(signal.SIGKILL)
+    assert refreshed(run).status == "running"
+
+    # Within the heartbeat window the reconciler sees it is lost and re-queues it to resume.
+    wait_for(lambda: runs_reconcile()["requeued"] == [run.pk], 30, "the reconciler to requeue the run")
+    assert refreshed(run).status == "queued" and run.params["resume"] is True
+
+    second = start_worker()
+    wait_for(lambda: refreshed(run).status == "running", 120, "the second worker to take the run", second)
+    enqueue(run)  # a duplicate message while it runs: must not start it again
+    wait_for(lambda: refreshed(run).status in ("succeeded", "failed"), 300, "the resumed run to finish", second)
+    assert run.status == "succeeded", run.error
+    assert run.attempts == 2  # the duplicate did not take it a third time
+    steps = [m["step"] for m in run.metrics if "step" in m]
+    assert steps.count(1) == 1, "the second attempt started over instead of resuming"
+    assert "resuming from" in second.output() and max(steps) == 80
+    assert "worker lost" in run.logs_tail
+    assert "skipped" in second.output()
+
+
+def test_a_lost_message_is_sent_again_by_the_reconciler(sft_project, start_worker, settings, broker):
+    settings.RUN_HEARTBEAT_TIMEOUT = 1
+    run = run_create(project=sft_project, kind="sft", params={"max_steps": 2, "per_device_batch_size": 2,
+                                                                 "max_length": 512, "save_steps": 0})
+    broker.flushdb()  # the broker restarted empty: the committed run's message is gone
+    TrainingRun.objects.filter(pk=run.pk).update(enqueued_at=timezone.now() - timezone.timedelta(seconds=5))
+    worker = start_worker()
+    assert runs_reconcile()["resent"] == [run.pk]
+    wait_for(lambda: refreshed(run).status == "succeeded", 180, "the re-sent run to finish", worker)
