@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from labelapp.models import Assignment, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
+from labelapp.models import Assignment, Comparison, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
 from labelapp.services.queue import SPECS, live_lease
 
 WAITING_STAGES = (Round.Stage.RANKING,)  # a round here waits for people, not for a run
@@ -182,6 +182,7 @@ def round_status(rnd: Round) -> dict:
         "id": rnd.pk, "number": rnd.number, "method": rnd.method, "stage": rnd.stage,
         "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
         "steps": getattr(rnd, "steps", None) or round_steps(rnd),
+        "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],
     }
 
 
@@ -254,13 +255,14 @@ def queue_depths(*, project: Project, now: datetime | None = None) -> list[dict]
 
 
 def annotator_throughput(*, project: Project, now: datetime | None = None) -> list[dict]:
-    """Labels (demonstrations + rankings) per annotator in the last 24 hours and 7 days."""
+    """Labels (demonstrations, rankings, blind comparisons) per annotator in the last 24 hours and 7 days."""
     now = now or timezone.now()
     day, week = now - timedelta(days=1), now - timedelta(days=7)
     counts: dict[int, dict] = {}
     sources = (
         (Demonstration.objects.filter(prompt__project=project), "author", "demonstrations"),
         (Ranking.objects.filter(task__project=project), "annotator", "rankings"),
+        (Comparison.objects.filter(task__project=project), "annotator", "comparisons"),
     )
     for queryset, who, kind in sources:
         rows = (
@@ -268,7 +270,7 @@ def annotator_throughput(*, project: Project, now: datetime | None = None) -> li
             .annotate(week=Count("id"), day=Count("id", filter=Q(created_at__gte=day)))
         )
         for row in rows:
-            entry = counts.setdefault(row[who], {"day": 0, "week": 0, "demonstrations": 0, "rankings": 0})
+            entry = counts.setdefault(row[who], {"day": 0, "week": 0, "demonstrations": 0, "rankings": 0, "comparisons": 0})
             entry["day"] += row["day"]
             entry["week"] += row["week"]
             entry[kind] += row["week"]

@@ -71,6 +71,9 @@ def _with_urls(project: Project, payload: dict) -> dict:
     """Links and form actions for each run, so the page can add rows for runs born while it polls."""
     for run in payload["runs"]:
         run["urls"] = _run_urls(project, run["id"])
+    for rnd in payload["rounds"]:
+        for run in rnd["runs"]:
+            run["url"] = reverse("studio:run", args=[project.slug, run["id"]])
     return payload
 
 
@@ -138,7 +141,7 @@ def _back(request: HttpRequest, project: Project) -> HttpResponse:
     return redirect("studio:overview", slug=project.slug)
 
 
-def _act(request: HttpRequest, project: Project, action, success: str) -> HttpResponse:
+def _act(request: HttpRequest, project: Project, action, success: str | None) -> HttpResponse:
     """Call a service; its ValidationError or PermissionDenied becomes a message, not a 500."""
     try:
         action()
@@ -148,7 +151,8 @@ def _act(request: HttpRequest, project: Project, action, success: str) -> HttpRe
     except PermissionDenied as exc:
         messages.error(request, str(exc))
     else:
-        messages.success(request, success)
+        if success:
+            messages.success(request, success)
     return _back(request, project)
 
 
@@ -181,10 +185,10 @@ def round_advance_view(request: HttpRequest, slug: str, round_id: int) -> HttpRe
 
     def advance() -> None:
         after = round_advance(round_id=rnd.pk)
-        if after.stage == before:
-            messages.info(request, f"Round {rnd.number} is still {after.get_stage_display().lower()}.")
+        moved = "is now" if after.stage != before else "is still"
+        messages.info(request, f"Round {rnd.number} {moved} {after.get_stage_display().lower()}.")
 
-    return _act(request, project, advance, f"Round {rnd.number} checked.")
+    return _act(request, project, advance, None)
 
 
 @login_required

@@ -101,6 +101,18 @@
     if (error) error.hidden = !round.error;
     const actions = $(".round-actions", article);
     if (actions) actions.hidden = round.finished;
+    const runs = $(".round-runs", article);
+    if (runs) {
+      const parts = [];
+      round.runs.forEach((run, i) => {
+        if (i) parts.push(" → ");
+        const link = document.createElement("a");
+        link.href = run.url;
+        link.textContent = `${run.kind_label} ${run.id} (${run.status})`;
+        parts.push(link);
+      });
+      runs.replaceChildren(...parts);
+    }
     const list = $(".steps", article);
     if (!list) return;
     const items = round.steps.map((step) => {

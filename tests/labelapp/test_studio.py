@@ -78,7 +78,7 @@ def test_overview_shows_rounds_runs_lineage_queues_and_throughput(studio, projec
     assert 'data-testid="queue-review">1<' in body
     assert annotator.username in body  # throughput names the annotator for admins
     assert prompt.text not in body  # no label content on the studio page
-    assert '"studio", "keys": ["n"]' in body or '"keys": ["n"]' in body  # the studio keymap
+    assert '"action": "focus:round-method"' in body and "Start a new round: go to its form" in body  # keymap + help
 
 
 def test_run_detail_shows_params_progress_and_chart_summaries(studio, project):
@@ -230,3 +230,31 @@ def test_round_cancel_and_check_now(studio, project, admin, sent):
     twice = studio.post(url("round_cancel", project, rnd.pk), follow=True)
     assert twice.status_code == 200 and "already ended" in twice.content.decode()
     assert studio.get(url("status", project)).json()["rounds"][0]["steps"][-1]["state"] == "cancelled"
+
+
+def test_throughput_counts_each_annotators_labels_in_the_last_day_and_week(project, annotator):
+    from labelapp import studio
+    from labelapp.models import Demonstration, Ranking
+    from labelapp.services.labels import ranking_submit
+
+    other = add_member(project, make_user("zoe"))
+    for _ in range(3):
+        make_prompt(project)
+    for user in (annotator, annotator, other):
+        lease = task_claim(project=project, user=user, queue="write")
+        demonstration_submit(assignment_id=lease.pk, user=user, text="An answer.", time_spent_ms=1)
+    make_task(project, texts=["a", "b"])
+    lease = task_claim(project=project, user=other, queue="rank")
+    ids = list(lease.ranking_task.completions.values_list("id", flat=True))
+    ranking_submit(assignment_id=lease.pk, user=other, order=[[ids[0]], [ids[1]]], time_spent_ms=1)
+    now = timezone.now()
+    first, second = Demonstration.objects.filter(author=annotator).order_by("id")
+    Demonstration.objects.filter(pk=first.pk).update(created_at=now - timedelta(days=2))  # this week only
+    Demonstration.objects.filter(pk=second.pk).update(created_at=now - timedelta(days=8))  # too old
+    assert Ranking.objects.count() == 1
+
+    rows = {r["username"]: r for r in studio.annotator_throughput(project=project, now=now)}
+    assert set(rows) == {annotator.username, "zoe"}
+    assert {k: rows["zoe"][k] for k in ("day", "week", "demonstrations", "rankings")} == {
+        "day": 2, "week": 2, "demonstrations": 1, "rankings": 1}
+    assert (rows[annotator.username]["day"], rows[annotator.username]["week"]) == (0, 1)
