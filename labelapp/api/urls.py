@@ -4,6 +4,7 @@ from rest_framework.routers import SimpleRouter
 
 from labelapp.api import views
 from labelapp.api.label_imports import LabelImportView
+from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
 
 router = SimpleRouter()
 router.register("projects", views.ProjectViewSet, basename="project")
@@ -14,6 +15,8 @@ router.register("demonstrations", views.DemonstrationViewSet, basename="demonstr
 router.register("rankings", views.RankingViewSet, basename="ranking")
 router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
 router.register("tokens", views.TokenViewSet, basename="token")
+router.register("runs", TrainingRunViewSet, basename="run")
+router.register("rounds", RoundViewSet, basename="round")
 
 app_name = "api"
 
@@ -23,6 +26,8 @@ urlpatterns = [
     path("projects/<int:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
     path("projects/<int:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
     path("projects/<int:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
+    path("projects/<int:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
+    path("model-versions/<int:pk>/make-current/", MakeCurrentView.as_view(), name="modelversion-make-current"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
 ]

@@ -251,7 +251,7 @@ def model_version_register(
 
 @transaction.atomic
 def model_version_make_current(*, version_id: int, user) -> ModelVersion:
-    version = ModelVersion.objects.select_for_update().select_related("project").get(pk=version_id)
+    version = ModelVersion.objects.select_for_update(of=("self",)).select_related("project").get(pk=version_id)
     require_role(project=version.project, user=user, role=Role.ADMIN)
     ModelVersion.objects.filter(project=version.project, kind=version.kind, is_current=True).update(is_current=False)
     version.is_current = True

@@ -6,7 +6,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from labelapp.models import ApiToken, Completion, ModelVersion, Queue
+from labelapp.models import ApiToken, Completion, ModelVersion, Queue, Round, TrainingRun
 from labelapp.services.labels import demonstration_submit, ranking_submit
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
@@ -44,6 +44,8 @@ def world(tag):
     demonstration = demonstration_submit(assignment_id=write.pk, user=admin, text="demo")
     version = ModelVersion.objects.create(project=project, name=f"v-{tag}")
     token = ApiToken.objects.create(user=admin, name="t", prefix=f"rs_{tag}", digest=tag * 64)
+    rnd = Round.objects.create(project=project, number=1)
+    run = TrainingRun.objects.create(project=project, round=rnd, kind="sft", status="failed")
     return {
         "user": admin,
         "project": project.pk,
@@ -54,6 +56,8 @@ def world(tag):
         "demonstration": demonstration.pk,
         "modelversion": version.pk,
         "token": token.pk,
+        "round": rnd.pk,
+        "run": run.pk,
     }
 
 
@@ -71,6 +75,14 @@ OBJECTS = {
     "import-labels": ("project", {}),
     "export": ("project", {"kind": "pairs"}),
     "agreement": ("project", {}),
+    "run-detail": ("run", {}),
+    "run-cancel": ("run", {}),
+    "run-retry": ("run", {}),
+    "round-detail": ("round", {}),
+    "round-cancel": ("round", {}),
+    "round-evaluation": ("round", {}),
+    "round-start": ("project", {}),
+    "modelversion-make-current": ("modelversion", {}),
 }
 
 
@@ -105,3 +117,5 @@ def test_foreign_objects_are_404_on_every_method(name):
         else:
             assert foreign.status_code == 404, (name, method, foreign.status_code)
     assert ApiToken.objects.get(pk=theirs["token"]).revoked_at is None
+    assert TrainingRun.objects.filter(project_id=theirs["project"]).count() == 1  # no retry was created
+    assert Round.objects.get(pk=theirs["round"]).stage == "sft"  # not cancelled
