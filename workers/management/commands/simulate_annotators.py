@@ -13,7 +13,7 @@ class Command(BaseCommand):
         parser.add_argument("--agreement", type=float, default=INSTRUCTGPT_AGREEMENT,
                             help="expected pairwise agreement between two simulated annotators (0.5-1]")
         parser.add_argument("--oracle", choices=["rule", "embedding"], default="rule")
-        parser.add_argument("--queues", default="write,rank", help="comma-separated: write, rank")
+        parser.add_argument("--queues", default="write,rank,compare", help="comma-separated: write, rank, compare")
         parser.add_argument("--max-labels", type=int, default=None)
         parser.add_argument("--seed", type=int, default=0)
 
@@ -24,13 +24,14 @@ class Command(BaseCommand):
         if not 0.5 < opts["agreement"] <= 1:
             raise CommandError("--agreement must be above 0.5 and at most 1.")
         queues = [q.strip() for q in opts["queues"].split(",") if q.strip()]
-        if not set(queues) <= {"write", "rank"}:
-            raise CommandError("--queues takes write and/or rank.")
+        if not set(queues) <= {"write", "rank", "compare"}:
+            raise CommandError("--queues takes write, rank and/or compare.")
         report = simulate(
             project=project, annotators=opts["annotators"], agreement=opts["agreement"], oracle=opts["oracle"],
             queues=queues, max_labels=opts["max_labels"], seed=opts["seed"],
         )
         self.stdout.write(
-            f"{report.demonstrations} demonstrations, {report.rankings} rankings, {report.skipped} skipped "
+            f"{report.demonstrations} demonstrations, {report.rankings} rankings, {report.comparisons} comparisons, "
+            f"{report.skipped} skipped "
             f"by {', '.join(report.annotators)}"
         )
