@@ -217,12 +217,20 @@ def load_reward_model(ref=None, device: str = "auto", dtype="auto", load_in_bits
 
 
 def lora_config(task_type: str = "CAUSAL_LM", r: int = 16, alpha: int = 32, dropout: float = 0.05,
-                target_modules: str | list[str] = "all-linear"):
-    """The LoRA adapter used by every trainer; for ``SEQ_CLS`` peft also trains the ``score`` head."""
+                target_modules: str | list[str] = "all-linear", layers: list[int] | None = None):
+    """The LoRA adapter used by every trainer; for ``SEQ_CLS`` peft also trains the ``score`` head.
+
+    ``layers``: only these decoder-layer indices are adapted (gradients then stop above the lowest one).
+    """
     from peft import LoraConfig
 
+    extra = {}
+    if layers:
+        extra = {"layers_to_transform": list(layers), "layers_pattern": "layers"}
+        if isinstance(target_modules, str):  # peft needs names here; these are Llama's linear layers
+            target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=target_modules)
+                      target_modules=target_modules, **extra)
 
 
 def merge_lora(model, out_dir: str | os.PathLike | None = None, tokenizer=None):

@@ -37,6 +37,7 @@ class RewardRunConfig(TrainerConfig):
     eval_batch_size: int = _help("Sequences per forward pass when scoring held-out pairs.", 16)
     margin_scale: float | None = _help("Margin = scale x (score_chosen - score_rejected) from 1-7 scores (rankings).")
     center_rewards_coefficient: float | None = _help("Weight of the mean-zero reward penalty (TRL).")
+    lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
 
 
 def conversation(prompt: str | Messages, completion: str) -> Messages:
@@ -89,6 +90,28 @@ def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_s
     rewards = score(model, tokenizer, items, batch_size)
     chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
     return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
+
+
+def fit_to_length(pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> list[PreferencePair]:
+    """Drop the earliest prompt turns until both conversations of a pair fit ``max_length`` tokens.
+
+    RewardTrainer drops over-long pairs instead of truncating; this keeps them with a shorter history.
+    Pairs that do not fit even with only the last user turn are dropped.
+    """
+    out = []
+    for p in pairs:
+        prompt = list(p.prompt)
+        while True:
+            longest = max(len(encode_for_reward(tokenizer, conversation(prompt, c))) for c in (p.chosen, p.rejected))
+            if longest <= max_length:
+                out.append(p if len(prompt) == len(p.prompt) else
+                           PreferencePair(prompt, p.chosen, p.rejected, p.margin, dict(p.meta, trimmed=True)))
+                break
+            starts = [i for i, m in enumerate(prompt) if m["role"] == "user" and i > 0]
+            if not starts:
+                break
+            prompt = prompt[starts[0]:]
+    return out
 
 
 def split_pairs(pairs: Sequence[PreferencePair], eval_fraction: float, seed: int):

@@ -50,7 +50,7 @@ def peft_config_for(config: TrainerConfig, task_type: str):
     if not config.use_lora:
         return None
     return lora_config(task_type, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                       target_modules=config.lora_target_modules)
+                       target_modules=config.lora_target_modules, layers=getattr(config, "lora_layers", None))
 
 
 def save_final_model(trainer, config: TrainerConfig, tokenizer) -> str:

@@ -51,3 +51,11 @@ def test_lora_merge_equals_adapter_outputs(tiny_dir, tiny_tokenizer, tmp_path):
         assert torch.allclose(models.load_causal_lm(tmp_path / "merged")(ids).logits, adapted, atol=1e-5)
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert models.load_tokenizer(tmp_path / "adapter").pad_token == "<|endoftext|>"
+
+
+def test_lora_on_selected_layers_only(tiny_dir):
+    from peft import get_peft_model
+
+    model = get_peft_model(models.load_causal_lm(tiny_dir), models.lora_config(r=4, layers=[1]))
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, p in model.named_parameters() if "lora_" in n}
+    assert adapted == {"1"}
