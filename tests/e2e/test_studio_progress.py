@@ -98,3 +98,37 @@ def test_admin_starts_a_round_and_watches_its_progress_bar_move_without_reloadin
     rnd.refresh_from_db()
     assert rnd.stage == Round.Stage.CANCELLED
     assert TrainingRun.objects.get(pk=run.pk).status in (TrainingRun.Status.CANCELLED, TrainingRun.Status.SUCCEEDED)
+
+
+def test_run_page_draws_metric_charts_readable_with_the_keyboard(page, live_server, monkeypatch):
+    """No worker: a run with reported metrics; the page draws one SVG line per metric from the JSON."""
+    from labelapp.services import runs as run_services
+    from labelapp.services.runs import run_begin, run_create, run_report
+
+    monkeypatch.setattr(run_services, "enqueue", lambda run: None)
+    project = make_project(name="Charts")
+    add_member(project, make_user("boss"), role="admin")
+    run = run_create(project=project, kind="ppo", params={"max_steps": 10})
+    _, token = run_begin(run_id=run.pk)
+    for step in range(1, 6):
+        run_report(run_id=run.pk, token=token, step=step, total=10,
+                   metrics={"loss/policy": 1.0 / step, "objective/kl": 0.01 * step, "note": "text is skipped"})
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(msg.text) if msg.type == "error" else None)
+    login(page, live_server, "boss")
+    page.goto(f"{live_server.url}/studio/p/{project.slug}/runs/{run.pk}/")
+    page.locator("#charts svg polyline").nth(1).wait_for()  # (wait_for_function would need eval, which the CSP refuses)
+    assert page.locator("#charts svg polyline").count() == 2
+    keys = page.locator("#charts .chart").evaluate_all("els => els.map(e => e.dataset.key)")
+    assert keys == ["objective/kl", "loss/policy"]  # studio.PREFERRED_METRICS first; the text "note" has no chart
+    points = page.locator("#charts svg polyline").last.get_attribute("points").split()
+    assert len(points) == 5
+    kl = page.locator('.chart[data-key="objective/kl"]')
+    assert kl.locator(".chart-summary").inner_text() == "last 0.05, min 0.01, max 0.05 (5 points)"
+    kl.locator("svg").focus()
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowRight")
+    assert kl.locator(".chart-readout").inner_text() == "step 2: 0.02 (point 2 of 5)"
+    page.keyboard.press("u")  # back to the overview
+    page.wait_for_url(f"**/studio/p/{project.slug}/")
+    assert not page.js_errors and not console

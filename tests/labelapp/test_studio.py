@@ -4,7 +4,6 @@ import re
 from datetime import timedelta
 
 import pytest
-from django.db.utils import NotSupportedError
 from django.urls import reverse
 from django.utils import timezone
 
@@ -200,9 +199,6 @@ def test_cancel_and_retry_through_the_services(studio, project, sent, django_cap
     assert refused.redirect_chain[-1][0] == url("overview", project)
 
 
-@pytest.mark.xfail(strict=True, raises=NotSupportedError, reason=(
-    "labelapp.services.runs.model_version_make_current locks with select_for_update().select_related('project') "
-    "and ModelVersion.project is nullable: PostgreSQL refuses FOR UPDATE on an outer join (needs of=('self',))"))
 def test_make_current_through_the_service(studio, project):
     old = model_version_register(project=project, name="sft-1", kind="policy", artifact_path="/a", make_current=True)
     new = model_version_register(project=project, name="sft-2", kind="policy", artifact_path="/b", parent=old)
