@@ -104,9 +104,14 @@ def main() -> None:
     ap.add_argument("--eval-temperature", type=float, default=0.7)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--kl-coef", type=float, default=0.05)
+    ap.add_argument("--ppo-epochs", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast")
     args = ap.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from rlhf.ppo import PPOConfig, train
 
@@ -127,7 +132,7 @@ def main() -> None:
 
     cfg = PPOConfig(output_dir=str(OUT / "ppo"), model=None, reward_model=rm_dir, device="cpu", bf16=args.bf16,
                     max_steps=args.updates, rollout_batch_size=args.batch, mini_batch_size=args.batch // 2,
-                    per_device_batch_size=args.batch, ppo_epochs=2, max_new_tokens=args.max_new_tokens,
+                    per_device_batch_size=args.batch, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
                     learning_rate=args.lr, kl_coef=args.kl_coef, missing_eos_penalty=1.0, normalize_reward=True,
                     reward_clip=5.0, max_length=256, save_steps=10, seed=0, resume=False)
     t0 = time.time()

@@ -50,7 +50,6 @@ function of ``seed`` and the update index, so a resumed run continues exactly wh
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -96,6 +95,7 @@ class PPOConfig(TrainerConfig):
     temperature: float = _help("Sampling temperature (log-probs use the same temperature).", 1.0)
     top_k: int = _help("Top-k sampling (0 = off). Anything but 0/1.0 makes the ratio approximate.", 0)
     top_p: float = _help("Nucleus sampling (1.0 = off).", 1.0)
+    cache_implementation: str | None = _help("HF generate cache, e.g. 'static' on GPU (compiled decode step; much faster after a slow first call).", None)
     ppo_epochs: int = _help("Passes over each rollout batch.", 4)
     cliprange: float = _help("Policy ratio clip epsilon.", 0.2)
     cliprange_value: float = _help("Value clip: new values stay within old +- this.", 0.2)
@@ -400,8 +400,9 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
     policy.eval()
     t0 = time.time()
     with autocast():
-        gen = generate_ids(policy, tok, list(prompts), **decoding_settings(
-            config.max_new_tokens, True, config.temperature, config.top_p, config.top_k))
+        gen = generate_ids(policy, tok, list(prompts), cache_implementation=config.cache_implementation,
+                           **decoding_settings(config.max_new_tokens, True, config.temperature, config.top_p,
+                                               config.top_k))
     generation_s = time.time() - t0
     q, qm, r, rm = gen["query_ids"], gen["query_mask"], gen["response_ids"], gen["response_mask"]
     B = len(prompts)
@@ -592,11 +593,13 @@ def load_ppo_prompts(config: PPOConfig) -> list[Messages]:
 
 def prompt_order(n_prompts: int, update: int, batch: int, seed: int) -> list[int]:
     """Prompt indices for one update: consecutive slices of per-epoch permutations seeded by ``seed + epoch``."""
+    perms: dict[int, list[int]] = {}
     out = []
     for k in range(update * batch, (update + 1) * batch):
         epoch, pos = divmod(k, n_prompts)
-        perm = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch))
-        out.append(int(perm[pos]))
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n_prompts, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        out.append(perms[epoch][pos])
     return out
 
 
@@ -611,6 +614,39 @@ def lr_factor(update: int, total: int, warmup_ratio: float) -> float:
     if update < warmup:
         return (update + 1) / warmup
     return max(0.0, (total - update) / max(total - warmup, 1))
+
+
+def update_metrics(ro: Rollout, upd: dict[str, float], beta: float, seconds: float, lr: float) -> dict[str, float]:
+    """The namespaced metrics of one update (see docs/PPO.md)."""
+    mask = ro.response_mask.float()
+    mean_kl = float(ro.kl.sum(1).mean())  # k1 summed over each response, mean over the batch
+    nan = float("nan")
+    metrics = {
+        "objective/reward": float(ro.raw_scores.mean()),
+        "objective/scores": float(ro.scores.mean()),
+        "objective/kl": mean_kl,
+        "objective/entropy": float(ro.entropy.sum(1).mean()),
+        "objective/non_score_reward": -beta * mean_kl,
+        "objective/rlhf_reward": float(ro.scores.mean()) - beta * mean_kl,
+        "objective/kl_coef": beta,
+        "loss/policy": upd.get("pg_loss", nan),
+        "loss/value": upd.get("vf_loss", nan),
+        "policy/clipfrac": upd.get("clipfrac", nan),
+        "policy/approx_kl": upd.get("approx_kl", nan),
+        "policy/eos_fraction": float(ro.has_eos.float().mean()),
+        "policy/response_length": float(mask.sum(1).mean()),
+        "val/explained_variance": explained_variance(ro.values, ro.returns, mask),
+        "val/clipfrac": upd.get("vf_clipfrac", nan),
+        "val/mean": float(masked_mean(ro.values, mask)),
+        "ppo/epochs_run": upd["ppo_epochs_run"],
+        "train/learning_rate": lr,
+        "perf/episodes_per_s": len(ro.prompts) / seconds,
+        "perf/generation_share": ro.generation_s / seconds,
+        "perf/tokens_per_s": float(mask.sum()) / seconds,
+    }
+    if "ptx_loss" in upd:
+        metrics["loss/ptx"] = upd["ptx_loss"]
+    return metrics
 
 
 def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
@@ -684,46 +720,21 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
         gen = torch.Generator().manual_seed(config.seed + update)
         upd = ppo_update(models, ro, optimizer, config, params, gen, ptx_data, autocast)
         # 6. adaptive KL coefficient
-        mask = ro.response_mask.float()
-        mean_kl = float(ro.kl.sum(1).mean())
         beta = kl_ctl.value
-        kl_ctl.update(mean_kl, config.rollout_batch_size)
+        kl_ctl.update(float(ro.kl.sum(1).mean()), config.rollout_batch_size)
         seconds = time.time() - t0
         step = update + 1
-        metrics = {
-            "objective/reward": float(ro.raw_scores.mean()),
-            "objective/scores": float(ro.scores.mean()),
-            "objective/kl": mean_kl,
-            "objective/entropy": float(ro.entropy.sum(1).mean()),
-            "objective/non_score_reward": -beta * mean_kl,
-            "objective/rlhf_reward": float(ro.scores.mean()) - beta * mean_kl,
-            "objective/kl_coef": beta,
-            "loss/policy": upd.get("pg_loss", float("nan")),
-            "loss/value": upd.get("vf_loss", float("nan")),
-            "policy/clipfrac": upd.get("clipfrac", float("nan")),
-            "policy/approx_kl": upd.get("approx_kl", float("nan")),
-            "policy/eos_fraction": float(ro.has_eos.float().mean()),
-            "policy/response_length": float(mask.sum(1).mean()),
-            "val/explained_variance": explained_variance(ro.values, ro.returns, mask),
-            "val/clipfrac": upd.get("vf_clipfrac", float("nan")),
-            "val/mean": float(masked_mean(ro.values, mask)),
-            "ppo/epochs_run": upd["ppo_epochs_run"],
-            "train/learning_rate": optimizer.param_groups[0]["lr"],
-            "perf/episodes_per_s": config.rollout_batch_size / seconds,
-            "perf/generation_share": ro.generation_s / seconds,
-            "perf/tokens_per_s": float(mask.sum()) / seconds,
-        }
-        if "ptx_loss" in upd:
-            metrics["loss/ptx"] = upd["ptx_loss"]
+        metrics = update_metrics(ro, upd, beta, seconds, optimizer.param_groups[0]["lr"])
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if config.save_steps and step % config.save_steps == 0 and step < total:
+        saved = bool(config.save_steps and step % config.save_steps == 0 and step < total)
+        if saved:
             _save_checkpoint(models, optimizer, state_dict(step), config)
         if progress is not None:
             try:
                 progress(step, total, dict(metrics))
             except Cancelled:
-                if not (config.save_steps and step % config.save_steps == 0):
+                if not saved:
                     _save_checkpoint(models, optimizer, state_dict(step), config)
                 status = "cancelled"
                 break

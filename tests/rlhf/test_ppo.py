@@ -16,7 +16,7 @@ import torch
 from rlhf import Cancelled, load_config
 from rlhf.contract import read_metadata
 from rlhf.ppo import (KLController, PPOConfig, RunningMoments, adapter_disabled, build_models, collect_rollout,
-                      compute_advantages, compute_gae, masked_whiten, policy_forward, ppo_losses, per_token_rewards,
+                      compute_gae, masked_whiten, policy_forward, ppo_losses, per_token_rewards,
                       process_scores, train)
 
 REPO = Path(__file__).resolve().parents[2]
