@@ -754,8 +754,13 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m rlhf.ppo --config FILE``: the ``python -m rlhf`` CLI with ``ppo`` registered."""
     from . import __main__ as cli
 
+    added = "ppo" not in cli.COMMANDS
     cli.COMMANDS.setdefault("ppo", ("rlhf.ppo", "PPOConfig", "train"))
-    return cli.main(["ppo", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return cli.main(["ppo", *(sys.argv[1:] if argv is None else argv)])
+    finally:  # leave the CLI's table as it was (its tests compare it with docs/RLHF.md)
+        if added:
+            cli.COMMANDS.pop("ppo", None)
 
 
 if __name__ == "__main__":

@@ -323,6 +323,10 @@ def test_docs_example_config_parses():
 def test_cli_lists_the_config(capsys):
     from rlhf.ppo import main
 
+    from rlhf.__main__ import COMMANDS
+
+    before = dict(COMMANDS)
     assert main(["--help-config"]) == 0
     out = capsys.readouterr().out
     assert "kl_coef" in out and "missing_eos_penalty" in out
+    assert COMMANDS == before  # the shared CLI table is left untouched
