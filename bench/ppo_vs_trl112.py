@@ -86,7 +86,7 @@ def build_checkpoints(args) -> tuple[str, str]:
 def settings(args) -> dict:
     return dict(batch=args.batch, mini_batch=args.mini_batch, epochs=args.epochs, response_length=args.response_length,
                 updates=args.updates, temperature=1.0, kl_coef=0.05, missing_eos_penalty=1.0, learning_rate=1e-5,
-                seed=0)
+                seed=0, cache_implementation=args.cache_implementation)
 
 
 # ------------------------------------------------------------------------------------------- the sides
@@ -116,7 +116,7 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
                     mini_batch_size=s["mini_batch"], per_device_batch_size=s["batch"], ppo_epochs=s["epochs"],
                     max_new_tokens=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
                     missing_eos_penalty=s["missing_eos_penalty"], learning_rate=s["learning_rate"], seed=s["seed"],
-                    save_steps=0, merge=False, max_length=256)
+                    save_steps=0, merge=False, max_length=256, cache_implementation=s["cache_implementation"])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.time()
@@ -228,6 +228,7 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--ours", default="lora", help="comma list of our modes: lora, full")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--cache-implementation", default=None, help="ours only: e.g. 'static' (compiled decode, GPU)")
     p.add_argument("--trl-python", help="an interpreter with trl==1.12.0 (default: create .venv-trl112)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--policy", help=argparse.SUPPRESS)
