@@ -78,30 +78,39 @@ def detect_format(filename: str) -> str:
     raise ValueError(f"cannot tell the format of {filename!r}: name it .jsonl or .csv, or pass the format")
 
 
-def parse_prompts(data: bytes, *, fmt: str) -> ParseReport:
-    report = ParseReport()
+def read_upload(data: bytes, report) -> str | None:
+    """The text of an uploaded file after the checks every import shares: the size limit, gzip,
+    UTF-8 and NUL characters (PostgreSQL cannot store them). Problems go to `report.error`."""
     limit = settings.IMPORT_MAX_BYTES
     if len(data) > limit:
         report.error(1, None, f"the file is {len(data):,} bytes; the limit is {limit:,} bytes")
-        return report
+        return None
     if data[:2] == b"\x1f\x8b":
         try:
             data = _gunzip(data, limit)
         except (OSError, EOFError, zlib.error) as exc:
             report.error(1, None, f"the gzip file is damaged or truncated ({exc})")
-            return report
+            return None
         except ValueError as exc:
             report.error(1, None, str(exc))
-            return report
+            return None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         report.error(line, None, f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
-        return report
-    if "\x00" in text or "\\u0000" in text:
-        at = text.find("\x00") if "\x00" in text else text.find("\\u0000")
+        return None
+    at = min((i for i in (text.find("\x00"), text.find("\\u0000")) if i >= 0), default=-1)
+    if at >= 0:
         report.error(text[:at].count("\n") + 1, None, "contains a NUL character, which cannot be stored")
+        return None
+    return text
+
+
+def parse_prompts(data: bytes, *, fmt: str) -> ParseReport:
+    report = ParseReport()
+    text = read_upload(data, report)
+    if text is None:
         return report
     if fmt == "jsonl":
         _parse_jsonl(text, report)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,7 +35,7 @@ from itertools import combinations
 
 from django.conf import settings
 
-from labelapp.importing import MAX_REPORTED_ERRORS, ROLES, ParseReport, _gunzip, prompt_hash
+from labelapp.importing import MAX_REPORTED_ERRORS, ROLES, ParseReport, prompt_hash, read_upload
 from labelapp.models import Category, Flag, Prompt
 from labelapp.services.labels import MAX_TIME_SPENT_MS
 
@@ -408,34 +407,6 @@ FORMATS: dict[str, tuple[str, Parser]] = {  # fmt → (source, used in external 
 # ---- the file ----------------------------------------------------------------------------------
 
 
-def _read(data: bytes, report: LabelReport) -> str | None:
-    """Size limit, gzip and UTF-8, with the same messages as labelapp.importing."""
-    limit = settings.IMPORT_MAX_BYTES
-    if len(data) > limit:
-        report.error(1, None, f"the file is {len(data):,} bytes; the limit is {limit:,} bytes")
-        return None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = _gunzip(data, limit)
-        except (OSError, EOFError, zlib.error) as exc:
-            report.error(1, None, f"the gzip file is damaged or truncated ({exc})")
-            return None
-        except ValueError as exc:
-            report.error(1, None, str(exc))
-            return None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        report.error(line, None, f"not valid UTF-8 (byte {exc.start}); save the file as UTF-8")
-        return None
-    at = min((i for i in (text.find("\x00"), text.find("\\u0000")) if i >= 0), default=-1)
-    if at >= 0:  # PostgreSQL cannot store it in text or jsonb
-        report.error(text[:at].count("\n") + 1, None, "contains a NUL character, which cannot be stored")
-        return None
-    return text
-
-
 def _objects(text: str) -> Iterator[tuple[int, object | json.JSONDecodeError]]:
     """(line, object) for JSON Lines, or for the elements of one JSON array (line = where each starts)."""
     stripped = text.lstrip()
@@ -484,7 +455,7 @@ def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False) -> LabelR
         report.error(1, None, f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
         return report
     report.source, parse = FORMATS[fmt]
-    text = _read(data, report)
+    text = read_upload(data, report)
     if text is None:
         return report
     skipped = 0
