@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from numbers import Real
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
@@ -169,7 +170,10 @@ def run_status(run: TrainingRun, *, history: bool = False, now: datetime | None 
         },
     }
     age = data["heartbeat_age_seconds"]
-    data["heartbeat_text"] = "—" if age is None or data["finished"] else f"{duration_text(age)} ago"
+    data["heartbeat_stale"] = run.status == TrainingRun.Status.RUNNING and age is not None and (
+        age > settings.RUN_HEARTBEAT_TIMEOUT)
+    data["heartbeat_text"] = "—" if age is None or data["finished"] else (
+        f"{duration_text(age)} ago" + (" (worker lost?)" if data["heartbeat_stale"] else ""))
     if history:
         data["history"] = capped_history(metrics)
         data["metric_keys"] = metric_keys(metrics)

@@ -135,6 +135,10 @@ def test_json_reports_progress_eta_heartbeat_and_history(studio, project, sent):
     history = studio.get(url("run_json", project, run.pk)).json()["history"]
     assert len(history) == 500 and history[0]["step"] == 0 and history[-1]["step"] == 1199
 
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(hours=2))
+    stale = studio.get(url("status", project)).json()["runs"][0]
+    assert stale["heartbeat_stale"] is True and stale["heartbeat_text"] == "2 h 0 min ago (worker lost?)"
+
     TrainingRun.objects.filter(pk=run.pk).update(status="succeeded", finished_at=timezone.now())
     data = studio.get(url("status", project)).json()
     assert data["active"] is False and data["runs"][0]["percent"] == 100.0
