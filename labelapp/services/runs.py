@@ -185,6 +185,10 @@ def run_retry(*, run_id: int, user) -> TrainingRun:
     old = TrainingRun.objects.select_related("project").get(pk=run_id)
     if old.status not in (TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
         raise ValidationError("Only failed or cancelled runs can be retried.")
+    if old.round is not None and old.round.finished:
+        raise ValidationError(
+            f"Round {old.round.number} has ended ({old.round.get_stage_display().lower()}); start a new round instead."
+        )
     run = run_create(
         project=old.project, kind=old.kind, params=old.params, input_model=old.input_model, round=old.round, user=user
     )

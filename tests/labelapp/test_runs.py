@@ -126,6 +126,16 @@ def test_reconciler_resends_queued_runs_whose_message_was_lost(project, settings
     assert sent == [run.pk, run.pk]
 
 
+def test_retry_refuses_a_run_of_an_ended_round(project, admin, sent):
+    from labelapp.models import Round
+
+    rnd = Round.objects.create(project=project, number=1, stage="failed")
+    run = TrainingRun.objects.create(project=project, round=rnd, kind="sft", status="failed")
+    with pytest.raises(ValidationError, match="has ended"):
+        run_retry(run_id=run.pk, user=admin)
+    assert TrainingRun.objects.count() == 1
+
+
 def test_retry_creates_a_new_run(project, admin, sent):
     run = run_create(project=project, kind="reward", params={"max_steps": 3})
     run_cancel(run_id=run.pk, user=admin)
