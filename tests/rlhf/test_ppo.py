@@ -237,7 +237,8 @@ def test_toy_reward_rises_while_kl_stays_bounded(tmp_path, tiny_dir):
 
 # ------------------------------------------------------------------------------ contract: cancel, resume
 def test_cancel_saves_a_checkpoint_and_reports_cancelled(tmp_path, tiny_dir):
-    cfg = small_config(tmp_path, tiny_dir, max_steps=5, ptx_coef=0.5)
+    """Full fine-tuning (tied embeddings, a frozen reference copy) with PPO-ptx: cancel, then resume."""
+    cfg = small_config(tmp_path, tiny_dir, max_steps=4, ptx_coef=0.5, use_lora=False)
     from rlhf.data import Demonstration
 
     demos = [Demonstration(p, "A clear, kind and short answer.") for p in PROMPTS]
@@ -250,11 +251,20 @@ def test_cancel_saves_a_checkpoint_and_reports_cancelled(tmp_path, tiny_dir):
 
     art = train(cfg, PROMPTS, progress, reward_fn=share_reward, demonstrations=demos)
     assert art.status == "cancelled" and art.model_dir is None and art.global_step == 2
-    assert [s for s, _, _ in seen] == [1, 2] and seen[0][1] == 5
+    assert [s for s, _, _ in seen] == [1, 2] and seen[0][1] == 4
     assert set(REQUIRED_METRICS) <= set(seen[-1][2]) and math.isfinite(seen[-1][2]["loss/ptx"])
     assert (Path(cfg.output_dir) / "checkpoint-2" / "trainer_state.json").is_file()
     meta = read_metadata(cfg.output_dir)
     assert meta["status"] == "cancelled" and meta["kind"] == "ppo"
+
+    import dataclasses
+
+    seen.clear()
+    art = train(dataclasses.replace(cfg, resume=True), PROMPTS, progress, reward_fn=share_reward,
+                demonstrations=demos)
+    assert art.status == "succeeded" and [s for s, _, _ in seen] == [3, 4]
+    assert read_metadata(cfg.output_dir)["status"] == "succeeded"
+    assert (Path(art.model_dir) / "model.safetensors").is_file()
 
 
 KILL_SCRIPT = """
