@@ -165,9 +165,10 @@ def visible_rankings(user) -> QuerySet[Ranking]:
 
 
 def training_demonstrations(*, project: Project) -> list[tuple[int, list[dict], str]]:
-    """(id, prompt turns, text) of every demonstration not rejected in review, oldest first."""
+    """(id, prompt turns, text) of the training split's demonstrations not rejected in review,
+    oldest first (validation prompts stay held out for evaluation)."""
     rows = (
-        Demonstration.objects.filter(prompt__project=project)
+        Demonstration.objects.filter(prompt__project=project, prompt__split=Prompt.Split.TRAIN)
         .exclude(review_status=Demonstration.Review.REJECTED)
         .order_by("id")
         .values_list("id", "prompt__text", "prompt__messages", "text")

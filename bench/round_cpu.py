@@ -1,0 +1,142 @@
+"""One full round of the loop on CPU with the bundled SmolLM2-135M-Instruct and simulated annotators.
+
+Prompts come from the Dolly subset in ../shared/data (instruction + context, with the human
+response as the reference answer): a training split for demonstrations, sampling and PPO, and
+a held-out split for the blind evaluation. Each run executes in this process through the same
+task function the Celery worker uses (`workers.tasks.run_execute`), so the numbers are the
+work itself, without queue latency. Simulated annotators (embedding oracle: similarity to the
+reference) write the demonstrations, rank the samples and judge the evaluation pairs.
+
+Prints wall time per stage, the PPO generation share, and the new policy's win-rate over its
+SFT parent under the simulated annotators (target ≥ 60%) beside the reward model's.
+
+    DATABASE_URL=postgres://postgres@127.0.0.1:5432/studio_bench_round REDIS_URL=redis://127.0.0.1:6379/12 \\
+        nice .venv/bin/python bench/round_cpu.py --train 24 --held-out 16
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+DATA = Path(os.environ.get("SHARED_DATA_DIR", ROOT.parent / "shared" / "data"))
+
+from claim_load import recreate_database  # noqa: E402
+
+CATEGORIES = {"open_qa": "open_qa", "general_qa": "open_qa", "closed_qa": "closed_qa", "classification": "classification",
+              "brainstorming": "brainstorming", "information_extraction": "extract", "summarization": "summarization",
+              "creative_writing": "generation"}
+
+
+def dolly_rows(limit: int) -> list[dict]:
+    rows = []
+    with open(DATA / "dolly_no_robots_animal_topic_subsets" / "dolly15k_subset.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            text = row["instruction"] + (f"\n\n{row['context']}" if row["context"].strip() else "")
+            if len(text) < 1200 and 20 < len(row["response"]) < 600:
+                rows.append({"text": text, "reference": row["response"], "category": CATEGORIES.get(row["category"], "other")})
+            if len(rows) >= limit:
+                break
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=24, help="training prompts")
+    parser.add_argument("--held-out", type=int, default=16, help="held-out prompts for the evaluation")
+    parser.add_argument("--sample-prompts", type=int, default=12)
+    parser.add_argument("--ppo-updates", type=int, default=8)
+    parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
+    args = parser.parse_args()
+    if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
+        sys.exit("set DATABASE_URL to a scratch PostgreSQL database (it is dropped and re-created)")
+    recreate_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from labelapp.models import Round, TrainingRun
+    from labelapp.services.projects import membership_set, project_create, prompt_create
+    from labelapp.services.rounds import round_advance, round_start
+    from labelapp.stats import evaluation_summary
+    from workers.simulate import simulate
+    from workers.tasks import run_execute
+
+    call_command("migrate", verbosity=0)
+    project = project_create(name="Round benchmark", k=4, overlap=1)
+    admin = get_user_model().objects.create_user("bench-admin")
+    membership_set(project=project, user=admin, role="admin")
+    rows = dolly_rows(args.train + args.held_out)
+    for i, row in enumerate(rows):
+        prompt_create(project=project, text=row["text"], category=row["category"], reference=row["reference"],
+                      split="train" if i < args.train else "validation", source="imported")
+    times: dict[str, float] = {}
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        times[name] = times.get(name, 0.0) + time.perf_counter() - t0
+        print(f"  {name:<24} {times[name]:7.1f} s", flush=True)
+        return out
+
+    timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle))
+    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, "bf16": True}
+    rnd = round_start(project=project, user=admin, method="ppo", params={
+        "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
+        "sft": {**training, "max_steps": 30, "learning_rate": 2e-4},
+        "reward": {**training, "max_steps": 40, "learning_rate": 1e-4, "per_device_batch_size": 8},
+        "policy": {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
+                   "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": 0.05, "learning_rate": 1e-5},
+        "sample": {"max_new_tokens": 64, "temperature": 0.8},
+        "evaluation": {"prompts": args.held_out, "max_new_tokens": 64, "temperature": 0.7},
+    })
+    while True:
+        rnd.refresh_from_db()
+        if rnd.finished:
+            break
+        queued = list(TrainingRun.objects.filter(round=rnd, status="queued").order_by("id"))
+        for run in queued:
+            label = f"{rnd.get_stage_display().lower()}"
+            timed(label, lambda run=run: run_execute(run.pk))
+        rnd.refresh_from_db()
+        if rnd.stage == Round.Stage.RANKING:
+            timed("simulated rankings", lambda: simulate(project=project, annotators=2, queues=["rank"], oracle=args.oracle))
+            round_advance(round_id=rnd.pk)
+        elif not queued:
+            round_advance(round_id=rnd.pk)
+    if rnd.stage != Round.Stage.DONE:
+        sys.exit(f"the round ended {rnd.stage}: {rnd.error}")
+    timed("simulated comparisons", lambda: simulate(project=project, annotators=3, queues=["compare"], oracle=args.oracle))
+    summary = evaluation_summary(project=project, round_id=rnd.pk)
+    ppo = TrainingRun.objects.get(round=rnd, kind="ppo")
+    shares = [m["perf/generation_share"] for m in ppo.metrics if "perf/generation_share" in m]
+    rewards = [m["objective/reward"] for m in ppo.metrics if "objective/reward" in m]
+    kls = [m["objective/kl"] for m in ppo.metrics if "objective/kl" in m]
+    reward_run = TrainingRun.objects.get(round=rnd, kind="reward")
+    print("\nwall time per stage (s):")
+    for name, seconds in times.items():
+        print(f"  {name:<24} {seconds:7.1f}")
+    print(f"  {'total':<24} {sum(times.values()):7.1f}")
+    print(f"reward model held-out accuracy: {reward_run.result.get('eval/pairwise_accuracy')}")
+    if rewards:
+        print(f"PPO reward first/last update: {rewards[0]:.3f} → {rewards[-1]:.3f}; KL last {kls[-1]:.3f}")
+    if shares:
+        print(f"PPO generation share per update: {', '.join(f'{s:.2f}' for s in shares)} (mean {sum(shares) / len(shares):.2f})")
+    human, auto = summary["human"], summary["reward_model"]
+    print(f"win-rate of the PPO policy over its SFT parent on {summary['tasks']} held-out prompts:")
+    print(f"  simulated annotators: {human['win_rate']:.3f} [{human['low']:.3f}, {human['high']:.3f}] (n={human['n']}), target ≥ 0.60")
+    if auto["win_rate"] is not None:
+        print(f"  reward model:         {auto['win_rate']:.3f} [{auto['low']:.3f}, {auto['high']:.3f}] (n={auto['n']})")
+
+
+if __name__ == "__main__":
+    main()
