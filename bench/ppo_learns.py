@@ -43,11 +43,11 @@ def train_reward_model(pairs, args) -> str:
         print(f"reward model: cached {out / 'model'}", flush=True)
         return str(out / "model")
     t0 = time.time()
-    cfg = RewardRunConfig(output_dir=str(out), model=None, max_steps=args.rm_steps, per_device_batch_size=8,
+    cfg = RewardRunConfig(output_dir=str(out), model=None, max_steps=args.rm_steps, per_device_batch_size=args.rm_batch,
                           learning_rate=2e-4, max_length=384, eval_fraction=0.1, save_steps=0, bf16=args.bf16,
                           seed=0)
     art = train_reward(cfg, pairs, progress=lambda s, t, m: print(f"  rm step {s}/{t} loss {m.get('loss/train')}",
-                                                                  flush=True) if s % 10 == 0 else None)
+                                                                  flush=True) if s % 4 == 0 else None)
     print(f"reward model: {art.model_dir}, held-out pairwise accuracy "
           f"{art.metrics.get('eval/pairwise_accuracy'):.3f} on {art.metrics.get('eval/pairs')} pairs, "
           f"{time.time() - t0:.0f} s", flush=True)
@@ -97,6 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rm-pairs", type=int, default=600)
     ap.add_argument("--rm-steps", type=int, default=60)
+    ap.add_argument("--rm-batch", type=int, default=8)
+    ap.add_argument("--max-chars", type=int, default=400, help="longest prompt (characters) kept; answers 2x")
     ap.add_argument("--updates", type=int, default=30)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -116,7 +118,7 @@ def main() -> None:
     from rlhf.ppo import PPOConfig, train
 
     OUT.mkdir(parents=True, exist_ok=True)
-    pairs = single_turn_pairs(HH, max_chars=400)
+    pairs = single_turn_pairs(HH, max_chars=args.max_chars)
     rm_pairs = pairs[:args.rm_pairs]
     rest = [p.prompt for p in pairs[args.rm_pairs:]]
     seen, prompts = set(), []
