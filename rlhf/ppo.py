@@ -334,10 +334,16 @@ def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
     if rm_ref is not None and not shares:
         reward = _unwrap_adapter(load_reward_model(rm_ref, **load)).eval().requires_grad_(False)
     reward_tokenizer = load_tokenizer(rm_ref) if rm_ref is not None else None
-    for m in (policy, ref, value, reward):
+    if value_ref == rm_ref and reward_tokenizer is not None and reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ValueError("the value model (initialised from the reward model) reads the policy's tokens: "
+                         "policy and reward model must share a tokenizer, or set value_model")
+    for m in (policy, ref, value):
         if m is not None:
             disable_dropout(m)
             m.config.pad_token_id = tokenizer.pad_token_id
+    if reward is not None:
+        disable_dropout(reward)
+        reward.config.pad_token_id = reward_tokenizer.pad_token_id
     if config.gradient_checkpointing:
         for m in (policy, value):
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
