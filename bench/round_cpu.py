@@ -89,7 +89,7 @@ def main() -> None:
         return out
 
     timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle))
-    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, "bf16": True}
+    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768}  # fp32: bf16 autocast is slower on this CPU
     rnd = round_start(project=project, user=admin, method="ppo", params={
         "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
         "sft": {**training, "max_steps": 30, "learning_rate": 2e-4},
