@@ -89,9 +89,18 @@ def annotator(project_id: int, user_id: int, seconds: float, think_ms: float, st
     # every task shares the same two completions (see seed)
     ids = list(RankingTask.completions.through.objects.values_list("completion_id", flat=True).distinct())
     rng = random.Random(user_id)
+    # Warm up outside the timing: open the connection and run the claim's queries once (a
+    # server process keeps both between requests). The lease is given back by skipping.
+    from labelapp.services.queue import assignment_skip
+
+    warm = task_claim(project=project, user=user, queue=Queue.RANK)
+    if warm is not None:
+        assignment_skip(assignment_id=warm.pk, user=user, reason="warm-up")
     while time.time() < start_at:
         time.sleep(0.005)
     deadline = start_at + seconds
+    if think_ms:  # annotators do not all click at the same instant: stagger the first label
+        time.sleep(rng.uniform(0, think_ms / 1000))
     while time.time() < deadline:
         try:
             t0 = time.perf_counter()
@@ -136,7 +145,7 @@ def main() -> None:
 
     connections.close_all()
     out: mp.Queue = mp.Queue()
-    start_at = time.time() + 3
+    start_at = time.time() + 15  # every process imported, connected and warmed up
     procs = [
         mp.Process(target=annotator, args=(project_id, uid, args.seconds, args.think_ms, start_at, out)) for uid in user_ids
     ]
