@@ -53,6 +53,8 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=16, help="held-out prompts for the evaluation")
     parser.add_argument("--sample-prompts", type=int, default=12)
     parser.add_argument("--ppo-updates", type=int, default=8)
+    parser.add_argument("--sft-steps", type=int, default=30)
+    parser.add_argument("--rm-steps", type=int, default=40)
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
@@ -92,8 +94,8 @@ def main() -> None:
     training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768}  # fp32: bf16 autocast is slower on this CPU
     rnd = round_start(project=project, user=admin, method="ppo", params={
         "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
-        "sft": {**training, "max_steps": 30, "learning_rate": 2e-4},
-        "reward": {**training, "max_steps": 40, "learning_rate": 1e-4, "per_device_batch_size": 8},
+        "sft": {**training, "max_steps": args.sft_steps, "learning_rate": 2e-4},
+        "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8},
         "policy": {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
                    "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": 0.05, "learning_rate": 1e-5},
         "sample": {"max_new_tokens": 64, "temperature": 0.8},
