@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp import selectors
-from labelapp.api.views import PROJECT, ScopedReadViewSet, _choice, project_for
+from labelapp.api.views import PROJECT, ScopedReadViewSet, _choice, _int, project_for
 from labelapp.models import Role, Round, TrainingRun
 from labelapp.services.rounds import round_cancel, round_start
 from labelapp.services.runs import model_version_make_current, run_cancel, run_retry
@@ -62,7 +62,7 @@ def _service(call):
 class TrainingRunViewSet(ScopedReadViewSet):
     serializer_class = TrainingRunSerializer
     scope = staticmethod(visible_runs)
-    filters = {**PROJECT, "round": ("round_id", lambda v: int(v) if v.isdigit() else _bad()),
+    filters = {**PROJECT, "round": ("round_id", _int),
                "kind": ("kind", _choice(*TrainingRun.Kind.values)), "status": ("status", _choice(*TrainingRun.Status.values))}
 
     @extend_schema(request=None, responses=TrainingRunSerializer)
@@ -77,10 +77,6 @@ class TrainingRunViewSet(ScopedReadViewSet):
         run = self.get_object()
         new = _service(lambda: run_retry(run_id=run.pk, user=request.user))
         return Response(TrainingRunSerializer(new).data, status=status.HTTP_201_CREATED)
-
-
-def _bad():
-    raise ValueError("must be a whole number")
 
 
 class RoundViewSet(ScopedReadViewSet):
