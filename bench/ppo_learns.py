@@ -1,17 +1,20 @@
 """Does rlhf.ppo learn? One short PPO run from the bundled SFT model against a reward model, on CPU.
 
+    .venv/bin/python bench/rlhf_reward_quality.py --epochs 2   # the reward model (about 25 min)
     .venv/bin/python bench/ppo_learns.py                 # about 15-25 min on 2 CPU cores
     .venv/bin/python bench/ppo_learns.py --updates 10    # shorter
 
-1. Reward model: ``rlhf.reward.train_reward`` (LoRA) from the bundled SmolLM2-135M-Instruct on the first
-   ``--rm-pairs`` single-turn pairs of HH-RLHF helpful-base (``../shared/data/hh_rlhf_test_splits``); cached in
-   ``bench/out/ppo_learns/reward`` (its held-out pairwise accuracy is printed).
-2. PPO: ``rlhf.ppo.train`` from the bundled model (the SFT policy) on the next prompts of that file.
-3. Evaluation on held-out prompts (used neither by the reward model nor by PPO): one sampled answer per prompt
-   from the SFT model and from the PPO policy (same seed and decoding); the reward model scores both.
-   Prints the mean reward before/after, the KL of the PPO policy to the SFT model on its own answers
-   (summed over tokens, nats), and the share of prompts where the reward model prefers the PPO answer
-   (ties count one half; target >= 60%).
+1. Reward model: by default the one ``bench/rlhf_reward_quality.py`` saved (``--reward-model``; trained on
+   the first 2,000 pairs of HH-RLHF helpful-base, ``../shared/data/hh_rlhf_test_splits``). Without it, one
+   is trained here (``rlhf.reward.train_reward``, LoRA) on the first ``--rm-pairs`` single-turn pairs and
+   cached in ``bench/out/ppo_learns/reward``.
+2. PPO: ``rlhf.ppo.train`` from the bundled model (the SFT policy) on single-turn prompts from the first
+   2,000 pairs of that file.
+3. Evaluation on held-out prompts (pairs 2,000 and later, which neither the reward model nor PPO saw): one
+   sampled answer per prompt from the SFT model and from the PPO policy (same seed and decoding); the reward
+   model scores both. Prints the mean reward before/after, the KL of the PPO policy to the SFT model on its
+   own answers (summed over tokens, nats), and the share of prompts where the reward model prefers the PPO
+   answer (ties count one half; target >= 60%).
 """
 
 from __future__ import annotations
@@ -26,13 +29,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 OUT = REPO / "bench" / "out" / "ppo_learns"
 HH = REPO / ".." / "shared" / "data" / "hh_rlhf_test_splits" / "helpful-base.test.jsonl.gz"
+QUALITY_RM = REPO / "bench" / "out" / "rlhf_reward_quality" / "model"
+RM_TRAIN_PAIRS = 2000  # pairs [0, 2000) may train the reward model and PPO; [2000, end) are held out
 
 
-def single_turn_pairs(path: Path, max_chars: int):
-    from rlhf.data import read_hh_rlhf
-
-    return [p for p in read_hh_rlhf(path) if len(p.prompt) == 1 and len(p.prompt[0]["content"]) <= max_chars
+def single_turn_pairs(pairs, max_chars: int):
+    return [p for p in pairs if len(p.prompt) == 1 and len(p.prompt[0]["content"]) <= max_chars
             and max(len(p.chosen), len(p.rejected)) <= 2 * max_chars]
+
+
+def unique_prompts(pairs):
+    seen, prompts = set(), []
+    for p in pairs:
+        if p.prompt[0]["content"] not in seen:
+            seen.add(p.prompt[0]["content"])
+            prompts.append(p.prompt)
+    return prompts
 
 
 def train_reward_model(pairs, args) -> str:
@@ -95,6 +107,9 @@ def evaluate(policy_dir: str, rm_dir: str, prompts, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reward-model", default=None,
+                    help=f"reward model directory (default: {QUALITY_RM.relative_to(REPO)} when it exists, "
+                         "else one is trained here)")
     ap.add_argument("--rm-pairs", type=int, default=600)
     ap.add_argument("--rm-steps", type=int, default=60)
     ap.add_argument("--rm-batch", type=int, default=8)
@@ -108,7 +123,7 @@ def main() -> None:
     ap.add_argument("--kl-coef", type=float, default=0.05)
     ap.add_argument("--ppo-epochs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="fp32 instead of bf16 autocast")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (several times slower on CPUs without bf16 units)")
     args = ap.parse_args()
     import torch
 
@@ -118,19 +133,19 @@ def main() -> None:
     from rlhf.ppo import PPOConfig, train
 
     OUT.mkdir(parents=True, exist_ok=True)
-    pairs = single_turn_pairs(HH, max_chars=args.max_chars)
-    rm_pairs = pairs[:args.rm_pairs]
-    rest = [p.prompt for p in pairs[args.rm_pairs:]]
-    seen, prompts = set(), []
-    for p in rest:  # unique prompts
-        if p[0]["content"] not in seen:
-            seen.add(p[0]["content"])
-            prompts.append(p)
-    eval_prompts = prompts[:args.eval_prompts]
-    ppo_prompts = prompts[args.eval_prompts:args.eval_prompts + args.updates * args.batch]
-    print(f"{len(pairs)} single-turn pairs: {len(rm_pairs)} for the reward model, {len(ppo_prompts)} PPO prompts, "
-          f"{len(eval_prompts)} held-out prompts; torch threads {torch.get_num_threads()}", flush=True)
-    rm_dir = train_reward_model(rm_pairs, args)
+    from rlhf.data import read_hh_rlhf
+
+    everything = read_hh_rlhf(HH)
+    train_zone = single_turn_pairs(everything[:RM_TRAIN_PAIRS], args.max_chars)
+    eval_prompts = unique_prompts(single_turn_pairs(everything[RM_TRAIN_PAIRS:], args.max_chars))[:args.eval_prompts]
+    rm_pairs = train_zone[:args.rm_pairs]
+    ppo_prompts = unique_prompts(train_zone)[:args.updates * args.batch]
+    rm_dir = args.reward_model or (str(QUALITY_RM) if (QUALITY_RM / "config.json").is_file() else None)
+    rm_said = rm_dir or f"trained here on {len(rm_pairs)} pairs"
+    print(f"{len(train_zone)} single-turn training-zone pairs; {len(ppo_prompts)} PPO prompts, "
+          f"{len(eval_prompts)} held-out prompts; reward model {rm_said}; "
+          f"torch threads {torch.get_num_threads()}", flush=True)
+    rm_dir = rm_dir or train_reward_model(rm_pairs, args)
 
     cfg = PPOConfig(output_dir=str(OUT / "ppo"), model=None, reward_model=rm_dir, device="cpu", bf16=args.bf16,
                     max_steps=args.updates, rollout_batch_size=args.batch, mini_batch_size=args.batch // 2,

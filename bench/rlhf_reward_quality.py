@@ -15,6 +15,9 @@ is several times slower on CPUs without AVX512-BF16/AMX, so it is off by default
 * ``--lora-layers`` (default: the top 4 of 30 layers): LoRA only there plus the new score head, so the
   backward pass stops early; ``--lora-layers all`` adapts every layer.
 * ``--time-budget-min``: training stops at the budget; the JSON says how many pairs were seen.
+* Pairs are batched by length (``RewardRunConfig.group_by_length``): on a quiet 2-core machine one epoch
+  of the 2,000 pairs takes about 10 minutes instead of the hours of randomly padded batches.
+* The merged reward model is saved in ``<output-dir>/model`` (``bench/ppo_learns.py`` reuses it).
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def main() -> None:
     from rlhf.data import PreferencePair, read_hh_rlhf
     from rlhf.models import load_tokenizer
     from rlhf.reward import RewardRunConfig, build_reward_trainer, fit_to_length, pairwise_accuracy
-    from rlhf.runner import attach_progress
+    from rlhf.runner import attach_progress, save_final_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -100,6 +103,7 @@ def main() -> None:
     steps = trainer.state.global_step
     t1 = time.time()
     acc = pairwise_accuracy(trainer.model, tok, test, batch_size=8)
+    model_dir = save_final_model(trainer, config, tok)  # merged; bench/ppo_learns.py --reward-model uses it
     result = {
         "benchmark": "rlhf_reward_quality", "device": "cuda" if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(), "base_model": args.model or "bundled SmolLM2-135M-Instruct",
@@ -110,7 +114,7 @@ def main() -> None:
         "test_pairs": len(test), "pairwise_accuracy": round(acc, 4),
         "length_baseline_accuracy": round(length_baseline, 4), "target": args.target,
         "ratio_vs_target": round(acc / args.target, 3), "ratio_vs_length_baseline": round(acc / length_baseline, 3),
-        "meets_target": acc >= args.target,
+        "meets_target": acc >= args.target, "model_dir": model_dir,
     }
     print(json.dumps(result, indent=2))
 

@@ -38,6 +38,8 @@ class RewardRunConfig(TrainerConfig):
     margin_scale: float | None = _help("Margin = scale x (score_chosen - score_rejected) from 1-7 scores (rankings).")
     center_rewards_coefficient: float | None = _help("Weight of the mean-zero reward penalty (TRL).")
     lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
+    group_by_length: bool = _help("Batch pairs of similar token length together (batches in random order): far "
+                                  "less padding (one fixed order, reused if there are several epochs).", True)
 
 
 def conversation(prompt: str | Messages, completion: str) -> Messages:
@@ -122,6 +124,25 @@ def split_pairs(pairs: Sequence[PreferencePair], eval_fraction: float, seed: int
     return [pairs[i] for i in idx[n_eval:]], [pairs[i] for i in idx[:n_eval]]
 
 
+def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, mega: int = 50) -> list[int]:
+    """An epoch order whose consecutive ``batch_size`` chunks hold items of similar length.
+
+    Shuffle, cut into mega-batches of ``mega x batch_size`` items, sort each by length (longest first),
+    cut into batches and shuffle the batches: every item appears exactly once, the batch order stays
+    random, and padding per batch is small. A permutation of ``range(len(lengths))``.
+    """
+    rng = random.Random(seed)
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    span = max(1, mega * batch_size)
+    batches = []
+    for start in range(0, len(idx), span):
+        chunk = sorted(idx[start:start + span], key=lambda i: -lengths[i])
+        batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
+
+
 def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair],
                          eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
     """A ``RewardTrainer`` ready to ``train()``."""
@@ -132,8 +153,18 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     model = model or load_reward_model(config.model, device=config.device, dtype=config.dtype,
                                        load_in_bits=config.load_in_bits)
     model.config.pad_token_id = tokenizer.pad_token_id
+    pairs = list(pairs)
+    sampling = {}
+    if config.group_by_length and len(pairs) > config.per_device_batch_size:
+        # Our own length-grouped order + a sequential sampler (transformers' group_by_length needs an
+        # `input_ids` column; RewardTrainer's rows hold chosen/rejected ids). Longest conversation of a pair:
+        lengths = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, c))) for c in (p.chosen, p.rejected))
+                   for p in pairs]
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps
+        pairs = [pairs[i] for i in length_grouped_order(lengths, batch, config.seed)]
+        sampling = {"train_sampling_strategy": "sequential"}
     args = trl_args(config, RewardConfig, center_rewards_coefficient=config.center_rewards_coefficient,
-                    per_device_eval_batch_size=config.eval_batch_size)
+                    per_device_eval_batch_size=config.eval_batch_size, **sampling)
     return RewardTrainer(
         model=model, args=args, processing_class=tokenizer, train_dataset=pairs_to_dataset(pairs),
         eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,

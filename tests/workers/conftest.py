@@ -31,6 +31,61 @@ def broker():
     client.flushdb()
 
 
+class PrivateRedis:
+    """A redis-server of our own on a free port, without persistence, that a test may stop and start again."""
+
+    def __init__(self, tmp_path):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = tmp_path / f"redis-{self.port}.log"
+        self.proc = None
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: self._ping(redis), 20, f"redis-server on port {self.port}")
+
+    def _ping(self, redis) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_timeout=1).ping()
+        except redis.ConnectionError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """Its own redis-server (the shared test Redis is never restarted), and this process's Celery app
+    sending to it; restored afterwards."""
+    from workers.celery import app
+
+    server = PrivateRedis(tmp_path)
+    server.start()
+    before = app.conf.broker_url
+
+    def use(url):
+        app.conf.broker_url = url
+        app._pool = None  # the connection and producer pools are keyed by URL: drop the cached ones
+        app.amqp._producer_pool = None
+
+    use(server.url)
+    yield server
+    use(before)
+    server.stop()
+
+
 def worker_env(tmp_path, **extra) -> dict:
     from django.db import connection
 

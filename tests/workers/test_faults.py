@@ -1,4 +1,4 @@
-"""Faults with a real worker: SIGKILL mid-run, duplicate messages, a lost broker message."""
+"""Faults with a real worker: SIGKILL mid-run, duplicate messages, a lost broker message, a Redis restart."""
 import signal
 
 import pytest
@@ -70,3 +70,29 @@ def test_a_lost_message_is_sent_again_by_the_reconciler(sft_project, start_worke
     worker = start_worker()
     assert runs_reconcile()["resent"] == [run.pk]
     wait_for(lambda: refreshed(run).status == "succeeded", 180, "the re-sent run to finish", worker)
+
+
+def test_a_redis_restart_loses_no_committed_run(sft_project, start_worker, settings, private_redis):
+    """A real redis-server (ours, no persistence) is stopped and started again while a run trains: the
+    running run finishes once, a run committed while Redis was down is sent again by the reconciler, and
+    the worker reconnects by itself and trains it."""
+    settings.RUN_HEARTBEAT_TIMEOUT = 30
+    params = {"max_steps": 60, "per_device_batch_size": 2, "max_length": 512, "save_steps": 0}
+    worker = start_worker(REDIS_URL=private_redis.url)
+    first = run_create(project=sft_project, kind="sft", params=params)
+    wait_for(lambda: refreshed(first).step >= 2, 180, "the first run to train", worker)
+
+    private_redis.stop()  # every message and the unacked one are gone with it
+    assert refreshed(first).status == "running" and first.step < first.total, "the run ended before the restart"
+    second = run_create(project=sft_project, kind="sft", params={**params, "max_steps": 2})
+    assert refreshed(second).status == "queued" and second.enqueued_at is None  # committed, not sent
+    private_redis.start()
+
+    wait_for(lambda: refreshed(first).status in ("succeeded", "failed"), 300, "the first run to finish", worker)
+    assert first.status == "succeeded", first.error
+    assert first.attempts == 1
+    assert runs_reconcile()["resent"] == [second.pk]
+    wait_for(lambda: refreshed(second).status == "succeeded", 180, "the worker to reconnect and train the second run",
+             worker)
+    assert refreshed(first).attempts == 1 and second.attempts == 1
+    assert "Connection to broker lost" in worker.output() or "Cannot connect" in worker.output()
