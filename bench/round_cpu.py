@@ -52,7 +52,12 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=24, help="training prompts")
     parser.add_argument("--held-out", type=int, default=16, help="held-out prompts for the evaluation")
     parser.add_argument("--sample-prompts", type=int, default=12)
+    parser.add_argument("--method", choices=["ppo", "dpo"], default="ppo", help="the round's policy step")
     parser.add_argument("--ppo-updates", type=int, default=8)
+    parser.add_argument("--policy-lr", type=float, default=None,
+                        help="policy learning rate (LoRA; default 1e-4 for PPO, 5e-5 for DPO)")
+    parser.add_argument("--dpo-steps", type=int, default=40, help="DPO optimizer steps (batch 4 pairs)")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="PPO KL coefficient")
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--rm-steps", type=int, default=40)
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
@@ -92,12 +97,17 @@ def main() -> None:
 
     timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle))
     training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768}  # fp32: bf16 autocast is slower on this CPU
-    rnd = round_start(project=project, user=admin, method="ppo", params={
+    if args.method == "ppo":
+        policy = {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
+                  "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": args.kl_coef,
+                  "learning_rate": args.policy_lr or 1e-4}
+    else:
+        policy = {**training, "max_steps": args.dpo_steps, "learning_rate": args.policy_lr or 5e-5, "beta": 0.1}
+    rnd = round_start(project=project, user=admin, method=args.method, params={
         "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
         "sft": {**training, "max_steps": args.sft_steps, "learning_rate": 2e-4},
         "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8},
-        "policy": {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
-                   "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": 0.05, "learning_rate": 1e-5},
+        "policy": policy,
         "sample": {"max_new_tokens": 64, "temperature": 0.8},
         "evaluation": {"prompts": args.held_out, "max_new_tokens": 64, "temperature": 0.7},
     })
@@ -119,10 +129,10 @@ def main() -> None:
         sys.exit(f"the round ended {rnd.stage}: {rnd.error}")
     timed("simulated comparisons", lambda: simulate(project=project, annotators=3, queues=["compare"], oracle=args.oracle))
     summary = evaluation_summary(project=project, round_id=rnd.pk)
-    ppo = TrainingRun.objects.get(round=rnd, kind="ppo")
-    shares = [m["perf/generation_share"] for m in ppo.metrics if "perf/generation_share" in m]
-    rewards = [m["objective/reward"] for m in ppo.metrics if "objective/reward" in m]
-    kls = [m["objective/kl"] for m in ppo.metrics if "objective/kl" in m]
+    policy_run = TrainingRun.objects.get(round=rnd, kind=args.method)
+    shares = [m["perf/generation_share"] for m in policy_run.metrics if "perf/generation_share" in m]
+    rewards = [m["objective/reward"] for m in policy_run.metrics if "objective/reward" in m]
+    kls = [m["objective/kl"] for m in policy_run.metrics if "objective/kl" in m]
     reward_run = TrainingRun.objects.get(round=rnd, kind="reward")
     print("\nwall time per stage (s):")
     for name, seconds in times.items():
@@ -134,7 +144,11 @@ def main() -> None:
     if shares:
         print(f"PPO generation share per update: {', '.join(f'{s:.2f}' for s in shares)} (mean {sum(shares) / len(shares):.2f})")
     human, auto = summary["human"], summary["reward_model"]
-    print(f"win-rate of the PPO policy over its SFT parent on {summary['tasks']} held-out prompts:")
+    if args.method == "dpo":
+        last = next((m for m in reversed(policy_run.metrics) if "rewards/accuracies" in m), {})
+        print(f"DPO last logged: loss {last.get('loss/train', last.get('loss'))}, "
+              f"implicit reward accuracy {last.get('rewards/accuracies')}, margin {last.get('rewards/margins')}")
+    print(f"win-rate of the {args.method.upper()} policy over its SFT parent on {summary['tasks']} held-out prompts:")
     print(f"  simulated annotators: {human['win_rate']:.3f} [{human['low']:.3f}, {human['high']:.3f}] (n={human['n']}), target ≥ 0.60")
     if auto["win_rate"] is not None:
         print(f"  reward model:         {auto['win_rate']:.3f} [{auto['low']:.3f}, {auto['high']:.3f}] (n={auto['n']})")

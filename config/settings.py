@@ -184,6 +184,18 @@ RUN_HEARTBEAT_EVERY = env_int("RUN_HEARTBEAT_EVERY", 10)
 RUN_MAX_ATTEMPTS = env_int("RUN_MAX_ATTEMPTS", 3)
 # Resume lost runs from their last checkpoint (1) or fail them at once (0).
 RUN_RESUME_LOST = env_bool("RUN_RESUME_LOST", True)
+# Processes per SFT / reward / DPO run on this worker (normally the GPUs of its host). Above 1 the
+# worker starts those runs with `accelerate launch --multi_gpu --num_processes N` (workers/launch.py).
+RUN_PROCESSES = env_int("RUN_PROCESSES", 1)
+# "auto": accelerate launch when RUN_PROCESSES > 1, in the worker's process otherwise;
+# "accelerate": always a launched subprocess; "inprocess": never.
+RUN_LAUNCH = os.environ.get("RUN_LAUNCH", "auto").strip().lower()
+if RUN_LAUNCH not in ("auto", "accelerate", "inprocess"):
+    raise ImproperlyConfigured(f"RUN_LAUNCH must be auto, accelerate or inprocess, not {RUN_LAUNCH!r}.")
+if RUN_PROCESSES < 1:
+    raise ImproperlyConfigured(f"RUN_PROCESSES must be at least 1, not {RUN_PROCESSES}.")
+# Extra `accelerate launch` arguments, e.g. "--config_file /etc/studio/fsdp.yaml" for FSDP or DeepSpeed.
+RUN_LAUNCH_ARGS = os.environ.get("RUN_LAUNCH_ARGS", "")
 
 # --- Labeling knobs -------------------------------------------------------------------
 # How long a claimed item stays reserved for its annotator.

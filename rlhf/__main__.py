@@ -1,7 +1,13 @@
 """Command line: ``python -m rlhf <sample|sft|reward|dpo> --config FILE.json|yaml [--set key=value ...]``.
 
 Prints one JSON line per progress report and a final JSON summary; exit status 0 on success,
-3 when cancelled (Ctrl-C is turned into a clean cancel after the current step).
+3 when cancelled (Ctrl-C, or ``--stop-file`` appearing, is turned into a clean cancel after the
+current step).
+
+Under ``accelerate launch`` (several processes) only rank 0 prints, and the stop decision is rank 0's,
+broadcast to every rank after each step so that all of them stop at the same step. With
+``--die-with-parent`` (set by the studio's worker) a process is killed when its parent dies, so a
+killed worker leaves no training behind.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from dataclasses import asdict
@@ -37,6 +44,35 @@ def _parse_value(text: str):
         return text
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: ask the kernel to send ``sig`` to this process when its parent exits (no-op elsewhere)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before the call
+        os.kill(os.getpid(), sig)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def agreed(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every rank (a collective call when torch.distributed runs several processes)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return flag
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return flag
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=sorted(COMMANDS))
@@ -44,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config field (value parsed as JSON when possible)")
     parser.add_argument("--help-config", action="store_true", help="list the config fields and exit")
+    parser.add_argument("--stop-file", help="cancel cleanly after the step at which this file exists")
+    parser.add_argument("--die-with-parent", action="store_true", help="exit when the parent process dies (Linux)")
     args = parser.parse_args(argv)
+    if args.die_with_parent:
+        die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import importlib
@@ -69,18 +109,24 @@ def main(argv: list[str] | None = None) -> int:
     def on_sigint(signum, frame):
         interrupted["flag"] = True
 
+    main_process = rank() == 0
+
     def progress(step: int, total: int, metrics: dict) -> None:
-        print(json.dumps({"step": step, "total": total, **metrics}), flush=True)
-        if interrupted["flag"]:
-            raise Cancelled("interrupted")
+        if main_process:
+            print(json.dumps({"step": step, "total": total, **metrics}, default=str), flush=True)
+        stop = interrupted["flag"] or bool(args.stop_file and os.path.exists(args.stop_file))
+        if agreed(stop):
+            raise Cancelled("interrupted" if interrupted["flag"] else "stop file")
 
     signal.signal(signal.SIGINT, on_sigint)
     result = getattr(module, fn_name)(config, progress=progress)
     if args.command == "sample":
-        print(json.dumps({"status": "succeeded", "samples": len(result), "output_dir": config.output_dir}))
+        if main_process:
+            print(json.dumps({"status": "succeeded", "samples": len(result), "output_dir": config.output_dir}))
         return 0
-    print(json.dumps({"status": result.status, "output_dir": result.output_dir, "model_dir": result.model_dir,
-                      "global_step": result.global_step}, default=str))
+    if main_process:
+        print(json.dumps({"status": result.status, "output_dir": result.output_dir, "model_dir": result.model_dir,
+                          "global_step": result.global_step}, default=str))
     return 0 if result.status == "succeeded" else 3
 
 

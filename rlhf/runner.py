@@ -8,7 +8,15 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .contract import MODEL_SUBDIR, Artifacts, TrainerConfig, last_checkpoint, make_hf_callback, write_metadata
+from .contract import (
+    METADATA_FILE,
+    MODEL_SUBDIR,
+    Artifacts,
+    TrainerConfig,
+    last_checkpoint,
+    make_hf_callback,
+    write_metadata,
+)
 from .models import bf16_capable, lora_config, pick_device
 
 log = logging.getLogger(__name__)
@@ -60,8 +68,10 @@ def save_final_model(trainer, config: TrainerConfig, tokenizer) -> str:
     if config.use_lora and config.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
         trainer.model = model
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    if trainer.accelerator.is_main_process:  # several processes (accelerate launch): one writer
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    trainer.accelerator.wait_for_everyone()
     return str(out)
 
 
@@ -89,6 +99,9 @@ def run_trainer(trainer, config: TrainerConfig, *, kind: str, tokenizer, base_mo
             metrics.update(after_train(trainer))
         model_dir = save_final_model(trainer, config, tokenizer)
     status = "cancelled" if cancelled else "succeeded"
+    if not trainer.accelerator.is_main_process:
+        meta = str(Path(config.output_dir) / METADATA_FILE)  # rank 0 writes it
+        return Artifacts(str(config.output_dir), model_dir, meta, status, metrics, trainer.state.global_step)
     meta = write_metadata(config.output_dir, kind=kind, base_model=base_model, data_hash=data_hash, config=config,
                           metrics=metrics, status=status,
                           extra={"model_dir": model_dir, "last_checkpoint": last_checkpoint(config.output_dir),

@@ -16,6 +16,7 @@ from labelapp import exports, selectors
 from labelapp.models import Completion, ModelVersion, Prompt, RankingTask, TrainingRun
 from labelapp.services.projects import completion_create, ranking_task_create
 from labelapp.services.runs import model_version_register
+from workers import launch
 
 Progress = Callable[[int, int, dict], None]
 
@@ -69,14 +70,14 @@ def preference_pairs(project) -> tuple[list, list[int]]:
 
 def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.data import Demonstration
-    from rlhf.sft import SFTRunConfig, train_sft
+    from rlhf.sft import SFTRunConfig
 
     snapshot = selectors.demonstration_snapshot(project=run.project)
     if not snapshot["count"]:
         raise ValidationError("There are no demonstrations to train on yet.")
     demos = [Demonstration(prompt=turns, response=text) for _, turns, text in selectors.training_demonstrations(project=run.project)]
     config = make_config(SFTRunConfig, run, model=model_ref(run))
-    artifacts = train_sft(config, demos, progress=progress)
+    artifacts = launch.train("sft", config, demos, progress)
     _cancelled(artifacts)
     version = model_version_register(
         project=run.project, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
@@ -86,13 +87,13 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
 
 
 def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
-    from rlhf.reward import RewardRunConfig, train_reward
+    from rlhf.reward import RewardRunConfig
 
     pairs, ids = preference_pairs(run.project)
     if len(pairs) < 2:
         raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}.")
     config = make_config(RewardRunConfig, run, model=model_ref(run))
-    artifacts = train_reward(config, pairs, progress=progress)
+    artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
     label_set = selectors.label_set(ids)
     version = model_version_register(
@@ -104,12 +105,12 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
 
 
 def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
-    from rlhf.dpo import DPORunConfig, train_dpo
+    from rlhf.dpo import DPORunConfig
 
     pairs, ids = preference_pairs(run.project)
     if not pairs:
         raise ValidationError("DPO needs preference pairs; there are none yet.")
-    artifacts = train_dpo(make_config(DPORunConfig, run, model=model_ref(run)), pairs, progress=progress)
+    artifacts = launch.train("dpo", make_config(DPORunConfig, run, model=model_ref(run)), pairs, progress)
     _cancelled(artifacts)
     version = model_version_register(
         project=run.project, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
