@@ -1,7 +1,8 @@
 """One full round of the loop on CPU with the bundled SmolLM2-135M-Instruct and simulated annotators.
 
 Prompts come from the Dolly subset in ../shared/data (instruction + context, with the human
-response as the reference answer): a training split for demonstrations, sampling and PPO, and
+response as the reference answer), or from Self-Instruct's seed tasks, or both (`--prompts-from`):
+a training split for demonstrations, sampling and PPO, and
 a held-out split for the blind evaluation. Each run executes in this process through the same
 task function the Celery worker uses (`workers.tasks.run_execute`), so the numbers are the
 work itself, without queue latency. Simulated annotators (embedding oracle: similarity to the
@@ -47,6 +48,27 @@ def dolly_rows(limit: int) -> list[dict]:
     return rows
 
 
+def seed_task_rows() -> list[dict]:
+    """Self-Instruct's 175 hand-written seed tasks (instruction + input, the written output as reference)."""
+    from rlhf.data import read_self_instruct
+
+    demos = read_self_instruct(DATA / "self_instruct_seed_tasks" / "seed_tasks.jsonl")
+    return [{"text": d.prompt[-1]["content"], "reference": d.response, "category": "other"}
+            for d in demos if len(d.prompt[-1]["content"]) < 1200 and 20 < len(d.response) < 600]
+
+
+def prompt_rows(source: str, limit: int) -> list[dict]:
+    """Dolly rows, Self-Instruct seed tasks, or both mixed in a fixed random order (both splits see both)."""
+    import random
+
+    rows = {"dolly": dolly_rows(10_000), "seed": seed_task_rows()}
+    if source == "both":
+        mixed = rows["dolly"] + rows["seed"]
+        random.Random(0).shuffle(mixed)
+        return mixed[:limit]
+    return rows[source][:limit]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=24, help="training prompts")
@@ -61,6 +83,8 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--rm-steps", type=int, default=40)
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
+    parser.add_argument("--prompts-from", choices=["dolly", "seed", "both"], default="dolly",
+                        help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), or both")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("set DATABASE_URL to a scratch PostgreSQL database (it is dropped and re-created)")
@@ -82,7 +106,9 @@ def main() -> None:
     project = project_create(name="Round benchmark", k=4, overlap=1)
     admin = get_user_model().objects.create_user("bench-admin")
     membership_set(project=project, user=admin, role="admin")
-    rows = dolly_rows(args.train + args.held_out)
+    rows = prompt_rows(args.prompts_from, args.train + args.held_out)
+    if len(rows) < args.train + args.held_out:
+        sys.exit(f"only {len(rows)} prompts in --prompts-from {args.prompts_from}; lower --train/--held-out")
     for i, row in enumerate(rows):
         prompt_create(project=project, text=row["text"], category=row["category"], reference=row["reference"],
                       split="train" if i < args.train else "validation", source="imported")
@@ -143,6 +169,14 @@ def main() -> None:
         print(f"PPO reward first/last update: {rewards[0]:.3f} → {rewards[-1]:.3f}; KL last {kls[-1]:.3f}")
     if shares:
         print(f"PPO generation share per update: {', '.join(f'{s:.2f}' for s in shares)} (mean {sum(shares) / len(shares):.2f})")
+    from labelapp.models import EvaluationTask
+    from workers.simulate import EmbeddingOracle, rule_scores
+
+    oracle = EmbeddingOracle() if args.oracle == "embedding" else rule_scores
+    prefer = []  # the oracle without noise: does it prefer the new policy's answer (A)?
+    for task in EvaluationTask.objects.filter(round=rnd).select_related("prompt", "completion_a", "completion_b"):
+        a, b = oracle(task.prompt.reference, [task.completion_a.text, task.completion_b.text])
+        prefer.append(1.0 if a > b else 0.5 if a == b else 0.0)
     human, auto = summary["human"], summary["reward_model"]
     if args.method == "dpo":
         last = next((m for m in reversed(policy_run.metrics) if "rewards/accuracies" in m), {})
@@ -150,6 +184,10 @@ def main() -> None:
               f"implicit reward accuracy {last.get('rewards/accuracies')}, margin {last.get('rewards/margins')}")
     print(f"win-rate of the {args.method.upper()} policy over its SFT parent on {summary['tasks']} held-out prompts:")
     print(f"  simulated annotators: {human['win_rate']:.3f} [{human['low']:.3f}, {human['high']:.3f}] (n={human['n']}), target ≥ 0.60")
+    if prefer:
+        p = sum(prefer) / len(prefer)
+        print(f"  oracle without noise: {p:.3f} (n={len(prefer)}); annotators who agree 72.6% of the time would "
+              f"give {0.274 + 0.452 * p:.3f} in expectation (0.60 needs the oracle to prefer the new policy on 72%)")
     if auto["win_rate"] is not None:
         print(f"  reward model:         {auto['win_rate']:.3f} [{auto['low']:.3f}, {auto['high']:.3f}] (n={auto['n']})")
 

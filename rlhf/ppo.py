@@ -1,6 +1,6 @@
 """Proximal Policy Optimization from human feedback (InstructGPT step 3), in one readable module.
 
-    python -m rlhf.ppo --config ppo.json            # (python -m rlhf ppo ... once registered in __main__)
+    python -m rlhf ppo --config ppo.json            # or: python -m rlhf.ppo --config ppo.json
 
 The algorithm is PPO-clip (Schulman et al. 2017, "Proximal Policy Optimization Algorithms") applied to
 language models as in Ziegler et al. 2019, Stiennon et al. 2020 and Ouyang et al. 2022 (InstructGPT):
@@ -757,16 +757,10 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
 
 # ======================================================================================= command line
 def main(argv: list[str] | None = None) -> int:
-    """``python -m rlhf.ppo --config FILE``: the ``python -m rlhf`` CLI with ``ppo`` registered."""
+    """``python -m rlhf.ppo --config FILE``: the same as ``python -m rlhf ppo --config FILE``."""
     from . import __main__ as cli
 
-    added = "ppo" not in cli.COMMANDS
-    cli.COMMANDS.setdefault("ppo", ("rlhf.ppo", "PPOConfig", "train"))
-    try:
-        return cli.main(["ppo", *(sys.argv[1:] if argv is None else argv)])
-    finally:  # leave the CLI's table as it was (its tests compare it with docs/RLHF.md)
-        if added:
-            cli.COMMANDS.pop("ppo", None)
+    return cli.main(["ppo", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
