@@ -4,8 +4,8 @@ By default (``RUN_PROCESSES=1``) a run trains inside the worker's process. With 
 (``N`` > 1, normally the GPUs of the host) or ``RUN_LAUNCH=accelerate`` the worker instead:
 
 1. writes the run's training records (``rlhf`` JSONL) and its config under ``<output_dir>/launch/``;
-2. starts ``python -m accelerate.commands.launch --multi_gpu --num_processes N [RUN_LAUNCH_ARGS]
-   -m rlhf <kind> --config … --stop-file … --die-with-parent`` (``--cpu`` with one process on a host
+2. starts accelerate's launcher (``accelerate launch --multi_gpu --num_processes N [RUN_LAUNCH_ARGS]
+   -m rlhf <kind> --config … --stop-file … --die-with-parent``, through ``GUARD``) (``--cpu`` with one process on a host
    without CUDA), in its own process group;
 3. forwards rank 0's JSON progress lines to the run's progress callback (heartbeat, step, metrics);
    when that callback raises ``Cancelled`` it creates the stop file, which every rank honours at the
@@ -13,8 +13,8 @@ By default (``RUN_PROCESSES=1``) a run trains inside the worker's process. With 
 4. reads ``metadata.json`` back into ``rlhf.contract.Artifacts``; a non-zero exit without a
    "cancelled" metadata file is an error carrying the last lines of the launched output.
 
-If the worker dies, the kernel kills the launcher (parent-death signal), and each rank dies with the
-launcher (``--die-with-parent``): no orphan keeps a GPU busy while the reconciler resumes the run.
+If the worker dies, the kernel kills the launcher (parent-death signal, asked for by ``GUARD``), and
+each rank dies with the launcher (``--die-with-parent``): no orphan keeps a GPU busy while the reconciler resumes the run.
 PPO, sampling and evaluation always run in-process (one GPU).
 """
 from __future__ import annotations
@@ -83,18 +83,17 @@ def launch_command(kind: str, config_path: Path, stop_file: Path, n: int) -> lis
     else:
         placement = ["--cpu"]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", *placement, "--num_processes", str(n),
+        sys.executable, "-c", GUARD.format(module="accelerate.commands.launch"), *placement, "--num_processes", str(n),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()), *shlex.split(settings.RUN_LAUNCH_ARGS),
         "-m", "rlhf", kind, "--config", str(config_path), "--stop-file", str(stop_file), "--die-with-parent",
     ]
 
 
-def _parent_death_signal() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+# The launcher asks for the parent-death signal itself, first thing, then runs accelerate's launcher as
+# `python -m` would (no preexec_fn: forking with a callback is unsafe while the heartbeat thread runs).
+GUARD = ("import runpy, sys; from rlhf.__main__ import die_with_parent; die_with_parent(); "
+         "sys.argv = ['{module}', *sys.argv[1:]]; runpy.run_module('{module}', run_name='__main__', alter_sys=True)")
 
 
 def launched(kind: str, config, records: Sequence, progress: Callable[[int, int, dict], None], n: int):
@@ -115,7 +114,7 @@ def launched(kind: str, config, records: Sequence, progress: Callable[[int, int,
     log.info("launching %s run: %s", kind, shlex.join(command))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True, preexec_fn=_parent_death_signal)
+                            start_new_session=True)
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     try:
         for line in proc.stdout:

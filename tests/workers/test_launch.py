@@ -150,19 +150,19 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", ["launcher", "rank"])
 def test_parent_death_signal_takes_the_child_down(tmp_path, how):
-    """The launcher gets the signal through preexec_fn, each rank through `--die-with-parent`; neither may
+    """The launcher asks for the signal in launch.GUARD, each rank through `--die-with-parent`; neither may
     outlive its parent even when it never writes to the (broken) pipe again."""
     import sys
 
     ready = tmp_path / "child.pid"
     sleeper = f"import os, time; open({str(ready)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
-    if how == "launcher":  # the worker starts the launcher like this
-        spawn = ("import subprocess, sys, time; from workers import launch; "
-                 f"subprocess.Popen([sys.executable, '-c', {sleeper!r}], preexec_fn=launch._parent_death_signal); "
-                 "time.sleep(120)")
+    if how == "launcher":  # the worker starts accelerate's launcher through launch.GUARD
+        (tmp_path / "sleeper.py").write_text(sleeper)
+        child = launch.GUARD.format(module="sleeper")
     else:  # a rank asks for it itself (rlhf CLI --die-with-parent)
         child = "from rlhf.__main__ import die_with_parent; die_with_parent(); " + sleeper
-        spawn = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)"
+    spawn = (f"import os, subprocess, sys, time; os.environ['PYTHONPATH'] = os.pathsep.join([{str(tmp_path)!r}, "
+             f"os.getcwd()]); subprocess.Popen([sys.executable, '-c', {child!r}]); time.sleep(120)")
     parent = subprocess.Popen([sys.executable, "-c", spawn], cwd=launch.__file__.rsplit("/workers/", 1)[0])
     deadline = time.monotonic() + 60
     while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
