@@ -4,17 +4,18 @@ By default (``RUN_PROCESSES=1``) a run trains inside the worker's process. With 
 (``N`` > 1, normally the GPUs of the host) or ``RUN_LAUNCH=accelerate`` the worker instead:
 
 1. writes the run's training records (``rlhf`` JSONL) and its config under ``<output_dir>/launch/``;
-2. starts accelerate's launcher (``accelerate launch --multi_gpu --num_processes N [RUN_LAUNCH_ARGS]
-   -m rlhf <kind> --config … --stop-file … --die-with-parent``, through ``GUARD``) (``--cpu`` with one process on a host
-   without CUDA), in its own process group;
+2. starts accelerate's launcher through ``GUARD``, in its own process group:
+   ``accelerate launch --multi_gpu --num_processes N [RUN_LAUNCH_ARGS] -m rlhf <kind> --config …
+   --stop-file … --die-with-parent`` (``--cpu`` instead of ``--multi_gpu`` for one process without CUDA);
 3. forwards rank 0's JSON progress lines to the run's progress callback (heartbeat, step, metrics);
    when that callback raises ``Cancelled`` it creates the stop file, which every rank honours at the
    same step (rank 0 decides and broadcasts), so the run checkpoints and exits with status 3;
-4. reads ``metadata.json`` back into ``rlhf.contract.Artifacts``; a non-zero exit without a
-   "cancelled" metadata file is an error carrying the last lines of the launched output.
+4. reads ``metadata.json`` back into ``rlhf.contract.Artifacts``; no metadata, or a non-zero exit
+   without a "cancelled" one, is an error carrying the last lines of the launched output.
 
 If the worker dies, the kernel kills the launcher (parent-death signal, asked for by ``GUARD``), and
-each rank dies with the launcher (``--die-with-parent``): no orphan keeps a GPU busy while the reconciler resumes the run.
+each rank dies with the launcher (``--die-with-parent``): no orphan keeps a GPU busy while the
+reconciler resumes the run.
 PPO, sampling and evaluation always run in-process (one GPU).
 """
 from __future__ import annotations
@@ -98,7 +99,7 @@ GUARD = ("import runpy, sys; from rlhf.__main__ import die_with_parent; die_with
 
 def launched(kind: str, config, records: Sequence, progress: Callable[[int, int, dict], None], n: int):
     from rlhf import Cancelled
-    from rlhf.contract import Artifacts, read_metadata
+    from rlhf.contract import METADATA_FILE, Artifacts, read_metadata
     from rlhf.data import save_jsonl
 
     out = Path(config.output_dir)
@@ -107,7 +108,8 @@ def launched(kind: str, config, records: Sequence, progress: Callable[[int, int,
     data_path, config_path, stop_file = launch_dir / "data.jsonl", launch_dir / "config.json", launch_dir / "stop"
     save_jsonl(records, data_path)
     stop_file.unlink(missing_ok=True)
-    (out / "metadata.json").unlink(missing_ok=True)  # only this launch's metadata counts
+    metadata = out / METADATA_FILE
+    metadata.unlink(missing_ok=True)  # only this launch's metadata counts
     launched_config = dataclasses.replace(config, data=str(data_path), data_format="jsonl")
     config_path.write_text(json.dumps(dataclasses.asdict(launched_config), indent=2, default=str))
     command = launch_command(kind, config_path, stop_file, n)
@@ -133,11 +135,11 @@ def launched(kind: str, config, records: Sequence, progress: Callable[[int, int,
         raise
     # A cancelled rank exits with 3, which accelerate's launcher reports as its own failure (1): the
     # metadata this launch wrote (the old file was removed above) says what happened.
-    meta = read_metadata(out) if (out / "metadata.json").is_file() else {}
-    if code != 0 and meta.get("status") != "cancelled":
+    meta = read_metadata(out) if metadata.is_file() else {}
+    if not meta or (code != 0 and meta["status"] != "cancelled"):
         lines = "\n".join(tail)
         raise LaunchFailed(f"accelerate launch of the {kind} run exited with status {code}; its last lines:\n{lines}")
-    return Artifacts(str(out), meta.get("model_dir"), str(out / "metadata.json"), meta["status"],
+    return Artifacts(str(out), meta.get("model_dir"), str(metadata), meta["status"],
                      meta.get("metrics", {}), int(meta.get("metrics", {}).get("global_step") or 0))
 
 
