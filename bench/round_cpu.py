@@ -61,12 +61,13 @@ def prompt_rows(source: str, limit: int) -> list[dict]:
     """Dolly rows, Self-Instruct seed tasks, or both mixed in a fixed random order (both splits see both)."""
     import random
 
-    rows = {"dolly": dolly_rows(10_000), "seed": seed_task_rows()}
-    if source == "both":
-        mixed = rows["dolly"] + rows["seed"]
-        random.Random(0).shuffle(mixed)
-        return mixed[:limit]
-    return rows[source][:limit]
+    if source == "dolly":
+        return dolly_rows(limit)
+    if source == "seed":
+        return seed_task_rows()[:limit]
+    mixed = dolly_rows(10_000) + seed_task_rows()
+    random.Random(0).shuffle(mixed)
+    return mixed[:limit]
 
 
 def main() -> None:
