@@ -229,5 +229,9 @@
     guardDoubleSubmit();
     dragRanking();
     if (document.body.dataset.page === "rank" && !$("#errors")) focusCard(0);
+    // The browser applies `autofocus` at its next rendering update, which can come after the
+    // first keystroke of a fast typist (the first letter would be lost); focus it now.
+    const auto = $("[autofocus]");
+    if (auto && (document.activeElement === document.body || !document.activeElement)) auto.focus();
   });
 })();

@@ -1,5 +1,6 @@
 """An annotator writes and ranks with the keyboard alone; the database holds exactly that."""
 import pytest
+from playwright.sync_api import expect
 
 from labelapp.models import Demonstration, Ranking
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
@@ -33,7 +34,7 @@ def test_keyboard_only_write_and_rank_then_overlap(page, live_server):
     # write: W claims, the answer box has focus, Ctrl+Enter submits
     page.keyboard.press("w")
     page.wait_for_url("**/write/*/")
-    assert page.evaluate("document.activeElement.id") == "answer"
+    expect(page.locator("#answer")).to_be_focused()
     page.keyboard.type("Steam curls from my cup,\nquiet leaves unfold in heat.")
     page.keyboard.press("Control+Enter")
     page.wait_for_url(f"**/p/{project.slug}/")
@@ -88,6 +89,7 @@ def test_draft_survives_reload_and_bad_input_shows_a_clear_error(page, live_serv
     login(page, live_server, "ann1")
     page.keyboard.press("w")
     page.wait_for_url("**/write/*/")
+    expect(page.locator("#answer")).to_be_focused()
     page.keyboard.type("Half-written answer")
     page.reload()
     assert page.locator("#answer").input_value() == "Half-written answer"
