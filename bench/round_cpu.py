@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05, help="PPO KL coefficient")
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--rm-steps", type=int, default=40)
+    parser.add_argument("--overlap", type=int, default=1,
+                        help="simulated annotators per ranking and per comparison (the project's overlap)")
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
     parser.add_argument("--prompts-from", choices=["dolly", "seed", "both"], default="dolly",
                         help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), or both")
@@ -104,7 +106,7 @@ def main() -> None:
     from workers.tasks import run_execute
 
     call_command("migrate", verbosity=0)
-    project = project_create(name="Round benchmark", k=4, overlap=1)
+    project = project_create(name="Round benchmark", k=4, overlap=args.overlap)
     admin = get_user_model().objects.create_user("bench-admin")
     membership_set(project=project, user=admin, role="admin")
     rows = prompt_rows(args.prompts_from, args.train + args.held_out)
@@ -148,13 +150,13 @@ def main() -> None:
             timed(label, lambda run=run: run_execute(run.pk))
         rnd.refresh_from_db()
         if rnd.stage == Round.Stage.RANKING:
-            timed("simulated rankings", lambda: simulate(project=project, annotators=2, queues=["rank"], oracle=args.oracle))
+            timed("simulated rankings", lambda: simulate(project=project, annotators=max(2, args.overlap), queues=["rank"], oracle=args.oracle))
             round_advance(round_id=rnd.pk)
         elif not queued:
             round_advance(round_id=rnd.pk)
     if rnd.stage != Round.Stage.DONE:
         sys.exit(f"the round ended {rnd.stage}: {rnd.error}")
-    timed("simulated comparisons", lambda: simulate(project=project, annotators=3, queues=["compare"], oracle=args.oracle))
+    timed("simulated comparisons", lambda: simulate(project=project, annotators=max(3, args.overlap), queues=["compare"], oracle=args.oracle))
     summary = evaluation_summary(project=project, round_id=rnd.pk)
     policy_run = TrainingRun.objects.get(round=rnd, kind=args.method)
     shares = [m["perf/generation_share"] for m in policy_run.metrics if "perf/generation_share" in m]

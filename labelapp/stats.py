@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import lru_cache
 
 from labelapp.agreement import annotator_consensus_agreement, krippendorff_alpha_ordinal, pairwise_agreement
 from labelapp.exports import pseudonym
@@ -35,22 +36,39 @@ def project_agreement(*, project: Project) -> dict:
     }
 
 
-def win_rate(outcomes: list[float], *, resamples: int = 2000, seed: int = 0) -> dict:
+def win_rate(outcomes: list[float], *, groups: list | None = None, resamples: int = 2000, seed: int = 0) -> dict:
     """Win-rate of the candidate (1 = win, 0.5 = tie, 0 = loss) with a 95% percentile bootstrap
-    interval over the judged items — the measure InstructGPT reports."""
-    import random
+    interval — the measure InstructGPT reports.
 
+    `groups` names the item each outcome judges (the evaluation task: one prompt, two answers;
+    sortable keys). The bootstrap resamples whole items, because several annotators judging the
+    same two answers are not independent draws; without `groups` every outcome is its own item."""
     n = len(outcomes)
     if not n:
-        return {"win_rate": None, "low": None, "high": None, "n": 0}
+        return {"win_rate": None, "low": None, "high": None, "n": 0, "items": 0}
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"{len(groups)} group keys for {n} outcomes")
+    items: dict = defaultdict(lambda: [0.0, 0])  # key -> [sum of outcomes, count]
+    for key, value in zip(groups if groups is not None else range(n), outcomes, strict=True):
+        items[key][0] += value
+        items[key][1] += 1
+    sums = tuple((total, count) for _, (total, count) in sorted(items.items()))
+    low, high = _bootstrap(sums, resamples, seed)
+    return {"win_rate": sum(outcomes) / n, "low": low, "high": high, "n": n, "items": len(sums)}
+
+
+@lru_cache(maxsize=256)
+def _bootstrap(sums: tuple[tuple[float, int], ...], resamples: int, seed: int) -> tuple[float, float]:
+    """The 2.5% and 97.5% percentiles of the resampled win-rate (cached: the studio polls)."""
+    import random
+
     rng = random.Random(seed)
-    means = sorted(sum(rng.choices(outcomes, k=n)) / n for _ in range(resamples))
-    return {
-        "win_rate": sum(outcomes) / n,
-        "low": means[int(0.025 * resamples)],
-        "high": means[min(resamples - 1, int(0.975 * resamples))],
-        "n": n,
-    }
+    means = []
+    for _ in range(resamples):
+        drawn = rng.choices(sums, k=len(sums))
+        means.append(sum(total for total, _ in drawn) / sum(count for _, count in drawn))
+    means.sort()
+    return means[int(0.025 * resamples)], means[min(resamples - 1, int(0.975 * resamples))]
 
 
 WIN_VALUE = {"a": 1.0, "tie": 0.5, "b": 0.0}
@@ -65,9 +83,10 @@ def evaluation_summary(*, project: Project, round_id: int | None = None) -> dict
     if round_id is None:
         round_id = tasks.order_by("-id").values_list("round_id", flat=True).first()
     tasks = tasks.filter(round_id=round_id)
-    human = [WIN_VALUE[w] for w in Comparison.objects.filter(task__in=tasks).values_list("winner", flat=True)]
+    judged = list(Comparison.objects.filter(task__in=tasks).values_list("task_id", "winner"))
+    human = win_rate([WIN_VALUE[w] for _, w in judged], groups=[task_id for task_id, _ in judged])
     auto = [
         1.0 if a > b else 0.5 if a == b else 0.0
         for a, b in tasks.exclude(reward_a=None).exclude(reward_b=None).values_list("reward_a", "reward_b")
     ]
-    return {"round_id": round_id, "tasks": tasks.count(), "human": win_rate(human), "reward_model": win_rate(auto)}
+    return {"round_id": round_id, "tasks": tasks.count(), "human": human, "reward_model": win_rate(auto)}

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from labelapp.models import Assignment, Comparison, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
 from labelapp.services.queue import SPECS, live_lease
+from labelapp.stats import evaluation_summary
 
 WAITING_STAGES = (Round.Stage.RANKING,)  # a round here waits for people, not for a run
 HISTORY_POINTS = 500  # metric points per run sent to the browser
@@ -73,7 +74,29 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
     )
     for rnd in rounds:
         rnd.steps = round_steps(rnd)
+        rnd.evaluation_text = evaluation_text(evaluation_summary(project=project, round_id=rnd.pk))
     return rounds
+
+
+def _rate(result: dict) -> str:
+    return f"{result['win_rate']:.1%} [95% CI {result['low']:.1%}–{result['high']:.1%}]"
+
+
+def evaluation_text(summary: dict) -> str:
+    """One line for a round's blind evaluation: the new policy's win-rate over its parent from the
+    comparisons so far and from the reward model; "" while the round has no evaluation tasks."""
+    if not summary["tasks"]:
+        return ""
+    human, auto = summary["human"], summary["reward_model"]
+    prompts = f"{summary['tasks']} held-out prompt{'s' if summary['tasks'] != 1 else ''}"
+    if human["n"]:
+        judged = f"{human['n']} judgment{'s' if human['n'] != 1 else ''} on {human['items']}"
+        text = f"Blind evaluation, {prompts}: the new policy wins {_rate(human)} ({judged} prompts)"
+    else:
+        text = f"Blind evaluation, {prompts}: no judgments yet"
+    if auto["n"]:
+        text += f"; reward model {_rate(auto)}"
+    return text + "."
 
 
 def recent_runs(*, project: Project, limit: int = 25) -> QuerySet[TrainingRun]:
@@ -187,6 +210,8 @@ def round_status(rnd: Round) -> dict:
         "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
         "steps": getattr(rnd, "steps", None) or round_steps(rnd),
         "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],
+        "evaluation_text": rnd.evaluation_text if hasattr(rnd, "evaluation_text")
+        else evaluation_text(evaluation_summary(project=rnd.project, round_id=rnd.pk)),
     }
 
 

@@ -99,6 +99,9 @@
     setField(article, "error", round.error);
     const error = $('[data-field="error"]', article);
     if (error) error.hidden = !round.error;
+    setField(article, "evaluation_text", round.evaluation_text);
+    const evaluation = $('[data-field="evaluation_text"]', article);
+    if (evaluation) evaluation.hidden = !round.evaluation_text;
     const actions = $(".round-actions", article);
     if (actions) actions.hidden = round.finished;
     const runs = $(".round-runs", article);

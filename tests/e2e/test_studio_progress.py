@@ -132,3 +132,34 @@ def test_run_page_draws_metric_charts_readable_with_the_keyboard(page, live_serv
     page.keyboard.press("u")  # back to the overview
     page.wait_for_url(f"**/studio/p/{project.slug}/")
     assert not page.js_errors and not console
+
+
+def test_round_shows_the_blind_evaluation_win_rate(page, live_server):
+    """No worker: a finished round with four evaluation tasks, three won by the new policy."""
+    from labelapp.models import ModelVersion, Queue
+    from labelapp.selectors import comparison_sides
+    from labelapp.services.labels import comparison_submit
+    from labelapp.services.projects import evaluation_task_create
+    from labelapp.services.queue import task_claim
+
+    project = make_project(name="Evaluated", overlap=1)
+    add_member(project, make_user("boss"), role="admin")
+    rnd = Round.objects.create(project=project, number=1, method="dpo", stage="done", params={})
+    new = ModelVersion.objects.create(project=project, name="policy r1")
+    old = ModelVersion.objects.create(project=project, name="sft r1")
+    for i in range(4):
+        evaluation_task_create(project=project, round=rnd, prompt=make_prompt(project), model_a=new, model_b=old,
+                               text_a=f"new {i}", text_b=f"old {i}", reward_a=1.0, reward_b=0.0)
+    judge = add_member(project, make_user("judge"))
+    for preferred in ["a", "a", "a", "b"]:
+        lease = task_claim(project=project, user=judge, queue=Queue.COMPARE)
+        a_left, _ = comparison_sides(task=lease.evaluation_task, user=judge)
+        side = "left" if (preferred == "a") == a_left else "right"
+        comparison_submit(assignment_id=lease.pk, user=judge, preferred=side, a_shown_left=a_left)
+    login(page, live_server, "boss")
+    page.goto(f"{live_server.url}/studio/p/{project.slug}/")
+    line = page.locator(f'article[data-round-id="{rnd.pk}"] .round-evaluation')
+    assert line.is_visible()
+    assert line.inner_text().startswith("Blind evaluation, 4 held-out prompts: the new policy wins 75.0% [95% CI ")
+    assert line.inner_text().endswith("(4 judgments on 4 prompts); reward model 100.0% [95% CI 100.0%–100.0%].")
+    assert not page.js_errors

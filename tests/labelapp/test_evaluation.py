@@ -56,6 +56,18 @@ def test_win_rate_and_bootstrap_interval():
     assert win_rate([])["win_rate"] is None
 
 
+def test_bootstrap_resamples_whole_items_when_several_annotators_judge_one():
+    # 20 prompts, each judged by 5 annotators who all agree: 100 outcomes but only 20 independent items.
+    outcomes = [1.0] * 60 + [0.0] * 40
+    groups = [i // 5 for i in range(100)]
+    flat, grouped = win_rate(outcomes), win_rate(outcomes, groups=groups)
+    assert flat["win_rate"] == grouped["win_rate"] == pytest.approx(0.6)
+    assert grouped["n"] == 100 and grouped["items"] == 20 and flat["items"] == 100
+    assert grouped["high"] - grouped["low"] > 1.8 * (flat["high"] - flat["low"])
+    with pytest.raises(ValueError, match="3 group keys for 100 outcomes"):
+        win_rate(outcomes, groups=[1, 2, 3])
+
+
 def test_summary_has_human_and_reward_model_win_rates(evaluation):
     project, tasks = evaluation
     for user in (add_member(project), add_member(project)):
@@ -64,7 +76,7 @@ def test_summary_has_human_and_reward_model_win_rates(evaluation):
             a_left, _ = comparison_sides(task=lease.evaluation_task, user=user)
             comparison_submit(assignment_id=lease.pk, user=user, preferred="left" if a_left else "right", a_shown_left=a_left)
     summary = evaluation_summary(project=project)
-    assert summary["human"]["win_rate"] == 1.0 and summary["human"]["n"] == 6
+    assert summary["human"]["win_rate"] == 1.0 and summary["human"]["n"] == 6 and summary["human"]["items"] == 3
     assert summary["reward_model"]["win_rate"] == pytest.approx(2 / 3)
 
 

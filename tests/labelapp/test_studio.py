@@ -258,3 +258,32 @@ def test_throughput_counts_each_annotators_labels_in_the_last_day_and_week(proje
     assert {k: rows["zoe"][k] for k in ("day", "week", "demonstrations", "rankings")} == {
         "day": 2, "week": 2, "demonstrations": 1, "rankings": 1}
     assert (rows[annotator.username]["day"], rows[annotator.username]["week"]) == (0, 1)
+
+
+def test_round_shows_its_blind_evaluation_win_rate_in_the_page_and_the_polling_json(studio, project, admin):
+    from labelapp.models import Queue
+    from labelapp.selectors import comparison_sides
+    from labelapp.services.labels import comparison_submit
+    from labelapp.services.projects import evaluation_task_create
+
+    rnd = Round.objects.create(project=project, number=1, method="dpo", stage="done", params={})
+    new = ModelVersion.objects.create(project=project, name="policy r1")
+    old = ModelVersion.objects.create(project=project, name="sft r1")
+    page = studio.get(url("overview", project)).content.decode()
+    assert 'class="round-evaluation" data-field="evaluation_text" hidden' in page  # no tasks yet: nothing shown
+    for i in range(4):
+        evaluation_task_create(project=project, round=rnd, prompt=make_prompt(project), model_a=new, model_b=old,
+                               text_a=f"new {i}", text_b=f"old {i}", reward_a=float(i % 2), reward_b=0.5)
+    status = studio.get(url("status", project)).json()
+    assert status["rounds"][0]["evaluation_text"] == (
+        "Blind evaluation, 4 held-out prompts: no judgments yet; reward model 50.0% [95% CI 0.0%–100.0%].")
+    for preferred in ["a", "a", "a", "b"]:  # the candidate wins three of four prompts
+        user = add_member(project)
+        lease = task_claim(project=project, user=user, queue=Queue.COMPARE)
+        a_left, _ = comparison_sides(task=lease.evaluation_task, user=user)
+        side = "left" if (preferred == "a") == a_left else "right"
+        comparison_submit(assignment_id=lease.pk, user=user, preferred=side, a_shown_left=a_left)
+    text = studio.get(url("status", project)).json()["rounds"][0]["evaluation_text"]
+    assert text.startswith("Blind evaluation, 4 held-out prompts: the new policy wins 75.0% [95% CI ")
+    assert "(4 judgments on 4 prompts); reward model 50.0%" in text
+    assert text in studio.get(url("overview", project)).content.decode()
