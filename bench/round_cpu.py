@@ -188,11 +188,11 @@ def main() -> None:
     print(f"win-rate of the {args.method.upper()} policy over its SFT parent on {summary['tasks']} held-out prompts:")
     print(f"  simulated annotators: {human['win_rate']:.3f} [{human['low']:.3f}, {human['high']:.3f}] (n={human['n']}), target ≥ 0.60")
     if prefer:
-        # Two annotators agree 72.6% of the time when each keeps the oracle's order with q, q² + (1 − q)² = 0.726:
-        # q = Φ(1 / (σ√2)) ≈ 0.836 on a 2-way comparison, whatever the oracle's margin.
-        from workers.simulate import INSTRUCTGPT_AGREEMENT, _phi, sigma_for
+        # Two annotators agree 72.6% of the time when each keeps the oracle's order of a 2-way comparison
+        # with q, whatever the oracle's margin: q² + (1 − q)² = 0.726, so q = (1 + √(2·0.726 − 1)) / 2 ≈ 0.836.
+        from workers.simulate import INSTRUCTGPT_AGREEMENT
 
-        q = _phi(1 / (sigma_for(INSTRUCTGPT_AGREEMENT, 2) * 2 ** 0.5))
+        q = (1 + (2 * INSTRUCTGPT_AGREEMENT - 1) ** 0.5) / 2
         p = sum(prefer) / len(prefer)
         print(f"  oracle without noise: {p:.3f} (n={len(prefer)}); annotators who keep the oracle's order with "
               f"q = {q:.3f} give {1 - q + (2 * q - 1) * p:.3f} in expectation "

@@ -77,16 +77,38 @@ WIN_VALUE = {"a": 1.0, "tie": 0.5, "b": 0.0}
 def evaluation_summary(*, project: Project, round_id: int | None = None) -> dict:
     """Human win-rate (blind comparisons) and automatic win-rate (reward model) of the candidate
     over the baseline, for one round's evaluation tasks (or the project's latest round)."""
+    from labelapp.models import EvaluationTask
+
+    if round_id is None:
+        round_id = EvaluationTask.objects.filter(project=project).order_by("-id").values_list("round_id", flat=True).first()
+    return evaluation_summaries(project=project, round_ids=[round_id])[round_id]
+
+
+def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> dict[int | None, dict]:
+    """evaluation_summary for several rounds in two queries ({round id: summary}; None: tasks
+    without a round)."""
+    from django.db.models import Q
+
     from labelapp.models import Comparison, EvaluationTask
 
-    tasks = EvaluationTask.objects.filter(project=project)
-    if round_id is None:
-        round_id = tasks.order_by("-id").values_list("round_id", flat=True).first()
-    tasks = tasks.filter(round_id=round_id)
-    judged = list(Comparison.objects.filter(task__in=tasks).values_list("task_id", "winner"))
-    human = win_rate([WIN_VALUE[w] for _, w in judged], groups=[task_id for task_id, _ in judged])
-    auto = [
-        1.0 if a > b else 0.5 if a == b else 0.0
-        for a, b in tasks.exclude(reward_a=None).exclude(reward_b=None).values_list("reward_a", "reward_b")
-    ]
-    return {"round_id": round_id, "tasks": tasks.count(), "human": human, "reward_model": win_rate(auto)}
+    wanted = Q(round_id__in=[r for r in round_ids if r is not None])
+    if None in round_ids:
+        wanted |= Q(round__isnull=True)
+    tasks = EvaluationTask.objects.filter(wanted, project=project)
+    counts: dict = defaultdict(int)
+    auto: dict = defaultdict(list)
+    for round_id, a, b in tasks.values_list("round_id", "reward_a", "reward_b"):
+        counts[round_id] += 1
+        if a is not None and b is not None:
+            auto[round_id].append(1.0 if a > b else 0.5 if a == b else 0.0)
+    judged: dict = defaultdict(list)
+    for round_id, task_id, winner in Comparison.objects.filter(task__in=tasks).values_list("task__round_id", "task_id", "winner"):
+        judged[round_id].append((task_id, WIN_VALUE[winner]))
+    return {
+        round_id: {
+            "round_id": round_id, "tasks": counts[round_id],
+            "human": win_rate([v for _, v in judged[round_id]], groups=[t for t, _ in judged[round_id]]),
+            "reward_model": win_rate(auto[round_id]),
+        }
+        for round_id in round_ids
+    }

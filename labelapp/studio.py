@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from labelapp.models import Assignment, Comparison, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
 from labelapp.services.queue import SPECS, live_lease
-from labelapp.stats import evaluation_summary
+from labelapp.stats import evaluation_summaries, evaluation_summary
 
 WAITING_STAGES = (Round.Stage.RANKING,)  # a round here waits for people, not for a run
 HISTORY_POINTS = 500  # metric points per run sent to the browser
@@ -72,9 +72,10 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
         Round.objects.filter(project=project).select_related("created_by")
         .prefetch_related(Prefetch("runs", queryset=runs)).order_by("-number")[:limit]
     )
+    summaries = evaluation_summaries(project=project, round_ids=[rnd.pk for rnd in rounds])
     for rnd in rounds:
         rnd.steps = round_steps(rnd)
-        rnd.evaluation_text = evaluation_text(evaluation_summary(project=project, round_id=rnd.pk))
+        rnd.evaluation_text = evaluation_text(summaries[rnd.pk])
     return rounds
 
 

@@ -96,12 +96,11 @@
 
   function updateRound(article, round) {
     setField(article, "stage_label", round.stage_label);
-    setField(article, "error", round.error);
-    const error = $('[data-field="error"]', article);
-    if (error) error.hidden = !round.error;
-    setField(article, "evaluation_text", round.evaluation_text);
-    const evaluation = $('[data-field="evaluation_text"]', article);
-    if (evaluation) evaluation.hidden = !round.evaluation_text;
+    ["error", "evaluation_text"].forEach((field) => {  // lines shown only when they say something
+      setField(article, field, round[field]);
+      const el = $(`[data-field="${field}"]`, article);
+      if (el) el.hidden = !round[field];
+    });
     const actions = $(".round-actions", article);
     if (actions) actions.hidden = round.finished;
     const runs = $(".round-runs", article);
