@@ -6,7 +6,7 @@
 TRL removed PPOTrainer after 1.12, so the baseline runs in its own virtual environment ``.venv-trl112``
 (created on first use: ``trl==1.12.0`` plus the *same* torch/transformers/accelerate/datasets/peft versions
 as ``.venv``, so only the trainer differs; ``--trl-python`` points at an existing interpreter instead, e.g. on
-a GPU host without network). Each side runs in its own subprocess (clean peak-memory numbers):
+a GPU host without network; ``--base`` then points at a copy of the bundled model's config and tokenizer). Each side runs in its own subprocess (clean peak-memory numbers):
 
 * models: policy and reference = the SFT checkpoint, reward and value = the reward checkpoint. GPU default:
   random-weight SmolLM2-360M-shaped Llama configs (as the peer measurement); ``--cpu-small``: the bundled
@@ -57,7 +57,9 @@ def build_checkpoints(args) -> tuple[str, str]:
     sys.path.insert(0, str(REPO))
     from rlhf.models import convert_bundled_model, load_tokenizer
 
-    bundled = convert_bundled_model()
+    bundled = Path(args.base) if args.base else convert_bundled_model()
+    if args.cpu_small and not list(bundled.glob("*.safetensors")):
+        raise SystemExit(f"--cpu-small needs the bundled model's weights; {bundled} has none")
     tok = load_tokenizer(str(bundled))
     tag = "smollm2-135m" if args.cpu_small else "llama-360m-random"
     policy_dir, reward_dir = OUT / f"{tag}-policy", OUT / f"{tag}-reward"
@@ -202,7 +204,8 @@ def trl_python(args) -> str:
 def launch(python: str, name: str, args, policy: str, reward: str) -> dict:
     cmd = [python, __file__, "--worker", name, "--policy", policy, "--reward", reward,
            "--settings", json.dumps(settings(args))] + (["--cpu-small"] if args.cpu_small else [])
-    env = dict(os.environ, PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+               TOKENIZERS_PARALLELISM="false")
     print(f"running {name} ...", flush=True)
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -229,6 +232,9 @@ def main() -> None:
     p.add_argument("--ours", default="lora", help="comma list of our modes: lora, full")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--cache-implementation", default=None, help="ours only: e.g. 'static' (compiled decode, GPU)")
+    p.add_argument("--base", help="a checkpoint folder with config.json and the tokenizer, in place of the converted "
+                   "bundled model (a GPU host without the bundled package needs only those files for the random "
+                   "360M configs)")
     p.add_argument("--trl-python", help="an interpreter with trl==1.12.0 (default: create .venv-trl112)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--policy", help=argparse.SUPPRESS)

@@ -36,7 +36,7 @@ def test_lora_merge_equals_adapter_outputs(tiny_dir, tiny_tokenizer, tmp_path):
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.2)
-    ids = tiny_tokenizer("Tell me about cats.", return_tensors="pt")["input_ids"]
+    ids = tiny_tokenizer("Tell me about cats.", return_tensors="pt")["input_ids"].to(model.device)  # CUDA when present
     with torch.no_grad():
         adapted = peft_model(ids).logits
         with peft_model.disable_adapter():
@@ -45,9 +45,10 @@ def test_lora_merge_equals_adapter_outputs(tiny_dir, tiny_tokenizer, tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")  # adapter dirs load with their base applied
     reloaded = models.load_causal_lm(tmp_path / "adapter")
     merged = models.merge_lora(peft_model, tmp_path / "merged", tiny_tokenizer)
+    atol = 1e-5 if model.dtype == torch.float32 else 2e-2  # CUDA loads bf16: merged weights round differently
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, adapted, atol=1e-5)
-        assert torch.allclose(merged(ids).logits, adapted, atol=1e-5)
+        assert torch.allclose(merged(ids).logits, adapted, atol=atol)
         assert torch.allclose(models.load_causal_lm(tmp_path / "merged")(ids).logits, adapted, atol=1e-5)
     assert (tmp_path / "merged" / "model.safetensors").is_file()
     assert models.load_tokenizer(tmp_path / "adapter").pad_token == "<|endoftext|>"

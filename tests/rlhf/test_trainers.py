@@ -110,7 +110,7 @@ def test_run_killed_after_checkpoint_resumes_and_finishes(tmp_path, tiny_dir):
     from rlhf.sft import train_sft
 
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(out), tiny_dir], env=env, capture_output=True,
                           timeout=180)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
@@ -147,9 +147,10 @@ def test_score_matches_reward_trainer_inputs(tmp_path, tiny_dir):
     model, tok = trainer.model.eval(), trainer.processing_class
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])  # chosen rows, then rejected rows
     with torch.no_grad():
-        expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        expected = model(input_ids=batch["input_ids"].to(model.device),
+                         attention_mask=batch["attention_mask"].to(model.device)).logits[:, 0].float().cpu()
     items = [conversation(p.prompt, p.chosen) for p in PAIRS[:4]] + [conversation(p.prompt, p.rejected) for p in PAIRS[:4]]
-    assert torch.allclose(score(model, tok, items, batch_size=3), expected, atol=1e-5)
+    assert torch.allclose(score(model, tok, items, batch_size=3).float().cpu(), expected, atol=1e-5)
 
 
 def test_dpo_moves_the_policy_toward_chosen(tmp_path, tiny_dir, tiny_tokenizer):
@@ -165,8 +166,9 @@ def test_dpo_moves_the_policy_toward_chosen(tmp_path, tiny_dir, tiny_tokenizer):
             for text in (p.chosen, p.rejected):
                 ids = tiny_tokenizer.apply_chat_template(conversation(p.prompt, text), tokenize=True,
                                                          return_dict=True, return_tensors="pt")["input_ids"]
+                ids = ids.to(model.device)  # CUDA when present
                 with torch.no_grad():
-                    lps.append(token_logprobs(model, ids, torch.ones_like(ids)).sum())
+                    lps.append(token_logprobs(model, ids, torch.ones_like(ids)).sum().cpu())
             out.append(lps[0] - lps[1])
         return float(torch.stack(out).mean())
 
