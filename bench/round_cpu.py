@@ -85,6 +85,8 @@ def main() -> None:
     parser.add_argument("--rm-steps", type=int, default=40)
     parser.add_argument("--overlap", type=int, default=1,
                         help="simulated annotators per ranking and per comparison (the project's overlap)")
+    parser.add_argument("--min-rank-gap", type=int, default=1,
+                        help="train the reward model (and DPO) only on completions this many ranks apart (1 = all pairs)")
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
     parser.add_argument("--prompts-from", choices=["dolly", "seed", "both"], default="dolly",
                         help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), or both")
@@ -131,11 +133,13 @@ def main() -> None:
                   "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": args.kl_coef,
                   "learning_rate": args.policy_lr or 1e-4}
     else:
-        policy = {**training, "max_steps": args.dpo_steps, "learning_rate": args.policy_lr or 5e-5, "beta": 0.1}
+        policy = {**training, "max_steps": args.dpo_steps, "learning_rate": args.policy_lr or 5e-5, "beta": 0.1,
+                  "min_rank_gap": args.min_rank_gap}
     rnd = round_start(project=project, user=admin, method=args.method, params={
         "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
         "sft": {**training, "max_steps": args.sft_steps, "learning_rate": 2e-4},
-        "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8},
+        "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8,
+                   "min_rank_gap": args.min_rank_gap},
         "policy": policy,
         "sample": {"max_new_tokens": 64, "temperature": 0.8},
         "evaluation": {"prompts": args.held_out, "max_new_tokens": 64, "temperature": 0.7},

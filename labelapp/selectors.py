@@ -95,16 +95,20 @@ def my_labels(*, project: Project, user, limit: int = 100) -> dict[str, list]:
     return {"demonstrations": demonstrations, "rankings": rankings}
 
 
-def ranking_pairs(ranking: Ranking) -> list[tuple[int, int, float | None]]:
+def ranking_pairs(ranking: Ranking, min_gap: int = 1) -> list[tuple[int, int, float | None]]:
     """Reward-model pairs implied by one ranking: (chosen id, rejected id, margin).
 
     Every two completions in different tie groups make one pair, the better one chosen: C(K,2)
-    pairs minus the tied ones. The margin is the difference of the 1–7 scores when both have
-    one, else None. Nothing is stored: pairs are always derived from the ranking.
+    pairs minus the tied ones. With `min_gap` > 1 only completions at least that many tie groups
+    apart make a pair (K−1: the best against the worst), the pairs annotators agree on most. The
+    margin is the difference of the 1–7 scores when both have one, else None. Nothing is stored:
+    pairs are always derived from the ranking.
     """
     scores = {int(k): v for k, v in (ranking.scores or {}).items()}
     pairs = []
     for better, worse in combinations(range(len(ranking.order)), 2):
+        if worse - better < min_gap:
+            continue
         for chosen in ranking.order[better]:
             for rejected in ranking.order[worse]:
                 margin = None

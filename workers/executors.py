@@ -35,11 +35,15 @@ def model_ref(run: TrainingRun, version: ModelVersion | None = None) -> str:
     return run.project.base_model
 
 
-def make_config(cls, run: TrainingRun, **fixed):
-    """The rlhf config: defaults < the run's params < what the worker decides (paths)."""
+PAIR_SETTINGS = ("min_rank_gap",)  # how rankings become pairs: the studio's business, not rlhf's
+
+
+def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):
+    """The rlhf config: defaults < the run's params (less the studio's own `exclude`) < what the worker
+    decides (paths)."""
     from rlhf.contract import load_config
 
-    params = dict(run.params)
+    params = {k: v for k, v in run.params.items() if k not in exclude}
     known = {f for f in cls.__dataclass_fields__}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -55,15 +59,16 @@ def _cancelled(artifacts) -> bool:
     return False
 
 
-def preference_pairs(project) -> tuple[list, list[int]]:
-    """rlhf PreferencePairs from every ranking of the project, and the ranking ids used."""
+def preference_pairs(project, min_gap: int = 1) -> tuple[list, list[int]]:
+    """rlhf PreferencePairs from every ranking of the project (completions at least `min_gap` tie
+    groups apart), and the ranking ids used."""
     from rlhf.data import PreferencePair
 
     pairs, ids = [], []
     for row in exports._ranking_rows(exports.ExportFilter(project=project)):
         ids.append(row.id)
         texts = {cid: text for cid, (text, _) in row.completions.items()}
-        for chosen, rejected, margin in selectors.ranking_pairs(row):
+        for chosen, rejected, margin in selectors.ranking_pairs(row, min_gap):
             pairs.append(PreferencePair(prompt=row.turns, chosen=texts[chosen], rejected=texts[rejected], margin=margin))
     return pairs, ids
 
@@ -89,16 +94,19 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
 def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.reward import RewardRunConfig
 
-    pairs, ids = preference_pairs(run.project)
+    gap = run.params.get("min_rank_gap", 1)
+    pairs, ids = preference_pairs(run.project, gap)
     if len(pairs) < 2:
-        raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}.")
-    config = make_config(RewardRunConfig, run, model=model_ref(run))
+        raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}"
+                              + (f" with min_rank_gap {gap}." if gap > 1 else "."))
+    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
     artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
     label_set = selectors.label_set(ids)
     version = model_version_register(
         project=run.project, name=f"reward-{run.pk}", kind=ModelVersion.Kind.REWARD, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data={"rankings": label_set, "pairs": len(pairs)}, metrics=artifacts.metrics,
+        parent=run.input_model, training_data={"rankings": label_set, "pairs": len(pairs), "min_rank_gap": gap},
+        metrics=artifacts.metrics,
         make_current=True,
     )
     return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
@@ -107,14 +115,17 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
 def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.dpo import DPORunConfig
 
-    pairs, ids = preference_pairs(run.project)
+    gap = run.params.get("min_rank_gap", 1)
+    pairs, ids = preference_pairs(run.project, gap)
     if not pairs:
-        raise ValidationError("DPO needs preference pairs; there are none yet.")
-    artifacts = launch.train("dpo", make_config(DPORunConfig, run, model=model_ref(run)), pairs, progress)
+        raise ValidationError("DPO needs preference pairs; there are none yet"
+                              + (f" with min_rank_gap {gap}." if gap > 1 else "."))
+    artifacts = launch.train("dpo", make_config(DPORunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run)), pairs, progress)
     _cancelled(artifacts)
     version = model_version_register(
         project=run.project, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data={"rankings": selectors.label_set(ids), "pairs": len(pairs)},
+        parent=run.input_model,
+        training_data={"rankings": selectors.label_set(ids), "pairs": len(pairs), "min_rank_gap": gap},
         metrics=artifacts.metrics, make_current=True,
     )
     return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)

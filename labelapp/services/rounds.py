@@ -23,7 +23,7 @@ from django.utils import timezone
 from labelapp import selectors
 from labelapp.models import ModelVersion, Project, Ranking, Role, Round, TrainingRun
 from labelapp.services.access import require_role
-from labelapp.services.runs import run_create
+from labelapp.services.runs import check_pair_settings, run_create
 
 Stage = Round.Stage
 DEFAULTS = {
@@ -31,8 +31,8 @@ DEFAULTS = {
     "k": None,  # completions per prompt (None: the project's K)
     "min_rankings": 8,  # rankings of this round's tasks needed before the reward model
     "sft": {},  # rlhf SFT settings (max_steps, learning_rate, …)
-    "reward": {},
-    "policy": {},  # PPO or DPO settings
+    "reward": {},  # … and min_rank_gap: which pairs of each ranking to train on (1 = all)
+    "policy": {},  # PPO or DPO settings (DPO: min_rank_gap too)
     "sample": {},  # max_new_tokens, temperature
     "evaluation": {},  # prompts (held-out, default 8), max_new_tokens, temperature
 }
@@ -57,6 +57,11 @@ def _clean_params(params: dict | None) -> dict:
     for key in ("prompts", "min_rankings"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ValidationError(f"'{key}' must be a whole number of at least 1.")
+    for key in ("sft", "reward", "policy", "sample", "evaluation"):
+        if not isinstance(params[key], dict):
+            raise ValidationError(f"'{key}' must be an object of settings, e.g. {{}}.")
+    check_pair_settings(params["reward"], "reward settings")
+    check_pair_settings(params["policy"], "policy settings")
     return params
 
 

@@ -32,6 +32,15 @@ log = logging.getLogger(__name__)
 METRIC_HISTORY_LIMIT = 2000
 LOG_TAIL_CHARS = 8000
 QUEUE_FOR_KIND = {kind: "gpu" for kind in TrainingRun.Kind.values}
+PAIR_KINDS = (TrainingRun.Kind.REWARD, TrainingRun.Kind.DPO)  # runs that train on pairs from rankings
+
+
+def check_pair_settings(params: dict, what: str) -> None:
+    """`min_rank_gap` of a reward or DPO run: a whole number ≥ 1 (1 = every pair of a ranking)."""
+    gap = params.get("min_rank_gap", 1)
+    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+        raise ValidationError(f"{what}: 'min_rank_gap' must be a whole number of at least 1 (1 = every pair of a "
+                              f"ranking, K-1 = only the best against the worst); got {gap!r}.")
 
 
 class RunLost(Exception):
@@ -70,6 +79,8 @@ def run_create(
         raise ValidationError(f"Unknown run kind {kind!r}: use one of {', '.join(TrainingRun.Kind.values)}.")
     if input_model is not None and input_model.project_id not in (None, project.pk):
         raise ValidationError("The input model belongs to another project.")
+    if kind in PAIR_KINDS:
+        check_pair_settings(params or {}, f"{kind} settings")
     run = TrainingRun.objects.create(
         project=project,
         kind=kind,

@@ -27,6 +27,11 @@ def test_admin_starts_a_round_over_the_api(project, sent):
     url = f"/api/v1/projects/{project.pk}/rounds/"
     bad = client_for(admin).post(url, {"method": "ppo", "params": {"prompts": 0}}, format="json")
     assert bad.status_code == 400 and "at least 1" in str(bad.json())
+    for params, error in [({"reward": {"min_rank_gap": 0}}, "reward settings: 'min_rank_gap' must be a whole number"),
+                          ({"policy": {"min_rank_gap": "all"}}, "policy settings: 'min_rank_gap'"),
+                          ({"reward": [1, 2]}, "'reward' must be an object of settings")]:
+        bad = client_for(admin).post(url, {"method": "dpo", "params": params}, format="json")
+        assert bad.status_code == 400 and error in str(bad.json()), bad.json()
     assert not Round.objects.exists() and not TrainingRun.objects.exists()
     started = client_for(admin).post(url, {"method": "dpo", "params": {"prompts": 4}}, format="json")
     assert started.status_code == 201 and started.json()["method"] == "dpo"

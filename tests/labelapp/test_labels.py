@@ -87,6 +87,8 @@ def test_ranking_with_ties_is_stored_and_pairs_derive_from_it(rank_lease, annota
     assert sorted(pairs, key=str) == sorted(
         [(b, a, None), (b, c, None), (b, d, 5.0), (a, d, None), (c, d, None)], key=str
     )
+    assert ranking_pairs(ranking, min_gap=2) == [(b, d, 5.0)]  # groups [b] [a c] [d]: only best vs worst
+    assert ranking_pairs(ranking, min_gap=3) == []
     rank_lease.ranking_task.refresh_from_db()
     assert rank_lease.ranking_task.ranking_count == 1
 

@@ -51,14 +51,18 @@ def test_enqueue_happens_only_after_commit(project, admin, sent):
     assert sent == [run.pk] and TrainingRun.objects.count() == 1
 
 
-def test_only_admins_start_runs_and_kinds_are_checked(project, annotator, sent):
+def test_only_admins_start_runs_and_kinds_are_checked(project, annotator, admin, sent):
     from django.core.exceptions import PermissionDenied
 
     with pytest.raises(PermissionDenied):
         run_create(project=project, kind="sft", user=annotator)
     with pytest.raises(ValidationError, match="Unknown run kind"):
         run_create(project=project, kind="rlaif")
-    assert not TrainingRun.objects.exists()
+    for bad in (0, "2", 1.5, True):
+        with pytest.raises(ValidationError, match="'min_rank_gap' must be a whole number of at least 1"):
+            run_create(project=project, kind="dpo", params={"min_rank_gap": bad}, user=admin)
+    assert not TrainingRun.objects.exists() and sent == []
+    run_create(project=project, kind="reward", params={"min_rank_gap": 3}, user=admin)
 
 
 def test_a_run_executes_once_and_duplicates_are_no_ops(project, sent):

@@ -150,6 +150,7 @@ def test_json_reports_progress_eta_heartbeat_and_history(studio, project, sent):
     ({"settings": "{\"sft\": {"}, "Advanced settings are not valid JSON"),
     ({"settings": "[1, 2]"}, "must be a JSON object"),
     ({"settings": "{\"sftt\": {}}"}, "Unknown round settings [&#x27;sftt&#x27;]"),
+    ({"settings": "{\"reward\": {\"min_rank_gap\": 0}}"}, "&#x27;min_rank_gap&#x27; must be a whole number of at least 1"),
     ({"method": "rlaif"}, "Unknown method"),
 ])
 def test_start_round_with_bad_settings_shows_the_error_and_writes_nothing(studio, project, sent, form, error):

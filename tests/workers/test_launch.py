@@ -21,13 +21,6 @@ PAIRS = [PreferencePair(f"Tell me about {t}.", f"A helpful answer about {t}.", f
          for t in ("cats", "dogs", "the sea", "plants") for _ in range(2)]
 
 
-@pytest.fixture
-def tiny_dir(tmp_path_factory):
-    from rlhf.testing import tiny_checkpoint
-
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
 def sft_config(tmp_path, tiny_dir, **kw):
     from rlhf.sft import SFTRunConfig
 

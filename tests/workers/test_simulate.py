@@ -25,6 +25,23 @@ def test_noisy_orders_reach_the_agreement_they_were_set_for():
     assert pairwise_agreement(rankings).rate == pytest.approx(0.726, abs=0.02)
 
 
+def test_pairs_far_apart_in_a_noisy_ranking_agree_with_the_oracle_more_often():
+    """Why rounds offer min_rank_gap: rank noise flips neighbours far more often than distant ranks."""
+    from labelapp.selectors import ranking_pairs
+
+    rng = random.Random(2)
+    ids, scores = [1, 2, 3, 4], [0.9, 0.5, 0.4, 0.1]  # the oracle's order is 1 > 2 > 3 > 4
+    sigma = sigma_for(0.726, 4)
+    rankings = [Ranking(order=noisy_order(ids, scores, sigma, rng)) for _ in range(3000)]
+
+    def accuracy(gap):
+        pairs = [p for r in rankings for p in ranking_pairs(r, min_gap=gap)]
+        return sum(chosen < rejected for chosen, rejected, _ in pairs) / len(pairs)
+
+    assert accuracy(1) == pytest.approx(0.83, abs=0.02)
+    assert accuracy(2) > accuracy(1) + 0.05 and accuracy(3) > accuracy(2) + 0.03
+
+
 def test_rule_oracle_prefers_the_answer_closest_to_the_reference():
     scores = rule_scores("Paris is the capital of France", ["The capital of France is Paris", "I like cheese", ""])
     assert scores[0] > scores[1] >= scores[2]

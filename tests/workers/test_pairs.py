@@ -1,0 +1,57 @@
+"""Which pairs of each ranking the reward model and DPO train on (`min_rank_gap`), through the executors
+with a tiny model: the filter reaches the trainer and the lineage records it."""
+import pytest
+from django.core.exceptions import ValidationError
+
+from labelapp.models import TrainingRun
+from tests.conftest import make_project, make_prompt, make_task
+from workers import executors
+from workers.simulate import simulate
+
+pytestmark = pytest.mark.django_db
+
+TINY = {"max_steps": 1, "per_device_batch_size": 2, "save_steps": 0, "max_length": 512}
+
+
+@pytest.fixture
+def ranked(tmp_path, settings, tiny_dir):
+    """Three 4-way rankings (rule oracle, no noise, no ties)."""
+    settings.DATA_DIR = tmp_path
+    project = make_project(k=4, overlap=1, base_model=tiny_dir)
+    for i in range(3):
+        prompt = make_prompt(project, text=f"Tell me a fact about cats, number {i}.",
+                             reference="Cats sleep for most of the day and purr when they are happy.")
+        make_task(project, prompt, texts=["Cats sleep most of the day and purr when happy.", "Cats sleep a lot.",
+                                          "Cats bark.", "No."])
+    simulate(project=project, annotators=1, queues=["rank"], oracle="rule", agreement=1.0)
+    return project
+
+
+def test_preference_pairs_keep_only_ranks_far_enough_apart(ranked):
+    every, ids = executors.preference_pairs(ranked)
+    assert len(every) == 3 * 6 and len(ids) == 3
+    best_vs_worst, same_ids = executors.preference_pairs(ranked, 3)
+    assert same_ids == ids and len(best_vs_worst) == 3
+    assert {(p.chosen, p.rejected) for p in best_vs_worst} == {("Cats sleep most of the day and purr when happy.", "No.")}
+    assert len(executors.preference_pairs(ranked, 2)[0]) == 3 * 3
+
+
+def run_of(project, kind, params):
+    return TrainingRun.objects.create(project=project, kind=kind, params=params, status=TrainingRun.Status.RUNNING)
+
+
+@pytest.mark.parametrize("kind", ["reward", "dpo"])
+def test_reward_and_dpo_runs_train_on_the_filtered_pairs_and_record_the_gap(ranked, kind):
+    step = executors.run_reward if kind == "reward" else executors.run_dpo
+    outcome = step(run_of(ranked, kind, {**TINY, "min_rank_gap": 2}), lambda *a: None)
+    assert outcome.result["pairs"] == 9
+    assert outcome.model.training_data["pairs"] == 9 and outcome.model.training_data["min_rank_gap"] == 2
+    with pytest.raises(ValidationError, match="there are (0|none yet) with min_rank_gap 4"):
+        step(run_of(ranked, kind, {**TINY, "min_rank_gap": 4}), lambda *a: None)
+
+
+def test_ppo_refuses_a_pair_setting_it_cannot_use(ranked):
+    from rlhf.ppo import PPOConfig
+
+    with pytest.raises(ValidationError, match=r"Unknown PPOConfig settings: \['min_rank_gap'\]"):
+        executors.make_config(PPOConfig, run_of(ranked, "ppo", {"min_rank_gap": 2}))
