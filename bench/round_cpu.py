@@ -87,6 +87,9 @@ def main() -> None:
                         help="simulated annotators per ranking and per comparison (the project's overlap)")
     parser.add_argument("--min-rank-gap", type=int, default=1,
                         help="train the reward model (and DPO) only on completions this many ranks apart (1 = all pairs)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="another draw: seeds the simulated annotators, the training runs and the sampling "
+                             "(default: annotators 0, training 42, evaluation 0, sampling random)")
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
     parser.add_argument("--prompts-from", choices=["dolly", "seed", "both"], default="dolly",
                         help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), or both")
@@ -126,12 +129,13 @@ def main() -> None:
         print(f"  {name:<24} {times[name]:7.1f} s", flush=True)
         return out
 
-    timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle))
-    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768}  # fp32: bf16 autocast is slower on this CPU
+    seeded = {} if args.seed is None else {"seed": args.seed}  # simulate() and every run take a `seed`
+    timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle, **seeded))
+    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, **seeded}  # fp32: bf16 autocast is slower on this CPU
     if args.method == "ppo":
         policy = {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
                   "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": args.kl_coef,
-                  "learning_rate": args.policy_lr or 1e-4}
+                  "learning_rate": args.policy_lr or 1e-4, **seeded}
     else:
         policy = {**training, "max_steps": args.dpo_steps, "learning_rate": args.policy_lr or 5e-5, "beta": 0.1,
                   "min_rank_gap": args.min_rank_gap}
@@ -141,8 +145,8 @@ def main() -> None:
         "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8,
                    "min_rank_gap": args.min_rank_gap},
         "policy": policy,
-        "sample": {"max_new_tokens": 64, "temperature": 0.8},
-        "evaluation": {"prompts": args.held_out, "max_new_tokens": 64, "temperature": 0.7},
+        "sample": {"max_new_tokens": 64, "temperature": 0.8, **seeded},
+        "evaluation": {"prompts": args.held_out, "max_new_tokens": 64, "temperature": 0.7, **seeded},
     })
     while True:
         rnd.refresh_from_db()
@@ -154,13 +158,13 @@ def main() -> None:
             timed(label, lambda run=run: run_execute(run.pk))
         rnd.refresh_from_db()
         if rnd.stage == Round.Stage.RANKING:
-            timed("simulated rankings", lambda: simulate(project=project, annotators=max(2, args.overlap), queues=["rank"], oracle=args.oracle))
+            timed("simulated rankings", lambda: simulate(project=project, annotators=max(2, args.overlap), queues=["rank"], oracle=args.oracle, **seeded))
             round_advance(round_id=rnd.pk)
         elif not queued:
             round_advance(round_id=rnd.pk)
     if rnd.stage != Round.Stage.DONE:
         sys.exit(f"the round ended {rnd.stage}: {rnd.error}")
-    timed("simulated comparisons", lambda: simulate(project=project, annotators=max(3, args.overlap), queues=["compare"], oracle=args.oracle))
+    timed("simulated comparisons", lambda: simulate(project=project, annotators=max(3, args.overlap), queues=["compare"], oracle=args.oracle, **seeded))
     summary = evaluation_summary(project=project, round_id=rnd.pk)
     policy_run = TrainingRun.objects.get(round=rnd, kind=args.method)
     shares = [m["perf/generation_share"] for m in policy_run.metrics if "perf/generation_share" in m]
