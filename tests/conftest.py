@@ -60,3 +60,11 @@ def annotator(project):
 @pytest.fixture
 def reviewer(project):
     return add_member(project, role="reviewer")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    """One tiny random-weight checkpoint for the session (rlhf.testing), for rlhf and worker tests."""
+    from rlhf.testing import tiny_checkpoint
+
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")

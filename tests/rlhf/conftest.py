@@ -21,13 +21,6 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> str:
-    from rlhf.testing import tiny_checkpoint
-
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
-
-
-@pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_dir):
     from rlhf.models import load_tokenizer
 

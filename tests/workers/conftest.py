@@ -13,14 +13,6 @@ ROOT = Path(__file__).resolve().parents[2]
 TEST_REDIS = os.environ.get("REDIS_URL", "")  # `make test` sets redis://127.0.0.1:6379/14
 
 
-@pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory) -> str:
-    """One tiny random-weight checkpoint for the session (rlhf.testing)."""
-    from rlhf.testing import tiny_checkpoint
-
-    return tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
 @pytest.fixture
 def broker():
     """The test Redis database, emptied before and after."""
