@@ -108,13 +108,15 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
 
     stamps = []
     lengths = []
+    shares = []
 
     def progress(step, total, metrics):
         stamps.append(time.time())
         lengths.append(metrics["policy/response_length"])
+        shares.append(metrics["perf/generation_share"])
 
     cfg = PPOConfig(output_dir=str(OUT / f"ours-{mode}"), model=policy, reward_model=reward, device=device,
-                    use_lora=mode == "lora", max_steps=s["updates"], rollout_batch_size=s["batch"],
+                    use_lora=mode.startswith("lora"), merged_generation=mode == "lora-merged", max_steps=s["updates"], rollout_batch_size=s["batch"],
                     mini_batch_size=s["mini_batch"], per_device_batch_size=s["batch"], ppo_epochs=s["epochs"],
                     max_new_tokens=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
                     missing_eos_penalty=s["missing_eos_penalty"], learning_rate=s["learning_rate"], seed=s["seed"],
@@ -124,7 +126,7 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
     t0 = time.time()
     train(cfg, PROMPTS * (s["batch"] // len(PROMPTS) + 1), progress)
     return {"stamps": [t0] + stamps, "peak_gb": peak_memory_gb(device), "mean_response_length":
-            sum(lengths) / len(lengths)}
+            sum(lengths) / len(lengths), "generation_share": sum(shares[1:] or shares) / len(shares[1:] or shares)}
 
 
 def run_trl(s: dict, policy: str, reward: str, device: str) -> dict:
@@ -229,7 +231,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--response-length", type=int, default=None)
     p.add_argument("--updates", type=int, default=None)
-    p.add_argument("--ours", default="lora", help="comma list of our modes: lora, full")
+    p.add_argument("--ours", default="lora", help="comma list of our modes: lora, lora-merged (LoRA, rollouts sampled "
+                   "from a merged copy: merged_generation), full")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--cache-implementation", default=None, help="ours only: e.g. 'static' (compiled decode, GPU)")
     p.add_argument("--base", help="a checkpoint folder with config.json and the tokenizer, in place of the converted "
@@ -256,11 +259,18 @@ def main() -> None:
         results[f"ours-{mode}"] = launch(sys.executable, f"ours-{mode}", args, policy, reward)
     if not args.skip_trl:
         results["trl-1.12"] = launch(trl_python(args), "trl", args, policy, reward)
-    print(f"\n{'side':12s} {'s/update':>9s} {'episodes/s':>11s} {'peak GB':>8s} {'resp len':>8s}  device")
+    print(f"\n{'side':12s} {'s/update':>9s} {'episodes/s':>11s} {'peak GB':>8s} {'resp len':>8s} {'gen share':>9s}  device")
     for name, r in results.items():
+        share = f"{r['generation_share']:9.2f}" if "generation_share" in r else f"{'-':>9s}"  # ours only
         print(f"{name:12s} {r['s_per_update']:9.2f} {r['episodes_per_s']:11.3f} {r['peak_gb']:8.2f} "
-              f"{r['mean_response_length']:8.1f}  {r['device']}   per update: "
+              f"{r['mean_response_length']:8.1f} {share}  {r['device']}   per update: "
               + " ".join(f"{x:.1f}" for x in r["per_update"]))
+    if "ours-lora" in results and "ours-lora-merged" in results:
+        a, b = results["ours-lora"], results["ours-lora-merged"]
+        gen_a, gen_b = (r["generation_share"] * r["s_per_update"] for r in (a, b))
+        print(f"ours-lora-merged / ours-lora: episodes/s x{b['episodes_per_s'] / a['episodes_per_s']:.2f}, "
+              f"generation s/update {gen_b:.2f} vs {gen_a:.2f} (x{gen_a / gen_b:.2f} faster), "
+              f"peak memory x{b['peak_gb'] / a['peak_gb']:.2f}")
     if "trl-1.12" in results:
         base = results["trl-1.12"]
         for name, r in results.items():

@@ -96,6 +96,9 @@ class PPOConfig(TrainerConfig):
     top_k: int = _help("Top-k sampling (0 = off). Anything but 0/1.0 makes the ratio approximate.", 0)
     top_p: float = _help("Nucleus sampling (1.0 = off).", 1.0)
     cache_implementation: str | None = _help("HF generate cache, e.g. 'static' on GPU (compiled decode step; much faster after a slow first call).", None)
+    merged_generation: bool = _help("With LoRA: sample rollouts from a plain copy of the policy with the adapter folded in "
+                                    "(W + scale * B @ A, refreshed before every rollout) instead of through the adapter "
+                                    "layers: faster decoding for one more copy of the policy's weights.", False)
     ppo_epochs: int = _help("Passes over each rollout batch.", 4)
     cliprange: float = _help("Policy ratio clip epsilon.", 0.2)
     cliprange_value: float = _help("Value clip: new values stay within old +- this.", 0.2)
@@ -306,6 +309,7 @@ class Models:
     reward_shares_value: bool   # score with value model's adapter off
     tokenizer: Any
     reward_tokenizer: Any | None
+    generator: Any | None = None  # merged_generation: a plain copy of the policy that only samples
 
 
 def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
@@ -314,6 +318,9 @@ def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
 
     from .models import load_causal_lm, load_reward_model, load_tokenizer, lora_config
 
+    if config.merged_generation and config.use_lora and config.load_in_bits:
+        raise ValueError("merged_generation needs full-precision base weights: it cannot fold LoRA into a "
+                         f"{config.load_in_bits}-bit model; turn one of them off")
     seed_everything(config.seed)  # fresh score heads are initialised at load time
     load = dict(device=config.device, dtype=config.dtype, load_in_bits=config.load_in_bits)
     tokenizer = load_tokenizer(config.model)
@@ -347,7 +354,26 @@ def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
     if config.gradient_checkpointing:
         for m in (policy, value):
             m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return Models(policy, ref, value, reward, shares, tokenizer, reward_tokenizer)
+    generator = None
+    if config.merged_generation and config.use_lora:
+        generator = _unwrap_adapter(load_causal_lm(config.model, **load)).eval().requires_grad_(False)
+        disable_dropout(generator)
+        generator.config.pad_token_id = tokenizer.pad_token_id
+    return Models(policy, ref, value, reward, shares, tokenizer, reward_tokenizer, generator)
+
+
+@torch.no_grad()
+def sync_generator(models: Models) -> None:
+    """Write the policy's current weights into the generation copy: W + scale * B @ A for every LoRA layer."""
+    from peft.tuners.lora import LoraLayer
+
+    base = models.policy.get_base_model()
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and module.active_adapters:
+            merged = module.get_base_layer().weight.detach().clone()
+            for adapter in module.active_adapters:
+                merged += module.get_delta_weight(adapter).to(merged.dtype)
+            models.generator.get_submodule(name).weight.copy_(merged)
 
 
 def trainable_parameters(models: Models) -> dict[str, torch.nn.Parameter]:
@@ -405,8 +431,10 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
     tok, policy = models.tokenizer, models.policy
     policy.eval()
     t0 = time.time()
+    if models.generator is not None:
+        sync_generator(models)
     with autocast():
-        gen = generate_ids(policy, tok, list(prompts), cache_implementation=config.cache_implementation,
+        gen = generate_ids(models.generator or policy, tok, list(prompts), cache_implementation=config.cache_implementation,
                            **decoding_settings(config.max_new_tokens, True, config.temperature, config.top_p,
                                                config.top_k))
     generation_s = time.time() - t0

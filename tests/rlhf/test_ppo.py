@@ -194,6 +194,42 @@ def test_lora_reference_is_the_base_model_with_the_adapter_off(tmp_path, tiny_di
     assert not torch.allclose(ro.logprobs, base_lp, atol=1e-3)
 
 
+def test_merged_generation_samples_what_the_adapter_policy_samples(tmp_path, tiny_dir):
+    """merged_generation: a plain copy with W + scale * B @ A, refreshed before each rollout, gives the policy's
+    logits and (same seed) the same rollout as sampling through the adapter layers; training still moves the
+    adapter, and the next rollout sees the new weights."""
+    from rlhf.ppo import sync_generator
+
+    cfg = small_config(tmp_path, tiny_dir, merged_generation=True)
+    models = build_models(cfg, use_reward_model=False)
+    assert models.generator is not None and not any(p.requires_grad for p in models.generator.parameters())
+    _perturb_lora(models.policy)
+    sync_generator(models)
+    enc = models.tokenizer(["<|im_start|>user\nTell me a fact about cats.<|im_end|>\n"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(models.generator(**enc).logits, models.policy(**enc).logits, atol=1e-5)
+    torch.manual_seed(0)
+    merged = collect_rollout(models, PROMPTS * 2, cfg, None, share_reward)
+    plain = build_models(small_config(tmp_path, tiny_dir), use_reward_model=False)
+    plain.policy.load_state_dict(models.policy.state_dict())
+    torch.manual_seed(0)
+    adapter = collect_rollout(plain, PROMPTS * 2, cfg, None, share_reward)
+    assert torch.equal(merged.response_ids, adapter.response_ids)
+    assert torch.allclose(merged.logprobs, adapter.logprobs, atol=1e-5)  # log-probs come from the policy itself
+    _perturb_lora(models.policy)  # as an optimizer step would
+    collect_rollout(models, PROMPTS[:1], cfg, None, share_reward)  # re-syncs before sampling
+    with torch.no_grad():
+        assert torch.allclose(models.generator(**enc).logits, models.policy(**enc).logits, atol=1e-5)
+    art = train(small_config(tmp_path, tiny_dir, merged_generation=True, max_steps=2), PROMPTS * 2,
+                reward_fn=share_reward)
+    assert art.status == "succeeded" and art.metrics["global_step"] == 2
+
+
+def test_merged_generation_refuses_a_quantized_base(tmp_path, tiny_dir):
+    with pytest.raises(ValueError, match="merged_generation needs full-precision"):
+        build_models(small_config(tmp_path, tiny_dir, merged_generation=True, load_in_bits=4), use_reward_model=False)
+
+
 def test_missing_eos_penalty_is_applied_to_rollouts(tmp_path, tiny_dir):
     cfg = small_config(tmp_path, tiny_dir, missing_eos_penalty=1.0, max_new_tokens=4)
     models = build_models(cfg, use_reward_model=False)
