@@ -57,8 +57,39 @@ def seed_task_rows() -> list[dict]:
             for d in demos if len(d.prompt[-1]["content"]) < 1200 and 20 < len(d.response) < 600]
 
 
+def user_oriented_rows() -> list[dict]:
+    """Self-Instruct's 252 user-oriented instructions (instruction + input, the expert-written output as reference)."""
+    from rlhf.data import read_self_instruct
+
+    demos = read_self_instruct(DATA / "self_instruct_user_oriented" / "user_oriented_instructions.jsonl")
+    return [{"text": d.prompt[-1]["content"], "reference": d.response, "category": "other"}
+            for d in demos if len(d.prompt[-1]["content"]) < 1200 and 20 < len(d.response) < 600]
+
+
+def no_robots_rows() -> list[dict]:
+    """no_robots single-turn rows (the Surge AI annotator's answer as reference)."""
+    import ast
+
+    rows = []
+    with open(DATA / "dolly_no_robots_animal_topic_subsets" / "no_robots_subset.csv", newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            turns = ast.literal_eval(row["messages"])  # a Python repr, not JSON (the data set's README)
+            if [t["role"] for t in turns] != ["user", "assistant"]:
+                continue
+            text, reference = turns[0]["content"].strip(), turns[1]["content"].strip()
+            if len(text) < 1200 and 20 < len(reference) < 600:
+                category = row["category"].lower().replace(" ", "_")
+                rows.append({"text": text, "reference": reference,
+                             "category": {"open_qa": "open_qa", "closed_qa": "closed_qa", "summarize": "summarization",
+                                          "extract": "extract", "brainstorm": "brainstorming",
+                                          "generation": "generation", "rewrite": "rewrite",
+                                          "classify": "classification", "chat": "chat"}.get(category, "other")})
+    return rows
+
+
 def prompt_rows(source: str, limit: int) -> list[dict]:
-    """Dolly rows, Self-Instruct seed tasks, or both mixed in a fixed random order (both splits see both)."""
+    """Dolly rows, Self-Instruct seed tasks, both, or all (those two, Self-Instruct's user-oriented instructions and
+    no_robots) mixed in a fixed random order (both splits see every source)."""
     import random
 
     if source == "dolly":
@@ -66,6 +97,12 @@ def prompt_rows(source: str, limit: int) -> list[dict]:
     if source == "seed":
         return seed_task_rows()[:limit]
     mixed = dolly_rows(10_000) + seed_task_rows()
+    if source == "all":
+        seen = {row["text"] for row in mixed}
+        for row in user_oriented_rows() + no_robots_rows():
+            if row["text"] not in seen:  # a project holds each prompt once
+                seen.add(row["text"])
+                mixed.append(row)
     random.Random(0).shuffle(mixed)
     return mixed[:limit]
 
@@ -90,9 +127,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="another draw: seeds the simulated annotators, the training runs and the sampling "
                              "(default: annotators 0, training 42, evaluation 0, sampling random)")
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="answer length cap when sampling for ranking, from the new policy and in the evaluation")
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
-    parser.add_argument("--prompts-from", choices=["dolly", "seed", "both"], default="dolly",
-                        help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), or both")
+    parser.add_argument("--prompts-from", choices=["dolly", "seed", "both", "all"], default="dolly",
+                        help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), both, or all "
+                             "(those, Self-Instruct user-oriented instructions and no_robots: about 430)")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("set DATABASE_URL to a scratch PostgreSQL database (it is dropped and re-created)")
@@ -145,8 +185,8 @@ def main() -> None:
         "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8,
                    "min_rank_gap": args.min_rank_gap},
         "policy": policy,
-        "sample": {"max_new_tokens": 64, "temperature": 0.8, **seeded},
-        "evaluation": {"prompts": args.held_out, "max_new_tokens": 64, "temperature": 0.7, **seeded},
+        "sample": {"max_new_tokens": args.max_new_tokens, "temperature": 0.8, **seeded},
+        "evaluation": {"prompts": args.held_out, "max_new_tokens": args.max_new_tokens, "temperature": 0.7, **seeded},
     })
     while True:
         rnd.refresh_from_db()
