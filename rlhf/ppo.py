@@ -372,7 +372,8 @@ def sync_generator(models: Models) -> None:
         if isinstance(module, LoraLayer) and module.active_adapters:
             merged = module.get_base_layer().weight.detach().clone()
             for adapter in module.active_adapters:
-                merged += module.get_delta_weight(adapter).to(merged.dtype)
+                if adapter in module.lora_A:
+                    merged += module.get_delta_weight(adapter).to(merged.dtype)
             models.generator.get_submodule(name).weight.copy_(merged)
 
 
