@@ -35,6 +35,10 @@ CATEGORIES = {"open_qa": "open_qa", "general_qa": "open_qa", "closed_qa": "close
               "brainstorming": "brainstorming", "information_extraction": "extract", "summarization": "summarization",
               "creative_writing": "generation"}
 
+NO_ROBOTS_CATEGORIES = {"Open QA": "open_qa", "Closed QA": "closed_qa", "Summarize": "summarization", "Extract": "extract",
+                        "Brainstorm": "brainstorming", "Generation": "generation", "Rewrite": "rewrite",
+                        "Classify": "classification", "Chat": "chat"}
+
 
 def dolly_rows(limit: int) -> list[dict]:
     rows = []
@@ -48,22 +52,22 @@ def dolly_rows(limit: int) -> list[dict]:
     return rows
 
 
-def seed_task_rows() -> list[dict]:
-    """Self-Instruct's 175 hand-written seed tasks (instruction + input, the written output as reference)."""
+def self_instruct_rows(path: Path) -> list[dict]:
+    """Self-Instruct JSONL (seed tasks, user-oriented instructions): instruction + input, the written output as reference."""
     from rlhf.data import read_self_instruct
 
-    demos = read_self_instruct(DATA / "self_instruct_seed_tasks" / "seed_tasks.jsonl")
     return [{"text": d.prompt[-1]["content"], "reference": d.response, "category": "other"}
-            for d in demos if len(d.prompt[-1]["content"]) < 1200 and 20 < len(d.response) < 600]
+            for d in read_self_instruct(path) if len(d.prompt[-1]["content"]) < 1200 and 20 < len(d.response) < 600]
+
+
+def seed_task_rows() -> list[dict]:
+    """Self-Instruct's 175 hand-written seed tasks."""
+    return self_instruct_rows(DATA / "self_instruct_seed_tasks" / "seed_tasks.jsonl")
 
 
 def user_oriented_rows() -> list[dict]:
-    """Self-Instruct's 252 user-oriented instructions (instruction + input, the expert-written output as reference)."""
-    from rlhf.data import read_self_instruct
-
-    demos = read_self_instruct(DATA / "self_instruct_user_oriented" / "user_oriented_instructions.jsonl")
-    return [{"text": d.prompt[-1]["content"], "reference": d.response, "category": "other"}
-            for d in demos if len(d.prompt[-1]["content"]) < 1200 and 20 < len(d.response) < 600]
+    """Self-Instruct's 252 user-oriented instructions (expert-written outputs)."""
+    return self_instruct_rows(DATA / "self_instruct_user_oriented" / "user_oriented_instructions.jsonl")
 
 
 def no_robots_rows() -> list[dict]:
@@ -78,12 +82,8 @@ def no_robots_rows() -> list[dict]:
                 continue
             text, reference = turns[0]["content"].strip(), turns[1]["content"].strip()
             if len(text) < 1200 and 20 < len(reference) < 600:
-                category = row["category"].lower().replace(" ", "_")
                 rows.append({"text": text, "reference": reference,
-                             "category": {"open_qa": "open_qa", "closed_qa": "closed_qa", "summarize": "summarization",
-                                          "extract": "extract", "brainstorm": "brainstorming",
-                                          "generation": "generation", "rewrite": "rewrite",
-                                          "classify": "classification", "chat": "chat"}.get(category, "other")})
+                             "category": NO_ROBOTS_CATEGORIES.get(row["category"], "other")})
     return rows
 
 
