@@ -96,7 +96,7 @@ class PPOConfig(TrainerConfig):
     top_k: int = _help("Top-k sampling (0 = off). Anything but 0/1.0 makes the ratio approximate.", 0)
     top_p: float = _help("Nucleus sampling (1.0 = off).", 1.0)
     cache_implementation: str | None = _help("HF generate cache, e.g. 'static' on GPU (compiled decode step; much faster after a slow first call).", None)
-    merged_generation: bool = _help("With LoRA: sample rollouts from a plain copy of the policy with the adapter folded in "
+    merged_generation: bool = _help("LoRA only (an error with full fine-tuning): sample rollouts from a plain copy of the policy with the adapter folded in "
                                     "(W + scale * B @ A, refreshed before every rollout) instead of through the adapter "
                                     "layers: faster decoding for one more copy of the policy's weights.", False)
     ppo_epochs: int = _help("Passes over each rollout batch.", 4)
@@ -318,7 +318,10 @@ def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
 
     from .models import load_causal_lm, load_reward_model, load_tokenizer, lora_config
 
-    if config.merged_generation and config.use_lora and config.load_in_bits:
+    if config.merged_generation and not config.use_lora:
+        raise ValueError("merged_generation folds LoRA adapters into a plain copy of the policy; with full fine-tuning "
+                         "(use_lora off) the policy already samples from plain weights: turn merged_generation off")
+    if config.merged_generation and config.load_in_bits:
         raise ValueError("merged_generation needs full-precision base weights: it cannot fold LoRA into a "
                          f"{config.load_in_bits}-bit model; turn one of them off")
     seed_everything(config.seed)  # fresh score heads are initialised at load time

@@ -230,6 +230,11 @@ def test_merged_generation_refuses_a_quantized_base(tmp_path, tiny_dir):
         build_models(small_config(tmp_path, tiny_dir, merged_generation=True, load_in_bits=4), use_reward_model=False)
 
 
+def test_merged_generation_refuses_full_fine_tuning(tmp_path, tiny_dir):
+    with pytest.raises(ValueError, match="merged_generation folds LoRA adapters.*turn merged_generation off"):
+        build_models(small_config(tmp_path, tiny_dir, merged_generation=True, use_lora=False), use_reward_model=False)
+
+
 def test_missing_eos_penalty_is_applied_to_rollouts(tmp_path, tiny_dir):
     cfg = small_config(tmp_path, tiny_dir, missing_eos_penalty=1.0, max_new_tokens=4)
     models = build_models(cfg, use_reward_model=False)
