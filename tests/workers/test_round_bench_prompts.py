@@ -1,0 +1,50 @@
+"""The round benchmark's prompt readers (bench/round_cpu.py --prompts-from): what the win-rate is measured on."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from labelapp.models import Category
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("round_cpu", REPO / "bench" / "round_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not module.DATA.is_dir():
+        pytest.skip(f"shared data folder {module.DATA} not present (set SHARED_DATA_DIR)")
+    return module
+
+
+def test_all_sources_give_distinct_prompts_with_usable_references(bench):
+    rows = bench.prompt_rows("all", 10_000)
+    texts = [row["text"] for row in rows]
+    assert len(texts) == len(set(texts)) >= 400  # a project holds each prompt once
+    assert all(row["text"].strip() and len(row["text"]) < 1200 for row in rows)
+    assert all(20 < len(row["reference"]) < 600 for row in rows)
+    assert {row["category"] for row in rows} <= set(Category.values)
+    # every source is in the mix, and a prefix (the training split) sees more than one of them
+    dolly, seed = bench.dolly_rows(10_000), bench.seed_task_rows()
+    users, robots = bench.user_oriented_rows(), bench.no_robots_rows()
+    assert dolly and seed and users and robots
+    first = set(texts[:100])
+    assert first & {r["text"] for r in dolly} and first & {r["text"] for r in seed + users + robots}
+
+
+def test_the_order_is_fixed_and_limits_cut_it(bench):
+    assert bench.prompt_rows("all", 30) == bench.prompt_rows("all", 10_000)[:30]
+    assert len(bench.prompt_rows("dolly", 10)) == 10
+    assert bench.prompt_rows("seed", 5) == bench.seed_task_rows()[:5]
+    both = bench.prompt_rows("both", 10_000)
+    assert len(both) == len(bench.dolly_rows(10_000)) + len(bench.seed_task_rows())
+
+
+def test_no_robots_keeps_single_turn_rows_only(bench):
+    rows = bench.no_robots_rows()
+    assert rows and all(set(row) == {"text", "reference", "category"} for row in rows)
+    assert {row["category"] for row in rows} <= set(bench.NO_ROBOTS_CATEGORIES.values()) | {"other"}
