@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=24, help="training prompts")
     parser.add_argument("--held-out", type=int, default=16, help="held-out prompts for the evaluation")
     parser.add_argument("--sample-prompts", type=int, default=12)
+    parser.add_argument("--k", type=int, default=4, help="completions per ranking task (the project's K; InstructGPT used 4-9)")
     parser.add_argument("--method", choices=["ppo", "dpo"], default="ppo", help="the round's policy step")
     parser.add_argument("--ppo-updates", type=int, default=8)
     parser.add_argument("--policy-lr", type=float, default=None,
@@ -151,7 +152,7 @@ def main() -> None:
     from workers.tasks import run_execute
 
     call_command("migrate", verbosity=0)
-    project = project_create(name="Round benchmark", k=4, overlap=args.overlap)
+    project = project_create(name="Round benchmark", k=args.k, overlap=args.overlap)
     admin = get_user_model().objects.create_user("bench-admin")
     membership_set(project=project, user=admin, role="admin")
     rows = prompt_rows(args.prompts_from, args.train + args.held_out)
