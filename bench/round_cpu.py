@@ -225,10 +225,11 @@ def main() -> None:
     from workers.simulate import EmbeddingOracle, rule_scores
 
     oracle = EmbeddingOracle() if args.oracle == "embedding" else rule_scores
-    prefer = []  # the oracle without noise: does it prefer the new policy's answer (A)?
+    prefer, lengths = [], []  # the oracle without noise: does it prefer the new policy's answer (A)?
     for task in EvaluationTask.objects.filter(round=rnd).select_related("prompt", "completion_a", "completion_b"):
         a, b = oracle(task.prompt.reference, [task.completion_a.text, task.completion_b.text])
         prefer.append(1.0 if a > b else 0.5 if a == b else 0.0)
+        lengths.append((len(task.completion_a.text), len(task.completion_b.text), len(task.prompt.reference)))
     human, auto = summary["human"], summary["reward_model"]
     if args.method == "dpo":
         last = next((m for m in reversed(policy_run.metrics) if "rewards/accuracies" in m), {})
@@ -246,6 +247,9 @@ def main() -> None:
         print(f"  oracle without noise: {p:.3f} (n={len(prefer)}); annotators who keep the oracle's order with "
               f"q = {q:.3f} give {1 - q + (2 * q - 1) * p:.3f} in expectation "
               f"(0.60 needs p ≥ {(0.6 - (1 - q)) / (2 * q - 1):.3f})")
+    if lengths:
+        mean = [sum(col) / len(lengths) for col in zip(*lengths)]
+        print(f"  mean answer length (characters): new policy {mean[0]:.0f}, SFT parent {mean[1]:.0f}, references {mean[2]:.0f}")
     if auto["win_rate"] is not None:
         print(f"  reward model:         {auto['win_rate']:.3f} [{auto['low']:.3f}, {auto['high']:.3f}] (n={auto['n']})")
 
