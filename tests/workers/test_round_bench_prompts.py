@@ -44,7 +44,7 @@ def test_the_order_is_fixed_and_limits_cut_it(bench):
     assert len(both) == len(bench.dolly_rows(10_000)) + len(bench.seed_task_rows())
 
 
-def test_no_robots_keeps_single_turn_rows_only(bench):
+def test_no_robots_rows_have_the_three_fields_and_mapped_categories(bench):
     rows = bench.no_robots_rows()
     assert rows and all(set(row) == {"text", "reference", "category"} for row in rows)
     assert {row["category"] for row in rows} <= set(bench.NO_ROBOTS_CATEGORIES.values()) | {"other"}
