@@ -25,6 +25,22 @@ class DPORunConfig(TrainerConfig):
     learning_rate: float = _help("Peak learning rate (linear decay).", 5e-5)
     beta: float = _help("DPO temperature: strength of the implicit KL constraint to the reference.", 0.1)
     loss_type: str = _help("TRL DPO loss ('sigmoid' = DPO, 'ipo', 'hinge', ...).", "sigmoid")
+    sft_weight: float = _help("Weight of an added negative log-likelihood term on the chosen answers (RPO, Pang et "
+                              "al. 2024); 0 = plain DPO. It keeps the chosen answers likely instead of only "
+                              "widening the margin.", 0.0)
+    ld_alpha: float | None = _help("LD-DPO (Liu et al. 2024): the weight, in [0, 1], of the log-probabilities of the "
+                                   "tokens by which the longer answer of a pair outruns the shorter; lower values "
+                                   "stop DPO from learning plain length. null = plain DPO (same as 1).")
+
+
+def check_dpo_config(config: DPORunConfig) -> None:
+    """Raise ``ValueError`` for settings TRL would only reject after the model has loaded."""
+    if config.sft_weight < 0:
+        raise ValueError(f"sft_weight must be 0 or more (got {config.sft_weight}).")
+    if config.sft_weight and config.loss_type == "sft":
+        raise ValueError("sft_weight adds an 'sft' term to the DPO loss; with loss_type 'sft' use sft_weight 0.")
+    if config.ld_alpha is not None and not 0.0 <= config.ld_alpha <= 1.0:
+        raise ValueError(f"ld_alpha must lie in [0, 1] (got {config.ld_alpha}).")
 
 
 def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
@@ -32,12 +48,16 @@ def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
     """A ``DPOTrainer`` ready to ``train()``."""
     from trl import DPOConfig, DPOTrainer
 
+    check_dpo_config(config)
     seed_everything(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
     load = dict(device=config.device, dtype=config.dtype, load_in_bits=config.load_in_bits)
     model = model or load_causal_lm(config.model, **load)
     ref_model = None if config.use_lora else load_causal_lm(config.model, **load).eval()
-    args = trl_args(config, DPOConfig, beta=config.beta, loss_type=[config.loss_type])
+    losses = {"loss_type": [config.loss_type]}
+    if config.sft_weight:
+        losses = {"loss_type": [config.loss_type, "sft"], "loss_weights": [1.0, config.sft_weight]}
+    args = trl_args(config, DPOConfig, beta=config.beta, ld_alpha=config.ld_alpha, **losses)
     return DPOTrainer(
         model=model, ref_model=ref_model, args=args, processing_class=tokenizer,
         train_dataset=pairs_to_dataset(pairs), eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
@@ -48,6 +68,7 @@ def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
 def train_dpo(config: DPORunConfig, pairs: Sequence[PreferencePair] | None = None,
               progress: Callable[[int, int, dict], None] | None = None) -> Artifacts:
     """Run DPO; ``pairs`` default to ``load_pairs(config.data, config.data_format)``."""
+    check_dpo_config(config)
     if pairs is None:
         pairs = load_pairs(config.data, config.data_format)
     pairs = list(pairs)

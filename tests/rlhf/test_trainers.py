@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from rlhf import Cancelled
@@ -178,3 +179,30 @@ def test_dpo_moves_the_policy_toward_chosen(tmp_path, tiny_dir, tiny_tokenizer):
     assert art.status == "succeeded" and art.metrics["rewards/accuracies"] > 0.5
     before, after = margin(load_causal_lm(tiny_dir)), margin(load_causal_lm(art.model_dir))
     assert after > before + 1.0, (before, after)
+
+
+def test_dpo_sft_weight_and_ld_alpha_reach_trl_and_train(tmp_path, tiny_dir):
+    from rlhf.dpo import DPORunConfig, build_dpo_trainer, train_dpo
+
+    config = DPORunConfig(output_dir=str(tmp_path / "dpo"), model=tiny_dir, max_steps=4, per_device_batch_size=8,
+                          learning_rate=3e-3, max_length=512, save_steps=0, sft_weight=0.5, ld_alpha=0.3)
+    args = build_dpo_trainer(config, PAIRS).args
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 0.5] and args.ld_alpha == 0.3
+    plain = build_dpo_trainer(DPORunConfig(output_dir=str(tmp_path / "plain"), model=tiny_dir, max_steps=1), PAIRS).args
+    assert plain.loss_type == ["sigmoid"] and plain.ld_alpha is None
+    art = train_dpo(config, PAIRS)
+    assert art.status == "succeeded" and art.metrics["rewards/accuracies"] > 0.5
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"sft_weight": -1.0}, "sft_weight must be 0 or more"),
+    ({"ld_alpha": 1.5}, r"ld_alpha must lie in \[0, 1\]"),
+    ({"loss_type": "sft", "sft_weight": 1.0}, "with loss_type 'sft' use sft_weight 0"),
+])
+def test_dpo_bad_loss_settings_fail_before_anything_loads(tmp_path, bad, message):
+    from rlhf.dpo import DPORunConfig, train_dpo
+
+    out = tmp_path / "dpo"
+    with pytest.raises(ValueError, match=message):  # the model path does not exist: nothing was loaded
+        train_dpo(DPORunConfig(output_dir=str(out), model=str(tmp_path / "missing"), **bad), PAIRS)
+    assert not out.exists()

@@ -1,9 +1,10 @@
 """Which pairs of each ranking the reward model and DPO train on (`min_rank_gap`), through the executors
-with a tiny model: the filter reaches the trainer and the lineage records it."""
+with a tiny model: the filter reaches the trainer and the lineage records it. Also DPO's loss settings
+(`sft_weight`, `ld_alpha`): a bad value fails the run clearly and registers nothing."""
 import pytest
 from django.core.exceptions import ValidationError
 
-from labelapp.models import TrainingRun
+from labelapp.models import ModelVersion, TrainingRun
 from tests.conftest import make_project, make_prompt, make_task
 from workers import executors
 from workers.simulate import simulate
@@ -55,3 +56,13 @@ def test_ppo_refuses_a_pair_setting_it_cannot_use(ranked):
 
     with pytest.raises(ValidationError, match=r"Unknown PPOConfig settings: \['min_rank_gap'\]"):
         executors.make_config(PPOConfig, run_of(ranked, "ppo", {"min_rank_gap": 2}))
+
+
+def test_dpo_loss_settings_train_and_bad_ones_register_nothing(ranked):
+    outcome = executors.run_dpo(run_of(ranked, "dpo", {**TINY, "sft_weight": 1.0, "ld_alpha": 0.5}), lambda *a: None)
+    assert outcome.result["pairs"] == 18 and outcome.model is not None
+    versions = ModelVersion.objects.count()
+    bad = run_of(ranked, "dpo", {**TINY, "ld_alpha": 2})
+    with pytest.raises(ValueError, match=r"ld_alpha must lie in \[0, 1\] \(got 2\)"):
+        executors.run_dpo(bad, lambda *a: None)
+    assert ModelVersion.objects.count() == versions
