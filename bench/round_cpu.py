@@ -118,6 +118,10 @@ def main() -> None:
     parser.add_argument("--policy-lr", type=float, default=None,
                         help="policy learning rate (LoRA; default 1e-4 for PPO, 5e-5 for DPO)")
     parser.add_argument("--dpo-steps", type=int, default=40, help="DPO optimizer steps (batch 4 pairs)")
+    parser.add_argument("--sft-weight", type=float, default=0.0,
+                        help="DPO: weight of an NLL term on the chosen answers (RPO; 0 = plain DPO)")
+    parser.add_argument("--ld-alpha", type=float, default=None,
+                        help="DPO: LD-DPO's weight of the tokens by which the longer answer outruns the shorter")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="PPO KL coefficient")
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--rm-steps", type=int, default=40)
@@ -179,7 +183,7 @@ def main() -> None:
                   "learning_rate": args.policy_lr or 1e-4, **seeded}
     else:
         policy = {**training, "max_steps": args.dpo_steps, "learning_rate": args.policy_lr or 5e-5, "beta": 0.1,
-                  "min_rank_gap": args.min_rank_gap}
+                  "min_rank_gap": args.min_rank_gap, "sft_weight": args.sft_weight, "ld_alpha": args.ld_alpha}
     rnd = round_start(project=project, user=admin, method=args.method, params={
         "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
         "sft": {**training, "max_steps": args.sft_steps, "learning_rate": 2e-4},
