@@ -1,7 +1,9 @@
 """The round benchmark's prompt readers (bench/round_cpu.py --prompts-from): what the win-rate is measured on."""
 from __future__ import annotations
 
+import csv
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,11 @@ REPO = Path(__file__).resolve().parents[2]
 def bench():
     spec = importlib.util.spec_from_file_location("round_cpu", REPO / "bench" / "round_cpu.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)  # it puts the repository and bench/ first on sys.path …
+    finally:
+        sys.path[:] = path  # … for itself only, not for the rest of the test session
     if not module.DATA.is_dir():
         pytest.skip(f"shared data folder {module.DATA} not present (set SHARED_DATA_DIR)")
     return module
@@ -48,3 +54,24 @@ def test_no_robots_rows_have_the_three_fields_and_mapped_categories(bench):
     rows = bench.no_robots_rows()
     assert rows and all(set(row) == {"text", "reference", "category"} for row in rows)
     assert {row["category"] for row in rows} <= set(bench.NO_ROBOTS_CATEGORIES.values()) | {"other"}
+
+
+def test_no_robots_keeps_single_turn_rows_only(bench, tmp_path, monkeypatch):
+    folder = tmp_path / "dolly_no_robots_animal_topic_subsets"
+    folder.mkdir()
+    answer = "Owls hunt at night and fly almost silently thanks to their soft feathers."
+    conversations = {
+        "single": [{"role": "user", "content": "How do owls hunt? "}, {"role": "assistant", "content": answer}],
+        "multi": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer},
+                  {"role": "user", "content": "More?"}, {"role": "assistant", "content": answer}],
+        "system": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Owls?"},
+                   {"role": "assistant", "content": answer}],
+        "short": [{"role": "user", "content": "Owls?"}, {"role": "assistant", "content": "Birds."}],
+    }
+    with open(folder / "no_robots_subset.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["prompt", "messages", "category"])
+        writer.writeheader()
+        for name, turns in conversations.items():  # the data set stores a Python repr of the list
+            writer.writerow({"prompt": name, "messages": repr(turns), "category": "Open QA"})
+    monkeypatch.setattr(bench, "DATA", tmp_path)
+    assert bench.no_robots_rows() == [{"text": "How do owls hunt?", "reference": answer, "category": "open_qa"}]
