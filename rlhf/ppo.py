@@ -95,7 +95,9 @@ class PPOConfig(TrainerConfig):
     temperature: float = _help("Sampling temperature (log-probs use the same temperature).", 1.0)
     top_k: int = _help("Top-k sampling (0 = off). Anything but 0/1.0 makes the ratio approximate.", 0)
     top_p: float = _help("Nucleus sampling (1.0 = off).", 1.0)
-    cache_implementation: str | None = _help("HF generate cache, e.g. 'static' on GPU (compiled decode step; much faster after a slow first call).", None)
+    cache_implementation: str | None = _help("Roll out with HF generate() and this cache, e.g. 'static' on GPU (compiled "
+                                             "decode step; much faster after a slow first call); null: rlhf's own "
+                                             "decoding loop, which drops finished responses from the batch.", None)
     merged_generation: bool = _help("LoRA only (an error with full fine-tuning): sample rollouts from a plain copy of the policy with the adapter folded in "
                                     "(W + scale * B @ A, refreshed before every rollout) instead of through the adapter "
                                     "layers: faster decoding for one more copy of the policy's weights.", False)

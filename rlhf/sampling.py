@@ -3,8 +3,9 @@
     python -m rlhf sample --config sample.json
 
 ``sample(model, tokenizer, prompts, k=4, ...)`` renders each prompt through the chat template (with the
-generation prompt), generates in left-padded batches of up to ``batch_size`` sequences, stops at EOS and
-returns one ``Sample`` per completion with the decoding settings, the seed and token counts.
+generation prompt), generates in left-padded batches of up to ``batch_size`` sequences of prompts of
+similar length, drops each sequence from its batch at its EOS (``decode``) and returns one ``Sample`` per
+completion with the decoding settings, the seed and token counts.
 Reproducibility: the same seed, batch size and device give the same samples.
 
 Helpers for RL: ``generate_ids`` (padded query/response tensors), ``truncate_after_eos``,
@@ -39,10 +40,12 @@ class SamplingConfig:
     top_k: int = _help("Top-k sampling (0 = off).", 0)
     repetition_penalty: float = _help("HF repetition penalty (1.0 = off).", 1.0)
     seed: int = _help("Random seed.", 0)
-    batch_size: int = _help("Sequences per generate() call (prompts x K are flattened).", 32)
+    batch_size: int = _help("Sequences decoded together (prompts x K are flattened).", 32)
     device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
     dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
-    cache_implementation: str | None = _help("HF cache implementation, e.g. 'static' (compiled decode on GPU).")
+    cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "
+                                             "on GPU); null: rlhf's own loop, which drops finished sequences from the "
+                                             "batch.")
 
 
 @dataclass
@@ -91,11 +94,97 @@ def truncate_after_eos(response_ids: torch.Tensor, eos_token_ids: Sequence[int],
     return response_ids.masked_fill(~mask, pad_token_id), mask, has_eos
 
 
+def logits_processors(do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                      repetition_penalty: float = 1.0):
+    """The HF logits processors ``generate()`` would apply for these settings, in its order."""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    out = LogitsProcessorList()
+    if repetition_penalty != 1.0:
+        out.append(RepetitionPenaltyLogitsProcessor(repetition_penalty))
+    if do_sample:
+        if temperature != 1.0:
+            out.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            out.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            out.append(TopPLogitsWarper(top_p))
+    return out
+
+
+def _cache_argument(model) -> str:
+    """The forward() argument that takes the KV cache: ``cache`` in newer transformers, ``past_key_values`` before."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+           eos_token_ids: Sequence[int], pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
+           top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> torch.Tensor:
+    """Autoregressive decoding of a left-padded batch that drops each row from the batch once it has
+    produced EOS: ``(B, Q)`` -> response ids ``(B, R)``, ``pad_token_id`` after each row's EOS.
+
+    ``model.generate`` keeps computing finished rows until the longest one ends, so with sampled
+    answers of very different lengths most of a batch's decoding work is padding. Here the
+    batch shrinks as rows finish (their KV-cache rows are dropped), so each step costs what the
+    unfinished rows need. Same logits processors and sampling as ``generate`` (softmax, then one
+    ``torch.multinomial`` draw per row; argmax when ``do_sample`` is false); a batch in which no row
+    finishes early draws the same tokens as ``generate`` with the same seed.
+    """
+    from transformers import DynamicCache
+
+    processors = logits_processors(do_sample, temperature, top_p, top_k, repetition_penalty)
+    batch, device = input_ids.shape[0], input_ids.device
+    eos = torch.tensor(list(eos_token_ids), device=device)
+    out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    rows = torch.arange(batch, device=device)  # which original rows are still decoding
+    mask = attention_mask.long()
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    seen = input_ids  # what the repetition penalty looks at (prompt + answer so far), alive rows only
+    cache = {_cache_argument(model): DynamicCache()}
+    step_ids, step_positions = input_ids, positions
+    for t in range(max_new_tokens):
+        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,
+                       logits_to_keep=1, **cache).logits[:, -1, :].float()
+        scores = processors(seen, logits)
+        if do_sample:
+            tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+        else:
+            tokens = scores.argmax(dim=-1)
+        out[rows, t] = tokens
+        alive = ~torch.isin(tokens, eos)
+        if not alive.any() or t == max_new_tokens - 1:
+            break
+        if not alive.all():  # drop the finished rows from everything that is batched
+            keep = alive.nonzero().squeeze(1)
+            next(iter(cache.values())).batch_select_indices(keep)
+            rows, tokens, mask, seen = rows[keep], tokens[keep], mask[keep], seen[keep]
+            step_positions = step_positions[keep]
+        if repetition_penalty != 1.0:
+            seen = torch.cat([seen, tokens.unsqueeze(1)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        step_positions = step_positions[:, -1:] + 1
+        step_ids = tokens.unsqueeze(1)
+    return out[:, :t + 1]
+
+
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: Sequence[str | Messages], max_new_tokens: int = 128,
                  cache_implementation: str | None = None, **decoding) -> dict[str, torch.Tensor]:
-    """One generate() call over ``prompts``: left-padded ``query_ids``/``query_mask`` (B, Q) and EOS-truncated
-    ``response_ids``/``response_mask`` (B, R), ``has_eos`` (B,)."""
+    """One batch over ``prompts``: left-padded ``query_ids``/``query_mask`` (B, Q) and EOS-truncated
+    ``response_ids``/``response_mask`` (B, R), ``has_eos`` (B,).
+
+    Decodes with ``decode`` (finished rows leave the batch); with a ``cache_implementation`` (e.g.
+    'static', compiled decoding on a GPU) through ``model.generate`` instead."""
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -105,14 +194,17 @@ def generate_ids(model, tokenizer, prompts: Sequence[str | Messages], max_new_to
     finally:
         tokenizer.padding_side = side
     eos = eos_ids(model, tokenizer)
-    kwargs = dict(decoding)
+    kwargs = {k: v for k, v in decoding.items() if k != "max_new_tokens"}
     if not kwargs.get("do_sample", True):
         kwargs = {"do_sample": False, "repetition_penalty": kwargs.get("repetition_penalty", 1.0)}
     if cache_implementation:
-        kwargs["cache_implementation"] = cache_implementation
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                         pad_token_id=tokenizer.pad_token_id, **kwargs)
-    response = out[:, enc["input_ids"].shape[1]:]  # (B, R)
+        generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
+                                   pad_token_id=tokenizer.pad_token_id, cache_implementation=cache_implementation,
+                                   **kwargs)
+        response = generated[:, enc["input_ids"].shape[1]:]  # (B, R)
+    else:
+        response = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos,
+                          tokenizer.pad_token_id, **kwargs)
     response, mask, has_eos = truncate_after_eos(response, eos, tokenizer.pad_token_id)
     return {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"].bool(),
             "response_ids": response, "response_mask": mask, "has_eos": has_eos}
@@ -123,12 +215,15 @@ def sample(model, tokenizer, prompts: Sequence[str | Messages], k: int = 4, max_
            repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 32,
            cache_implementation: str | None = None,
            progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
-    """K completions for each prompt, in batches of ``batch_size`` sequences."""
+    """K completions for each prompt, in batches of ``batch_size`` sequences (longest prompts first, so a
+    batch's prompts are of similar length); returned in prompt order, then sample order."""
     decoding = decoding_settings(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty)
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
-    jobs = [(i, j) for i in range(len(prompts)) for j in range(k)]
+    # longest prompts first, each prompt's K samples together: batches of similar length pad little
+    lengths = [len(ids) for ids in tokenizer(render_prompts(tokenizer, prompts), add_special_tokens=False)["input_ids"]]
+    jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(k)), key=lambda job: (-lengths[job[0]], job))
     samples: list[Sample] = []
     eos = None
     t0 = time.time()
@@ -148,7 +243,7 @@ def sample(model, tokenizer, prompts: Sequence[str | Messages], k: int = 4, max_
             tokens = sum(s.completion_tokens for s in samples)
             progress(len(samples), len(jobs), {"perf/tokens_per_s": tokens / max(time.time() - t0, 1e-9)})
     model.train(was_training)
-    return samples
+    return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,

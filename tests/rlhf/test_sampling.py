@@ -71,3 +71,57 @@ def test_cli_sample_writes_samples_and_metadata(tiny_dir, tmp_path):
     assert len(rows) == 6 and {r["prompt_index"] for r in rows} == {0, 1}
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert meta["kind"] == "sample" and meta["config"]["k"] == 3 and meta["metrics"]["samples"] == 6
+
+
+def _left_padded(tokenizer, texts):
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True)
+    tokenizer.padding_side = side
+    return enc
+
+
+def _hf_response(model, enc, n, eos, pad, **kw):
+    out = model.generate(**enc, max_new_tokens=n, eos_token_id=eos, pad_token_id=pad, **kw)
+    return out[:, enc["input_ids"].shape[1]:]
+
+
+def test_decode_matches_generate_greedy_while_rows_finish_and_leave(tiny_dir, tiny_tokenizer):
+    """Greedy: the same tokens as model.generate, though rows end at different steps (every row that
+    emits one of the frequent tokens chosen as EOS here leaves the batch) and prompts are left-padded."""
+    from rlhf.models import load_causal_lm
+    from rlhf.sampling import decode
+
+    model = load_causal_lm(tiny_dir).eval()
+    enc = _left_padded(tiny_tokenizer, ["hi", "Tell me a long story about the sea please.", "Why is the sky blue?",
+                                        "a b c d e f g h i j k l m n o p", "What rhymes with orange?"])
+    pad = tiny_tokenizer.pad_token_id
+    reference = _hf_response(model, enc, 24, None, pad, do_sample=False)
+    eos = reference[:, 5].tolist()[:2]  # tokens the model emits: rows end early, at different steps
+    expected = _hf_response(model, enc, 24, eos, pad, do_sample=False)
+    ours = decode(model, enc["input_ids"], enc["attention_mask"], 24, eos, pad, do_sample=False)
+    ended = torch.isin(expected, torch.tensor(eos)).any(1)
+    assert 0 < int(ended.sum()) < len(ended)  # some rows left the batch early, some ran to the cap
+    width = expected.shape[1]
+    assert ours.shape[1] == width and torch.equal(ours, expected)
+    penalised = decode(model, enc["input_ids"], enc["attention_mask"], 24, eos, pad, do_sample=False,
+                       repetition_penalty=1.3)
+    assert torch.equal(penalised, _hf_response(model, enc, 24, eos, pad, do_sample=False, repetition_penalty=1.3))
+
+
+def test_decode_samples_like_generate_with_the_same_seed(tiny_dir, tiny_tokenizer):
+    """Sampling with temperature, top-k and top-p: when no row ends early, the same draws as model.generate."""
+    from rlhf.models import load_causal_lm
+    from rlhf.sampling import decode
+
+    model = load_causal_lm(tiny_dir).eval()
+    enc = _left_padded(tiny_tokenizer, ["Tell me about cats.", "hi"])
+    pad = tiny_tokenizer.pad_token_id
+    settings = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9}
+    torch.manual_seed(3)
+    expected = _hf_response(model, enc, 16, [], pad, **settings)
+    torch.manual_seed(3)
+    ours = decode(model, enc["input_ids"], enc["attention_mask"], 16, [], pad, **settings)
+    assert torch.equal(ours, expected)
+    torch.manual_seed(4)
+    assert not torch.equal(decode(model, enc["input_ids"], enc["attention_mask"], 16, [], pad, **settings), expected)
