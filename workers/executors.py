@@ -162,11 +162,15 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
     k = int(run.params.get("k", project.k))
     n = int(run.params.get("prompts", 8))
     version = run.input_model
-    already = RankingTask.objects.filter(project=project, completions__model_version=version).values("prompt_id")
-    prompts = list(
-        Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).exclude(id__in=already).order_by("?")[:n]
-        if version else Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN).order_by("?")[:n]
-    )
+    seed = int(run.params.get("seed", random.SystemRandom().randrange(1 << 30)))
+    candidates = Prompt.objects.filter(project=project, split=Prompt.Split.TRAIN)
+    if version:  # prompts this policy has not answered yet
+        candidates = candidates.exclude(
+            id__in=RankingTask.objects.filter(project=project, completions__model_version=version).values("prompt_id"))
+    ids = list(candidates.order_by("id").values_list("id", flat=True))
+    chosen = random.Random(seed).sample(ids, min(n, len(ids)))  # the run's seed also fixes which prompts
+    by_id = Prompt.objects.in_bulk(chosen)
+    prompts = [by_id[i] for i in chosen]
     if not prompts:
         return Outcome({"prompts": 0, "tasks": 0})
     if version is None:  # sampling from the base model: register it once so completions can name it
@@ -176,7 +180,6 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
         )
     tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
     model = load_causal_lm(version.artifact_path)
-    seed = int(run.params.get("seed", random.SystemRandom().randrange(1 << 30)))
     samples = sample(
         model, tokenizer, [p.turns for p in prompts], k=k, max_new_tokens=int(run.params.get("max_new_tokens", 64)),
         temperature=float(run.params.get("temperature", 1.0)), seed=seed, progress=progress,

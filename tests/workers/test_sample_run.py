@@ -1,0 +1,29 @@
+"""A sampling run's seed fixes which prompts it samples, not only the samples (reproducible rounds)."""
+import pytest
+
+from labelapp.models import RankingTask, TrainingRun
+from tests.conftest import make_project, make_prompt
+from workers import executors
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_seed_fixes_the_prompts_a_sampling_run_picks(tmp_path, settings, tiny_dir):
+    settings.DATA_DIR = tmp_path
+    project = make_project(k=2, base_model=tiny_dir)
+    for i in range(12):
+        make_prompt(project, text=f"Name an animal that starts with letter number {i}.")
+    make_prompt(project, text="A held-out prompt, never sampled for ranking.", split="validation")
+
+    def picked(seed):
+        before = set(RankingTask.objects.values_list("id", flat=True))
+        run = TrainingRun.objects.create(project=project, kind="sample", status=TrainingRun.Status.RUNNING,
+                                         params={"prompts": 4, "max_new_tokens": 2, "seed": seed})
+        outcome = executors.run_sample(run, lambda *a: None)
+        assert outcome.result["prompts"] == 4 and outcome.result["seed"] == seed
+        return {t.prompt.text for t in RankingTask.objects.exclude(id__in=before).select_related("prompt")}
+
+    first = picked(5)
+    assert len(first) == 4 and all(text.startswith("Name an animal") for text in first)
+    assert picked(5) == first
+    assert any(picked(seed) != first for seed in (6, 7, 8))  # other seeds, other prompts (deterministic)
