@@ -130,8 +130,9 @@ def main() -> None:
     parser.add_argument("--min-rank-gap", type=int, default=1,
                         help="train the reward model (and DPO) only on completions this many ranks apart (1 = all pairs)")
     parser.add_argument("--seed", type=int, default=None,
-                        help="another draw: seeds the simulated annotators, the training runs and the sampling (which prompts, and the samples) "
-                             "(default: annotators 0, training 42, evaluation 0, sampling random)")
+                        help="another draw: seeds the simulated annotators, the training runs and the sampling "
+                             "(which prompts, and the samples; default: annotators 0, training 42, evaluation 0, "
+                             "sampling random)")
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="answer length cap when sampling for ranking, from the new policy and in the evaluation")
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
