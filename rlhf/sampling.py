@@ -126,6 +126,14 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
+def draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V), with those probabilities (zero-probability tokens never):
+    the first token whose cumulative probability reaches u, with u uniform on (0, row total]."""
+    cdf = probs.cumsum(dim=-1)
+    u = (1.0 - torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype)) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[1] - 1)
+
+
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_token_ids: Sequence[int], pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
@@ -136,9 +144,10 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
     ``model.generate`` keeps computing finished rows until the longest one ends, so with sampled
     answers of very different lengths most of a batch's decoding work is padding. Here the
     batch shrinks as rows finish (their KV-cache rows are dropped), so each step costs what the
-    unfinished rows need. Same logits processors and sampling as ``generate`` (softmax, then one
-    ``torch.multinomial`` draw per row; argmax when ``do_sample`` is false); a batch in which no row
-    finishes early draws the same tokens as ``generate`` with the same seed.
+    unfinished rows need. Same logits processors as ``generate``, argmax when ``do_sample`` is false;
+    sampling draws from the same softmax by inverting its cumulative distribution (``draw``), not
+    with ``torch.multinomial``, whose exponential noise over the whole vocabulary cost about 45 ms a
+    step for 32 rows on a 2-core CPU (inverse CDF: about 2 ms).
     """
     from transformers import DynamicCache
 
@@ -157,7 +166,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
                        logits_to_keep=1, **cache).logits[:, -1, :].float()
         scores = processors(seen, logits)
         if do_sample:
-            tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            tokens = draw(F.softmax(scores, dim=-1))
         else:
             tokens = scores.argmax(dim=-1)
         out[rows, t] = tokens

@@ -109,19 +109,41 @@ def test_decode_matches_generate_greedy_while_rows_finish_and_leave(tiny_dir, ti
     assert torch.equal(penalised, _hf_response(model, enc, 24, eos, pad, do_sample=False, repetition_penalty=1.3))
 
 
-def test_decode_samples_like_generate_with_the_same_seed(tiny_dir, tiny_tokenizer):
-    """Sampling with temperature, top-k and top-p: when no row ends early, the same draws as model.generate."""
+def test_draw_follows_the_probabilities_and_never_picks_a_zero():
+    from rlhf.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    picks = torch.stack([draw(probs) for _ in range(20_000)])  # (N, 2)
+    counts = torch.bincount(picks[:, 0], minlength=6).float() / len(picks)
+    assert counts[[0, 2, 5]].sum() == 0 and (picks[:, 1] == 5).all()
+    assert torch.allclose(counts, probs[0], atol=0.015), counts
+    # rows that do not sum to one (float rounding after top-p) still draw in proportion
+    assert (draw(torch.tensor([[0.0, 0.2, 0.0]])) == 1).all()
+
+
+def test_decode_samples_from_the_processed_distribution_reproducibly(tiny_dir, tiny_tokenizer):
+    """Temperature, top-k and top-p: every sampled token lies in the set those processors keep, the same seed
+    gives the same tokens, and another seed other tokens."""
     from rlhf.models import load_causal_lm
-    from rlhf.sampling import decode
+    from rlhf.sampling import decode, logits_processors
 
     model = load_causal_lm(tiny_dir).eval()
     enc = _left_padded(tiny_tokenizer, ["Tell me about cats.", "hi"])
     pad = tiny_tokenizer.pad_token_id
-    settings = {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9}
+    settings = {"do_sample": True, "temperature": 0.7, "top_k": 5, "top_p": 0.9}
     torch.manual_seed(3)
-    expected = _hf_response(model, enc, 16, [], pad, **settings)
+    ours = decode(model, enc["input_ids"], enc["attention_mask"], 12, [], pad, **settings)
+    processors = logits_processors(**settings)
+    for t in range(ours.shape[1]):  # re-score each step without a cache and check the token was allowed
+        ids = torch.cat([enc["input_ids"], ours[:, :t]], dim=1)
+        mask = torch.cat([enc["attention_mask"], torch.ones_like(ours[:, :t])], dim=1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1].float()
+        allowed = torch.isfinite(processors(ids, logits))
+        assert allowed.sum(1).le(5).all() and allowed[torch.arange(2), ours[:, t]].all()
     torch.manual_seed(3)
-    ours = decode(model, enc["input_ids"], enc["attention_mask"], 16, [], pad, **settings)
-    assert torch.equal(ours, expected)
+    assert torch.equal(decode(model, enc["input_ids"], enc["attention_mask"], 12, [], pad, **settings), ours)
     torch.manual_seed(4)
-    assert not torch.equal(decode(model, enc["input_ids"], enc["attention_mask"], 16, [], pad, **settings), expected)
+    assert not torch.equal(decode(model, enc["input_ids"], enc["attention_mask"], 12, [], pad, **settings), ours)
