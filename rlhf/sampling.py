@@ -154,7 +154,9 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
     processors = logits_processors(do_sample, temperature, top_p, top_k, repetition_penalty)
     batch, device = input_ids.shape[0], input_ids.device
     eos = torch.tensor(list(eos_token_ids), device=device)
-    out = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    out = torch.full((batch, max(max_new_tokens, 0)), pad_token_id, dtype=torch.long, device=device)
+    if max_new_tokens < 1:
+        return out
     rows = torch.arange(batch, device=device)  # which original rows are still decoding
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)

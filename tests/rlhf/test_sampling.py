@@ -104,6 +104,7 @@ def test_decode_matches_generate_greedy_while_rows_finish_and_leave(tiny_dir, ti
     assert 0 < int(ended.sum()) < len(ended)  # some rows left the batch early, some ran to the cap
     width = expected.shape[1]
     assert ours.shape[1] == width and torch.equal(ours, expected)
+    assert decode(model, enc["input_ids"], enc["attention_mask"], 0, eos, pad).shape == (5, 0)
     penalised = decode(model, enc["input_ids"], enc["attention_mask"], 24, eos, pad, do_sample=False,
                        repetition_penalty=1.3)
     assert torch.equal(penalised, _hf_response(model, enc, 24, eos, pad, do_sample=False, repetition_penalty=1.3))
