@@ -161,7 +161,8 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
     mask = attention_mask.long()
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     seen = input_ids  # what the repetition penalty looks at (prompt + answer so far), alive rows only
-    cache = {_cache_argument(model): DynamicCache()}
+    kv = DynamicCache()
+    cache = {_cache_argument(model): kv}  # forward()'s name for it differs across transformers versions
     step_ids, step_positions = input_ids, positions
     for t in range(max_new_tokens):
         logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,
@@ -177,7 +178,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
             break
         if not alive.all():  # drop the finished rows from everything that is batched
             keep = alive.nonzero().squeeze(1)
-            next(iter(cache.values())).batch_select_indices(keep)
+            kv.batch_select_indices(keep)
             rows, tokens, mask, seen = rows[keep], tokens[keep], mask[keep], seen[keep]
             step_positions = step_positions[keep]
         if repetition_penalty != 1.0:
