@@ -220,6 +220,7 @@ def launch(python: str, name: str, args, policy: str, reward: str) -> dict:
     out["s_per_update"] = sum(steady) / len(steady)
     out["episodes_per_s"] = args.batch / out["s_per_update"]
     out["per_update"] = per_update
+    print(f"{name}: {out['s_per_update']:.2f} s/update, peak {out['peak_gb']:.2f} GB", flush=True)  # before a later side can time out
     return out
 
 

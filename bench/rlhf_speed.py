@@ -239,6 +239,8 @@ def bench_sample(p: dict) -> dict:
     tok.padding_side = "left"
     enc = tok(render_prompts(tok, prompts), add_special_tokens=False, padding=True, return_tensors="pt").to(model.device)
     tok.padding_side = side
+    with torch.no_grad():  # warm-up (CUDA context, kernels, allocator) so neither side pays for it in its timing
+        model.generate(**enc, max_new_tokens=4, do_sample=True, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
     sync()
     t0 = time.perf_counter()
