@@ -5,10 +5,13 @@ previous item), and GET pages only show an assignment that is already the user's
 """
 from __future__ import annotations
 
+import logging
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import InterfaceError, OperationalError, connection
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -28,6 +31,8 @@ from labelapp.services.labels import (
 )
 from labelapp.services.label_changes import demonstration_edit, demonstration_withdraw, ranking_edit, ranking_withdraw
 from labelapp.services.queue import assignment_skip, task_claim
+
+logger = logging.getLogger(__name__)
 
 
 def _render(request: HttpRequest, template: str, page: str, context: dict, status: int = 200) -> HttpResponse:
@@ -70,8 +75,40 @@ def claim_next(request: HttpRequest, slug: str, queue: str) -> HttpResponse:
     return _go_to_next(request, project, queue)
 
 
-def _go_to_next(request: HttpRequest, project: Project, queue: str) -> HttpResponse:
-    assignment = task_claim(project=project, user=request.user, queue=queue)
+DB_ERRORS = (OperationalError, InterfaceError)  # the connection dropped, a deadlock, a failover
+
+
+def _submit(call):
+    """Run an idempotent submit service; if the database connection dropped under it, run it once
+    more on a new connection (a repeat of a stored submission returns the stored label)."""
+    try:
+        return call()
+    except DB_ERRORS:
+        if connection.in_atomic_block:
+            raise
+        # the service's transaction was rolled back, and a broken connection closed (Django's
+        # atomic does both), so the retry runs on a new connection
+        logger.warning("database error during a submission; retrying once", exc_info=True)
+        return call()
+
+
+START = {Queue.WRITE: "Start writing", Queue.RANK: "Start ranking", Queue.COMPARE: "Start comparing"}
+
+
+def _go_to_next(request: HttpRequest, project: Project, queue: str, saved: bool = False) -> HttpResponse:
+    """Claim the next item and go there. After a saved label a database error while claiming must
+    not turn into an error page: the label is stored (its "saved" message is already queued), so
+    say that the next item could not be fetched and offer to continue from the project page."""
+    try:
+        assignment = task_claim(project=project, user=request.user, queue=queue)
+    except DB_ERRORS:
+        if not saved:  # nothing was saved: the error page (503, labelapp.middleware) says to retry
+            raise
+        logger.warning("claiming the next item after a saved label failed", exc_info=True)
+        messages.warning(
+            request, f"The next item could not be fetched just now; press {START[Queue(queue)]} to continue."
+        )
+        return redirect("labelapp:project", slug=project.slug)
     if assignment is None:
         messages.info(request, f"Nothing is waiting in the {Queue(queue).label.lower()} queue. Thank you!")
         return redirect("labelapp:project", slug=project.slug)
@@ -130,17 +167,17 @@ def write(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
         return gone
     if request.method == "POST":
         try:
-            demonstration_submit(
+            _submit(lambda: demonstration_submit(
                 assignment_id=assignment.pk,
                 user=request.user,
                 text=request.POST.get("text", ""),
                 time_spent_ms=request.POST.get("time_spent_ms") or 0,
-            )
+            ))
         except ValidationError as exc:
             errors = _errors(exc)
         else:
             messages.success(request, "Demonstration saved.")
-            return _go_to_next(request, project, Queue.WRITE)
+            return _go_to_next(request, project, Queue.WRITE, saved=True)
     elif (gone := _finished_redirect(request, project, assignment)) is not None:
         return gone
     context = {
@@ -198,7 +235,7 @@ def rank(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
             order = None
             if form["ranks"] or not form["none_acceptable"]:
                 order = order_from_ranks(form["ranks"], completion_ids=[c.pk for c in completions], names=letters)
-            ranking_submit(
+            _submit(lambda: ranking_submit(
                 assignment_id=assignment.pk,
                 user=request.user,
                 order=order,
@@ -206,12 +243,12 @@ def rank(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
                 flags=form["flags"],
                 scores=form["scores"],
                 time_spent_ms=request.POST.get("time_spent_ms") or 0,
-            )
+            ))
         except ValidationError as exc:
             errors = _errors(exc)
         else:
             messages.success(request, "Ranking saved.")
-            return _go_to_next(request, project, Queue.RANK)
+            return _go_to_next(request, project, Queue.RANK, saved=True)
     elif (gone := _finished_redirect(request, project, assignment)) is not None:
         return gone
     rows = _rank_rows(completions, letters, form)
@@ -242,18 +279,18 @@ def compare(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse
         return gone
     if request.method == "POST":
         try:
-            comparison_submit(
+            _submit(lambda: comparison_submit(
                 assignment_id=assignment.pk,
                 user=request.user,
                 preferred=request.POST.get("preferred", ""),
                 a_shown_left=a_left,
                 time_spent_ms=request.POST.get("time_spent_ms") or 0,
-            )
+            ))
         except ValidationError as exc:
             errors = _errors(exc)
         else:
             messages.success(request, "Comparison saved.")
-            return _go_to_next(request, project, Queue.COMPARE)
+            return _go_to_next(request, project, Queue.COMPARE, saved=True)
     elif (gone := _finished_redirect(request, project, assignment)) is not None:
         return gone
     context = {
@@ -273,13 +310,13 @@ def skip(request: HttpRequest, slug: str, queue: str, assignment_id: int) -> Htt
         messages.error(request, "Say why you skip this prompt (the reason helps us fix bad prompts).")
         return redirect(f"labelapp:{queue}", slug=project.slug, assignment_id=assignment.pk)
     try:
-        assignment_skip(assignment_id=assignment.pk, user=request.user, reason=reason)
+        _submit(lambda: assignment_skip(assignment_id=assignment.pk, user=request.user, reason=reason))
     except ValidationError as exc:
         for message in exc.messages:
             messages.error(request, message)
         return redirect("labelapp:project", slug=project.slug)
     messages.info(request, "Skipped.")
-    return _go_to_next(request, project, queue)
+    return _go_to_next(request, project, queue, saved=True)
 
 
 @login_required
