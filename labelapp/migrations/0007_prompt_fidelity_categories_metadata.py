@@ -29,7 +29,7 @@ def rehash_prompts(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('labelapp', '0005_assignment_one_live_lease'),
+        ('labelapp', '0006_label_withdraw'),
     ]
 
     operations = [
