@@ -7,6 +7,7 @@ in DATA_DIR; with it, PostgreSQL (or whatever the URL names).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -165,6 +166,26 @@ if PRODUCTION:
 # package, listening on a unix socket in DATA_DIR (scripts/embedded-redis starts it).
 REDIS_URL = os.environ.get("REDIS_URL", "") or f"redis+socket://{DATA_DIR / 'redis.sock'}"
 
+# The cache holds the log-in and token throttles, so it must be shared by every web process:
+# the Redis of REDIS_URL when it is set, else a table in the database (created by `migrate`).
+# Not the embedded Redis: it is the workers' broker and may not run beside `manage.py runserver`.
+CACHE_TABLE = "studio_cache"
+if os.environ.get("REDIS_URL"):
+    _cache_url = REDIS_URL.replace("redis+socket://", "unix://", 1)
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url,
+                          "KEY_PREFIX": "studio-cache"}}
+else:
+    CACHES = {"default": {"BACKEND": "labelapp.cache.AtomicDatabaseCache", "LOCATION": CACHE_TABLE}}
+
+# Reverse proxies in front of the web processes that append the client's address to
+# TRUSTED_PROXY_HEADER (X-Forwarded-For): 0 = none, the client is REMOTE_ADDR; 1 = one proxy
+# (nginx with `proxy_add_x_forwarded_for`), the client is the header's last entry; n = the n-th
+# from the right. Throttles key on that address; entries a client writes itself are never trusted.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+TRUSTED_PROXY_HEADER = "HTTP_" + os.environ.get("TRUSTED_PROXY_HEADER", "X-Forwarded-For").strip().upper().replace("-", "_")
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, not {TRUSTED_PROXY_COUNT}.")
+
 # --- Celery (workers/) ------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = None  # run state lives in TrainingRun rows, not in Celery results
@@ -213,6 +234,10 @@ LABEL_MAX_TEXT_CHARS = env_int("LABEL_MAX_TEXT_CHARS", 20_000)
 # Largest prompt import file accepted, in bytes.
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
 
+THROTTLE_TOKEN_CREATE = os.environ.get("THROTTLE_TOKEN_CREATE", "20/hour").strip()
+if not re.fullmatch(r"\d+/[smhd]\w*", THROTTLE_TOKEN_CREATE):
+    raise ImproperlyConfigured(f"THROTTLE_TOKEN_CREATE={THROTTLE_TOKEN_CREATE!r}: write it like 20/hour")
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "labelapp.api.auth.ApiTokenAuthentication",
@@ -222,7 +247,8 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     # Creating tokens is rare; a burst means a script gone wrong or a stolen session.
-    "DEFAULT_THROTTLE_RATES": {"token_create": os.environ.get("THROTTLE_TOKEN_CREATE", "20/hour")},
+    "DEFAULT_THROTTLE_RATES": {"token_create": THROTTLE_TOKEN_CREATE},
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,  # for any DRF throttle keyed on the address
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "RLHF studio API",
@@ -238,9 +264,14 @@ SPECTACULAR_SETTINGS = {
         "labelapp.api.schema.reviewer_only_fields",
     ],
 }
-# Failed logins allowed per client address in LOGIN_THROTTLE_WINDOW seconds.
+# Log-in throttle (labelapp.throttle): failures of one account from one client address that are
+# free; after them each attempt waits 1 s, 2 s, 4 s … up to LOGIN_THROTTLE_MAX_DELAY seconds.
+# Failures are forgotten LOGIN_THROTTLE_WINDOW seconds after the last one, or on a successful
+# log-in. One address alone gets LOGIN_THROTTLE_ADDRESS_ATTEMPTS free failures over all accounts.
 LOGIN_THROTTLE_ATTEMPTS = env_int("LOGIN_THROTTLE_ATTEMPTS", 10)
-LOGIN_THROTTLE_WINDOW = env_int("LOGIN_THROTTLE_WINDOW", 300)
+LOGIN_THROTTLE_ADDRESS_ATTEMPTS = env_int("LOGIN_THROTTLE_ADDRESS_ATTEMPTS", 100)
+LOGIN_THROTTLE_MAX_DELAY = env_int("LOGIN_THROTTLE_MAX_DELAY", 300)
+LOGIN_THROTTLE_WINDOW = env_int("LOGIN_THROTTLE_WINDOW", 3600)
 
 LOGGING = {
     "version": 1,

@@ -16,7 +16,6 @@ from rest_framework.exceptions import NotFound, PermissionDenied, ValidationErro
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from labelapp import exports, selectors
@@ -27,6 +26,7 @@ from labelapp.services.access import has_role
 from labelapp.services.projects import prompts_import
 from labelapp.services.tokens import api_token_create, api_token_revoke
 from labelapp.stats import project_agreement
+from labelapp.throttle import TokenCreateThrottle
 
 
 class Cursor(CursorPagination):
@@ -169,7 +169,7 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         return ApiToken.objects.filter(user=self.request.user)
 
     def get_throttles(self):
-        return [ScopedRateThrottle()] if self.action == "create" else super().get_throttles()
+        return [TokenCreateThrottle()] if self.action == "create" else super().get_throttles()
 
     @extend_schema(request=s.ApiTokenCreateSerializer, responses={201: s.ApiTokenCreatedSerializer})
     def create(self, request):

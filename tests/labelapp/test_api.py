@@ -3,7 +3,6 @@ import json
 import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
-from rest_framework.throttling import ScopedRateThrottle
 
 from labelapp.models import ApiToken, Prompt, Queue
 from labelapp.services.labels import demonstration_submit, ranking_submit
@@ -63,8 +62,8 @@ def test_bad_token_inputs(api):
     assert anon.get("/api/v1/projects/").status_code == 401
 
 
-def test_token_creation_is_throttled(api, monkeypatch):
-    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"token_create": "2/hour"})
+def test_token_creation_is_throttled(api, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token_create": "2/hour"}}
     as_user(api, make_user())
     codes = [api.post("/api/v1/tokens/", {"name": f"t{i}"}, format="json").status_code for i in range(3)]
     assert codes == [201, 201, 429]
