@@ -82,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "labelapp.middleware.ApiErrorMiddleware",  # after it in this list: its process_exception runs second
     "labelapp.middleware.DatabaseUnavailableMiddleware",
 ]
 
@@ -245,6 +246,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "labelapp.api.errors.exception_handler",  # one error shape everywhere
+    "DEFAULT_PARSER_CLASSES": ["labelapp.api.parsers.JSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     # Creating tokens is rare; a burst means a script gone wrong or a stolen session.
     "DEFAULT_THROTTLE_RATES": {"token_create": THROTTLE_TOKEN_CREATE},

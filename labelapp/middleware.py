@@ -60,3 +60,28 @@ class DatabaseUnavailableMiddleware:
             response = HttpResponse(page, status=503, content_type="text/html; charset=utf-8")
         response["Retry-After"] = "5"
         return response
+
+
+class ApiErrorMiddleware:
+    """An unexpected exception under /api/ answers a JSON 500 (never Django's HTML page, debug or
+    not), logged like any server error on the `django.request` logger. With DEBUG the body also
+    names the exception."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not request.path.startswith("/api/"):
+            return None
+        from django.conf import settings
+
+        logging.getLogger("django.request").error(
+            "Internal Server Error: %s", request.path, exc_info=exception, extra={"status_code": 500, "request": request}
+        )
+        body = {"detail": "Server error. It has been logged; try again later or tell the studio's operators."}
+        if settings.DEBUG:
+            body["debug"] = f"{type(exception).__name__}: {exception}"
+        return JsonResponse(body, status=500)

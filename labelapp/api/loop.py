@@ -7,11 +7,12 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp import selectors
+from labelapp.api.errors import Invalid
 from labelapp.api.views import PROJECT, ScopedReadViewSet, _choice, _int, project_for
 from labelapp.models import Role, Round, TrainingRun
 from labelapp.services.rounds import round_cancel, round_start
@@ -55,7 +56,7 @@ def _service(call):
     try:
         return call()
     except DjangoValidationError as exc:
-        raise ValidationError({"detail": exc.messages}) from None
+        raise Invalid.from_django(exc) from None
     except DjangoPermissionDenied as exc:
         raise PermissionDenied(str(exc)) from None
 
@@ -104,7 +105,7 @@ class RoundStartView(APIView):
     """Start the project's next round (admins)."""
 
     @extend_schema(request=RoundStartSerializer, responses={201: RoundSerializer})
-    def post(self, request, project_id: int):
+    def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.ADMIN)
         body = RoundStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)

@@ -31,6 +31,8 @@ def project_create(
     if not name:
         raise ValidationError("A project needs a name.")
     slug = slugify(slug or name)[:80]
+    if not slug or slug.isdigit():
+        raise ValidationError(f"The slug {slug!r} needs a letter: the API tells slugs from ids by that.")
     if Project.objects.filter(slug=slug).exists():
         raise ValidationError(f"A project with the slug {slug!r} already exists.")
     project = Project(
