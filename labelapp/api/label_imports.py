@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp.api.errors import Invalid
+from labelapp.api.uploads import LimitedUploadMixin
 from labelapp.api.views import REFUSED, project_for
 from labelapp.label_formats import FORMATS
 from labelapp.models import Role
@@ -23,7 +24,7 @@ def _counts():
     return serializers.DictField(child=serializers.IntegerField(), help_text=f"per kind: {', '.join(KINDS)}")
 
 
-class LabelImportView(APIView):
+class LabelImportView(LimitedUploadMixin, APIView):
     """Import labels in one of the formats in labelapp.label_formats.FORMATS."""
 
     parser_classes = [MultiPartParser]
@@ -43,6 +44,7 @@ class LabelImportView(APIView):
     @extend_schema(request={"multipart/form-data": InputSerializer}, responses={201: OutputSerializer})
     def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.REVIEWER)
+        self.upload_or_none(request)  # 413 if the upload was stopped at the limit
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         upload = body.validated_data["file"]
@@ -50,7 +52,7 @@ class LabelImportView(APIView):
             raise Invalid({"file": [f"line 1: the file is {upload.size:,} bytes; the limit is {settings.IMPORT_MAX_BYTES:,} bytes"]},
                           summary=REFUSED)
         try:
-            result = labels_import(project=project, data=upload.read(), fmt=body.validated_data["format"],
+            result = labels_import(project=project, data=upload, fmt=body.validated_data["format"],
                                    skip_invalid=body.validated_data["skip_invalid"])
         except DjangoValidationError as exc:
             raise Invalid({"file": exc.messages}, summary=REFUSED) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
@@ -92,7 +93,7 @@ class RoundViewSet(ScopedReadViewSet):
         rnd = self.get_object()
         return Response(RoundSerializer(_service(lambda: round_cancel(round_id=rnd.pk, user=request.user))).data)
 
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
     def evaluation(self, request, pk=None):
         """Win-rate of the round's new policy over its parent: blind human comparisons and the
@@ -116,7 +117,7 @@ class RoundStartView(APIView):
 class MakeCurrentView(APIView):
     """Mark a model version as its project's current policy / reward model (admins)."""
 
-    @extend_schema(request=None, responses={200: serializers.DictField()})
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def post(self, request, pk: int):
         version = selectors.visible_model_versions(request.user).filter(pk=pk).first()
         if version is None:

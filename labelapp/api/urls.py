@@ -1,9 +1,9 @@
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import SimpleRouter
 
 from labelapp.api import views
 from labelapp.api.errors import not_found
+from labelapp.api.schema import SchemaView, SwaggerView
 from labelapp.api.label_imports import LabelImportView
 from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
 
@@ -29,7 +29,7 @@ urlpatterns = [
     path("projects/<str:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
     path("projects/<str:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
     path("model-versions/<int:pk>/make-current/", MakeCurrentView.as_view(), name="modelversion-make-current"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path("docs/", SwaggerView.as_view(url_name="api:schema"), name="docs"),
     re_path(r"^.*$", not_found),  # last: any other path answers a JSON 404
 ]

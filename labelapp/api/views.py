@@ -22,6 +22,7 @@ from rest_framework.views import APIView
 from labelapp import exports, selectors
 from labelapp.api import serializers as s
 from labelapp.api.errors import Invalid
+from labelapp.api.uploads import LimitedUploadMixin
 from labelapp.importing import detect_format
 from labelapp.models import ApiToken, Demonstration, Project, Prompt, Role
 from labelapp.services.access import has_role
@@ -85,6 +86,8 @@ class ScopedReadViewSet(viewsets.ReadOnlyModelViewSet):
     filters: dict[str, tuple[str, Callable]] = {}
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types: no user
+            return self.get_serializer_class().Meta.model.objects.none()
         qs = type(self).scope(self.request.user)
         if self.action == "list":
             qs = apply_filters(self.request, qs, self.filters)
@@ -114,6 +117,10 @@ class ProjectViewSet(ScopedReadViewSet):
 
     serializer_class = s.ProjectSerializer
     scope = staticmethod(selectors.visible_projects)
+
+    @extend_schema(parameters=[OpenApiParameter("id", str, OpenApiParameter.PATH, description="The project's id or slug.")])
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
 
     def get_object(self):
         project = project_lookup(self.get_queryset(), self.kwargs["pk"])
@@ -193,6 +200,8 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     throttle_scope = "token_create"
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types: no user
+            return ApiToken.objects.none()
         return ApiToken.objects.filter(user=self.request.user)
 
     def get_throttles(self):
@@ -236,7 +245,7 @@ def project_for(request, project_id: int | str, min_role: str) -> Project:
 REFUSED = "import refused, nothing was written"
 
 
-class PromptImportView(APIView):
+class PromptImportView(LimitedUploadMixin, APIView):
     """Import prompts (JSONL or CSV, optionally gzipped) into a project: all or nothing."""
 
     parser_classes = [MultiPartParser]
@@ -247,7 +256,7 @@ class PromptImportView(APIView):
     )
     def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.REVIEWER)
-        upload = request.FILES.get("file")
+        upload = self.upload_or_none(request)
         if upload is None:
             raise Invalid({"file": "attach the file as multipart field 'file'"})
         try:
@@ -258,7 +267,7 @@ class PromptImportView(APIView):
             raise Invalid({"file": f"the file is {upload.size:,} bytes; the limit is {settings.IMPORT_MAX_BYTES:,} bytes"},
                           summary=REFUSED)
         try:
-            result = prompts_import(project=project, data=upload.read(), fmt=fmt)
+            result = prompts_import(project=project, data=upload, fmt=fmt)  # read as a stream
         except DjangoValidationError as exc:
             raise Invalid({"file": exc.messages}, summary=REFUSED) from None
         return Response(s.ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)

@@ -154,7 +154,7 @@ def test_import_size_limit_is_checked_before_reading(api, project, reviewer, set
     settings.IMPORT_MAX_BYTES = 10
     as_user(api, reviewer)
     response = api.post(f"/api/v1/projects/{project.pk}/imports/prompts/", {"file": upload("p.jsonl", b"x" * 11)})
-    assert response.status_code == 400 and "the limit is 10 bytes" in response.json()["errors"]["file"][0]
+    assert response.status_code == 413 and "the limit is 10 bytes" in response.json()["detail"]
 
 
 def test_other_projects_are_404_for_project_routes(api, reviewer):

@@ -314,7 +314,7 @@ def test_api(project, reviewer, annotator, settings):
     assert api.post(url, {"format": "hh"}).status_code == 400
     settings.IMPORT_MAX_BYTES = 10
     too_big = api.post(url, {"file": upload("hh.jsonl.gz", data), "format": "hh"})
-    assert too_big.status_code == 400 and "the limit is 10 bytes" in too_big.json()["errors"]["file"][0]
+    assert too_big.status_code == 413 and "the limit is 10 bytes" in too_big.json()["detail"]
     assert counts() == before
 
 
