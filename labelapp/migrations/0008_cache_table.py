@@ -20,7 +20,7 @@ def drop_cache_table(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("labelapp", "0006_prompt_fidelity_categories_metadata"),
+        ("labelapp", "0007_prompt_fidelity_categories_metadata"),
     ]
 
     operations = [migrations.RunPython(create_cache_table, drop_cache_table)]
