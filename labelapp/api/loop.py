@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp import selectors
+from labelapp.api.errors import Invalid
 from labelapp.api.views import PROJECT, ScopedReadViewSet, _choice, _int, project_for
 from labelapp.models import Role, Round, TrainingRun
 from labelapp.services.rounds import round_cancel, round_start
@@ -55,7 +57,7 @@ def _service(call):
     try:
         return call()
     except DjangoValidationError as exc:
-        raise ValidationError({"detail": exc.messages}) from None
+        raise Invalid.from_django(exc) from None
     except DjangoPermissionDenied as exc:
         raise PermissionDenied(str(exc)) from None
 
@@ -91,7 +93,7 @@ class RoundViewSet(ScopedReadViewSet):
         rnd = self.get_object()
         return Response(RoundSerializer(_service(lambda: round_cancel(round_id=rnd.pk, user=request.user))).data)
 
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
     def evaluation(self, request, pk=None):
         """Win-rate of the round's new policy over its parent: blind human comparisons and the
@@ -104,7 +106,7 @@ class RoundStartView(APIView):
     """Start the project's next round (admins)."""
 
     @extend_schema(request=RoundStartSerializer, responses={201: RoundSerializer})
-    def post(self, request, project_id: int):
+    def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.ADMIN)
         body = RoundStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -115,7 +117,7 @@ class RoundStartView(APIView):
 class MakeCurrentView(APIView):
     """Mark a model version as its project's current policy / reward model (admins)."""
 
-    @extend_schema(request=None, responses={200: serializers.DictField()})
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def post(self, request, pk: int):
         version = selectors.visible_model_versions(request.user).filter(pk=pk).first()
         if version is None:

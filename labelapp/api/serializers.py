@@ -6,6 +6,8 @@ reviewers and admins of that project get it; for annotators the field is left ou
 evaluation cannot be unblinded through the API (REVIEWER_ONLY_FIELDS, also in the schema)."""
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from labelapp import selectors
@@ -84,7 +86,10 @@ class RankingTaskSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "prompt", "completions", "ranking_count", "created_at"]
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class AnnotatorField(serializers.Field):
+    """An annotator's stable pseudonym ("ann_…")."""
+
     def to_representation(self, value: int) -> str:
         return pseudonym(value)
 
