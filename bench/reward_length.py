@@ -1,5 +1,5 @@
-"""Length bias of the reward model on real human preferences (CPU): plain Bradley-Terry against a
-length control (ODIN), on the same data, over several seeds.
+"""Length bias of the reward model on real human preferences (CPU): plain Bradley-Terry against the
+length controls (ODIN; PoE with a length-only expert), on the same data, over several seeds.
 
 Each run trains a reward model with ``rlhf.reward.train_reward`` (the studio's own code path) from the
 bundled SmolLM2-135M-Instruct on the first 2,000 pairs of Anthropic HH-RLHF helpful-base (test split,
@@ -61,9 +61,9 @@ def fmt(mean: float | None, half: float | None = None) -> str:
 
 
 def label_of(rec: dict) -> str:
-    if rec["method"] == "plain":
-        return "plain"
-    return f"odin (length {rec['odin_length_weight']:g}, orth {rec['odin_orthogonal_weight']:g})"
+    if rec["method"] == "odin":
+        return f"odin (length {rec['odin_length_weight']:g}, orth {rec['odin_orthogonal_weight']:g})"
+    return rec["method"]
 
 
 def print_table(records: list[dict]) -> None:
@@ -111,7 +111,7 @@ def print_table(records: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="plain,odin", help="comma list of plain, odin")
+    ap.add_argument("--methods", default="plain,odin,poe", help="comma list of plain, odin, poe (length_control)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-pairs", type=int, default=2000)
     ap.add_argument("--eval-pairs", type=int, default=None, help="default: all pairs after the first 2,000")
@@ -153,8 +153,8 @@ def main() -> None:
                 "lr": args.lr, "batch_size": args.batch_size, "lora_layers": args.lora_layers}
     runs = [(seed, method) for seed in [int(s) for s in args.seeds.split(",")] for method in args.methods.split(",")]
     for seed, method in runs:  # seed by seed, so that a partial table is already paired
-        extra = {} if method == "plain" else {"odin_length_weight": args.odin_length_weight,
-                                              "odin_orthogonal_weight": args.odin_orthogonal_weight}
+        extra = {} if method != "odin" else {"odin_length_weight": args.odin_length_weight,
+                                             "odin_orthogonal_weight": args.odin_orthogonal_weight}
         key = {"method": method, "seed": seed, **settings, **extra}
         if any(all(r.get(k) == v for k, v in key.items()) for r in done):
             print(f"skip {method} seed {seed}: already in {results}", flush=True)

@@ -31,6 +31,16 @@ two linear heads read the same last hidden state, a quality head q and a length 
 with the correlations taken over the batch's answers (chosen and rejected) and L their lengths. Only q
 is kept: the saved model is a plain one-label reward model whose score head is the quality head, so
 PPO, the evaluation and ``rlhf.reward.score`` use it unchanged.
+
+PoE, a product of experts with a length-only expert (the debiasing of Clark et al. 2019, "Don't Take the
+Easy Way Out: Ensemble Based Methods for Avoiding Known Dataset Biases", with the bias expert of Shen et
+al. 2023, "Loose lips sink ships: Mitigating Length Bias in Reinforcement Learning from Human Feedback",
+reduced to the length itself): training minimises
+
+    -log sigmoid((q_c + w log(1 + L_c)) - (q_r + w log(1 + L_r)) [- margin])
+
+with w one learned weight. Whatever length explains of the labels the expert takes, so q is not pushed to
+learn length; only q is kept, as with ODIN.
 """
 
 from __future__ import annotations
@@ -120,4 +130,22 @@ def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor
     loss = rank + length_weight * (corr_q.abs() + 1.0 - corr_l) + orthogonal_weight * cosine.abs()
     parts = {"odin/loss_rank": rank, "odin/quality_length_corr": corr_q, "odin/length_head_corr": corr_l,
              "odin/head_cosine": cosine}
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+# -------------------------------------------------------------------------------------------------- PoE
+def poe_loss(quality: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor, *,
+             margin: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Product of experts with a length-only expert (module docstring): Bradley-Terry on q + w * log(1 + L).
+
+    quality, lengths: (2B,) chosen first, then rejected; weight: the expert's scalar w. Returns the loss and
+    its parts (detached) for logging.
+    """
+    total = quality + weight * torch.log1p(lengths.float())
+    chosen, rejected = total.chunk(2)
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    loss = -F.logsigmoid(diff).mean()
+    parts = {"poe/length_weight": weight, "poe/quality_length_corr": pearson(quality, lengths)}
     return loss, {k: v.detach() for k, v in parts.items()}

@@ -16,7 +16,8 @@ and the score read at the last non-pad token. PPO uses it for rewards.
 Held-out pairs also give the length diagnostics of ``rlhf.length`` (accuracy where the chosen answer is
 longer / shorter, how often the longer answer is preferred, the "longer wins" baseline, the correlation
 of reward with length in characters). ``length_control: "odin"`` trains ODIN's quality and length heads
-(``rlhf.length.odin_loss``) and keeps only the quality head as the model's score head.
+(``rlhf.length.odin_loss``), ``"poe"`` the reward beside a length-only expert (``rlhf.length.poe_loss``);
+both keep only the quality head as the model's score head.
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, meg
 
 def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair],
                          eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
-    """A ``RewardTrainer`` ready to ``train()`` (ODIN's subclass with ``length_control: "odin"``)."""
+    """A ``RewardTrainer`` ready to ``train()`` (the length-control subclass with ``length_control`` "odin"/"poe")."""
     from trl import RewardConfig, RewardTrainer
 
     check_reward_config(config)
@@ -178,14 +179,14 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     common = dict(model=model, args=args, processing_class=tokenizer,
                   eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
                   peft_config=peft_config_for(config, "SEQ_CLS"))
-    if config.length_control == "odin":
+    if config.length_control != "none":
         from trl.trainer.reward_trainer import DataCollatorForPreference
 
         dataset = pairs_to_dataset(pairs)
         dataset = dataset.add_column("chosen_chars", [len(p.chosen) for p in pairs])
         dataset = dataset.add_column("rejected_chars", [len(p.rejected) for p in pairs])
         collator = _LengthCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
-        return _odin_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
+        return _length_control_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
     return RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
 
 
@@ -202,35 +203,39 @@ class _LengthCollator:
         return batch
 
 
-ODIN_HEAD_FILE = "odin_length_head.safetensors"
-_ODIN_TRAINER = None
+LENGTH_HEAD_FILE = "length_head.safetensors"
+_LENGTH_TRAINER = None
 
 
-def _odin_trainer_class():
-    """``RewardTrainer`` with ODIN's length head and loss (built on first use: TRL is imported lazily)."""
-    global _ODIN_TRAINER
-    if _ODIN_TRAINER is not None:
-        return _ODIN_TRAINER
+def _length_control_trainer_class():
+    """``RewardTrainer`` with a length head and ODIN's or PoE's loss (built on first use: TRL loads lazily)."""
+    global _LENGTH_TRAINER
+    if _LENGTH_TRAINER is not None:
+        return _LENGTH_TRAINER
     from pathlib import Path
 
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     from trl import RewardTrainer
 
-    from .length import odin_loss
+    from .length import odin_loss, poe_loss
 
-    class ODINRewardTrainer(RewardTrainer):
-        """The model's own score head is the quality head; a second linear head on the same hidden state
-        (the input of ``score``, read at the same last token) is the length head. The length head is a
-        submodule of the model while training (so optimizer and DDP see it) and is dropped before saving."""
+    class LengthControlRewardTrainer(RewardTrainer):
+        """The model's own score head is the quality head q. ODIN: a second linear head on the same hidden
+        state (the input of ``score``, read at the same last token) is the length head. PoE: the length
+        expert is w * log(1 + characters), one learned weight. Either is a submodule ``length_head`` of the
+        model while training (so optimizer and DDP see it) and is dropped before saving."""
 
         def __init__(self, config: RewardRunConfig, **kwargs):
             super().__init__(**kwargs)
-            self.odin = config
+            self.control = config
             self._score = _score_module(self.model)
-            hidden = _head_weight(self._score).shape[-1]
-            head = torch.nn.Linear(hidden, 1, bias=False)
-            torch.nn.init.normal_(head.weight, std=getattr(self.model.config, "initializer_range", 0.02))
-            self.model.add_module("odin_length_head", head.to(next(self.model.parameters()).device))
+            if config.length_control == "odin":
+                head = torch.nn.Linear(_head_weight(self._score).shape[-1], 1, bias=False)
+                torch.nn.init.normal_(head.weight, std=getattr(self.model.config, "initializer_range", 0.02))
+            else:  # poe: starts at 0 (no length effect) and learns how much length explains
+                head = torch.nn.Linear(1, 1, bias=False)
+                torch.nn.init.zeros_(head.weight)
+            self.model.add_module("length_head", head.to(next(self.model.parameters()).device))
 
         def _set_signature_columns_if_needed(self):
             if self._signature_columns is None:  # keep the answers' lengths for the collator
@@ -246,13 +251,18 @@ def _odin_trainer_class():
             finally:
                 hook.remove()
             quality = outputs.logits.squeeze(-1).float()  # (2B,) the score head = quality head
-            hidden = captured["hidden"]  # (2B, T, H), what the score head read
-            last = inputs["attention_mask"].sum(-1) - 1  # right padding: the token the score is read at
-            head = self.model.odin_length_head
-            length = head(hidden[torch.arange(len(last), device=hidden.device), last].float()).squeeze(-1)  # (2B,)
-            loss, parts = odin_loss(quality, length, lengths.to(quality.device), _head_weight(self._score), head.weight,
-                                    length_weight=self.odin.odin_length_weight,
-                                    orthogonal_weight=self.odin.odin_orthogonal_weight, margin=inputs.get("margin"))
+            lengths = lengths.to(quality.device)
+            head = self.model.length_head
+            if self.control.length_control == "odin":
+                hidden = captured["hidden"]  # (2B, T, H), what the score head read
+                last = inputs["attention_mask"].sum(-1) - 1  # right padding: the token the score is read at
+                length = head(hidden[torch.arange(len(last), device=hidden.device), last].float()).squeeze(-1)  # (2B,)
+                loss, parts = odin_loss(quality, length, lengths, _head_weight(self._score), head.weight,
+                                        length_weight=self.control.odin_length_weight,
+                                        orthogonal_weight=self.control.odin_orthogonal_weight,
+                                        margin=inputs.get("margin"))
+            else:
+                loss, parts = poe_loss(quality, head.weight.reshape(()), lengths, margin=inputs.get("margin"))
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean(quality ** 2)
             chosen, rejected = quality.detach().chunk(2)
@@ -268,20 +278,20 @@ def _odin_trainer_class():
 
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             if self.accelerator.is_main_process and folder.is_dir():
-                save_file({"weight": self.model.odin_length_head.weight.detach().cpu().contiguous()},
-                          str(folder / ODIN_HEAD_FILE))
+                save_file({"weight": self.model.length_head.weight.detach().cpu().contiguous()},
+                          str(folder / LENGTH_HEAD_FILE))
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
-            path = Path(resume_from_checkpoint) / ODIN_HEAD_FILE
+            path = Path(resume_from_checkpoint) / LENGTH_HEAD_FILE
             if path.is_file():
                 from safetensors.torch import load_file
 
                 with torch.no_grad():
-                    self.model.odin_length_head.weight.copy_(load_file(str(path))["weight"])
+                    self.model.length_head.weight.copy_(load_file(str(path))["weight"])
 
-    _ODIN_TRAINER = ODINRewardTrainer
-    return ODINRewardTrainer
+    _LENGTH_TRAINER = LengthControlRewardTrainer
+    return LengthControlRewardTrainer
 
 
 def _score_module(model):
@@ -299,10 +309,10 @@ def _head_weight(score_module) -> torch.Tensor:
 
 
 def drop_length_head(model) -> None:
-    """Remove ODIN's length head from a trained model before it is saved (the quality head stays as ``score``)."""
+    """Remove the length head (ODIN, PoE) from a trained model before it is saved (``score`` stays: quality)."""
     for module in [model, getattr(model, "module", None)]:
-        if module is not None and hasattr(module, "odin_length_head"):
-            del module.odin_length_head
+        if module is not None and hasattr(module, "length_head"):
+            del module.length_head
 
 
 def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None = None,
@@ -320,12 +330,13 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     trainer = attach_progress(build_reward_trainer(config, pairs, tokenizer=tokenizer), progress)
 
     def held_out(trainer) -> dict:
-        drop_length_head(trainer.model)  # ODIN: from here on the model is its quality head alone
+        drop_length_head(trainer.model)  # ODIN / PoE: from here on the model is its quality head alone
         if not eval_pairs:
             return {}
         return held_out_report(trainer.model, tokenizer, eval_pairs, config.eval_batch_size)
 
-    head = {"odin": "quality head of ODIN (length head dropped)"}.get(config.length_control, "single head")
+    head = {"odin": "quality head of ODIN (length head dropped)",
+            "poe": "quality head of PoE (length expert dropped)"}.get(config.length_control, "single head")
     return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
                        data_hash=data_hash(pairs), progress=progress, after_train=held_out,
                        extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or []),

@@ -74,6 +74,35 @@ def test_odin_loss_equals_its_formula():
     assert float(pearson(torch.ones(4), lengths)) == 0.0  # a constant: 0, not NaN
 
 
+def test_poe_loss_equals_its_formula():
+    from rlhf.length import poe_loss
+
+    q = torch.tensor([0.3, -0.1, 0.2, 0.4])  # chosen, chosen, rejected, rejected
+    lengths = torch.tensor([200.0, 40.0, 50.0, 90.0])
+    loss, parts = poe_loss(q, torch.tensor(0.8), lengths, margin=torch.tensor([0.0, 0.5]))
+    e = [0.8 * math.log1p(x) for x in lengths.tolist()]
+    d1, d2 = (0.3 + e[0]) - (0.2 + e[2]), (-0.1 + e[1]) - (0.4 + e[3]) - 0.5
+    expected = -(math.log(1 / (1 + math.exp(-d1))) + math.log(1 / (1 + math.exp(-d2)))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and float(parts["poe/length_weight"]) == pytest.approx(0.8)
+
+
+def test_poe_setting_reaches_the_loss(tmp_path, tiny_dir):
+    """length_control 'poe': the loss is Bradley-Terry on the quality head plus w * log(1 + characters)."""
+    from rlhf.reward import build_reward_trainer
+
+    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="poe", group_by_length=False), PAIRS)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    trainer.model.eval()
+    with torch.no_grad():
+        quality = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        for w in (0.0, 1.5):
+            trainer.model.length_head.weight.fill_(w)
+            loss = float(trainer.compute_loss(trainer.model, dict(batch)))
+            total = quality + w * torch.log1p(batch["lengths"])
+            chosen, rejected = total.chunk(2)
+            assert loss == pytest.approx(float(-torch.nn.functional.logsigmoid(chosen - rejected).mean()), rel=1e-5)
+
+
 def _config(tmp_path, tiny_dir, **kw):
     from rlhf.reward import RewardRunConfig
 
@@ -98,14 +127,14 @@ def test_odin_setting_reaches_the_loss(tmp_path, tiny_dir):
 
     trainer = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", odin_length_weight=0.0,
                                            odin_orthogonal_weight=0.0, group_by_length=False), PAIRS)
-    assert type(trainer).__name__ == "ODINRewardTrainer" and hasattr(trainer.model, "odin_length_head")
+    assert type(trainer).__name__ == "LengthControlRewardTrainer" and hasattr(trainer.model, "length_head")
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     assert batch["lengths"].tolist() == [float(len(p.chosen)) for p in PAIRS[:8]] + [float(len(p.rejected))
                                                                                       for p in PAIRS[:8]]
     trainer.model.eval()
 
     def loss_with(length_weight, orthogonal_weight):
-        trainer.odin.odin_length_weight, trainer.odin.odin_orthogonal_weight = length_weight, orthogonal_weight
+        trainer.control.odin_length_weight, trainer.control.odin_orthogonal_weight = length_weight, orthogonal_weight
         with torch.no_grad():
             return float(trainer.compute_loss(trainer.model, dict(batch)))
 
@@ -121,8 +150,17 @@ def test_odin_setting_reaches_the_loss(tmp_path, tiny_dir):
     assert parts["odin/loss_rank"] == pytest.approx(plain, rel=1e-5)  # no extra terms: Bradley-Terry on q + l
 
 
-def test_odin_model_is_saved_as_its_quality_head(tmp_path, tiny_dir):
-    """After an ODIN run the checkpoint is a plain one-label reward model whose scores are the quality head's
+def head_output(trainer, hidden_last, characters):
+    """The length head's output for one answer: ODIN reads the hidden state, PoE the answer's characters."""
+    head = trainer.model.length_head
+    if trainer.control.length_control == "odin":
+        return head(hidden_last)
+    return head.weight.reshape(()) * math.log1p(characters)
+
+
+@pytest.mark.parametrize("control", ["odin", "poe"])
+def test_length_controlled_model_is_saved_as_its_quality_head(tmp_path, tiny_dir, control):
+    """After an ODIN (or PoE) run the checkpoint is a plain one-label reward model whose scores are the quality head's
     (not quality + length): rlhf.reward.score, PPO's reward and the run's own held-out metrics agree."""
     from safetensors import safe_open
 
@@ -131,7 +169,7 @@ def test_odin_model_is_saved_as_its_quality_head(tmp_path, tiny_dir):
     from rlhf.reward import (build_reward_trainer, conversation, encode_for_reward, held_out_report, score,
                              train_reward)
 
-    config = _config(tmp_path, tiny_dir, length_control="odin")
+    config = _config(tmp_path, tiny_dir, length_control=control)
     art = train_reward(config, PAIRS)
     assert art.metrics["eval/pairs"] == 6 and "eval/accuracy_chosen_shorter" in art.metrics
     assert json.loads((tmp_path / "rm" / "metadata.json").read_text())["reward_head"].startswith("quality head")
@@ -148,7 +186,7 @@ def test_odin_model_is_saved_as_its_quality_head(tmp_path, tiny_dir):
     assert again["eval/reward_length_corr"] == pytest.approx(art.metrics["eval/reward_length_corr"], abs=1e-5)
 
     # In memory, before saving: the quality head alone equals the saved model; quality + length does not.
-    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, output_dir=str(tmp_path / "rm2"), length_control="odin",
+    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, output_dir=str(tmp_path / "rm2"), length_control=control,
                                            max_steps=3), PAIRS)
     trainer.train()
     items = [conversation(p.prompt, p.chosen) for p in PAIRS[:4]]
@@ -159,16 +197,16 @@ def test_odin_model_is_saved_as_its_quality_head(tmp_path, tiny_dir):
         for item in items:
             ids = torch.tensor([encode_for_reward(tok, item)])
             quality.append(float(trainer.model(input_ids=ids).logits[0, 0]))
-            length.append(float(trainer.model.odin_length_head(hidden["h"][0, -1])))
+            length.append(float(head_output(trainer, hidden["h"][0, -1], len(item[-1]["content"]))))
     hook.remove()
     quality, length = torch.tensor(quality), torch.tensor(length)
     assert torch.allclose(score(trainer.model, tok, items), quality, atol=1e-5)  # score() reads the quality head
-    assert length.abs().max() > 1e-3  # and the length head would change the sum
+    assert length.abs().max() > 1e-3 and length.std() > 1e-4  # and the length head would change the ranking
     from rlhf.reward import drop_length_head
     from rlhf.runner import save_final_model
 
     drop_length_head(trainer.model)
-    saved = load_reward_model(save_final_model(trainer, trainer.odin, tok), device="cpu")
+    saved = load_reward_model(save_final_model(trainer, trainer.control, tok), device="cpu")
     assert torch.allclose(score(saved, tok, items), quality, atol=1e-5)
     assert not torch.allclose(score(saved, tok, items), quality + length, atol=1e-4)
     # PPO loads it as its reward model (value model = reward model with its adapter off) and scores the same
@@ -201,16 +239,16 @@ def test_cli_reward_prints_and_stores_the_length_diagnostics(tmp_path, tiny_dir,
 
 
 def test_odin_resumes_with_its_length_head(tmp_path, tiny_dir):
-    from rlhf.reward import ODIN_HEAD_FILE, build_reward_trainer
+    from rlhf.reward import LENGTH_HEAD_FILE, build_reward_trainer
 
     first = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", max_steps=2, save_steps=2), PAIRS)
     first.train()
-    saved = first.model.odin_length_head.weight.detach().clone()
-    assert (tmp_path / "rm" / "checkpoint-2" / ODIN_HEAD_FILE).is_file()
+    saved = first.model.length_head.weight.detach().clone()
+    assert (tmp_path / "rm" / "checkpoint-2" / LENGTH_HEAD_FILE).is_file()
     again = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", max_steps=2, save_steps=2), PAIRS)
-    assert not torch.equal(again.model.odin_length_head.weight, saved)
+    assert not torch.equal(again.model.length_head.weight, saved)
     again._load_from_checkpoint(str(tmp_path / "rm" / "checkpoint-2"))
-    assert torch.equal(again.model.odin_length_head.weight.detach(), saved)
+    assert torch.equal(again.model.length_head.weight.detach(), saved)
 
 
 def test_dpo_logs_the_chosen_and_rejected_lengths(tmp_path, tiny_dir, tiny_tokenizer):
