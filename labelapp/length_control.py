@@ -46,27 +46,27 @@ def _sigmoid(z: float) -> float:
     return e / (1.0 + e)
 
 
-def _log1pexp(z: float) -> float:
-    """log(1 + e^z) without overflow."""
-    return z + math.log1p(math.exp(-z)) if z > 0 else math.log1p(math.exp(z))
-
-
-def _evaluate(rows, weights, a: float, b: float, ridge: float):
-    """Penalised log-likelihood, gradient and negative Hessian at (a, b)."""
+def _evaluate(rows, a: float, b: float, ridge: float):
+    """Penalised log-likelihood, gradient and negative Hessian at (a, b) (the hot loop of the bootstrap:
+    one exp per row, no function calls)."""
+    exp, log1p = math.exp, math.log1p
     ll = -0.5 * ridge * b * b
     ga, gb = 0.0, -ridge * b
     haa = hab = 0.0
     hbb = ridge
-    for (x, s, n), w in zip(rows, weights):
-        if not w:
-            continue
+    for x, s, n in rows:
         eta = a + b * x
-        p = _sigmoid(eta)
-        ll += w * (s * eta - n * _log1pexp(eta))  # s log p + (n - s) log(1 - p)
-        r = w * (s - n * p)
+        if eta >= 0:
+            e = exp(-eta)
+            p, softplus = 1.0 / (1.0 + e), eta + log1p(e)
+        else:
+            e = exp(eta)
+            p, softplus = e / (1.0 + e), log1p(e)
+        ll += s * eta - n * softplus  # s log p + (n - s) log(1 - p)
+        r = s - n * p
         ga += r
         gb += r * x
-        v = w * n * p * (1.0 - p)
+        v = n * p * (1.0 - p)
         haa += v
         hab += v * x
         hbb += v * x * x
@@ -77,11 +77,13 @@ def logistic_fit(rows: list[Row], weights: list[float] | None = None, *, ridge: 
                  start: tuple[float, float] = (0.0, 0.0), tol: float = TOL) -> tuple[float, float]:
     """(alpha, beta) maximising sum_w [s log p + (n - s) log(1 - p)] - ridge/2 beta^2, p = sigmoid(alpha + beta x).
 
-    The caller makes sure the outcomes are not all equal (then alpha is infinite, see the module docstring).
+    ``weights`` (a bootstrap's multiplicities) scale each row's outcomes and judgments. The caller makes sure
+    the outcomes are not all equal (then alpha is infinite, see the module docstring).
     """
-    weights = weights or [1.0] * len(rows)
+    if weights is not None:
+        rows = [(x, s * w, n * w) for (x, s, n), w in zip(rows, weights) if w]
     a, b = start
-    ll, ga, gb, haa, hab, hbb = _evaluate(rows, weights, a, b, ridge)
+    ll, ga, gb, haa, hab, hbb = _evaluate(rows, a, b, ridge)
     for _ in range(MAX_ITER):
         det = haa * hbb - hab * hab
         if det <= 1e-300:  # x constant and no ridge: only the intercept moves
@@ -93,7 +95,7 @@ def logistic_fit(rows: list[Row], weights: list[float] | None = None, *, ridge: 
             break
         step = 1.0
         while True:
-            cand = _evaluate(rows, weights, a + step * da, b + step * db, ridge)
+            cand = _evaluate(rows, a + step * da, b + step * db, ridge)
             if cand[0] >= ll - 1e-12 or step < 1e-8:
                 break
             step /= 2
