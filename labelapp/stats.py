@@ -158,4 +158,4 @@ def _evaluation_block(tasks: list[dict], judged: dict) -> dict:
     }
 
 
-LC_RESAMPLES = 1000  # each resample refits the logistic model (about 0.3 ms per 100 tasks)
+LC_RESAMPLES = 1000  # each resample refits the logistic model: about 0.2 s for 150 tasks on a 2-core CPU
