@@ -158,8 +158,8 @@ def head_output(trainer, hidden_last, characters):
     return head.weight.reshape(()) * math.log1p(characters)
 
 
-@pytest.mark.parametrize("control", ["odin", "poe"])
-def test_length_controlled_model_is_saved_as_its_quality_head(tmp_path, tiny_dir, control):
+@pytest.mark.parametrize("control, merge", [("odin", True), ("poe", False)])  # the studio keeps adapters
+def test_length_controlled_model_is_saved_as_its_quality_head(tmp_path, tiny_dir, control, merge):
     """After an ODIN (or PoE) run the checkpoint is a plain one-label reward model whose scores are the quality head's
     (not quality + length): rlhf.reward.score, PPO's reward and the run's own held-out metrics agree."""
     from safetensors import safe_open
@@ -169,12 +169,14 @@ def test_length_controlled_model_is_saved_as_its_quality_head(tmp_path, tiny_dir
     from rlhf.reward import (build_reward_trainer, conversation, encode_for_reward, held_out_report, score,
                              train_reward)
 
-    config = _config(tmp_path, tiny_dir, length_control=control)
+    config = _config(tmp_path, tiny_dir, length_control=control, merge=merge)
     art = train_reward(config, PAIRS)
     assert art.metrics["eval/pairs"] == 6 and "eval/accuracy_chosen_shorter" in art.metrics
     assert json.loads((tmp_path / "rm" / "metadata.json").read_text())["reward_head"].startswith("quality head")
-    with safe_open(f"{art.model_dir}/model.safetensors", "pt") as f:
-        assert not [k for k in f.keys() if "odin" in k] and f.get_tensor("score.weight").shape[0] == 1
+    weights = "model.safetensors" if merge else "adapter_model.safetensors"
+    with safe_open(f"{art.model_dir}/{weights}", "pt") as f:
+        assert not [k for k in f.keys() if "length_head" in k]
+        assert [f.get_tensor(k).shape[0] for k in f.keys() if "score" in k] == [1]
     model, tok = load_reward_model(art.model_dir, device="cpu"), load_tokenizer(art.model_dir)
     assert model.config.num_labels == 1
     # the run's held-out report is what the saved model gives
