@@ -240,6 +240,7 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
         "run": run,
         "status": {**studio.run_status(run), "urls": _run_urls(project, run.pk)},
         "series": studio.metric_series(studio.capped_history(run.metrics or [])),
+        "length": studio.run_length_watch(run),
         "params": json.dumps(run.params, indent=2, sort_keys=True),
         "result": json.dumps(run.result, indent=2, sort_keys=True) if run.result else "",
     }

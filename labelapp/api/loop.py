@@ -32,12 +32,20 @@ def visible_rounds(user):
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     eta_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    length_diagnostics = serializers.SerializerMethodField(
+        help_text="Reward-model runs: the length diagnostics of its held-out pairs (see model-versions); else null.")
 
     class Meta:
         model = TrainingRun
         fields = ["id", "project", "round", "kind", "status", "params", "input_model", "output_model", "step", "total",
-                  "eta_seconds", "metrics", "result", "error", "logs_tail", "attempts", "max_attempts",
-                  "cancel_requested", "heartbeat_at", "started_at", "finished_at", "retry_of", "created_at"]
+                  "eta_seconds", "metrics", "result", "length_diagnostics", "error", "logs_tail", "attempts",
+                  "max_attempts", "cancel_requested", "heartbeat_at", "started_at", "finished_at", "retry_of",
+                  "created_at"]
+
+    def get_length_diagnostics(self, obj) -> dict | None:
+        from labelapp.length_watch import length_diagnostics
+
+        return length_diagnostics(obj.result) if obj.kind == TrainingRun.Kind.REWARD else None
 
 
 class RoundSerializer(serializers.ModelSerializer):
@@ -97,7 +105,9 @@ class RoundViewSet(ScopedReadViewSet):
     @action(detail=True, methods=["get"])
     def evaluation(self, request, pk=None):
         """Win-rate of the round's new policy over its parent: blind human comparisons and the
-        reward model, each with a 95% bootstrap interval."""
+        reward model, each with a 95% bootstrap interval, raw and length-controlled (logistic model of
+        the outcome on the answers' length difference, read at equal length), the mean answer lengths
+        (characters), the same per prompt category, and over-optimisation warnings."""
         rnd = self.get_object()
         return Response(evaluation_summary(project=rnd.project, round_id=rnd.pk))
 

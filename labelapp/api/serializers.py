@@ -113,9 +113,20 @@ class RankingSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
+    length_diagnostics = serializers.SerializerMethodField(
+        help_text="Reward models: held-out accuracy overall and where the chosen answer is longer / shorter, "
+                  "share preferring the longer answer, the 'longer wins' baseline, reward-length correlation "
+                  "(lengths in characters); null for policies.")
+
     class Meta:
         model = ModelVersion
-        fields = ["id", "project", "name", "kind", "parent", "artifact_path", "training_data", "metrics", "created_at"]
+        fields = ["id", "project", "name", "kind", "parent", "artifact_path", "training_data", "metrics",
+                  "length_diagnostics", "created_at"]
+
+    def get_length_diagnostics(self, obj) -> dict | None:
+        from labelapp.length_watch import length_diagnostics
+
+        return length_diagnostics(obj.metrics)
 
 
 class ApiTokenSerializer(serializers.ModelSerializer):
