@@ -250,7 +250,10 @@ def test_the_upload_handler_stops_a_body_without_an_honest_length(project, setti
 
 
 def run_manage(args, tmp_path, **env):
-    clean = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "DEBUG", "SECRET_KEY", "APP_ENV", "REDIS_URL"}}
+    # DJANGO_ALLOW_ASYNC_UNSAFE is set by the browser tests' conftest when they share the session; a real
+    # deployment never has it (check --deploy refuses it), so the child process does not inherit it either.
+    clean = {k: v for k, v in os.environ.items()
+             if k not in {"DATABASE_URL", "DEBUG", "SECRET_KEY", "APP_ENV", "REDIS_URL", "DJANGO_ALLOW_ASYNC_UNSAFE"}}
     clean.update({"DATA_DIR": str(tmp_path), **env})
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=clean, capture_output=True, text=True,
                           timeout=120)
