@@ -192,7 +192,7 @@ def metric_series(history: list[dict]) -> list[dict]:
         points = [(p.get("step") or i, p[key]) for i, p in enumerate(history) if _numeric(p.get(key))]
         values = [v for _, v in points]
         summary = {"last": values[-1], "min": min(values), "max": max(values)}
-        text = ", ".join(f"{name} {value:.4g}" for name, value in summary.items()) + f" ({len(values)} points)"
+        text = ", ".join(f"{name} {value:.4g}" for name, value in summary.items()) + f" ({len(values)} point{'s' if len(values) != 1 else ''})"
         series.append({"key": key, "points": points, **summary, "summary": text})
     return series
 

@@ -435,7 +435,8 @@
     const svg = $("svg", figure);
     const { sx, sy, x0, x1, y0, y1 } = scales(points);
     const ys = points.map((p) => p[1]);
-    const summary = `last ${fmt(ys[ys.length - 1])}, min ${fmt(Math.min(...ys))}, max ${fmt(Math.max(...ys))} (${points.length} points)`;
+    const count = `${points.length} point${points.length === 1 ? "" : "s"}`;
+    const summary = `last ${fmt(ys[ys.length - 1])}, min ${fmt(Math.min(...ys))}, max ${fmt(Math.max(...ys))} (${count})`;
     $(".chart-summary", figure).textContent = summary;
     svg.setAttribute("aria-label", `${key}: ${summary}. Use the arrow keys to read each point.`);
     const bottom = H - PAD.bottom;

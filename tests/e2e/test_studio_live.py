@@ -104,3 +104,27 @@ def test_a_tab_opened_before_the_round_follows_it_to_the_win_rate(page, live_ser
     assert page.evaluate("window.studioMarker") == "no reload"
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
     assert not page.js_errors
+
+
+def test_a_one_point_chart_draws_a_dot_and_notes_show_only_when_there_are_some(page, live_server, monkeypatch):
+    """No worker: a run that reported one step; the reconciler's note appears once there is one."""
+    from labelapp.models import TrainingRun
+    from labelapp.services import runs as run_services
+    from labelapp.services.runs import run_begin, run_create, run_report
+
+    monkeypatch.setattr(run_services, "enqueue", lambda run: None)
+    project = make_project(name="One point")
+    add_member(project, make_user("boss"), role="admin")
+    run = run_create(project=project, kind="reward", params={})
+    _, token = run_begin(run_id=run.pk)
+    run_report(run_id=run.pk, token=token, step=1, total=1, metrics={"loss/train": 0.69})
+    login(page, live_server, "boss")
+    page.goto(f"{live_server.url}/studio/p/{project.slug}/runs/{run.pk}/")
+    chart = page.locator('.chart[data-key="loss/train"]')
+    chart.locator("circle.chart-point").wait_for()
+    assert chart.locator(".chart-summary").inner_text() == "last 0.69, min 0.69, max 0.69 (1 point)"
+    assert not page.locator("#run-notes").is_visible()
+    TrainingRun.objects.filter(pk=run.pk).update(logs_tail="re-queued: the worker's heartbeat stopped\n")
+    page.locator("#run-notes").wait_for(state="visible")
+    assert "re-queued" in page.locator("#run-notes pre").inner_text()
+    assert not page.js_errors
