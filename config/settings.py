@@ -267,6 +267,8 @@ IMPORT_MAX_LINE_BYTES = env_int("IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
 THROTTLE_TOKEN_CREATE = os.environ.get("THROTTLE_TOKEN_CREATE", "20/hour").strip()
 if not re.fullmatch(r"\d+/[smhd]\w*", THROTTLE_TOKEN_CREATE):
     raise ImproperlyConfigured(f"THROTTLE_TOKEN_CREATE={THROTTLE_TOKEN_CREATE!r}: write it like 20/hour")
+# The studio polls every second while work runs; while nothing changes it backs off up to this.
+STUDIO_POLL_IDLE_MAX_MS = env_int("STUDIO_POLL_IDLE_MAX_MS", 30_000)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -202,6 +202,9 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
             for cid, (text, _) in ranking.completions.items()
         }
         tail = f', "ranking_id": {ranking.id}, "annotator": "{pseudonym(ranking.annotator_id)}"' if meta else ""
+        if ranking.none_acceptable:  # ordered, but the annotator found none of them acceptable: say so
+            tail += ', "none_acceptable": true'
+
         lines = []
         for chosen, rejected, diff in ranking_pairs(ranking):
             extra = f', "margin": {diff if diff is not None else 0.0}' if margin else ""

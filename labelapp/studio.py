@@ -80,6 +80,7 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
         rnd.evaluation_text = evaluation_text(summaries[rnd.pk])
         rnd.evaluation_warning = evaluation_warning(summaries[rnd.pk])
         rnd.evaluation_categories = category_rows(summaries[rnd.pk])
+        rnd.waiting_text = waiting_text(rnd)
     return rounds
 
 
@@ -191,7 +192,7 @@ def metric_series(history: list[dict]) -> list[dict]:
         points = [(p.get("step") or i, p[key]) for i, p in enumerate(history) if _numeric(p.get(key))]
         values = [v for _, v in points]
         summary = {"last": values[-1], "min": min(values), "max": max(values)}
-        text = ", ".join(f"{name} {value:.4g}" for name, value in summary.items()) + f" ({len(values)} points)"
+        text = ", ".join(f"{name} {value:.4g}" for name, value in summary.items()) + f" ({len(values)} point{'s' if len(values) != 1 else ''})"
         series.append({"key": key, "points": points, **summary, "summary": text})
     return series
 
@@ -262,12 +263,24 @@ def run_length_watch(run: TrainingRun) -> dict:
     return data
 
 
+def waiting_text(rnd: Round) -> str:
+    """While a round waits for people: how many of the rankings it needs are in."""
+    if rnd.stage != Round.Stage.RANKING:
+        return ""
+    from labelapp.services.rounds import round_rankings
+
+    needed = (rnd.params or {}).get("min_rankings")
+    done = round_rankings(rnd)
+    return f"{done} / {needed} rankings of this round's tasks" if needed else f"{done} rankings of this round's tasks"
+
+
 def round_status(rnd: Round) -> dict:
     if not hasattr(rnd, "evaluation_text"):
         summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)
         rnd.evaluation_text, rnd.evaluation_warning = evaluation_text(summary), evaluation_warning(summary)
     return {
-        "id": rnd.pk, "number": rnd.number, "method": rnd.method, "stage": rnd.stage,
+        "id": rnd.pk, "number": rnd.number, "method": rnd.method, "method_label": rnd.get_method_display(),
+        "stage": rnd.stage, "waiting_text": getattr(rnd, "waiting_text", None) or waiting_text(rnd),
         "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
         "steps": getattr(rnd, "steps", None) or round_steps(rnd),
         "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],
@@ -277,14 +290,27 @@ def round_status(rnd: Round) -> dict:
 
 
 def studio_status(*, project: Project, now: datetime | None = None) -> dict:
-    """The overview's polling payload. `active` says whether anything may still move without a
-    person acting: a queued or running run, or an unfinished round between two runs."""
+    """The overview's polling payload: rounds, runs, model versions, queues and throughput.
+    `active` says whether anything may still move without a person acting (a queued or running
+    run, or an unfinished round between two runs): the page then polls every second. `open` says
+    a round is unfinished (it may be waiting for rankings); otherwise the page backs off while
+    nothing changes, and keeps looking, so a round started elsewhere appears without a reload."""
+    now = now or timezone.now()
     runs = [run_status(run, now=now) for run in recent_runs(project=project)]
     rounds = [round_status(rnd) for rnd in rounds_timeline(project=project)]
     active = any(not r["finished"] for r in runs) or any(
         not r["finished"] and r["stage"] not in WAITING_STAGES for r in rounds
     )
-    return {"active": active, "runs": runs, "rounds": rounds}
+    return {
+        "active": active,
+        "open": any(not r["finished"] for r in rounds),
+        "runs": runs,
+        "rounds": rounds,
+        "models": [version_status(row) for row in model_versions(project=project)],
+        "queues": queue_depths(project=project, now=now),
+        "throughput": [{k: v for k, v in row.items() if k != "user_id"}
+                       for row in annotator_throughput(project=project, now=now)],
+    }
 
 
 # ---- model versions -----------------------------------------------------------------------
@@ -323,6 +349,19 @@ def model_versions(*, project: Project, limit: int = 50) -> list[VersionRow]:
         rows.append(VersionRow(version, list(reversed(chain)), key_metrics(version.metrics),
                                reward_length_text(version.metrics)))
     return rows
+
+
+def version_status(row: VersionRow) -> dict:
+    """One row of the model versions table, as the overview polls it."""
+    version = row.version
+    return {
+        "id": version.pk, "name": version.name, "kind_label": version.get_kind_display(),
+        "created_text": timezone.localtime(version.created_at).strftime("%Y-%m-%d %H:%M"),
+        "lineage": [{"id": v.pk, "name": v.name} for v in row.lineage],
+        "metrics": [[key, f"{value:.4f}"] for key, value in row.key_metrics],
+        "length_text": row.length_text,
+        "is_current": version.is_current,
+    }
 
 
 def version_for(*, project: Project, version_id: int) -> ModelVersion | None:

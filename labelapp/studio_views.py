@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -64,6 +65,7 @@ def _overview(request: HttpRequest, project: Project, form: dict | None = None, 
         "queues": studio.queue_depths(project=project),
         "throughput": studio.annotator_throughput(project=project),
         "status": _with_urls(project, studio.studio_status(project=project)),
+        "poll_idle_max_ms": settings.STUDIO_POLL_IDLE_MAX_MS,
     }
     return _render(request, "labelapp/studio/overview.html", "studio", context, status=status)
 
@@ -75,6 +77,9 @@ def _with_urls(project: Project, payload: dict) -> dict:
     for rnd in payload["rounds"]:
         for run in rnd["runs"]:
             run["url"] = reverse("studio:run", args=[project.slug, run["id"]])
+        rnd["urls"] = {name: reverse(f"studio:round_{name}", args=[project.slug, rnd["id"]]) for name in ("advance", "cancel")}
+    for version in payload.get("models", []):
+        version["make_current_url"] = reverse("studio:make_current", args=[project.slug, version["id"]])
     return payload
 
 

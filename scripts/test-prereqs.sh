@@ -22,3 +22,15 @@ if [ ! -x /usr/bin/chromium ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
+# axe-core from the npm registry, for the accessibility browser test (tests/e2e/test_accessibility.py),
+# into an ignored folder of the checkout.
+AXE_VERSION=4.14.1
+AXE=.test-deps/node_modules/axe-core
+if ! grep -qs "\"version\": \"$AXE_VERSION\"" "$AXE/package.json"; then
+  if ! command -v npm >/dev/null; then
+    echo "need npm for axe-core (apt-get install npm)" >&2
+    exit 1
+  fi
+  echo "installing axe-core $AXE_VERSION into .test-deps/"
+  npm install --prefix .test-deps --no-save --no-audit --no-fund --loglevel=error "axe-core@$AXE_VERSION"
+fi

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
-from labelapp.api import views
+from labelapp.api import annotate, views
 from labelapp.api.errors import not_found
 from labelapp.api.schema import SchemaView, SwaggerView
 from labelapp.api.label_imports import LabelImportView
@@ -29,6 +29,11 @@ urlpatterns = [
     path("projects/<str:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
     path("projects/<str:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
     path("model-versions/<int:pk>/make-current/", MakeCurrentView.as_view(), name="modelversion-make-current"),
+    path("projects/<str:project_id>/queues/<str:queue>/claim/", annotate.ClaimView.as_view(), name="queue-claim"),
+    path("assignments/<int:assignment_id>/", annotate.AssignmentView.as_view(), name="assignment-detail"),
+    path("assignments/<int:assignment_id>/submit/", annotate.SubmitView.as_view(), name="assignment-submit"),
+    path("assignments/<int:assignment_id>/skip/", annotate.SkipView.as_view(), name="assignment-skip"),
+    path("demonstrations/<int:demonstration_id>/review/", annotate.ReviewView.as_view(), name="demonstration-review"),
     path("schema/", SchemaView.as_view(), name="schema"),
     path("docs/", SwaggerView.as_view(url_name="api:schema"), name="docs"),
     re_path(r"^.*$", not_found),  # last: any other path answers a JSON 404

@@ -211,7 +211,8 @@ def lease_for_submit(
     return assignment, now
 @transaction.atomic
 def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime | None = None) -> Assignment:
-    """Give an item back: it returns to the queue for others and never comes back to this user."""
+    """Give an item back: it returns to the queue for others and never comes back to this user.
+    Skipping a prompt to write for needs a reason (it helps fix bad prompts)."""
     now = now or timezone.now()
     reason = (reason or "").strip()
     refuse_nul(reason, what="skip reason")
@@ -224,6 +225,8 @@ def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime
         return assignment
     if assignment.status == Assignment.Status.SUBMITTED:
         raise ValidationError("This item is already submitted; it cannot be skipped.")
+    if assignment.queue == Queue.WRITE and not reason:
+        raise ValidationError("Say why you skip this prompt (the reason helps us fix bad prompts).")
     assignment.status = Assignment.Status.SKIPPED
     assignment.skip_reason = reason
     assignment.finished_at = now

@@ -20,12 +20,13 @@
   }
 
   // ---- polling ----------------------------------------------------------------------------
-  // Fetch `url` every `interval` ms while `apply(data)` returns true; pause while the tab is
-  // hidden; back off on errors.
-  function poll(url, interval, apply, onStop) {
+  // Fetch `url`, hand the JSON to `apply`, which returns the delay before the next fetch in ms
+  // (or null to stop). Pause while the tab is hidden; back off on errors.
+  function poll(url, apply, onStop) {
     let timer = null;
     let stopped = false;
     let failures = 0;
+    let delay = 1000;
 
     function schedule(ms) {
       if (!stopped && !document.hidden) timer = window.setTimeout(tick, ms);
@@ -42,16 +43,19 @@
         if (!response.ok) throw new Error(`HTTP ${response.status}`);
         const data = await response.json();
         failures = 0;
-        if (apply(data)) schedule(interval);
-        else {
+        const next = apply(data);
+        if (next === null) {
           stopped = true;
           if (onStop) onStop();
+        } else {
+          delay = next;
+          schedule(next);
         }
       } catch (err) {
         failures += 1;
         const state = $("#poll-state");
         if (state) state.textContent = `Could not update (${err.message}); trying again.`;
-        schedule(Math.min(30000, interval * 2 ** failures));
+        schedule(Math.min(30000, delay * 2 ** failures));
       }
     }
 
@@ -59,6 +63,25 @@
       if (!document.hidden && !stopped && timer === null) tick();
     });
     tick();
+  }
+
+  // How often the overview asks: every `fast` ms while work runs; while nothing changes it waits
+  // twice as long each time, up to `idleMax` (a third of that while a round is open, e.g. waiting
+  // for rankings); any change brings it back to 2 s. It never stops, so a round started from
+  // another tab, the API or the command line shows up without a reload.
+  function pace(fast, idleMax) {
+    let idle = 2000;
+    let last = null;
+    return (data, signature) => {
+      const changed = signature !== last;
+      last = signature;
+      if (data.active) {
+        idle = 2000;
+        return fast;
+      }
+      idle = changed ? 2000 : Math.min(data.open ? Math.max(2000, idleMax / 3) : idleMax, idle * 2);
+      return idle;
+    };
   }
 
   // ---- runs ------------------------------------------------------------------------------
@@ -94,15 +117,47 @@
     return row;
   }
 
+  // Any "<name>_text" a payload carries (e.g. a stage's progress) is shown: in its
+  // [data-field] element when the page has one, else as a line under `notes`.
+  function showTexts(root, item, notes, known) {
+    Object.keys(item)
+      .filter((key) => key.endsWith("_text") && !known.includes(key))
+      .forEach((key) => {
+        let el = $(`[data-field="${key}"]`, root);
+        if (!el && notes && item[key]) {
+          el = document.createElement("p");
+          el.className = "meta";
+          el.dataset.field = key;
+          notes.appendChild(el);
+        }
+        if (!el) return;
+        el.textContent = item[key] || "";
+        el.hidden = !item[key];
+      });
+  }
+
   function updateRound(article, round) {
+    setField(article, "title", `Round ${round.number} · ${round.method_label || round.method}`);
     setField(article, "stage_label", round.stage_label);
-    ["error", "evaluation_text", "evaluation_warning"].forEach((field) => {  // lines shown only when they say something
+    ["error", "evaluation_text", "evaluation_warning", "waiting_text"].forEach((field) => {  // lines shown only when they say something
       setField(article, field, round[field]);
       const el = $(`[data-field="${field}"]`, article);
       if (el) el.hidden = !round[field];
     });
+    showTexts(article, round, $(".round-notes", article), ["evaluation_text", "waiting_text"]);
     const actions = $(".round-actions", article);
     if (actions) actions.hidden = round.finished;
+    if (round.urls) {
+      const advance = $(".round-advance", article);
+      if (advance) advance.action = round.urls.advance;
+      const cancel = $(".round-cancel", article);
+      if (cancel) {
+        cancel.action = round.urls.cancel;
+        $("button", cancel).id = `cancel-round-${round.number}`;
+      }
+    }
+    const steps = $(".steps", article);
+    if (steps) steps.setAttribute("aria-label", `Stages of round ${round.number}`);
     const runs = $(".round-runs", article);
     if (runs) {
       const parts = [];
@@ -115,8 +170,7 @@
       });
       runs.replaceChildren(...parts);
     }
-    const list = $(".steps", article);
-    if (!list) return;
+    if (!steps) return;
     const items = round.steps.map((step) => {
       const li = document.createElement("li");
       li.className = `step step-${step.state}`;
@@ -124,38 +178,162 @@
       li.textContent = step.label;
       return li;
     });
-    list.replaceChildren(...items);
+    steps.replaceChildren(...items);
+  }
+
+  function roundArticle(root, round) {
+    let article = $(`article[data-round-id="${round.id}"]`, root);
+    if (article) return article;
+    const template = $("#round-template");
+    const list = $("#rounds-list");
+    if (!template || !list) return null;
+    article = template.content.firstElementChild.cloneNode(true);
+    article.dataset.roundId = String(round.id);
+    list.prepend(article);  // newest first, as the server renders them
+    const empty = $("#no-rounds");
+    if (empty) empty.hidden = true;
+    return article;
+  }
+
+  function cell(text, className) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    if (text !== undefined) td.textContent = text;
+    return td;
+  }
+
+  const LENGTH_TITLE = "Held-out accuracy where the chosen answer is longer / shorter; share of pairs where the " +
+    "model prefers the longer answer, against the “longer wins” baseline; correlation of reward with length in characters";
+
+  function updateModels(models) {
+    const body = $("#models-body");
+    if (!body) return;
+    const template = $("#make-current-template");
+    const rows = models.map((version) => {
+      const tr = document.createElement("tr");
+      tr.dataset.versionId = String(version.id);
+      const name = cell();
+      const title = document.createElement("span");
+      title.dataset.field = "name";
+      title.textContent = version.name;
+      const when = document.createElement("span");
+      when.className = "meta";
+      when.textContent = version.created_text;
+      name.append(title, document.createElement("br"), when);
+      const lineage = cell(undefined, "lineage");
+      version.lineage.forEach((v, i) => {
+        if (i) lineage.append(" → ");
+        if (v.id === version.id) {
+          const strong = document.createElement("strong");
+          strong.textContent = v.name;
+          lineage.append(strong);
+        } else lineage.append(v.name);
+      });
+      const metrics = cell(undefined, "metrics");
+      if (!version.metrics.length) metrics.textContent = "—";
+      version.metrics.forEach(([key, value]) => {
+        const span = document.createElement("span");
+        span.className = "metric";
+        span.textContent = `${key} ${value}`;
+        metrics.append(span);
+      });
+      if (version.length_text) {  // a reward model's length diagnostics (labelapp/length_watch.py)
+        const span = document.createElement("span");
+        span.className = "metric length-bias";
+        span.title = LENGTH_TITLE;
+        span.textContent = `Length: ${version.length_text}`;
+        metrics.append(document.createElement("br"), span);
+      }
+      const current = cell(undefined, "current-cell");
+      if (version.is_current) {
+        const tag = document.createElement("span");
+        tag.className = "tag";
+        tag.textContent = "current";
+        current.append(tag);
+      } else if (template) {
+        const form = template.content.firstElementChild.cloneNode(true);
+        form.action = version.make_current_url;
+        current.append(form);
+      }
+      tr.append(name, cell(version.kind_label), lineage, metrics, current);
+      return tr;
+    });
+    body.replaceChildren(...rows);
+    $("#models-table").hidden = !models.length;
+    $("#no-models").hidden = models.length > 0;
+  }
+
+  function updateQueues(queues) {
+    queues.forEach((q) => {
+      const row = $(`#queues-body tr[data-queue="${q.queue}"]`);
+      if (!row) return;
+      setField(row, "waiting", q.waiting);
+      setField(row, "leased", q.leased === null ? "—" : q.leased);
+    });
+  }
+
+  function updateThroughput(people) {
+    const body = $("#throughput-body");
+    if (!body) return;
+    body.replaceChildren(
+      ...people.map((p) => {
+        const tr = document.createElement("tr");
+        tr.append(cell(p.username), cell(String(p.day)), cell(String(p.week)),
+          cell(`${p.demonstrations} / ${p.rankings} / ${p.comparisons}`));
+        return tr;
+      }),
+    );
+    $("#throughput-table").hidden = !people.length;
+    $("#no-throughput").hidden = people.length > 0;
   }
 
   function studioOverview(root) {
     const body = $("#runs-body");
     const state = $("#poll-state");
-    poll(
-      root.dataset.statusUrl,
-      Number(root.dataset.pollMs) || 1000,
-      (data) => {
-        // Newest first, as the server renders them; rows for runs born since the page loaded go on top.
-        data.runs
-          .slice()
-          .reverse()
-          .forEach((run) => {
-            let row = $(`tr[data-run-id="${run.id}"]`, body);
-            if (!row) {
-              row = newRunRow(run);
-              body.prepend(row);
-              const empty = $("#no-runs");
-              if (empty) empty.hidden = true;
-            }
-            updateRunRow(row, run);
-          });
-        data.rounds.forEach((round) => {
-          const article = $(`article[data-round-id="${round.id}"]`, root);
+    const fast = Number(root.dataset.pollMs) || 1000;
+    const next = pace(fast, Number(root.dataset.idleMaxMs) || 30000);
+    let shown = { models: null, throughput: null };
+    poll(root.dataset.statusUrl, (data) => {
+      // Newest first, as the server renders them; rows for runs born since the page loaded go on top.
+      data.runs
+        .slice()
+        .reverse()
+        .forEach((run) => {
+          let row = $(`tr[data-run-id="${run.id}"]`, body);
+          if (!row) {
+            row = newRunRow(run);
+            body.prepend(row);
+            const empty = $("#no-runs");
+            if (empty) empty.hidden = true;
+          }
+          updateRunRow(row, run);
+        });
+      data.rounds
+        .slice()
+        .reverse()
+        .forEach((round) => {
+          const article = roundArticle(root, round);
           if (article) updateRound(article, round);
         });
-        if (state) state.textContent = data.active ? "Live: updating while work is running." : "Nothing is running.";
-        return data.active;
-      },
-    );
+      // Rebuilt only when they change, so a focused "Make current" button keeps its focus.
+      const models = JSON.stringify(data.models || []);
+      if (data.models && models !== shown.models) updateModels(data.models);
+      const people = JSON.stringify(data.throughput || []);
+      if (data.throughput && people !== shown.throughput) updateThroughput(data.throughput);
+      shown = { models, throughput: people };
+      if (data.queues) updateQueues(data.queues);
+      const signature = JSON.stringify([data.rounds, data.runs.map((r) => [r.id, r.status, r.step]), models,
+        data.queues, people]);
+      const delay = next(data, signature);
+      if (state) {
+        state.textContent = data.active
+          ? "Live: updating while work is running."
+          : data.open
+            ? `A round is waiting; checking again in ${Math.round(delay / 1000)} s.`
+            : `Nothing is running; checking again in ${Math.round(delay / 1000)} s.`;
+      }
+      return delay;
+    });
   }
 
   // ---- charts ----------------------------------------------------------------------------
@@ -257,7 +435,8 @@
     const svg = $("svg", figure);
     const { sx, sy, x0, x1, y0, y1 } = scales(points);
     const ys = points.map((p) => p[1]);
-    const summary = `last ${fmt(ys[ys.length - 1])}, min ${fmt(Math.min(...ys))}, max ${fmt(Math.max(...ys))} (${points.length} points)`;
+    const count = `${points.length} point${points.length === 1 ? "" : "s"}`;
+    const summary = `last ${fmt(ys[ys.length - 1])}, min ${fmt(Math.min(...ys))}, max ${fmt(Math.max(...ys))} (${count})`;
     $(".chart-summary", figure).textContent = summary;
     svg.setAttribute("aria-label", `${key}: ${summary}. Use the arrow keys to read each point.`);
     const bottom = H - PAD.bottom;
@@ -273,6 +452,10 @@
         points: points.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(" "),
       }),
     );
+    // A line needs two points: a single one (a one-step run) is drawn as a dot.
+    if (points.length === 1) {
+      svg.appendChild(svgEl("circle", { class: "chart-point", r: 4, cx: sx(points[0][0]).toFixed(1), cy: sy(points[0][1]).toFixed(1) }));
+    }
     showCursor(figure);
   }
 
@@ -281,11 +464,14 @@
     const row = $(".run-row", root);
     const state = $("#poll-state");
     let first = true;
-    poll(root.dataset.runUrl, Number(root.dataset.pollMs) || 1000, (run) => {
+    const fast = Number(root.dataset.pollMs) || 1000;
+    poll(root.dataset.runUrl, (run) => {
       if (row) updateRunRow(row, run);
       setField(root, "attempts", `${run.attempts}`);
       if (run.round) setField(root, "round_stage", run.round.stage_label);
-      setField(root, "logs_tail", run.logs_tail || "(no output yet)");
+      setField(root, "logs_tail", run.logs_tail || "");
+      const notes = $("#run-notes");
+      if (notes) notes.hidden = !run.logs_tail;
       setField(root, "error", run.error);
       const error = $('[data-field="error"]', root);
       if (error) error.hidden = !run.error;
@@ -301,7 +487,7 @@
       const more = !run.finished;
       if (state && (first || !more)) state.textContent = more ? "Live: updating while the run works." : "This run has ended.";
       first = false;
-      return more;
+      return more ? fast : null;
     });
   }
 

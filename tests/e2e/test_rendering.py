@@ -148,9 +148,16 @@ def test_every_annotator_page_renders_markdown_and_runs_nothing(page, live_serve
     page.keyboard.press("t")
     page.wait_for_url("**/p/*/")
 
-    # my labels: full prompts, rendered
+    # my labels: full prompts, rendered; a label's own page and its edit page
     page.goto(f"{live_server.url}/p/{project.slug}/mine/")
     assert page.locator("main .md strong", has_text="bold").count() >= 2
+    assert_inert(page, dialogs)
+    with page.expect_navigation():
+        page.locator('tr[data-kind="ranking"] a').first.click()
+    assert page.locator("main .response").get_by_test_id("cutoff").count() == 1
+    assert_inert(page, dialogs)
+    with page.expect_navigation():
+        page.locator("#edit-label").click()
     assert_inert(page, dialogs)
 
     # the reviewer: the demonstration and the prompt's reference

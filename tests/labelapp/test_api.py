@@ -200,6 +200,21 @@ def test_pairs_export_plain_and_conversational(api, labelled):
     assert conv[0]["annotator"].startswith("ann_")
 
 
+def test_pairs_of_a_none_acceptable_ranking_are_marked(api):
+    project = make_project(overlap=2, k=2)
+    a, b = add_member(project), add_member(project)
+    reviewer = add_member(project, role="reviewer")
+    make_task(project, texts=["bad", "worse"])
+    rank(project, a, none_acceptable=True)  # ordered, and none acceptable
+    rank(project, b)
+    as_user(api, reviewer)
+    lines = read_lines(api.get(f"/api/v1/projects/{project.pk}/exports/pairs/"))
+    assert len(lines) == 2
+    marked = [line for line in lines if line.get("none_acceptable")]
+    assert len(marked) == 1 and marked[0]["none_acceptable"] is True
+    assert [set(line) for line in lines if line not in marked] == [{"prompt", "chosen", "rejected"}]
+
+
 def test_rankings_kto_and_agreement_filter(api, labelled):
     project, reviewer = labelled
     as_user(api, reviewer)

@@ -6,7 +6,9 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from labelapp.models import ApiToken, Completion, ModelVersion, Project, Queue, Round, TrainingRun
+from labelapp.models import (
+    ApiToken, Assignment, Completion, Demonstration, ModelVersion, Project, Queue, Round, TrainingRun,
+)
 from labelapp.services.labels import demonstration_submit, ranking_submit
 from labelapp.services.projects import completion_create, evaluation_task_create, ranking_task_create
 from labelapp.services.queue import task_claim
@@ -59,6 +61,7 @@ def world(tag):
         "token": token.pk,
         "round": rnd.pk,
         "run": run.pk,
+        "assignment": lease.pk,
     }
 
 
@@ -84,6 +87,11 @@ OBJECTS = {
     "round-evaluation": ("round", {}),
     "round-start": ("project", {}),
     "modelversion-make-current": ("modelversion", {}),
+    "queue-claim": ("project", {"queue": "rank"}),
+    "assignment-detail": ("assignment", {}),
+    "assignment-submit": ("assignment", {}),
+    "assignment-skip": ("assignment", {}),
+    "demonstration-review": ("demonstration", {}),
 }
 
 
@@ -120,6 +128,8 @@ def test_foreign_objects_are_404_on_every_method(name):
     assert ApiToken.objects.get(pk=theirs["token"]).revoked_at is None
     assert TrainingRun.objects.filter(project_id=theirs["project"]).count() == 1  # no retry was created
     assert Round.objects.get(pk=theirs["round"]).stage == "sft"  # not cancelled
+    assert Assignment.objects.get(pk=theirs["assignment"]).status == "submitted"  # not skipped
+    assert Demonstration.objects.get(pk=theirs["demonstration"]).review_status == "pending"  # not reviewed
 
 
 # ---- roles inside one project: what an annotator may not see ---------------------------------

@@ -73,8 +73,8 @@ def test_overview_shows_rounds_runs_lineage_queues_and_throughput(studio, projec
     assert f'data-run-id="{run.pk}"' in body and 'value="30.0"' in body and "3 / 10" in body  # the <progress>
     assert re.search(r"sft-7\s*→\s*<strong>ppo-9</strong>", body)
     assert "objective/reward 0.5000" in body
-    assert 'data-testid="queue-write">1<' in body  # make_task's prompt and 'data-testid="queue-rank">1<' in body
-    assert 'data-testid="queue-review">1<' in body
+    assert 'data-testid="queue-write" data-field="waiting">1<' in body  # make_task's prompt and 'data-testid="queue-rank">1<' in body
+    assert 'data-testid="queue-review" data-field="waiting">1<' in body
     assert annotator.username in body  # throughput names the annotator for admins
     assert prompt.text not in body  # no label content on the studio page
     assert '"action": "focus:round-method"' in body and "Start a new round: go to its form" in body  # keymap + help
@@ -290,3 +290,34 @@ def test_round_shows_its_blind_evaluation_win_rate_in_the_page_and_the_polling_j
     assert "(4 judgments on 4 prompts), length-controlled 75.0% [95% CI " in text  # equal lengths: the raw rate
     assert "; reward model 50.0%" in text
     assert text in studio.get(url("overview", project)).content.decode()
+
+
+def test_the_polling_json_carries_models_queues_throughput_and_a_waiting_rounds_count(studio, project, admin, annotator):
+    """What the overview refreshes without a reload: a round waiting for rankings is open (so the
+    page keeps polling) but not active (so it backs off), and says how many rankings are in."""
+    sft = model_version_register(project=project, name="sft-3", kind="policy", artifact_path="/x",
+                                 metrics={"loss/train": 1.25}, make_current=True)
+    rnd = Round.objects.create(project=project, number=1, method="dpo", stage="ranking",
+                               params={"prompts": 2, "min_rankings": 8}, sft_policy=sft)
+    sample = run_create(project=project, kind="sample", params={})
+    TrainingRun.objects.filter(pk=sample.pk).update(
+        round=rnd, status="succeeded", started_at=timezone.now() - timedelta(minutes=1), finished_at=timezone.now())
+    task = make_task(project)  # created after the round's sampling began: one of its tasks
+    lease = task_claim(project=project, user=annotator, queue="rank")
+    from labelapp.services.labels import ranking_submit
+
+    ranking_submit(assignment_id=lease.pk, user=annotator, order=[list(task.completions.values_list("id", flat=True))])
+    data = studio.get(url("status", project)).json()
+    assert data["active"] is False and data["open"] is True
+    (row,) = data["rounds"]
+    assert row["waiting_text"] == "1 / 8 rankings of this round's tasks" and row["method_label"] == "DPO"
+    assert row["urls"] == {"advance": url("round_advance", project, rnd.pk), "cancel": url("round_cancel", project, rnd.pk)}
+    (model,) = data["models"]
+    assert model["name"] == "sft-3" and model["is_current"] and model["metrics"] == [["loss/train", "1.2500"]]
+    assert model["make_current_url"] == url("make_current", project, sft.pk)
+    queues = {q["queue"]: q["waiting"] for q in data["queues"]}
+    assert queues["rank"] == 0 and queues["write"] == 1
+    assert [(p["username"], p["rankings"]) for p in data["throughput"]] == [(annotator.username, 1)]
+    assert "user_id" not in data["throughput"][0]
+    page = studio.get(url("overview", project)).content.decode()
+    assert "1 / 8 rankings of this round&#x27;s tasks" in page
