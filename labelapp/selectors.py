@@ -146,7 +146,8 @@ def visible_ranking_tasks(user) -> QuerySet[RankingTask]:
 
 
 def visible_model_versions(user) -> QuerySet[ModelVersion]:
-    return ModelVersion.objects.filter(project_id__in=project_ids(user))
+    """Reviewers and admins only: names, lineage, metrics and paths would unblind annotators."""
+    return ModelVersion.objects.filter(project_id__in=project_ids(user, min_role=Role.REVIEWER))
 
 
 def visible_demonstrations(user) -> QuerySet[Demonstration]:

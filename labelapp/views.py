@@ -93,7 +93,7 @@ def _finished_redirect(request: HttpRequest, project: Project, assignment: Assig
     """An assignment that is no longer open sends the user on instead of showing a dead form."""
     if assignment.status == Assignment.Status.ACTIVE and assignment.expires_at > timezone.now():
         return None
-    if assignment.status == Assignment.Status.ACTIVE:
+    if assignment.status in (Assignment.Status.ACTIVE, Assignment.Status.EXPIRED):
         messages.warning(request, "Your lease on that item expired; it went back to the queue.")
     return redirect("labelapp:project", slug=project.slug)
 

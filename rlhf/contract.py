@@ -1,7 +1,8 @@
 """The trainer contract shared by SFT, the reward model, DPO (and PPO later).
 
-* A config dataclass (``TrainerConfig`` and subclasses), every field with a help string, loaded from
-  JSON or YAML with ``load_config(cls, path_or_dict)``; unknown keys are an error.
+* A config dataclass (``TrainerConfig`` and subclasses, all in the torch-free ``rlhf.config``), every
+  field with a help string, loaded from JSON or YAML with ``load_config(cls, path_or_dict)``; unknown
+  keys are an error.
 * A progress callback ``progress(step: int, total: int, metrics: dict) -> None``. It is called after
   every optimizer step (``metrics`` holds the latest logged values, namespaced like ``loss/train``).
   To cancel, the callback **raises** ``rlhf.Cancelled``: the trainer saves a checkpoint, stops
@@ -20,9 +21,12 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
+
+# The configs live in rlhf.config; these names stay importable from here.
+from .config import TrainerConfig, _help, config_help, config_to_dict, load_config  # noqa: F401
 
 METADATA_FILE = "metadata.json"
 MODEL_SUBDIR = "model"
@@ -36,48 +40,6 @@ class ProgressCallback(Protocol):
     def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None: ...
 
 
-def _help(text: str, default: Any = None, factory: Any = dataclasses.MISSING):
-    """A dataclass field with a help string (default None unless given)."""
-    if factory is not dataclasses.MISSING:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
-
-
-@dataclass
-class TrainerConfig:
-    """Fields every trainer shares."""
-
-    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/out")
-    model: str | None = _help("Base model: null/'bundled' (SmolLM2-135M-Instruct), a local checkpoint dir, or a hub id.")
-    data: str | None = _help("Training data file (CLI only; workers pass records directly).")
-    data_format: str = _help("Format of `data` (see docs/RLHF.md: jsonl, dolly, no_robots, hh_rlhf, oasst, ...).", "jsonl")
-    seed: int = _help("Seed for python, numpy, torch and data shuffling.", 42)
-    max_steps: int = _help("Optimizer steps; -1 means num_train_epochs epochs.", -1)
-    num_train_epochs: float = _help("Epochs when max_steps is -1.", 1.0)
-    learning_rate: float = _help("Peak learning rate (linear decay).", 1e-4)
-    warmup_ratio: float = _help("Fraction of steps for linear warm-up.", 0.0)
-    per_device_batch_size: int = _help("Examples (pairs for reward/DPO) per device per micro-batch.", 8)
-    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", 1)
-    max_length: int = _help("Max tokens per sequence (reward model: longer pairs are dropped, as in TRL).", 1024)
-    save_steps: int = _help("Save a checkpoint every N optimizer steps (0: none; the final model is still saved).", 100)
-    save_total_limit: int | None = _help("Keep at most this many checkpoints (null: all).", 2)
-    resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", False)
-    logging_steps: int = _help("Log metrics every N steps.", 1)
-    device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:i]'.", "auto")
-    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
-    bf16: bool | None = _help("bf16 autocast; null = on when the GPU supports it, off on CPU.")
-    gradient_checkpointing: bool = _help("Trade compute for memory (slower; useful for big models on GPU).", False)
-    use_lora: bool = _help("Train a LoRA adapter (true) or all weights (false: full fine-tuning).", True)
-    lora_r: int = _help("LoRA rank.", 16)
-    lora_alpha: int = _help("LoRA alpha.", 32)
-    lora_dropout: float = _help("LoRA dropout.", 0.05)
-    lora_target_modules: str | list[str] = _help("Modules LoRA wraps ('all-linear' or a list of names).", "all-linear")
-    merge: bool = _help("After LoRA training save the merged model (true) or only the adapter (false).", True)
-    load_in_bits: int | None = _help("4 or 8: load the base model with bitsandbytes (CUDA only; QLoRA).")
-    optim: str = _help("Optimizer name as in transformers TrainingArguments ('adamw_torch', 'adamw_torch_fused').", "adamw_torch")
-    extra_args: dict[str, Any] = _help("Extra keyword arguments for the TRL config (advanced).", factory=dict)
-
-
 @dataclass
 class Artifacts:
     """What a run leaves behind."""
@@ -88,35 +50,6 @@ class Artifacts:
     status: str  # "succeeded" | "cancelled"
     metrics: dict[str, Any]
     global_step: int
-
-
-# -------------------------------------------------------------------------------------------------- configs
-def config_to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def load_config(cls, source: str | os.PathLike | dict[str, Any]):
-    """Build a config dataclass from a dict or a .json/.yaml file; unknown keys raise ``ValueError``."""
-    if isinstance(source, dict):
-        raw = dict(source)
-    else:
-        text = Path(source).read_text()
-        if str(source).endswith((".yaml", ".yml")):
-            import yaml  # optional dependency
-
-            raw = yaml.safe_load(text) or {}
-        else:
-            raw = json.loads(text)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-    return cls(**raw)
-
-
-def config_help(cls) -> dict[str, str]:
-    """``{field: help}`` for docs and the CLI."""
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 # --------------------------------------------------------------------------------------------- data + files

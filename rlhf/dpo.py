@@ -10,37 +10,13 @@ second copy sits in memory; with full fine-tuning a frozen copy is loaded (safet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .contract import Artifacts, TrainerConfig, _help, data_hash, seed_everything
+from .config import DPORunConfig, check_dpo_config  # noqa: F401 (they live in rlhf.config; importable from here too)
+from .contract import Artifacts, data_hash, seed_everything
 from .data import PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_causal_lm, load_tokenizer
 from .runner import attach_progress, peft_config_for, run_trainer, trl_args
-
-
-@dataclass
-class DPORunConfig(TrainerConfig):
-    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/dpo")
-    learning_rate: float = _help("Peak learning rate (linear decay).", 5e-5)
-    beta: float = _help("DPO temperature: strength of the implicit KL constraint to the reference.", 0.1)
-    loss_type: str = _help("TRL DPO loss ('sigmoid' = DPO, 'ipo', 'hinge', ...).", "sigmoid")
-    sft_weight: float = _help("Weight of an added negative log-likelihood term on the chosen answers (RPO, Pang et "
-                              "al. 2024); 0 = plain DPO. It keeps the chosen answers likely instead of only "
-                              "widening the margin.", 0.0)
-    ld_alpha: float | None = _help("LD-DPO (Liu et al. 2024): the weight, in [0, 1], of the log-probabilities of the "
-                                   "tokens by which the longer answer of a pair outruns the shorter; lower values "
-                                   "stop DPO from learning plain length. null = plain DPO (same as 1).")
-
-
-def check_dpo_config(config: DPORunConfig) -> None:
-    """Raise ``ValueError`` for settings TRL would only reject after the model has loaded."""
-    if config.sft_weight < 0:
-        raise ValueError(f"sft_weight must be 0 or more (got {config.sft_weight}).")
-    if config.sft_weight and config.loss_type == "sft":
-        raise ValueError("sft_weight adds an 'sft' term to the DPO loss; with loss_type 'sft' use sft_weight 0.")
-    if config.ld_alpha is not None and not 0.0 <= config.ld_alpha <= 1.0:
-        raise ValueError(f"ld_alpha must lie in [0, 1] (got {config.ld_alpha}).")
 
 
 def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],

@@ -65,8 +65,8 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .contract import (MODEL_SUBDIR, Artifacts, Cancelled, TrainerConfig, _help, data_hash, last_checkpoint,
-                       seed_everything, write_metadata)
+from .config import PPOConfig  # the config lives in rlhf.config (torch-free); importable from here too
+from .contract import MODEL_SUBDIR, Artifacts, Cancelled, data_hash, last_checkpoint, seed_everything, write_metadata
 from .data import Demonstration, Messages, as_messages
 from .sampling import decoding_settings, generate_ids, render_prompts
 
@@ -76,55 +76,7 @@ STATE_FILE = "trainer_state.json"
 
 
 # ================================================================================================ 0. config
-@dataclass
-class PPOConfig(TrainerConfig):
-    output_dir: str = _help("Directory for checkpoints, the final policy and metadata.json.", "runs/ppo")
-    model: str | None = _help("The SFT policy PPO starts from and stays close to (null/'bundled': SmolLM2-135M-Instruct).")
-    data: str | None = _help("Prompt file (CLI only; workers pass prompts directly).")
-    data_format: str = _help("'prompts' (see rlhf.data.load_prompts) or 'hh_rlhf' (the prompts of HH-RLHF pairs).", "prompts")
-    reward_model: str | None = _help("Reward model checkpoint (sequence classifier, one label). Needed unless train() gets reward_fn.")
-    value_model: str | None = _help("Value model initialisation; null = the reward model (or the policy checkpoint with a fresh head when there is none).")
-    max_steps: int = _help("PPO updates (each = one rollout batch); -1 means num_train_epochs passes over the prompts.", -1)
-    learning_rate: float = _help("Peak learning rate (linear warm-up, then linear decay to 0).", 1e-5)
-    rollout_batch_size: int = _help("Episodes (prompts, one response each) per PPO update: B.", 16)
-    mini_batch_size: int = _help("Episodes per optimizer step; B / mini_batch_size optimizer steps per PPO epoch.", 4)
-    gradient_accumulation_steps: int = _help("Micro-batches per minibatch (memory knob; mini_batch_size must divide evenly).", 1)
-    per_device_batch_size: int = _help("Sequences per no-grad forward pass (rollout log-probs, reference, values, scores).", 16)
-    max_length: int = _help("Max prompt tokens after the chat template; longer prompts are skipped.", 512)
-    max_new_tokens: int = _help("Max response tokens; responses stop earlier at EOS.", 64)
-    temperature: float = _help("Sampling temperature (log-probs use the same temperature).", 1.0)
-    top_k: int = _help("Top-k sampling (0 = off). Anything but 0/1.0 makes the ratio approximate.", 0)
-    top_p: float = _help("Nucleus sampling (1.0 = off).", 1.0)
-    cache_implementation: str | None = _help("Roll out with HF generate() and this cache, e.g. 'static' on GPU (compiled "
-                                             "decode step; much faster after a slow first call); null: rlhf's own "
-                                             "decoding loop, which drops finished responses from the batch.", None)
-    merged_generation: bool = _help("LoRA only (an error with full fine-tuning): sample rollouts from a plain copy of the policy with the adapter folded in "
-                                    "(W + scale * B @ A, refreshed before every rollout) instead of through the adapter "
-                                    "layers: faster decoding for one more copy of the policy's weights.", False)
-    ppo_epochs: int = _help("Passes over each rollout batch.", 4)
-    cliprange: float = _help("Policy ratio clip epsilon.", 0.2)
-    cliprange_value: float = _help("Value clip: new values stay within old +- this.", 0.2)
-    vf_coef: float = _help("Weight of the value loss.", 0.1)
-    max_grad_norm: float = _help("Gradient norm clip (policy and value parameters together).", 1.0)
-    gamma: float = _help("Discount factor for GAE.", 1.0)
-    lam: float = _help("GAE lambda.", 0.95)
-    whiten_advantages: bool = _help("Normalise advantages to mean 0, std 1 over the batch's valid tokens.", True)
-    target_kl: float | None = _help("Stop the PPO epochs of an update once approx_kl exceeds this (null = never).", None)
-    kl_coef: float = _help("Initial (or fixed) coefficient beta of the per-token KL penalty.", 0.05)
-    adaptive_kl: bool = _help("Adapt beta towards kl_target (Ziegler et al. 2019) instead of keeping it fixed.", False)
-    kl_target: float = _help("Target KL per response (nats, summed over tokens) for the adaptive controller.", 6.0)
-    kl_horizon: int = _help("Horizon (episodes) of the adaptive KL controller.", 10000)
-    missing_eos_penalty: float | None = _help("Subtract this from the score of responses that end without EOS (null = off).", None)
-    normalize_reward: bool = _help("Normalise scores with the running mean/std of all scores so far.", False)
-    reward_clip: float | None = _help("Clip (normalised) scores to [-reward_clip, reward_clip] (null = off).", None)
-    ptx_coef: float = _help("PPO-ptx: weight of the SFT loss on demonstrations mixed into each minibatch (0 = off).", 0.0)
-    ptx_data: str | None = _help("Demonstrations for PPO-ptx (CLI; rlhf.data JSONL). Workers pass them directly.", None)
-    ptx_batch_size: int = _help("Demonstrations per minibatch for PPO-ptx.", 4)
-    lora_dropout: float = _help("Ignored by PPO: dropout is switched off in every model.", 0.0)
-    optim: str = _help("'adamw_torch' or 'adamw_torch_fused' (fused kernels on CUDA); AdamW with eps 1e-5.", "adamw_torch")
-    logging_steps: int = _help("Ignored by PPO: metrics are reported after every update (and metrics.jsonl).", 1)
-    extra_args: dict[str, Any] = _help("Ignored by PPO (there is no TRL config underneath).", factory=dict)
-    save_steps: int = _help("Save a checkpoint every N PPO updates (0: none; the final model is still saved).", 20)
+# PPOConfig: every field with its help string is in rlhf/config.py (torch-free).
 
 
 # ======================================================================================== 1. tensor maths

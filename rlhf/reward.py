@@ -17,29 +17,15 @@ and the score read at the last non-pad token. PPO uses it for rewards.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from .contract import Artifacts, TrainerConfig, _help, data_hash, seed_everything
+from .config import RewardRunConfig  # noqa: F401 (the config lives in rlhf.config; importable from here too)
+from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_reward_model, load_tokenizer
 from .runner import attach_progress, peft_config_for, run_trainer, trl_args
-
-
-@dataclass
-class RewardRunConfig(TrainerConfig):
-    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/reward")
-    model: str | None = _help("Initial weights, normally the SFT checkpoint (null/'bundled': SmolLM2-135M-Instruct).")
-    learning_rate: float = _help("Peak learning rate (linear decay).", 1e-4)
-    eval_fraction: float = _help("Held-out fraction of pairs when no eval pairs are given.", 0.1)
-    eval_batch_size: int = _help("Sequences per forward pass when scoring held-out pairs.", 16)
-    margin_scale: float | None = _help("Margin = scale x (score_chosen - score_rejected) from 1-7 scores (rankings).")
-    center_rewards_coefficient: float | None = _help("Weight of the mean-zero reward penalty (TRL).")
-    lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
-    group_by_length: bool = _help("Batch pairs of similar token length together (batches in random order): far "
-                                  "less padding (one fixed order, reused if there are several epochs).", True)
 
 
 def conversation(prompt: str | Messages, completion: str) -> Messages:

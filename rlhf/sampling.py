@@ -23,29 +23,9 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .contract import _help, data_hash, write_metadata
+from .config import SamplingConfig  # noqa: F401 (the config lives in rlhf.config; importable from here too)
+from .contract import data_hash, write_metadata
 from .data import Messages, as_messages, load_prompts
-
-
-@dataclass
-class SamplingConfig:
-    model: str | None = _help("Policy: null/'bundled', a local checkpoint or adapter dir, or a hub id.")
-    prompts: str | None = _help("Prompt file (JSONL with `prompt`/`turns`/`instruction`, or one prompt per line).")
-    output_dir: str = _help("Directory for samples.jsonl and metadata.json.", "runs/samples")
-    k: int = _help("Completions per prompt.", 4)
-    max_new_tokens: int = _help("Max generated tokens per completion (generation stops earlier at EOS).", 128)
-    do_sample: bool = _help("Sample (true) or greedy decoding (false).", True)
-    temperature: float = _help("Softmax temperature.", 1.0)
-    top_p: float = _help("Nucleus sampling threshold (1.0 = off).", 1.0)
-    top_k: int = _help("Top-k sampling (0 = off).", 0)
-    repetition_penalty: float = _help("HF repetition penalty (1.0 = off).", 1.0)
-    seed: int = _help("Random seed.", 0)
-    batch_size: int = _help("Sequences decoded together (prompts x K are flattened).", 32)
-    device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
-    dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
-    cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "
-                                             "on GPU); null: rlhf's own loop, which drops finished sequences from the "
-                                             "batch.")
 
 
 @dataclass

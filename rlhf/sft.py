@@ -14,22 +14,13 @@ gradient checkpointing off by default (small models).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .contract import Artifacts, TrainerConfig, _help, data_hash, seed_everything
+from .config import SFTRunConfig  # noqa: F401 (the config lives in rlhf.config; importable from here too)
+from .contract import Artifacts, data_hash, seed_everything
 from .data import Demonstration, demonstrations_to_dataset, load_demonstrations
 from .models import describe_model, load_causal_lm, load_tokenizer
 from .runner import attach_progress, peft_config_for, run_trainer, trl_args
-
-
-@dataclass
-class SFTRunConfig(TrainerConfig):
-    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/sft")
-    learning_rate: float = _help("Peak learning rate (linear decay).", 2e-4)
-    completion_only_loss: bool = _help("Loss on the assistant's completion tokens only.", True)
-    packing: bool = _help("Pack several examples into one max_length sequence (BFD packing).", False)
-    padding_free: bool = _help("Padding-free batches (flash-attention style); GPU speed option.", False)
 
 
 def build_sft_trainer(config: SFTRunConfig, demonstrations: Sequence[Demonstration],

@@ -20,11 +20,12 @@ from labelapp.stats import evaluation_summary
 
 
 def visible_runs(user):
-    return TrainingRun.objects.filter(project_id__in=selectors.project_ids(user))
+    """Reviewers and admins: runs name models, their settings and paths (annotators label blind)."""
+    return TrainingRun.objects.filter(project_id__in=selectors.project_ids(user, min_role=Role.REVIEWER))
 
 
 def visible_rounds(user):
-    return Round.objects.filter(project_id__in=selectors.project_ids(user))
+    return Round.objects.filter(project_id__in=selectors.project_ids(user, min_role=Role.REVIEWER))
 
 
 class TrainingRunSerializer(serializers.ModelSerializer):

@@ -1,17 +1,61 @@
-"""Output shapes of the API. Annotators are shown as pseudonyms, never as user names."""
+"""Output shapes of the API. Annotators are shown as pseudonyms, never as user names.
+
+Blind labelling: where a field says which model produced something (a completion's model
+version, decoding settings and source; a project's base model and sampling settings), only
+reviewers and admins of that project get it; for annotators the field is left out, so an A/B
+evaluation cannot be unblinded through the API (REVIEWER_ONLY_FIELDS, also in the schema)."""
 from __future__ import annotations
 
 from rest_framework import serializers
 
+from labelapp import selectors
 from labelapp.exports import pseudonym
-from labelapp.models import ApiToken, Completion, Demonstration, ModelVersion, Project, Prompt, Ranking, RankingTask
+from labelapp.models import ApiToken, Completion, Demonstration, ModelVersion, Project, Prompt, Ranking, RankingTask, Role
+
+# schema component → fields only reviewers and admins receive (see config.settings' schema hook)
+REVIEWER_ONLY_FIELDS = {
+    "Project": ("base_model", "sampling"),
+    "Completion": ("model_version", "decoding", "source"),
+}
 
 
-class ProjectSerializer(serializers.ModelSerializer):
+def reviewer_projects(request) -> set[int]:
+    """Ids of the projects where the request's user is a reviewer or admin (once per request)."""
+    if request is None:
+        return set()
+    cached = getattr(request, "_reviewer_projects", None)
+    if cached is None:
+        cached = set(selectors.project_ids(request.user, min_role=Role.REVIEWER).values_list("id", flat=True))
+        request._reviewer_projects = cached
+    return cached
+
+
+class ReviewerFieldsMixin:
+    """Leaves the component's REVIEWER_ONLY_FIELDS out for users below reviewer in the object's project."""
+
+    component: str = ""
+
+    def project_id_of(self, obj) -> int:
+        raise NotImplementedError
+
+    def to_representation(self, obj):
+        data = super().to_representation(obj)
+        if self.project_id_of(obj) not in reviewer_projects(self.context.get("request")):
+            for name in REVIEWER_ONLY_FIELDS[self.component]:
+                data.pop(name, None)
+        return data
+
+
+class ProjectSerializer(ReviewerFieldsMixin, serializers.ModelSerializer):
+    component = "Project"
+
     class Meta:
         model = Project
         fields = ["id", "name", "slug", "guidelines", "base_model", "k", "overlap", "demonstrations_per_prompt",
                   "sampling", "created_at"]
+
+    def project_id_of(self, obj) -> int:
+        return obj.pk
 
 
 class PromptSerializer(serializers.ModelSerializer):
@@ -21,10 +65,15 @@ class PromptSerializer(serializers.ModelSerializer):
                   "demonstration_count", "created_at"]
 
 
-class CompletionSerializer(serializers.ModelSerializer):
+class CompletionSerializer(ReviewerFieldsMixin, serializers.ModelSerializer):
+    component = "Completion"
+
     class Meta:
         model = Completion
         fields = ["id", "prompt", "text", "source", "model_version", "decoding", "created_at"]
+
+    def project_id_of(self, obj) -> int:
+        return obj.prompt.project_id
 
 
 class RankingTaskSerializer(serializers.ModelSerializer):

@@ -109,10 +109,19 @@ class PromptViewSet(ScopedReadViewSet):
 
 
 class CompletionViewSet(ScopedReadViewSet):
+    """Completions; which model wrote one (`model_version`, `decoding`, `source`, the
+    `model_version` filter) is for reviewers and admins of its project only."""
+
     serializer_class = s.CompletionSerializer
     scope = staticmethod(selectors.visible_completions)
     filters = {"prompt": ("prompt_id", _int), "project": ("prompt__project_id", _int),
                "model_version": ("model_version_id", _int), **CREATED}
+
+    def get_queryset(self):
+        qs = super().get_queryset()
+        if self.action == "list" and "model_version" in self.request.query_params:
+            qs = qs.filter(prompt__project_id__in=s.reviewer_projects(self.request))
+        return qs
 
 
 class RankingTaskViewSet(ScopedReadViewSet):

@@ -211,13 +211,16 @@ class Assignment(models.Model):
 
     `expires_at` is the lease: after it the item counts as free again and the holder's
     submission is refused. A (user, item) pair has at most one row, so an annotator can
-    never label the same item twice.
+    never label the same item twice. A user holds at most one `active` row per project and
+    queue (a partial unique index): when they claim again after their lease ran out, that row
+    becomes `expired` first (labelapp.services.queue.task_claim).
     """
 
     class Status(models.TextChoices):
         ACTIVE = "active", "Leased"
         SUBMITTED = "submitted", "Submitted"
         SKIPPED = "skipped", "Skipped"
+        EXPIRED = "expired", "Lease expired"
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
@@ -265,6 +268,9 @@ class Assignment(models.Model):
                 fields=["user", "evaluation_task"],
                 condition=Q(evaluation_task__isnull=False),
                 name="assignment_once_per_evaluation",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "project", "queue"], condition=Q(status="active"), name="assignment_one_active_per_queue"
             ),
         ]
         indexes = [

@@ -58,8 +58,7 @@ def demonstration_submit(
     *, assignment_id: int, user, text: str, time_spent_ms: int = 0, now: datetime | None = None
 ) -> Demonstration:
     """Store the demonstration written for a leased prompt."""
-    now = now or timezone.now()
-    assignment = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.WRITE, now=now)
+    assignment, now = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.WRITE, now=now)
     if assignment.status == Assignment.Status.SUBMITTED:
         return Demonstration.objects.get(assignment=assignment)
     demonstration = Demonstration(
@@ -167,8 +166,7 @@ def ranking_submit(
     now: datetime | None = None,
 ) -> Ranking:
     """Store a ranking of a leased task. With `none_acceptable` the order may be left empty."""
-    now = now or timezone.now()
-    assignment = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.RANK, now=now)
+    assignment, now = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.RANK, now=now)
     if assignment.status == Assignment.Status.SUBMITTED:
         return Ranking.objects.get(assignment=assignment)
     ids = set(RankingTask.completions.through.objects.filter(rankingtask_id=assignment.ranking_task_id).values_list(
@@ -202,8 +200,7 @@ def comparison_submit(
 ) -> Comparison:
     """Store a blind A/B judgement. `preferred` is "left", "right" or "tie" as the annotator saw
     it; `a_shown_left` says which side the candidate was on (the page knows, the person not)."""
-    now = now or timezone.now()
-    assignment = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.COMPARE, now=now)
+    assignment, now = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.COMPARE, now=now)
     if assignment.status == Assignment.Status.SUBMITTED:
         return Comparison.objects.get(assignment=assignment)
     if preferred not in ("left", "right", "tie"):

@@ -1,6 +1,7 @@
 """Projects, members, prompts, completions and ranking tasks."""
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -179,8 +180,14 @@ def evaluation_task_create(
         raise ValidationError("An evaluation compares two different model versions.")
     if prompt.project_id != project.pk:
         raise ValidationError("The prompt belongs to another project.")
-    a = completion_create(prompt=prompt, text=text_a or "(empty response)", model_version=model_a, decoding=decoding)
-    b = completion_create(prompt=prompt, text=text_b or "(empty response)", model_version=model_b, decoding=decoding)
+    # Created in a random order, so the completions' ids do not tell candidate from baseline.
+    sides = [("a", text_a, model_a), ("b", text_b, model_b)]
+    random.SystemRandom().shuffle(sides)
+    made = {
+        side: completion_create(prompt=prompt, text=text or "(empty response)", model_version=model, decoding=decoding)
+        for side, text, model in sides
+    }
+    a, b = made["a"], made["b"]
     return EvaluationTask.objects.create(
         project=project, round=round, prompt=prompt, model_a=model_a, model_b=model_b, completion_a=a, completion_b=b,
         reward_a=reward_a, reward_b=reward_b,

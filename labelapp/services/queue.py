@@ -13,6 +13,19 @@ rows (the leases) may be older than the locked row, so once the row is ours the 
 are counted again in a fresh statement; every lease is created while holding the item's row
 lock, so that second count is exact. A candidate that turns out full is passed over and the
 next one is tried (this only happens in a race, never in proportion to queue length).
+
+One live lease per user and queue: a claim first locks the user's row (`FOR NO KEY UPDATE`,
+which does not block inserts that reference the user), so two claims by one person (a double
+click, two tabs, a retried POST) run one after the other and the second returns the first's
+lease. A partial unique index (`assignment_one_active_per_queue`) backs this in the database.
+
+Submissions lock the item's row before the assignment's (`lease_for_submit`), the same row a
+claim locks, and count again under that lock: a submission is stored only while
+`submitted + others' live leases < capacity`. So a submit racing its own lease's expiry can
+never add a label beyond the overlap: if a claim gave the slot to someone else first, the
+submit sees that lease and is refused; if the submit goes first, the claim sees its label.
+No deadlock: a submission waits for the item and then the assignment; a claim waits only for
+the user's row (it skips locked items) and locks assignments it finds while holding those.
 """
 from __future__ import annotations
 
@@ -20,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Value
@@ -52,6 +66,9 @@ def live_lease(now: datetime) -> Q:
     return Q(status=Assignment.Status.ACTIVE, expires_at__gt=now)
 
 
+FINISHED = (Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED)  # the item never returns to that user
+
+
 def spec_for(queue: str) -> QueueSpec:
     try:
         return SPECS[Queue(queue)]
@@ -71,7 +88,7 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
         .values("n")
     )
     done_by_user = Assignment.objects.filter(
-        ~Q(status=Assignment.Status.ACTIVE) | Q(expires_at__gt=now), user=user, **{spec.fk: OuterRef("pk")}
+        Q(status__in=FINISHED) | live_lease(now), user=user, **{spec.fk: OuterRef("pk")}
     )
     return (
         spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
@@ -92,21 +109,32 @@ def current_assignment(*, project: Project, user, queue: str, now: datetime | No
     )
 
 
+def _lock_user(user) -> None:
+    """Serialise one user's claims (see the module docstring)."""
+    get_user_model().objects.select_for_update(no_key=True).filter(pk=user.pk).values_list("pk").first()
+
+
 @transaction.atomic
 def task_claim(
     *, project: Project, user, queue: str, lease_seconds: int | None = None, now: datetime | None = None
 ) -> Assignment | None:
     """Lease the next item of `queue` to `user`, or return None when nothing is waiting.
 
-    A user holds at most one live lease per queue: claiming again returns the same one, so a
-    reload never burns an item. The lease lasts `lease_seconds` (default LABEL_LEASE_SECONDS).
+    A user holds at most one live lease per queue: claiming again, even at the same instant from
+    another tab, returns the same one, so a reload never burns an item. The lease lasts
+    `lease_seconds` (default LABEL_LEASE_SECONDS). Takes the user's row lock, then item locks.
     """
     require_role(project=project, user=user, role=Role.ANNOTATOR)
+    spec = spec_for(queue)
+    _lock_user(user)
     now = now or timezone.now()
     existing = current_assignment(project=project, user=user, queue=queue, now=now)
     if existing is not None:
         return existing
-    spec = spec_for(queue)
+    # The user's leases in this queue that ran out stop being active: one active row per queue.
+    Assignment.objects.filter(
+        project=project, user=user, queue=queue, status=Assignment.Status.ACTIVE, expires_at__lte=now
+    ).update(status=Assignment.Status.EXPIRED)
     capacity = getattr(project, spec.capacity_field)
     lease = timedelta(seconds=lease_seconds if lease_seconds is not None else settings.LABEL_LEASE_SECONDS)
     passed_over: list[int] = []
@@ -122,7 +150,7 @@ def task_claim(
             Assignment.objects.filter(live_lease(now) | Q(user=user), **{spec.fk: item}).values_list("user_id", "pk", "status")
         )
         others = sum(1 for holder, _, _ in holders if holder != user.pk)
-        done = any(holder == user.pk and status != Assignment.Status.ACTIVE for holder, _, status in holders)
+        done = any(holder == user.pk and status in FINISHED for holder, _, status in holders)
         if done or getattr(item, spec.count_field) + others >= capacity:
             passed_over.append(item.pk)
             continue
@@ -145,31 +173,40 @@ def task_claim(
     return None
 
 
-def lease_for_submit(*, assignment_id: int, user, queue: str, now: datetime) -> Assignment:
-    """Lock and return the user's assignment for a submission; refuse anything not leased to them.
+def lease_for_submit(
+    *, assignment_id: int, user, queue: str, now: datetime | None = None
+) -> tuple[Assignment, datetime]:
+    """Lock the item, then the user's assignment, for a submission; refuse anything not leased to
+    them, an expired lease, and a submission the item has no room for. Returns the assignment
+    and the time the checks used (`now`, or the clock read once the locks are held).
 
     Must be called inside `transaction.atomic`. Returns assignments already submitted as they
     are (the caller treats that as an idempotent repeat).
     """
-    assignment = (
-        Assignment.objects.select_for_update(of=("self",))
-        .filter(pk=assignment_id, queue=queue)
-        .first()
-    )
-    if assignment is None or assignment.user_id != user.pk:
+    spec = spec_for(queue)
+    found = Assignment.objects.filter(pk=assignment_id, queue=queue).values_list("user_id", spec.fk).first()
+    if found is None or found[0] != user.pk:
         raise ValidationError("This item is not leased to you: open the queue to get your next item.")
+    item = spec.model.objects.select_for_update().filter(pk=found[1]).first()
+    assignment = (
+        Assignment.objects.select_for_update(of=("self",)).select_related("project").filter(pk=assignment_id).first()
+    )
+    now = now or timezone.now()
     if assignment.status == Assignment.Status.SUBMITTED:
-        return assignment
+        return assignment, now
     if assignment.status == Assignment.Status.SKIPPED:
         raise ValidationError("You skipped this item; it has gone back to the queue.")
-    if assignment.expires_at <= now:
+    if assignment.status == Assignment.Status.EXPIRED or assignment.expires_at <= now:
         raise ValidationError(
             f"Your lease on this item expired at {assignment.expires_at:%H:%M} UTC, so it may have gone to "
             "someone else. Your answer was not saved; copy it if you need it and take the next item."
         )
-    return assignment
-
-
+    others = Assignment.objects.filter(live_lease(now), **{spec.fk: item}).exclude(user=user).count()
+    if getattr(item, spec.count_field) + others >= getattr(assignment.project, spec.capacity_field):
+        raise ValidationError(
+            "This item already has all the labels it needs, so your answer was not saved; take the next item."
+        )
+    return assignment, now
 @transaction.atomic
 def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime | None = None) -> Assignment:
     """Give an item back: it returns to the queue for others and never comes back to this user."""

@@ -6,8 +6,9 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
-from labelapp.models import ApiToken, Completion, ModelVersion, Queue, Round, TrainingRun
+from labelapp.models import ApiToken, Completion, ModelVersion, Project, Queue, Round, TrainingRun
 from labelapp.services.labels import demonstration_submit, ranking_submit
+from labelapp.services.projects import completion_create, evaluation_task_create, ranking_task_create
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
 
@@ -119,3 +120,120 @@ def test_foreign_objects_are_404_on_every_method(name):
     assert ApiToken.objects.get(pk=theirs["token"]).revoked_at is None
     assert TrainingRun.objects.filter(project_id=theirs["project"]).count() == 1  # no retry was created
     assert Round.objects.get(pk=theirs["round"]).stage == "sft"  # not cancelled
+
+
+# ---- roles inside one project: what an annotator may not see ---------------------------------
+
+# routes whose objects say which model made what (or where it lives): reviewers and admins only
+REVIEWER_ONLY = ["modelversion-detail", "modelversion-make-current", "run-detail", "run-cancel", "run-retry",
+                 "round-detail", "round-cancel", "round-evaluation"]
+
+
+@pytest.mark.parametrize("name", REVIEWER_ONLY)
+def test_annotators_get_404_for_model_and_run_objects_of_their_own_project(name):
+    mine = world("a")
+    annotator = add_member(Project.objects.get(pk=mine["project"]), role="annotator")
+    reviewer = add_member(Project.objects.get(pk=mine["project"]), role="reviewer")
+    client = APIClient()
+    client.force_authenticate(annotator)
+    for method in METHODS:
+        got = getattr(client, method)(url_for(name, mine), {}, format="json").status_code
+        assert got in (404, 405), (name, method, got)
+    if name.endswith("-detail") or name == "round-evaluation":
+        client.force_authenticate(reviewer)  # the same URL is there for a reviewer: the 404 is the role's
+        assert client.get(url_for(name, mine)).status_code == 200
+
+
+MARKERS = ("secret-policy-7", "/srv/models/secret", "nucleus-secret", "secret-base")
+
+
+def blind_world():
+    """A project whose model versions, decoding settings and base model carry MARKERS, with a ranking
+    task of model completions and a blind A/B evaluation task."""
+    project = make_project(name="Blind", k=2, overlap=2, base_model="/srv/models/secret-base")
+    policy = ModelVersion.objects.create(project=project, name="secret-policy-7", artifact_path="/srv/models/secret/7",
+                                         metrics={"note": "secret-policy-7"})
+    parent = ModelVersion.objects.create(project=project, name="secret-policy-6", artifact_path="/srv/models/secret/6")
+    prompt = make_prompt(project, text="Which is the tallest mountain?")
+    completions = [completion_create(prompt=prompt, text=f"Everest, answer {i}.", model_version=policy,
+                                     decoding={"sampler": "nucleus-secret", "model": "secret-policy-7"}) for i in range(2)]
+    ranking_task_create(project=project, prompt=prompt, completions=completions)
+    evaluation_task_create(project=project, prompt=make_prompt(project, text="Name a river."), model_a=policy,
+                           model_b=parent, text_a="The Nile.", text_b="The Thames.", decoding={"sampler": "nucleus-secret"})
+    rnd = Round.objects.create(project=project, number=1, base_policy=parent, new_policy=policy,
+                               params={"policy": {"output_dir": "/srv/models/secret/run"}})
+    TrainingRun.objects.create(project=project, round=rnd, kind="ppo", status="succeeded", output_model=policy,
+                               params={"model": "/srv/models/secret/6"}, result={"artifact": "/srv/models/secret/7"})
+    return project
+
+
+def get_everything(client, project):
+    """Every GET route of the API (lists, and details of the objects the lists show) and the annotator pages."""
+    from django.urls import reverse
+
+    bodies = {}
+    lists = ["project-list", "prompt-list", "completion-list", "rankingtask-list", "demonstration-list",
+             "ranking-list", "modelversion-list", "token-list", "run-list", "round-list"]
+    for name in lists:
+        url = reverse(f"api:{name}")
+        response = client.get(url)
+        bodies[url] = response.content.decode()
+        if response.status_code == 200:
+            for obj in response.json()["results"]:
+                detail = url + f"{obj['id']}/"
+                bodies[detail] = client.get(detail).content.decode()
+    for kind in ("pairs", "rankings"):
+        url = reverse("api:export", kwargs={"project_id": project.pk, "kind": kind})
+        response = client.get(url)
+        bodies[url] = b"".join(response.streaming_content).decode() if response.streaming else response.content.decode()
+    return bodies
+
+
+def test_annotators_see_no_model_provenance_in_the_api_or_pages():
+    from django.test import Client
+    from django.urls import reverse
+
+    project = blind_world()
+    annotator = add_member(project, role="annotator")
+    reviewer = add_member(project, role="reviewer")
+    api = APIClient()
+    api.force_authenticate(annotator)
+    bodies = get_everything(api, project)
+    bodies["completions?model_version"] = api.get(
+        "/api/v1/completions/", {"model_version": ModelVersion.objects.get(name="secret-policy-7").pk}).content.decode()
+    assert api.get("/api/v1/completions/", {"model_version": 1}).json()["results"] == []
+    completions = api.get("/api/v1/completions/").json()["results"]
+    assert len(completions) == 4 and all(set(c) == {"id", "prompt", "text", "created_at"} for c in completions)
+    assert api.get("/api/v1/model-versions/").json()["results"] == []
+    assert "base_model" not in api.get(f"/api/v1/projects/{project.pk}/").json()
+
+    pages = Client()
+    pages.force_login(annotator)
+    rank = task_claim(project=project, user=annotator, queue=Queue.RANK)
+    compare = task_claim(project=project, user=annotator, queue=Queue.COMPARE)
+    for url in (reverse("labelapp:project", args=[project.slug]), reverse("labelapp:rank", args=[project.slug, rank.pk]),
+                reverse("labelapp:compare", args=[project.slug, compare.pk]), reverse("labelapp:mine", args=[project.slug]),
+                reverse("studio:overview", args=[project.slug])):
+        bodies[url] = pages.get(url).content.decode()
+    leaks = {url: marker for url, body in bodies.items() for marker in MARKERS if marker in body}
+    assert not leaks, leaks
+
+    # the same requests by a reviewer do show them: the test looks where the provenance is
+    api.force_authenticate(reviewer)
+    seen = "".join(get_everything(api, project).values())
+    assert all(marker in seen for marker in MARKERS)
+    rows = api.get("/api/v1/completions/", {"model_version": ModelVersion.objects.get(name="secret-policy-7").pk}).json()
+    assert len(rows["results"]) == 3 and {"model_version", "decoding", "source"} <= set(rows["results"][0])
+
+
+def test_evaluation_completion_ids_do_not_tell_candidate_from_baseline():
+    project = make_project()
+    new = ModelVersion.objects.create(project=project, name="new")
+    old = ModelVersion.objects.create(project=project, name="old")
+    candidate_first = [
+        (lambda t: t.completion_a_id < t.completion_b_id)(
+            evaluation_task_create(project=project, prompt=make_prompt(project), model_a=new, model_b=old,
+                                   text_a="a", text_b="b"))
+        for _ in range(40)
+    ]
+    assert 0 < sum(candidate_first) < 40

@@ -46,12 +46,16 @@ def test_admin_starts_a_round_over_the_api(project, sent):
     assert TrainingRun.objects.get().status == "cancelled"
 
 
-def test_annotators_read_but_cannot_start_or_cancel(project, annotator, sent):
+def test_reviewers_read_but_cannot_start_or_cancel_and_annotators_see_no_runs(project, annotator, reviewer, sent):
     run = TrainingRun.objects.create(project=project, kind="sft")
-    client = client_for(annotator)
+    client = client_for(reviewer)
     assert client.get(f"/api/v1/runs/{run.pk}/").status_code == 200
     assert client.post(f"/api/v1/projects/{project.pk}/rounds/", {}, format="json").status_code == 403
     assert client.post(f"/api/v1/runs/{run.pk}/cancel/").status_code == 403
+    blind = client_for(annotator)  # runs name models and paths: annotators label blind
+    assert blind.get(f"/api/v1/runs/{run.pk}/").status_code == 404
+    assert blind.post(f"/api/v1/projects/{project.pk}/rounds/", {}, format="json").status_code == 403
+    assert blind.post(f"/api/v1/runs/{run.pk}/cancel/").status_code == 404
     assert TrainingRun.objects.get().status == "queued" and not Round.objects.exists()
 
 

@@ -71,3 +71,17 @@ def test_rlhf_never_imports_django():
     code = "import sys, rlhf, rlhf.data, rlhf.contract; print(any(m.split('.')[0] in ('django', 'torch') for m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # the light modules load neither django nor torch
+
+
+def test_every_run_config_lives_in_the_torch_free_config_module():
+    """rlhf.config holds every run config and imports neither torch nor transformers (nor django), so the
+    studio can check a round's settings before anything trains; the old names still import."""
+    code = ("import sys, rlhf.config as c; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', 'peft', 'django'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import rlhf.config as config
+
+    for cmd in COMMANDS:
+        cls = command_config_class(cmd)
+        assert getattr(config, cls.__name__) is cls, f"{cls.__name__} is not defined in rlhf.config"

@@ -1,0 +1,212 @@
+"""Every run configuration of rlhf, in one torch-free module.
+
+The config dataclasses of the trainers (``SFTRunConfig``, ``RewardRunConfig``, ``DPORunConfig``,
+``PPOConfig``) and of sampling (``SamplingConfig``), every field with a help string, and
+``load_config(cls, path_or_dict)`` (JSON or YAML; unknown keys are an error). Importing this module
+loads neither torch nor transformers, so the studio can read defaults and check settings before a
+run starts; the modules that train (``rlhf.sft``, ``rlhf.reward``, ``rlhf.dpo``, ``rlhf.ppo``,
+``rlhf.sampling``) import their config from here and keep the old names importable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def _help(text: str, default: Any = None, factory: Any = dataclasses.MISSING):
+    """A dataclass field with a help string (default None unless given)."""
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainerConfig:
+    """Fields every trainer shares."""
+
+    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/out")
+    model: str | None = _help("Base model: null/'bundled' (SmolLM2-135M-Instruct), a local checkpoint dir, or a hub id.")
+    data: str | None = _help("Training data file (CLI only; workers pass records directly).")
+    data_format: str = _help("Format of `data` (see docs/RLHF.md: jsonl, dolly, no_robots, hh_rlhf, oasst, ...).", "jsonl")
+    seed: int = _help("Seed for python, numpy, torch and data shuffling.", 42)
+    max_steps: int = _help("Optimizer steps; -1 means num_train_epochs epochs.", -1)
+    num_train_epochs: float = _help("Epochs when max_steps is -1.", 1.0)
+    learning_rate: float = _help("Peak learning rate (linear decay).", 1e-4)
+    warmup_ratio: float = _help("Fraction of steps for linear warm-up.", 0.0)
+    per_device_batch_size: int = _help("Examples (pairs for reward/DPO) per device per micro-batch.", 8)
+    gradient_accumulation_steps: int = _help("Micro-batches per optimizer step.", 1)
+    max_length: int = _help("Max tokens per sequence (reward model: longer pairs are dropped, as in TRL).", 1024)
+    save_steps: int = _help("Save a checkpoint every N optimizer steps (0: none; the final model is still saved).", 100)
+    save_total_limit: int | None = _help("Keep at most this many checkpoints (null: all).", 2)
+    resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", False)
+    logging_steps: int = _help("Log metrics every N steps.", 1)
+    device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:i]'.", "auto")
+    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
+    bf16: bool | None = _help("bf16 autocast; null = on when the GPU supports it, off on CPU.")
+    gradient_checkpointing: bool = _help("Trade compute for memory (slower; useful for big models on GPU).", False)
+    use_lora: bool = _help("Train a LoRA adapter (true) or all weights (false: full fine-tuning).", True)
+    lora_r: int = _help("LoRA rank.", 16)
+    lora_alpha: int = _help("LoRA alpha.", 32)
+    lora_dropout: float = _help("LoRA dropout.", 0.05)
+    lora_target_modules: str | list[str] = _help("Modules LoRA wraps ('all-linear' or a list of names).", "all-linear")
+    merge: bool = _help("After LoRA training save the merged model (true) or only the adapter (false).", True)
+    load_in_bits: int | None = _help("4 or 8: load the base model with bitsandbytes (CUDA only; QLoRA).")
+    optim: str = _help("Optimizer name as in transformers TrainingArguments ('adamw_torch', 'adamw_torch_fused').", "adamw_torch")
+    extra_args: dict[str, Any] = _help("Extra keyword arguments for the TRL config (advanced).", factory=dict)
+
+
+def config_to_dict(config) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def load_config(cls, source: str | os.PathLike | dict[str, Any]):
+    """Build a config dataclass from a dict or a .json/.yaml file; unknown keys raise ``ValueError``."""
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        text = Path(source).read_text()
+        if str(source).endswith((".yaml", ".yml")):
+            import yaml  # optional dependency
+
+            raw = yaml.safe_load(text) or {}
+        else:
+            raw = json.loads(text)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
+    return cls(**raw)
+
+
+def config_help(cls) -> dict[str, str]:
+    """``{field: help}`` for docs and the CLI."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+# ------------------------------------------------------------------------------------------ SFT
+@dataclass
+class SFTRunConfig(TrainerConfig):
+    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/sft")
+    learning_rate: float = _help("Peak learning rate (linear decay).", 2e-4)
+    completion_only_loss: bool = _help("Loss on the assistant's completion tokens only.", True)
+    packing: bool = _help("Pack several examples into one max_length sequence (BFD packing).", False)
+    padding_free: bool = _help("Padding-free batches (flash-attention style); GPU speed option.", False)
+
+
+# --------------------------------------------------------------------------------- reward model
+@dataclass
+class RewardRunConfig(TrainerConfig):
+    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/reward")
+    model: str | None = _help("Initial weights, normally the SFT checkpoint (null/'bundled': SmolLM2-135M-Instruct).")
+    learning_rate: float = _help("Peak learning rate (linear decay).", 1e-4)
+    eval_fraction: float = _help("Held-out fraction of pairs when no eval pairs are given.", 0.1)
+    eval_batch_size: int = _help("Sequences per forward pass when scoring held-out pairs.", 16)
+    margin_scale: float | None = _help("Margin = scale x (score_chosen - score_rejected) from 1-7 scores (rankings).")
+    center_rewards_coefficient: float | None = _help("Weight of the mean-zero reward penalty (TRL).")
+    lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
+    group_by_length: bool = _help("Batch pairs of similar token length together (batches in random order): far "
+                                  "less padding (one fixed order, reused if there are several epochs).", True)
+
+
+# ------------------------------------------------------------------------------------------ DPO
+@dataclass
+class DPORunConfig(TrainerConfig):
+    output_dir: str = _help("Directory for checkpoints, the final model and metadata.json.", "runs/dpo")
+    learning_rate: float = _help("Peak learning rate (linear decay).", 5e-5)
+    beta: float = _help("DPO temperature: strength of the implicit KL constraint to the reference.", 0.1)
+    loss_type: str = _help("TRL DPO loss ('sigmoid' = DPO, 'ipo', 'hinge', ...).", "sigmoid")
+    sft_weight: float = _help("Weight of an added negative log-likelihood term on the chosen answers (RPO, Pang et "
+                              "al. 2024); 0 = plain DPO. It keeps the chosen answers likely instead of only "
+                              "widening the margin.", 0.0)
+    ld_alpha: float | None = _help("LD-DPO (Liu et al. 2024): the weight, in [0, 1], of the log-probabilities of the "
+                                   "tokens by which the longer answer of a pair outruns the shorter; lower values "
+                                   "stop DPO from learning plain length. null = plain DPO (same as 1).")
+
+
+def check_dpo_config(config: DPORunConfig) -> None:
+    """Raise ``ValueError`` for settings TRL would only reject after the model has loaded."""
+    if config.sft_weight < 0:
+        raise ValueError(f"sft_weight must be 0 or more (got {config.sft_weight}).")
+    if config.sft_weight and config.loss_type == "sft":
+        raise ValueError("sft_weight adds an 'sft' term to the DPO loss; with loss_type 'sft' use sft_weight 0.")
+    if config.ld_alpha is not None and not 0.0 <= config.ld_alpha <= 1.0:
+        raise ValueError(f"ld_alpha must lie in [0, 1] (got {config.ld_alpha}).")
+
+
+# ------------------------------------------------------------------------------------------ PPO
+@dataclass
+class PPOConfig(TrainerConfig):
+    output_dir: str = _help("Directory for checkpoints, the final policy and metadata.json.", "runs/ppo")
+    model: str | None = _help("The SFT policy PPO starts from and stays close to (null/'bundled': SmolLM2-135M-Instruct).")
+    data: str | None = _help("Prompt file (CLI only; workers pass prompts directly).")
+    data_format: str = _help("'prompts' (see rlhf.data.load_prompts) or 'hh_rlhf' (the prompts of HH-RLHF pairs).", "prompts")
+    reward_model: str | None = _help("Reward model checkpoint (sequence classifier, one label). Needed unless train() gets reward_fn.")
+    value_model: str | None = _help("Value model initialisation; null = the reward model (or the policy checkpoint with a fresh head when there is none).")
+    max_steps: int = _help("PPO updates (each = one rollout batch); -1 means num_train_epochs passes over the prompts.", -1)
+    learning_rate: float = _help("Peak learning rate (linear warm-up, then linear decay to 0).", 1e-5)
+    rollout_batch_size: int = _help("Episodes (prompts, one response each) per PPO update: B.", 16)
+    mini_batch_size: int = _help("Episodes per optimizer step; B / mini_batch_size optimizer steps per PPO epoch.", 4)
+    gradient_accumulation_steps: int = _help("Micro-batches per minibatch (memory knob; mini_batch_size must divide evenly).", 1)
+    per_device_batch_size: int = _help("Sequences per no-grad forward pass (rollout log-probs, reference, values, scores).", 16)
+    max_length: int = _help("Max prompt tokens after the chat template; longer prompts are skipped.", 512)
+    max_new_tokens: int = _help("Max response tokens; responses stop earlier at EOS.", 64)
+    temperature: float = _help("Sampling temperature (log-probs use the same temperature).", 1.0)
+    top_k: int = _help("Top-k sampling (0 = off). Anything but 0/1.0 makes the ratio approximate.", 0)
+    top_p: float = _help("Nucleus sampling (1.0 = off).", 1.0)
+    cache_implementation: str | None = _help("Roll out with HF generate() and this cache, e.g. 'static' on GPU (compiled "
+                                             "decode step; much faster after a slow first call); null: rlhf's own "
+                                             "decoding loop, which drops finished responses from the batch.", None)
+    merged_generation: bool = _help("LoRA only (an error with full fine-tuning): sample rollouts from a plain copy of the policy with the adapter folded in "
+                                    "(W + scale * B @ A, refreshed before every rollout) instead of through the adapter "
+                                    "layers: faster decoding for one more copy of the policy's weights.", False)
+    ppo_epochs: int = _help("Passes over each rollout batch.", 4)
+    cliprange: float = _help("Policy ratio clip epsilon.", 0.2)
+    cliprange_value: float = _help("Value clip: new values stay within old +- this.", 0.2)
+    vf_coef: float = _help("Weight of the value loss.", 0.1)
+    max_grad_norm: float = _help("Gradient norm clip (policy and value parameters together).", 1.0)
+    gamma: float = _help("Discount factor for GAE.", 1.0)
+    lam: float = _help("GAE lambda.", 0.95)
+    whiten_advantages: bool = _help("Normalise advantages to mean 0, std 1 over the batch's valid tokens.", True)
+    target_kl: float | None = _help("Stop the PPO epochs of an update once approx_kl exceeds this (null = never).", None)
+    kl_coef: float = _help("Initial (or fixed) coefficient beta of the per-token KL penalty.", 0.05)
+    adaptive_kl: bool = _help("Adapt beta towards kl_target (Ziegler et al. 2019) instead of keeping it fixed.", False)
+    kl_target: float = _help("Target KL per response (nats, summed over tokens) for the adaptive controller.", 6.0)
+    kl_horizon: int = _help("Horizon (episodes) of the adaptive KL controller.", 10000)
+    missing_eos_penalty: float | None = _help("Subtract this from the score of responses that end without EOS (null = off).", None)
+    normalize_reward: bool = _help("Normalise scores with the running mean/std of all scores so far.", False)
+    reward_clip: float | None = _help("Clip (normalised) scores to [-reward_clip, reward_clip] (null = off).", None)
+    ptx_coef: float = _help("PPO-ptx: weight of the SFT loss on demonstrations mixed into each minibatch (0 = off).", 0.0)
+    ptx_data: str | None = _help("Demonstrations for PPO-ptx (CLI; rlhf.data JSONL). Workers pass them directly.", None)
+    ptx_batch_size: int = _help("Demonstrations per minibatch for PPO-ptx.", 4)
+    lora_dropout: float = _help("Ignored by PPO: dropout is switched off in every model.", 0.0)
+    optim: str = _help("'adamw_torch' or 'adamw_torch_fused' (fused kernels on CUDA); AdamW with eps 1e-5.", "adamw_torch")
+    logging_steps: int = _help("Ignored by PPO: metrics are reported after every update (and metrics.jsonl).", 1)
+    extra_args: dict[str, Any] = _help("Ignored by PPO (there is no TRL config underneath).", factory=dict)
+    save_steps: int = _help("Save a checkpoint every N PPO updates (0: none; the final model is still saved).", 20)
+
+
+# ------------------------------------------------------------------------------------- sampling
+@dataclass
+class SamplingConfig:
+    model: str | None = _help("Policy: null/'bundled', a local checkpoint or adapter dir, or a hub id.")
+    prompts: str | None = _help("Prompt file (JSONL with `prompt`/`turns`/`instruction`, or one prompt per line).")
+    output_dir: str = _help("Directory for samples.jsonl and metadata.json.", "runs/samples")
+    k: int = _help("Completions per prompt.", 4)
+    max_new_tokens: int = _help("Max generated tokens per completion (generation stops earlier at EOS).", 128)
+    do_sample: bool = _help("Sample (true) or greedy decoding (false).", True)
+    temperature: float = _help("Softmax temperature.", 1.0)
+    top_p: float = _help("Nucleus sampling threshold (1.0 = off).", 1.0)
+    top_k: int = _help("Top-k sampling (0 = off).", 0)
+    repetition_penalty: float = _help("HF repetition penalty (1.0 = off).", 1.0)
+    seed: int = _help("Random seed.", 0)
+    batch_size: int = _help("Sequences decoded together (prompts x K are flattened).", 32)
+    device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
+    dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
+    cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "
+                                             "on GPU); null: rlhf's own loop, which drops finished sequences from the "
+                                             "batch.")
