@@ -42,18 +42,36 @@ class ProjectOverview:
     pending_reviews: int | None
 
 
+def labels_today(*, project: Project, user, now: datetime | None = None) -> int:
+    """Items this user submitted in the project since midnight (the server's time zone)."""
+    now = now or timezone.now()
+    midnight = timezone.make_aware(datetime.combine(timezone.localdate(now), time.min))
+    return Assignment.objects.filter(
+        project=project, user=user, status=Assignment.Status.SUBMITTED, finished_at__gte=midnight
+    ).count()
+
+
+@dataclass(frozen=True)
+class QueueProgress:
+    today: int  # labels submitted today in the project
+    left: int  # items of this queue still open to this user, besides the one in hand
+
+
+def queue_progress(*, project: Project, user, queue: str, now: datetime | None = None) -> QueueProgress:
+    now = now or timezone.now()
+    left = available_items(project=project, user=user, queue=queue, now=now).count()
+    return QueueProgress(labels_today(project=project, user=user, now=now), left)
+
+
 def project_overview(*, project: Project, user, now: datetime | None = None) -> ProjectOverview:
     now = now or timezone.now()
     role = role_of(project=project, user=user)
     waiting = {q: available_items(project=project, user=user, queue=q, now=now).count() for q in Queue.values}
-    midnight = timezone.make_aware(datetime.combine(timezone.localdate(now), time.min))
-    labels_today = Assignment.objects.filter(
-        project=project, user=user, status=Assignment.Status.SUBMITTED, finished_at__gte=midnight
-    ).count()
+    today = labels_today(project=project, user=user, now=now)
     pending = None
     if role and RANK[role] >= RANK[Role.REVIEWER]:
         pending = reviewable(project=project, reviewer=user).count()
-    return ProjectOverview(project, role, waiting, labels_today, pending)
+    return ProjectOverview(project, role, waiting, today, pending)
 
 
 def reviewable(*, project: Project, reviewer) -> QuerySet[Demonstration]:
@@ -81,18 +99,123 @@ def comparison_sides(*, task, user) -> tuple[bool, list]:
     return a_left, pair if a_left else pair[::-1]
 
 
-def my_labels(*, project: Project, user, limit: int = 100) -> dict[str, list]:
-    demonstrations = list(
-        Demonstration.objects.filter(prompt__project=project, author=user)
-        .select_related("prompt")
-        .order_by("-created_at")[:limit]
+# Which runs read which labels while they run (workers/executors.py): SFT the demonstrations,
+# reward models and DPO the rankings.
+RUNS_READING = {"demonstrations": ("sft",), "rankings": ("reward", "dpo")}
+
+
+@dataclass(frozen=True)
+class UsedLabels:
+    """The labels of a project that training has used: {kind: {label id: model name}}, and the
+    kinds a running run is reading now ({kind: run})."""
+
+    models: dict[str, dict[int, str]]
+    running: dict[str, object]
+
+    def reason(self, kind: str, label_id: int) -> str | None:
+        """Why the label is frozen, as a sentence for the page; None when it may still change."""
+        if label_id in self.models.get(kind, {}):
+            return f"the model {self.models[kind][label_id]} was trained on it, and its label set must stay exact."
+        run = self.running.get(kind)
+        if run is not None:
+            return (f"a {run.get_kind_display()} run (#{run.pk}) is training on this project's {kind} now; "
+                    "try again when it has finished.")
+        return None
+
+
+def used_labels(*, project: Project) -> UsedLabels:
+    """Read every ModelVersion's label set once (a project has few models; their id lists are
+    read in Python so this works on SQLite as on PostgreSQL)."""
+    from labelapp.models import TrainingRun
+
+    models: dict[str, dict[int, str]] = {kind: {} for kind in RUNS_READING}
+    for name, data in ModelVersion.objects.filter(project=project).order_by("created_at").values_list("name", "training_data"):
+        for kind in RUNS_READING:
+            for label_id in ((data or {}).get(kind) or {}).get("ids") or []:
+                models[kind].setdefault(label_id, name)
+    running = {}
+    for kind, run_kinds in RUNS_READING.items():
+        run = TrainingRun.objects.filter(project=project, kind__in=run_kinds, status=TrainingRun.Status.RUNNING).first()
+        if run is not None:
+            running[kind] = run
+    return UsedLabels(models, running)
+
+
+@dataclass(frozen=True)
+class LabelRow:
+    """One line of "My labels": an item the user submitted, skipped or withdrawn."""
+
+    assignment: Assignment
+    kind: str  # demonstration | ranking | comparison | skip | withdrawn
+    prompt: Prompt
+    label: object | None  # the Demonstration, Ranking or Comparison
+    summary: str
+    frozen: str | None  # why it can no longer change; None when it can (or it is no label)
+
+    @property
+    def editable(self) -> bool:
+        return self.kind in ("demonstration", "ranking") and self.frozen is None
+
+
+def _ranking_summary(ranking: Ranking, k: int) -> str:
+    if ranking.none_acceptable and not ranking.order:
+        return "None acceptable"
+    tied = sum(len(group) for group in ranking.order if len(group) > 1)
+    text = f"Ranked {k} responses" + (f", {tied} of them tied" if tied else "")
+    flagged = len(ranking.flags or {})
+    if flagged:
+        text += f"; flagged {flagged}"
+    if ranking.none_acceptable:
+        text += "; none acceptable"
+    return text
+
+
+def label_row(assignment: Assignment, used: UsedLabels) -> LabelRow:
+    """The row of one finished assignment (its label read through the reverse one-to-ones)."""
+    prompt = assignment.prompt or (assignment.ranking_task or assignment.evaluation_task).prompt
+    status = assignment.status
+    if status == Assignment.Status.SKIPPED:
+        reason = assignment.skip_reason or "no reason given"
+        return LabelRow(assignment, "skip", prompt, None, f"Skipped: {reason}", None)
+    if status == Assignment.Status.WITHDRAWN:
+        return LabelRow(assignment, "withdrawn", prompt, None, "Withdrawn by you", None)
+    if assignment.queue == Queue.WRITE:
+        demo = getattr(assignment, "demonstration", None)
+        summary = demo.get_review_status_display() if demo else "Submitted"
+        if demo and demo.review_comment:
+            summary += f": {demo.review_comment}"
+        frozen = used.reason("demonstrations", demo.pk) if demo else None
+        return LabelRow(assignment, "demonstration", prompt, demo, summary, frozen)
+    if assignment.queue == Queue.RANK:
+        ranking = getattr(assignment, "ranking", None)
+        summary = _ranking_summary(ranking, sum(len(g) for g in ranking.order)) if ranking else "Submitted"
+        frozen = used.reason("rankings", ranking.pk) if ranking else None
+        return LabelRow(assignment, "ranking", prompt, ranking, summary, frozen)
+    comparison = getattr(assignment, "comparison", None)
+    summary = "Compared two answers"
+    if comparison is not None:
+        shown = {"a": "left" if comparison.a_shown_left else "right", "b": "right" if comparison.a_shown_left else "left"}
+        summary = "Judged a tie" if comparison.winner == "tie" else f"Preferred the {shown[comparison.winner]} answer"
+    return LabelRow(assignment, "comparison", prompt, comparison,
+                    summary, "blind comparisons feed the round's evaluation and are not changed.")
+
+
+def my_label_assignments(*, project: Project, user) -> QuerySet[Assignment]:
+    """The user's finished assignments in the project, newest first (submitted, skipped, withdrawn)."""
+    return (
+        Assignment.objects.filter(project=project, user=user, status__in=(
+            Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED, Assignment.Status.WITHDRAWN))
+        .select_related("prompt", "ranking_task__prompt", "evaluation_task__prompt", "demonstration", "ranking",
+                        "comparison")
+        .order_by("-finished_at", "-id")
     )
-    rankings = list(
-        Ranking.objects.filter(task__project=project, annotator=user)
-        .select_related("task__prompt")
-        .order_by("-created_at")[:limit]
-    )
-    return {"demonstrations": demonstrations, "rankings": rankings}
+
+
+def my_labels(*, project: Project, user, assignments=None) -> list[LabelRow]:
+    """Rows for "My labels": every submitted label, skip and withdrawal, with whether it may change."""
+    used = used_labels(project=project)
+    rows = assignments if assignments is not None else my_label_assignments(project=project, user=user)
+    return [label_row(a, used) for a in rows]
 
 
 def ranking_pairs(ranking: Ranking, min_gap: int = 1) -> list[tuple[int, int, float | None]]:

@@ -226,11 +226,14 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     prompts = list(held_out.order_by("id")[:n])
     settings = {"max_new_tokens": int(run.params.get("max_new_tokens", 64)),
                 "temperature": float(run.params.get("temperature", 0.7)), "seed": int(run.params.get("seed", 0))}
-    answers = {}
+    answers, finish = {}, {}
     for step, version in enumerate((candidate, baseline), start=1):
         model = load_causal_lm(version.artifact_path)
         tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
-        answers[version.pk] = [s.completion.strip() for s in sample(model, tokenizer, [p.turns for p in prompts], k=1, **settings)]
+        samples = sample(model, tokenizer, [p.turns for p in prompts], k=1, **settings)
+        answers[version.pk] = [s.completion.strip() for s in samples]
+        # how each answer ended, so the compare page can mark one the token limit cut off
+        finish[version.pk] = [{"finish_reason": s.finish_reason, "completion_tokens": s.completion_tokens} for s in samples]
         del model
         progress(step, 3, {})
     reward = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD, is_current=True).first()
@@ -240,10 +243,12 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
         a_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[candidate.pk])]
         b_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[baseline.pk])]
         rewards_a, rewards_b = score(rm, rm_tokenizer, a_items).tolist(), score(rm, rm_tokenizer, b_items).tolist()
-    for prompt, text_a, text_b, ra, rb in zip(prompts, answers[candidate.pk], answers[baseline.pk], rewards_a, rewards_b):
+    for prompt, text_a, text_b, ra, rb, end_a, end_b in zip(prompts, answers[candidate.pk], answers[baseline.pk], rewards_a,
+                                                           rewards_b, finish[candidate.pk], finish[baseline.pk]):
         evaluation_task_create(
             project=project, prompt=prompt, model_a=candidate, model_b=baseline, text_a=text_a, text_b=text_b,
             round=run.round, reward_a=ra, reward_b=rb, decoding=settings,
+            decoding_a={**settings, **end_a}, decoding_b={**settings, **end_b},
         )
     progress(3, 3, {})
     summary = evaluation_summary(project=project, round_id=run.round_id) if run.round_id else {}

@@ -44,7 +44,7 @@ class Queue(models.TextChoices):
 class Project(models.Model):
     name = models.CharField(max_length=200)
     slug = models.SlugField(max_length=80, unique=True)
-    guidelines = models.TextField(blank=True, help_text="Shown to annotators on their home page (plain text).")
+    guidelines = models.TextField(blank=True, help_text="Shown to annotators on the project page and one key away on task pages (markdown).")
     base_model = models.CharField(
         max_length=300, default="smollm2-135m-instruct", help_text="Model reference the first policy starts from."
     )
@@ -190,6 +190,15 @@ class Completion(models.Model):
     def __str__(self) -> str:
         return self.text[:60]
 
+    @property
+    def cut_off_at(self) -> int | None:
+        """The number of tokens at which the token limit stopped this completion, or None when
+        it ended on its own (EOS) or its finish reason is not known (imported, hand-written)."""
+        decoding = self.decoding or {}
+        if decoding.get("finish_reason") != "length":
+            return None
+        return decoding.get("completion_tokens") or decoding.get("max_new_tokens")
+
 
 class RankingTask(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="ranking_tasks")
@@ -221,6 +230,7 @@ class Assignment(models.Model):
         SUBMITTED = "submitted", "Submitted"
         SKIPPED = "skipped", "Skipped"
         EXPIRED = "expired", "Lease expired"
+        WITHDRAWN = "withdrawn", "Withdrawn"  # submitted, then taken back by its annotator
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")

@@ -75,13 +75,26 @@ def demonstration_submit(
     return demonstration
 
 
-def order_from_ranks(ranks: Mapping[int, object], *, completion_ids: Iterable[int]) -> list[list[int]]:
-    """Turn {completion id: rank} (1 = best, equal ranks tie) into tie groups, best first."""
-    ids = set(completion_ids)
+def _named(names: list[str]) -> str:
+    """"A", "A and C", "A, C and D"."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def order_from_ranks(
+    ranks: Mapping[int, object], *, completion_ids: Iterable[int], names: Mapping[int, str] | None = None
+) -> list[list[int]]:
+    """Turn {completion id: rank} (1 = best, equal ranks tie) into tie groups, best first.
+
+    `names` maps completion ids to what the annotator sees (the letters A, B, …), so an error
+    names the responses as the page shows them; without it the ids are named."""
+    ids = list(dict.fromkeys(completion_ids))
     k = len(ids)
-    missing = sorted(ids - set(ranks))
+    names = names or {cid: f"response {cid}" for cid in ids}
+    missing = [names[cid] for cid in ids if cid not in ranks]
     if missing:
-        raise ValidationError(f"Give every response a rank from 1 to {k}: {len(missing)} response(s) have none.")
+        have = "has" if len(missing) == 1 else "have"
+        raise ValidationError(f"Give every response a rank from 1 to {k}: {_named(missing)} {have} none yet.")
+    ids = set(ids)
     by_rank: dict[int, list[int]] = {}
     for cid, raw in ranks.items():
         if cid not in ids:
@@ -153,6 +166,22 @@ def _clean_scores(scores: Mapping | None, ids: set[int]) -> dict[str, int]:
     return cleaned
 
 
+def ranking_fields(*, task_id: int, order, none_acceptable: bool, flags: Mapping | None, scores: Mapping | None) -> dict:
+    """The validated order, none_acceptable, flags and scores of a ranking of task `task_id`
+    (what a submission and an edit both store). With `none_acceptable` the order may be empty."""
+    ids = set(RankingTask.completions.through.objects.filter(rankingtask_id=task_id).values_list("completion_id", flat=True))
+    if none_acceptable and not order:
+        order = []
+    else:
+        order = validate_order(order, completion_ids=ids)
+    return {
+        "order": order,
+        "none_acceptable": bool(none_acceptable),
+        "flags": _clean_flags(flags, ids),
+        "scores": _clean_scores(scores, ids),
+    }
+
+
 @transaction.atomic
 def ranking_submit(
     *,
@@ -169,21 +198,14 @@ def ranking_submit(
     assignment, now = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.RANK, now=now)
     if assignment.status == Assignment.Status.SUBMITTED:
         return Ranking.objects.get(assignment=assignment)
-    ids = set(RankingTask.completions.through.objects.filter(rankingtask_id=assignment.ranking_task_id).values_list(
-        "completion_id", flat=True
-    ))
-    if none_acceptable and not order:
-        order = []
-    else:
-        order = validate_order(order, completion_ids=ids)
     ranking = Ranking(
         task_id=assignment.ranking_task_id,
         annotator=user,
         assignment=assignment,
-        order=order,
-        none_acceptable=bool(none_acceptable),
-        flags=_clean_flags(flags, ids),
-        scores=_clean_scores(scores, ids),
+        **ranking_fields(
+            task_id=assignment.ranking_task_id, order=order, none_acceptable=none_acceptable, flags=flags,
+            scores=scores,
+        ),
         time_spent_ms=clamp_time_spent(time_spent_ms),
     )
     ranking.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those

@@ -172,8 +172,11 @@ def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequen
 def evaluation_task_create(
     *, project: Project, prompt: Prompt, model_a: ModelVersion, model_b: ModelVersion, text_a: str, text_b: str,
     round=None, reward_a: float | None = None, reward_b: float | None = None, decoding: dict | None = None,
+    decoding_a: dict | None = None, decoding_b: dict | None = None,
 ):
-    """A blind A/B task: the candidate's (A) and the baseline's (B) answers to one prompt."""
+    """A blind A/B task: the candidate's (A) and the baseline's (B) answers to one prompt.
+    `decoding` is what both answers were sampled with; `decoding_a`/`decoding_b`, when given,
+    are each answer's own (with its finish reason and token count) and take its place."""
     from labelapp.models import EvaluationTask
 
     if model_a.pk == model_b.pk:
@@ -181,11 +184,12 @@ def evaluation_task_create(
     if prompt.project_id != project.pk:
         raise ValidationError("The prompt belongs to another project.")
     # Created in a random order, so the completions' ids do not tell candidate from baseline.
-    sides = [("a", text_a, model_a), ("b", text_b, model_b)]
+    sides = [("a", text_a, model_a, decoding_a), ("b", text_b, model_b, decoding_b)]
     random.SystemRandom().shuffle(sides)
     made = {
-        side: completion_create(prompt=prompt, text=text or "(empty response)", model_version=model, decoding=decoding)
-        for side, text, model in sides
+        side: completion_create(prompt=prompt, text=text or "(empty response)", model_version=model,
+                                decoding=own or decoding)
+        for side, text, model, own in sides
     }
     a, b = made["a"], made["b"]
     return EvaluationTask.objects.create(

@@ -66,7 +66,8 @@ def live_lease(now: datetime) -> Q:
     return Q(status=Assignment.Status.ACTIVE, expires_at__gt=now)
 
 
-FINISHED = (Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED)  # the item never returns to that user
+# the item never returns to that user
+FINISHED = (Assignment.Status.SUBMITTED, Assignment.Status.SKIPPED, Assignment.Status.WITHDRAWN)
 
 
 def spec_for(queue: str) -> QueueSpec:
@@ -194,8 +195,8 @@ def lease_for_submit(
     now = now or timezone.now()
     if assignment.status == Assignment.Status.SUBMITTED:
         return assignment, now
-    if assignment.status == Assignment.Status.SKIPPED:
-        raise ValidationError("You skipped this item; it has gone back to the queue.")
+    if assignment.status in (Assignment.Status.SKIPPED, Assignment.Status.WITHDRAWN):
+        raise ValidationError(f"You {assignment.get_status_display().lower()} this item; it has gone back to the queue.")
     if assignment.status == Assignment.Status.EXPIRED or assignment.expires_at <= now:
         raise ValidationError(
             f"Your lease on this item expired at {assignment.expires_at:%H:%M} UTC, so it may have gone to "
@@ -217,7 +218,7 @@ def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime
     assignment = Assignment.objects.select_for_update().filter(pk=assignment_id).first()
     if assignment is None or assignment.user_id != user.pk:
         raise ValidationError("This item is not leased to you.")
-    if assignment.status == Assignment.Status.SKIPPED:
+    if assignment.status in (Assignment.Status.SKIPPED, Assignment.Status.WITHDRAWN):
         return assignment
     if assignment.status == Assignment.Status.SUBMITTED:
         raise ValidationError("This item is already submitted; it cannot be skipped.")

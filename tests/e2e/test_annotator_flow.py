@@ -40,15 +40,14 @@ def test_keyboard_only_write_and_rank_then_overlap(page, live_server):
     page.wait_for_url(f"**/p/{project.slug}/")
     assert "Demonstration saved." in page.content()
 
-    # rank: R claims, the first card has focus, digits rank and move on, Ctrl+Enter submits
+    # rank: R claims, the first card is current, a digit ranks it, J moves on, Ctrl+Enter submits
     page.keyboard.press("r")
     page.wait_for_url("**/rank/*/")
     shown = [int(cid) for cid in page.locator(".response").evaluate_all("els => els.map(e => e.dataset.cid)")]
     assert page.evaluate("document.activeElement.classList.contains('response')")
-    for digit in ["2", "1", "2", "4"]:  # a tie between the first and third card shown
-        page.keyboard.press(digit)
-    page.keyboard.press("k")  # back to the last card, flag it as ignoring the instruction
-    page.keyboard.press("i")
+    for key in ["2", "j", "1", "j", "2", "j", "4"]:  # a tie between the first and third card shown
+        page.keyboard.press(key)
+    page.keyboard.press("i")  # the last card is still current: flag it as ignoring the instruction
     page.keyboard.press("q")  # its score box
     page.keyboard.type("1")
     page.keyboard.press("Escape")
@@ -73,8 +72,8 @@ def test_keyboard_only_write_and_rank_then_overlap(page, live_server):
     assert page.get_by_test_id("waiting-rank").inner_text() == "1"
     page.keyboard.press("r")
     page.wait_for_url("**/rank/*/")
-    for digit in ["1", "2", "3", "4"]:
-        page.keyboard.press(digit)
+    for key in ["1", "j", "2", "j", "3", "j", "4"]:
+        page.keyboard.press(key)
     page.keyboard.press("Control+Enter")
     page.wait_for_url(f"**/p/{project.slug}/")
     page.context.clear_cookies()
@@ -113,6 +112,7 @@ def test_incomplete_ranking_is_refused_and_kept(page, live_server):
 
 def test_drag_reorders_and_ranks(page, live_server):
     setup_project()
+    page.set_viewport_size({"width": 1280, "height": 1400})  # every card in view: a drag does not scroll
     login(page, live_server, "ann1")
     page.keyboard.press("r")
     page.wait_for_url("**/rank/*/")

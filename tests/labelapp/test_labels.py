@@ -128,6 +128,17 @@ def test_rank_form_errors_are_clear(rank_lease, ranks, message):
         order_from_ranks(ranks, completion_ids=ids)
 
 
+def test_a_missing_rank_names_the_responses_as_the_page_shows_them():
+    ids = [11, 12, 13, 14]
+    names = dict(zip(ids, "ABCD"))
+    with pytest.raises(ValidationError, match=r"rank from 1 to 4: C has none yet"):
+        order_from_ranks({11: 1, 12: 2, 14: 3}, completion_ids=ids, names=names)
+    with pytest.raises(ValidationError, match=r"rank from 1 to 4: A, B and D have none yet"):
+        order_from_ranks({13: 1}, completion_ids=ids, names=names)
+    with pytest.raises(ValidationError, match=r"response 12 and response 14 have none yet"):
+        order_from_ranks({11: 1, 13: 1}, completion_ids=ids)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -34,7 +34,7 @@ def test_project_home_shows_queues_guidelines_and_csp(client_for, annotator):
     body = response.content.decode()
     assert response.status_code == 200
     assert 'data-testid="waiting-rank">1<' in body and 'data-testid="waiting-write">1<' in body
-    assert "Be helpful.<br>Be honest." in body
+    assert "<p>Be helpful.<br>\nBe honest.</p>" in body  # markdown, line breaks kept
     assert "script-src 'self'" in response["Content-Security-Policy"]
     assert "<script>" not in body.split('id="keymap"')[0].split("</head>")[1]  # no inline script in the body
 

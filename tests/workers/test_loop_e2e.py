@@ -70,6 +70,12 @@ def test_a_round_runs_end_to_end(tiny_project, start_worker):
     assert evaluations.count() == 2  # one per held-out prompt
     assert all(t.model_a_id == policy.pk and t.model_b_id == sft.pk for t in evaluations)
     assert all(t.reward_a is not None and t.reward_b is not None for t in evaluations)
+    # each answer keeps how it ended, so a cut-off one is marked on the compare page
+    for t in evaluations:
+        for completion in (t.completion_a, t.completion_b):
+            assert completion.decoding["finish_reason"] in ("eos", "length")
+            assert 0 < completion.decoding["completion_tokens"] <= 8 and completion.decoding["max_new_tokens"] == 8
+            assert (completion.cut_off_at == 8) == (completion.decoding["finish_reason"] == "length")
     evaluate = TrainingRun.objects.get(round=rnd, kind="evaluate")
     assert 0 <= evaluate.result["auto_win_rate"] <= 1
     ppo = TrainingRun.objects.get(round=rnd, kind="ppo")
