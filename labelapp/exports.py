@@ -129,7 +129,7 @@ def _completion_texts(project: Project, task_ids: set[int]) -> dict[int, dict[in
 def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
     """Rankings in (task, id) order, read in keyset pages: each page is a short index walk
     (index ranking_task_then_id), so the first rows come at once and memory stays flat."""
-    qs = Ranking.objects.filter(task__project=f.project)
+    qs = Ranking.objects.filter(task__project=f.project, task__gold_order__isnull=True)  # gold never trains
     if f.split:
         qs = qs.filter(task__prompt__split=f.split)
     if f.since:

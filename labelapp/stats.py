@@ -13,7 +13,7 @@ def project_rankings(*, project: Project) -> dict[int, dict[int, list[list[int]]
     """{task id: {annotator id: order}} for tasks ranked by two or more annotators."""
     by_task: dict[int, dict[int, list[list[int]]]] = defaultdict(dict)
     rows = (
-        Ranking.objects.filter(task__project=project, task__ranking_count__gte=2)
+        Ranking.objects.filter(task__project=project, task__ranking_count__gte=2, task__gold_order__isnull=True)
         .exclude(order=[])
         .values_list("task_id", "annotator_id", "order")
         .iterator(chunk_size=5000)
@@ -94,7 +94,7 @@ def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> di
     wanted = Q(round_id__in=[r for r in round_ids if r is not None])
     if None in round_ids:
         wanted |= Q(round__isnull=True)
-    tasks = EvaluationTask.objects.filter(wanted, project=project)
+    tasks = EvaluationTask.objects.filter(wanted, project=project, gold_winner="")  # gold is scored, not counted
     counts: dict = defaultdict(int)
     auto: dict = defaultdict(list)
     for round_id, a, b in tasks.values_list("round_id", "reward_a", "reward_b"):
