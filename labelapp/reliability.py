@@ -25,14 +25,17 @@ estimate near 2/3 until labels say otherwise. Gold units have a known t and are 
 re-estimated; a unit judged by one annotator only tells nothing about that annotator, so it
 is left out of the M step (its posterior is still given, from that annotator's reliability).
 
-Intervals: q_j's 95% interval is the central interval of Beta(1 + C_j, 1 + W_j), where C_j
-and W_j are the expected numbers of correct and reversed strict reports at the fit. It
-treats the truth as known at its posterior, so it is somewhat narrow when few units have
-more than two judgments.
+Intervals: q_j's 95% interval is the central interval of Beta(1 + C_j/d_j, 1 + W_j/d_j), where
+C_j and W_j are the expected numbers of correct and reversed strict reports at the fit and d_j
+is a design effect for the pairs of one ranking not being independent: one ranking of K
+responses gives C(K,2) pairs, and for an annotator who orders at random the number of them that
+agree with the truth has variance K(K-1)(2K+5)/72 (Kendall's distance) instead of the binomial
+C(K,2)/4, a ratio d = (2K+5)/9 (1 for K = 2, 1.44 for K = 4), averaged over the annotator's
+rankings by their pair counts. The interval still treats the truth as known at its posterior,
+so it is somewhat narrow when few units have more than two judgments.
 
-Pairs within one ranking are treated as independent units (they are not quite: one ranking
-implies a transitive set of preferences); this over-counts evidence per ranking by at most
-the C(K,2) pairs it contributes, and is the usual simplification.
+In the EM itself the pairs of one ranking are treated as independent units, the usual
+simplification.
 """
 from __future__ import annotations
 
@@ -184,6 +187,10 @@ def fit(
 
     result = {}
     informative_set = set(informative)
+    pairs_per_ranking: dict[tuple, int] = defaultdict(int)  # (annotator, item) -> judged pairs
+    for u in informative_set:
+        for who, _ in by_unit[u]:
+            pairs_per_ranking[who, u[0]] += 1
     for a in annotators:
         correct = wrong = ties = 0.0
         n = n_gold = 0
@@ -201,12 +208,26 @@ def fit(
                 else:
                     correct, wrong = correct + 1 - p, wrong + p
         c, t, w = params.get(a, (2 / 3, 0.0, 1 / 3))
-        low, high = beta_interval(1 + correct, 1 + wrong)
+        deff = design_effect([m for (who, _), m in pairs_per_ranking.items() if who == a])
+        low, high = beta_interval(1 + correct / deff, 1 + wrong / deff)
         result[a] = AnnotatorFit(
             reliability=c / (c + w), low=low, high=high, tie_rate=t, judgments=n,
             strict=correct + wrong, gold_judgments=n_gold,
         )
     return ReliabilityFit(result, posterior, iteration, converged, len(by_unit), sum(u in by_unit for u in gold))
+
+
+def design_effect(pair_counts: Sequence[int]) -> float:
+    """(2K + 5) / 9 averaged over rankings weighted by their pairs, K recovered from the number of
+    pairs m = K(K-1)/2 a ranking gave (see the module docstring); 1 with no rankings."""
+    total = sum(pair_counts)
+    if not total:
+        return 1.0
+    weighted = 0.0
+    for m in pair_counts:
+        k = (1 + math.sqrt(1 + 8 * m)) / 2
+        weighted += m * max(1.0, (2 * k + 5) / 9)
+    return weighted / total
 
 
 def _normalise(c: Sequence[float]) -> tuple[float, float, float]:

@@ -34,6 +34,15 @@ def test_regularized_beta_symmetry_and_a_tabulated_value():
     assert low == pytest.approx(1 - high, abs=1e-9) and 0.39 < low < 0.41
 
 
+def test_design_effect_of_ranking_pairs():
+    from labelapp.reliability import design_effect
+
+    assert design_effect([]) == 1.0
+    assert design_effect([1, 1]) == 1.0  # K = 2: one pair per ranking, independent
+    assert design_effect([6]) == pytest.approx(13 / 9)  # K = 4
+    assert design_effect([6, 1]) == pytest.approx((6 * 13 / 9 + 1) / 7)
+
+
 def test_judgments_from_rankings_orient_pairs_and_skip_empty_orders():
     judgments = judgments_from_rankings({7: {"a": [[3], [1, 2]], "b": []}})
     assert sorted((j.unit, j.annotator, j.relation) for j in judgments) == [
