@@ -71,6 +71,7 @@ def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dic
             "tie_rate": annotator_fit.tie_rate if annotator_fit else None,
             "labels_per_hour": c["rankings"] / hours if hours > 0 else None,
             "median_time_ms": medians.get(uid),
+            "median_time_s": medians[uid] / 1000 if uid in medians else None,
             "flags": flags_for(annotator_fit, median_ms=medians.get(uid), project_median_ms=project_median, rules=rules),
         })
     rows.sort(key=lambda r: (r["reliability"] is None, -(r["reliability"] or 0), r["username"]))

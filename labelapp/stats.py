@@ -4,7 +4,12 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import lru_cache
 
-from labelapp.agreement import annotator_consensus_agreement, krippendorff_alpha_ordinal, pairwise_agreement
+from labelapp.agreement import (
+    annotator_consensus_agreement,
+    krippendorff_alpha_ordinal,
+    krippendorff_alpha_pairwise,
+    pairwise_agreement,
+)
 from labelapp.exports import pseudonym
 from labelapp.models import Project, Ranking
 
@@ -26,11 +31,16 @@ def project_rankings(*, project: Project) -> dict[int, dict[int, list[list[int]]
 def project_agreement(*, project: Project) -> dict:
     rankings = project_rankings(project=project)
     overall = pairwise_agreement(rankings)
+    strict = pairwise_agreement(rankings, ignore_ties=True)
     per_annotator = annotator_consensus_agreement(rankings)
     return {
         "items_with_overlap": len(rankings),
         "pairwise_agreement": overall.rate,
         "pairwise_comparisons": overall.n,
+        "pairwise_agreement_without_ties": strict.rate,
+        "pairwise_comparisons_without_ties": strict.n,
+        "krippendorff_alpha_pairwise_nominal": krippendorff_alpha_pairwise(rankings, metric="nominal"),
+        "krippendorff_alpha_pairwise_ordinal": krippendorff_alpha_pairwise(rankings, metric="ordinal"),
         "krippendorff_alpha_ordinal": krippendorff_alpha_ordinal(rankings),
         "annotators": {pseudonym(a): {"agreement_with_consensus": r.rate, "n": r.n} for a, r in per_annotator.items()},
     }

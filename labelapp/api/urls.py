@@ -4,6 +4,7 @@ from rest_framework.routers import SimpleRouter
 
 from labelapp.api import views
 from labelapp.api.label_imports import LabelImportView
+from labelapp.api.quality import AnnotatorReportView, GoldView, ReliabilityRefitView
 from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
 
 router = SimpleRouter()
@@ -26,6 +27,10 @@ urlpatterns = [
     path("projects/<int:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
     path("projects/<int:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
     path("projects/<int:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
+    path("projects/<int:project_id>/statistics/annotators/", AnnotatorReportView.as_view(), name="annotators"),
+    path("projects/<int:project_id>/statistics/annotators/refit/", ReliabilityRefitView.as_view(),
+         name="annotators-refit"),
+    path("projects/<int:project_id>/gold/", GoldView.as_view(), name="gold"),
     path("projects/<int:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
     path("model-versions/<int:pk>/make-current/", MakeCurrentView.as_view(), name="modelversion-make-current"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),

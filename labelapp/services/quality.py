@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from labelapp import reliability
 from labelapp.models import Comparison, EvaluationTask, Project, Ranking, RankingTask, ReliabilityFit, Role
 from labelapp.services.access import require_role
 from labelapp.services.labels import gold_score, validate_order
+
+log = logging.getLogger(__name__)
 
 
 @transaction.atomic
@@ -150,3 +153,17 @@ def reliability_refit(*, project: Project, force: bool = False) -> ReliabilityFi
         units=result.units, gold_units=result.gold_units, iterations=result.iterations,
         converged=result.converged, seconds=time.monotonic() - started,
     )
+
+
+def reliability_refit_enqueue(*, project: Project, user) -> bool:
+    """Ask a worker to refit now (the `default` queue; the web process never imports workers).
+    False when the broker is unreachable: the beat's periodic refresh still picks the change up."""
+    from celery import current_app
+
+    require_role(project=project, user=user, role=Role.ADMIN)
+    try:
+        current_app.send_task("studio.reliability_refit", args=[project.pk, True], queue="default")
+    except Exception:
+        log.warning("could not enqueue a reliability refit of project %s", project.pk, exc_info=True)
+        return False
+    return True
