@@ -8,9 +8,22 @@ as stable pseudonyms (an HMAC of their id under the SECRET_KEY).
 Formats (TRL's dataset formats, https://huggingface.co/docs/trl/dataset_formats):
 - pairs, plain:          {"prompt": str, "chosen": str, "rejected": str[, "margin": float]}
 - pairs, conversational: {"prompt": [turns], "chosen": [assistant turn], "rejected": [assistant turn][, "margin"]}
-- rankings:              the whole ranking with ties, flags, scores and the completions' texts
+- rankings:              the whole ranking with ties, flags, scores, the completions' texts and the
+                         prompt's category and metadata
 - demonstrations:        {"messages": [prompt turns…, {"role": "assistant", "content": demonstration}]}
 - kto (unpaired):        {"prompt": [turns], "completion": [assistant turn], "label": bool}
+- prompts:               the prompt import's own JSONL ({"text"} or {"messages"}, category, split,
+                         source, reference, metadata), so a project's prompts import back unchanged
+
+A plain-style pair of a chat prompt (several turns) writes the conversation as an HH-RLHF style
+transcript that ends with the assistant's cue — "Human: …\\n\\nAssistant: …\\n\\nHuman: …\\n\\nAssistant:"
+— and each reply with the one leading space of that format (" Certainly!"), so TRL, which joins
+prompt and reply as they are, trains on "…\\n\\nAssistant: Certainly!". A single-turn prompt stays its
+text. For a model with a chat template, prefer style=conversational: TRL applies the template.
+
+Every line is JSON with U+2028 and U+2029 escaped (\\u2028, \\u2029): they are legal raw inside JSON
+strings, but tools that split lines with str.splitlines() (or JavaScript) would break a line there.
+Texts are written exactly as they are stored.
 """
 from __future__ import annotations
 
@@ -30,7 +43,8 @@ from labelapp.selectors import ranking_pairs
 
 CHUNK = 2000
 FIRST_CHUNK = 50
-FORMATS = ("pairs", "rankings", "demonstrations", "kto")
+FORMATS = ("pairs", "rankings", "demonstrations", "kto", "prompts")
+ASSISTANT_CUE = "\n\nAssistant:"  # ends a plain chat prompt; the reply follows after one space
 
 
 def pseudonym(user_id: int) -> str:
@@ -66,8 +80,13 @@ def buffered(chunks: Iterable[bytes], size: int = 1 << 16) -> Iterator[bytes]:
         yield b"".join(buffer)
 
 
+def _safe(text: str) -> str:
+    """JSON text with the line and paragraph separators escaped (only inside strings can they occur)."""
+    return text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
 def _line(obj: dict) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8")
+    return (_safe(json.dumps(obj, ensure_ascii=False)) + "\n").encode("utf-8")
 
 
 def _assistant(text: str) -> list[dict]:
@@ -92,6 +111,7 @@ class RankingRow:
     prompt_messages: list | None
     category: str
     split: str
+    prompt_metadata: dict
     completions: dict  # completion id → (text, model_version_id), in id order
 
     @property
@@ -99,16 +119,23 @@ class RankingRow:
         return list(self.prompt_messages) if self.prompt_messages else [{"role": "user", "content": self.prompt_text}]
 
     @property
+    def is_chat(self) -> bool:
+        return bool(self.prompt_messages)
+
+    @property
     def plain_prompt(self) -> str:
+        """The prompt as one string: its text, or a chat as a transcript ending with the assistant's cue."""
         if not self.prompt_messages:
             return self.prompt_text
         names = {"user": "Human", "assistant": "Assistant", "system": "System"}
-        return "".join(f"\n\n{names[t['role']]}: {t['content']}" for t in self.prompt_messages).lstrip("\n")
+        turns = "".join(f"\n\n{names[t['role']]}: {t['content']}" for t in self.prompt_messages)
+        return turns[2:] + ASSISTANT_CUE
 
 
 RANKING_FIELDS = (
     "id", "task_id", "annotator_id", "order", "none_acceptable", "flags", "scores", "time_spent_ms", "created_at",
     "task__prompt_id", "task__prompt__text", "task__prompt__messages", "task__prompt__category", "task__prompt__split",
+    "task__prompt__metadata",
 )
 
 
@@ -169,8 +196,9 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
     for ranking in _rankings(f):
         # Encode the prompt and each completion once; a ranking of K gives up to C(K,2) lines.
         prompt = dumps(ranking.turns if conversational else ranking.plain_prompt, ensure_ascii=False)
+        lead = " " if ranking.is_chat and not conversational else ""  # after the plain transcript's cue
         encoded = {
-            cid: dumps(_assistant(text) if conversational else text, ensure_ascii=False)
+            cid: dumps(_assistant(text) if conversational else lead + text, ensure_ascii=False)
             for cid, (text, _) in ranking.completions.items()
         }
         tail = f', "ranking_id": {ranking.id}, "annotator": "{pseudonym(ranking.annotator_id)}"' if meta else ""
@@ -179,7 +207,7 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
             extra = f', "margin": {diff if diff is not None else 0.0}' if margin else ""
             lines.append(f'{{"prompt": {prompt}, "chosen": {encoded[chosen]}, "rejected": {encoded[rejected]}{extra}{tail}}}\n')
         if lines:
-            yield "".join(lines).encode("utf-8")
+            yield _safe("".join(lines)).encode("utf-8")
 
 
 def export_rankings(f: ExportFilter) -> Iterator[bytes]:
@@ -192,6 +220,7 @@ def export_rankings(f: ExportFilter) -> Iterator[bytes]:
                 "prompt": r.turns,
                 "category": r.category,
                 "split": r.split,
+                "metadata": r.prompt_metadata,
                 "completions": [
                     {"id": cid, "text": text, "model_version_id": version} for cid, (text, version) in r.completions.items()
                 ],
@@ -235,3 +264,24 @@ def export_demonstrations(f: ExportFilter, *, statuses: Iterable[str] = ("approv
     for text, prompt_text, messages in rows:
         turns = list(messages) if messages else [{"role": "user", "content": prompt_text}]
         yield _line({"messages": turns + _assistant(text)})
+
+
+PROMPT_FIELDS = ("text", "messages", "category", "split", "source", "reference", "metadata")
+
+
+def export_prompts(f: ExportFilter) -> Iterator[bytes]:
+    """The project's prompts in the prompt import's format, oldest first: importing the file into
+    another project and exporting it again gives the same bytes."""
+    from labelapp.models import Prompt
+
+    qs = Prompt.objects.filter(project=f.project)
+    if f.split:
+        qs = qs.filter(split=f.split)
+    if f.since:
+        qs = qs.filter(created_at__gte=f.since)
+    if f.until:
+        qs = qs.filter(created_at__lt=f.until)
+    for text, messages, *rest in qs.order_by("id").values_list(*PROMPT_FIELDS).iterator(chunk_size=CHUNK):
+        row = {"messages": messages} if messages else {"text": text}
+        row.update(zip(PROMPT_FIELDS[2:], rest))
+        yield _line(row)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import zlib
 import io
 import json
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from labelapp.models import Category, Prompt
 
-CATEGORY_ALIASES = {
-    **{c.value: c.value for c in Category},
+CATEGORY_ALIASES = {  # other spellings of InstructGPT's categories, used when the project has that category
     **{c.label.lower(): c.value for c in Category},
     "openqa": Category.OPEN_QA,
     "open-qa": Category.OPEN_QA,
@@ -29,10 +29,11 @@ CATEGORY_ALIASES = {
     "brainstorm": Category.BRAINSTORMING,
     "summarize": Category.SUMMARIZATION,
     "summarisation": Category.SUMMARIZATION,
-    "": Category.OTHER,
 }
 ROLES = {"system", "user", "assistant"}
 MAX_REPORTED_ERRORS = 50
+MAX_METADATA_DEPTH = 20
+FIELDS = {"text", "prompt", "messages", "category", "split", "source", "reference", "metadata"}
 
 
 @dataclass
@@ -44,6 +45,7 @@ class PromptRow:
     split: str = Prompt.Split.TRAIN
     source: str = Prompt.Source.IMPORTED
     reference: str = ""
+    metadata: dict = field(default_factory=dict)
 
     @property
     def content_hash(self) -> str:
@@ -52,21 +54,103 @@ class PromptRow:
 
 @dataclass
 class ParseReport:
+    """Rows and errors of a file. At most MAX_REPORTED_ERRORS errors are kept; the rest are only
+    counted, and `messages` ends with how many were not shown."""
+
     rows: list[PromptRow] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    hidden_errors: int = 0
 
     def error(self, line: int, field_name: str | None, reason: str) -> None:
+        if len(self.errors) >= MAX_REPORTED_ERRORS:
+            self.hidden_errors += 1
+            return
         where = f"line {line}" + (f", field '{field_name}'" if field_name else "")
         self.errors.append(f"{where}: {reason}")
 
+    @property
+    def messages(self) -> list[str]:
+        more = [f"{self.hidden_errors:,} more errors not shown; fix these and import again"] if self.hidden_errors else []
+        return self.errors + more
+
+
+def normalise_line_endings(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
 
 def prompt_hash(*, text: str = "", messages: list[dict] | None = None) -> str:
-    """Content hash used to skip prompts that are already in the project."""
+    """Content hash used to skip prompts that are already in the project. Only line endings are
+    normalised (CRLF and CR count as LF): spaces, indentation and blank lines are part of a prompt,
+    so two prompts that differ only there are two prompts."""
     if messages:
-        canonical = json.dumps([[m["role"], m["content"].strip()] for m in messages], ensure_ascii=False)
+        canonical = json.dumps([[m["role"], normalise_line_endings(m["content"])] for m in messages], ensure_ascii=False)
     else:
-        canonical = " ".join(text.split())
+        canonical = normalise_line_endings(text)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def iter_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) of a JSON Lines text, split on "\\n" only: U+2028, U+2029, form feeds and
+    other characters that str.splitlines() breaks on are legal inside JSON strings."""
+    start, number = 0, 1
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            yield number, text[start:]
+            return
+        yield number, text[start:end]
+        start, number = end + 1, number + 1
+
+
+def json_line(raw: str):
+    """One JSON value, or a ValueError with a reason a person can act on."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"broken JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def category_for(raw, categories: list[str], default: str) -> str | None:
+    """The project's spelling of a category given in a file (exact, then ignoring case, then an
+    alias of InstructGPT's names), `default` when none is given, None when unknown."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return default
+    if not isinstance(raw, str):
+        return None
+    name = raw.strip()
+    if name in categories:
+        return name
+    lowered = {c.lower(): c for c in categories}
+    key = name.lower()
+    for candidate in (key, key.replace("_", " "), key.replace(" ", "_")):
+        if candidate in lowered:
+            return lowered[candidate]
+        alias = CATEGORY_ALIASES.get(candidate)
+        if alias in categories:
+            return alias
+    return None
+
+
+def category_error(raw, categories: list[str]) -> str:
+    shown = ", ".join(categories[:20]) + (f" … ({len(categories)} in all)" if len(categories) > 20 else "")
+    return f"unknown category {raw!r}; this project's categories are {shown}"
+
+
+def metadata_error(value) -> str | None:
+    """Why `value` cannot be a prompt's metadata, or None."""
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_METADATA_DEPTH:
+            return f"is nested more than {MAX_METADATA_DEPTH} levels deep"
+        level = [v for x in level for v in (x.values() if isinstance(x, dict) else x) if isinstance(v, (dict, list))]
+    if len(json.dumps(value, ensure_ascii=False)) > settings.LABEL_MAX_TEXT_CHARS:
+        return f"is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters as JSON"
+    return None
 
 
 def detect_format(filename: str) -> str:
@@ -107,15 +191,19 @@ def read_upload(data: bytes, report) -> str | None:
     return text
 
 
-def parse_prompts(data: bytes, *, fmt: str) -> ParseReport:
+def parse_prompts(data: bytes, *, fmt: str, categories: list[str] | None = None, default_category: str | None = None) -> ParseReport:
+    """Rows of a prompt file, validated against the project's `categories` (InstructGPT's ten
+    when not given); a row without a category gets `default_category` ("other" by default)."""
     report = ParseReport()
+    categories = list(categories) if categories is not None else list(Category.values)
+    default = default_category if default_category is not None else Category.OTHER
     text = read_upload(data, report)
     if text is None:
         return report
     if fmt == "jsonl":
-        _parse_jsonl(text, report)
+        _parse_jsonl(text, report, categories, default)
     elif fmt == "csv":
-        _parse_csv(text, report)
+        _parse_csv(text, report, categories, default)
     else:
         report.error(1, None, f"unknown format {fmt!r}: use jsonl or csv")
     if not report.rows and not report.errors:
@@ -131,29 +219,27 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-def _parse_jsonl(text: str, report: ParseReport) -> None:
-    for number, raw in enumerate(text.splitlines(), start=1):
+def _parse_jsonl(text: str, report: ParseReport, categories: list[str], default: str) -> None:
+    for number, raw in iter_lines(text):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            report.error(number, None, f"broken JSON ({exc.msg} at column {exc.colno})")
+            obj = json_line(raw)
+        except ValueError as exc:
+            report.error(number, None, str(exc))
             continue
         if not isinstance(obj, dict):
             report.error(number, None, "each line must be a JSON object")
             continue
-        _validate(obj, number, report)
-        if len(report.errors) >= MAX_REPORTED_ERRORS:
-            return
+        _validate(obj, number, report, categories, default)
 
 
-def _parse_csv(text: str, report: ParseReport) -> None:
+def _parse_csv(text: str, report: ParseReport, categories: list[str], default: str) -> None:
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
     if not reader.fieldnames or "text" not in [f.strip() for f in reader.fieldnames]:
         report.error(1, "text", "the CSV header must have a 'text' column")
         return
@@ -163,24 +249,30 @@ def _parse_csv(text: str, report: ParseReport) -> None:
             if None in obj:
                 report.error(number, None, "this row has more cells than the header")
                 continue
-            _validate({k.strip(): v for k, v in obj.items() if k}, number, report)
-            if len(report.errors) >= MAX_REPORTED_ERRORS:
-                return
+            row = {k.strip(): v for k, v in obj.items() if k}
+            if row.get("metadata"):  # a JSON object in a cell
+                try:
+                    row["metadata"] = json_line(row["metadata"])
+                except ValueError as exc:
+                    report.error(number, "metadata", str(exc))
+                    continue
+            _validate(row, number, report, categories, default)
     except csv.Error as exc:
         report.error(reader.line_num, None, f"broken CSV: {exc}")
 
 
-def _validate(obj: dict, number: int, report: ParseReport) -> None:
-    before = len(report.errors)
+def _validate(obj: dict, number: int, report: ParseReport, categories: list[str], default: str) -> None:
+    """One row. Texts are kept exactly as given (only an all-blank text is refused); fields the
+    studio does not know are kept in the prompt's metadata."""
+    before = len(report.errors) + report.hidden_errors
     limit = settings.LABEL_MAX_TEXT_CHARS
     text = obj.get("text") or obj.get("prompt") or ""
     messages = obj.get("messages")
     if not isinstance(text, str):
         report.error(number, "text", "must be a string")
         text = ""
-    text = text.strip()
     if messages not in (None, ""):
-        if text:
+        if text.strip():
             report.error(number, "messages", "give either 'text' or 'messages', not both")
         elif not isinstance(messages, list) or not messages:
             report.error(number, "messages", "must be a non-empty list of {role, content} objects")
@@ -195,17 +287,19 @@ def _validate(obj: dict, number: int, report: ParseReport) -> None:
             else:
                 if messages[-1]["role"] != "user":
                     report.error(number, "messages", "the last turn must be the user's")
-        messages = [{"role": m["role"], "content": m["content"]} for m in messages] if len(report.errors) == before else None
+                elif not messages[-1]["content"].strip():
+                    report.error(number, "messages", "the user's last turn is empty")
+        ok = len(report.errors) + report.hidden_errors == before
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages] if ok else None
     else:
         messages = None
-        if not text:
+        if not text.strip():
             report.error(number, "text", "empty prompt")
         elif len(text) > limit:
             report.error(number, "text", f"{len(text):,} characters; the limit is {limit:,}")
-    raw_category = str(obj.get("category") or "").strip().lower()
-    category = CATEGORY_ALIASES.get(raw_category) or CATEGORY_ALIASES.get(raw_category.replace("_", " "))
+    category = category_for(obj.get("category"), categories, default)
     if category is None:
-        report.error(number, "category", f"unknown category {obj.get('category')!r}; use one of {', '.join(Category.values)}")
+        report.error(number, "category", category_error(obj.get("category"), categories))
     split = str(obj.get("split") or Prompt.Split.TRAIN).strip().lower()
     if split not in Prompt.Split.values:
         report.error(number, "split", f"unknown split {split!r}; use train or validation")
@@ -215,7 +309,19 @@ def _validate(obj: dict, number: int, report: ParseReport) -> None:
     reference = obj.get("reference") or ""
     if not isinstance(reference, str) or len(reference) > limit:
         report.error(number, "reference", f"must be a string of at most {limit:,} characters")
-    if len(report.errors) == before:
+    metadata = obj.get("metadata")
+    metadata = {} if metadata in (None, "") else metadata
+    if (problem := metadata_error(metadata)) is not None:
+        report.error(number, "metadata", problem)
+    else:
+        extra = {k: v for k, v in obj.items() if k not in FIELDS}
+        both = sorted(set(extra) & set(metadata))
+        if both:
+            report.error(number, "metadata", f"{both} given both as fields and inside 'metadata'")
+        metadata = {**metadata, **extra}
+        if extra and (problem := metadata_error(metadata)) is not None:
+            report.error(number, "metadata", problem)
+    if len(report.errors) + report.hidden_errors == before:
         report.rows.append(
-            PromptRow(number, text if not messages else "", messages, category, split, source, reference.strip())
+            PromptRow(number, text if not messages else "", messages, category, split, source, reference, metadata)
         )

@@ -10,37 +10,43 @@ Formats (`fmt`):
 - `trl-pairs`              TRL preference rows `{"prompt", "chosen", "rejected"}`, plain strings or
                            conversational turns (also the implicit-prompt form without "prompt");
                            each pair is a 2-completion ranking, chosen first
-- `hh`                     HH-RLHF `{"chosen": transcript, "rejected": transcript}`, split at the last
-                           "\\n\\nAssistant:"; both must share the earlier turns (the prompt)
+- `hh`                     HH-RLHF `{"chosen": transcript, "rejected": transcript}`
 - `oasst`                  OASST message trees, one per line: the ranked assistant replies of one
                            prompter message become one ranking (K > 9: the best 9 are kept, noted)
 - `finegrained`            FineGrainedRLHF qa-feedback (a JSON array or JSONL): the 4 predictions
                            ranked by Copeland score over the 6 pairwise preferences; the human
                            "corrected-prediction" becomes a demonstration
 
-Prompts are normalised the same way whatever the format: one user turn is stored as text, longer
-conversations as chat messages, so the content hash matches across formats. Every problem is
-reported as "line N, field 'x': reason". With `skip_invalid` a line that cannot be used is left out
-and named in the notes instead; file-level problems (size, gzip, encoding, unknown format, broken
-JSON) always refuse.
+HH-RLHF, OASST and FineGrainedRLHF records are read by `rlhf.data` (`hh_record_to_pair`,
+`oasst_tree_rankings`, `finegrained_to_ranking`), the one owner of those formats: this module adds
+the studio's checks on top (text sizes, K ≤ 9, the project's categories), so a model trained in the
+studio and one trained from the CLI (`python -m rlhf … --format hh_rlhf`) see the same prompts and
+answers for the same file.
+
+Prompts are stored as given and normalised the same way whatever the format: one user turn is
+stored as text, longer conversations as chat messages, so the content hash matches across formats.
+Every problem is reported as "line N, field 'x': reason". With `skip_invalid` a line that cannot be
+used is left out and named in the notes instead; file-level problems (size, gzip, encoding, unknown
+format, broken JSON) always refuse.
 """
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from itertools import combinations
 
 from django.conf import settings
 
-from labelapp.importing import MAX_REPORTED_ERRORS, ROLES, ParseReport, prompt_hash, read_upload
+from labelapp.importing import (
+    MAX_REPORTED_ERRORS, ROLES, ParseReport, category_error, category_for, iter_lines, json_line, metadata_error,
+    prompt_hash, read_upload,
+)
 from labelapp.models import Category, Flag, Prompt
 from labelapp.services.labels import MAX_TIME_SPENT_MS
+from rlhf import data as formats
 
 MAX_K = 9
-HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 class RowError(Exception):
@@ -56,6 +62,7 @@ class ImportedPrompt:
     category: str = Category.OTHER
     split: str = Prompt.Split.TRAIN
     reference: str = ""
+    metadata: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def turns(self) -> list[dict] | None:
@@ -99,6 +106,8 @@ class ImportedDemonstration:
 @dataclass
 class LabelReport(ParseReport):
     source: str = ""
+    categories: list[str] = field(default_factory=lambda: list(Category.values))
+    default_category: str = Category.OTHER
     completions: list[ImportedCompletion] = field(default_factory=list)
     rankings: list[ImportedRanking] = field(default_factory=list)
     demonstrations: list[ImportedDemonstration] = field(default_factory=list)
@@ -143,14 +152,19 @@ def _turns(value, field_name: str) -> list[tuple[str, str]]:
 
 
 def make_prompt(turns: list[tuple[str, str]], field_name: str = "prompt", **extra) -> ImportedPrompt:
-    """One user turn → a text prompt; anything longer → chat messages ending with the user."""
+    """One user turn → a text prompt; anything longer → chat messages ending with the user. Texts
+    are kept exactly as given."""
     if not turns or turns[-1][0] != "user":
         raise RowError(field_name, "the last turn of the prompt must be the user's")
     if not turns[-1][1].strip():
         raise RowError(field_name, "the user's last turn is empty")
     if len(turns) == 1:
-        return ImportedPrompt(text=_text(turns[0][1], field_name, what="prompt").strip(), **extra)
+        return ImportedPrompt(text=_text(turns[0][1], field_name, what="prompt"), **extra)
     return ImportedPrompt(messages=tuple(turns), **extra)
+
+
+def _from_messages(messages: list[dict], field_name: str, **extra) -> ImportedPrompt:
+    return make_prompt(_turns(messages, field_name), field_name, **extra)
 
 
 def _prompt(value, field_name: str = "prompt", **extra) -> ImportedPrompt:
@@ -176,14 +190,23 @@ def _distinct(texts: list[str], field_name: str) -> None:
         raise RowError(field_name, f"a ranking needs 2 to {MAX_K} completions; got {len(texts)}")
 
 
-def _meta(obj: dict) -> dict:
-    category = obj.get("category") or Category.OTHER
+def _meta(obj: dict, report: "LabelReport") -> dict:
+    """Category (one of the project's), split and metadata of a row's prompt."""
+    category = category_for(obj.get("category"), report.categories, report.default_category)
     split = obj.get("split") or Prompt.Split.TRAIN
-    if category not in Category.values:
-        raise RowError("category", f"unknown category {category!r}; use one of {', '.join(Category.values)}")
+    if category is None:
+        raise RowError("category", category_error(obj.get("category"), report.categories))
     if split not in Prompt.Split.values:
         raise RowError("split", f"unknown split {split!r}; use train or validation")
-    return {"category": category, "split": split}
+    metadata = obj.get("metadata") or {}
+    if (problem := metadata_error(metadata)) is not None:
+        raise RowError("metadata", problem)
+    return {"category": category, "split": split, "metadata": metadata}
+
+
+def _implied(category: str, report: "LabelReport") -> str:
+    """A format's own category (HH, OASST: chat) when the project has it, else the project's default."""
+    return category if category in report.categories else report.default_category
 
 
 def _annotator(obj: dict, default: str) -> str:
@@ -197,7 +220,7 @@ def _annotator(obj: dict, default: str) -> str:
 
 
 def _studio_rankings(obj: dict, line: int, report: LabelReport) -> Iterator:
-    prompt = _prompt(obj.get("prompt"), **_meta(obj))
+    prompt = _prompt(obj.get("prompt"), **_meta(obj, report))
     raw = obj.get("completions")
     if not isinstance(raw, list) or not all(isinstance(c, dict) for c in raw):
         raise RowError("completions", "must be a list of {id, text} objects")
@@ -255,13 +278,13 @@ def _studio_demonstrations(obj: dict, line: int, report: LabelReport) -> Iterato
     turns = _turns(obj.get("messages"), "messages")
     if len(turns) < 2 or turns[-1][0] != "assistant":
         raise RowError("messages", "the last turn must be the assistant's demonstration, after the prompt")
-    prompt = make_prompt(turns[:-1], "messages", **_meta(obj))
+    prompt = make_prompt(turns[:-1], "messages", **_meta(obj, report))
     yield ImportedDemonstration(line, prompt, _text(turns[-1][1], "messages", what="demonstration"),
                                 _annotator(obj, "writer"))
 
 
 def _completions(obj: dict, line: int, report: LabelReport) -> Iterator:
-    prompt = _prompt(obj.get("prompt"), **_meta(obj))
+    prompt = _prompt(obj.get("prompt"), **_meta(obj, report))
     model, decoding = obj.get("model") or "", obj.get("decoding") or {}
     if not isinstance(model, str):
         raise RowError("model", "must be a string")
@@ -281,114 +304,65 @@ def _pair(line: int, prompt: ImportedPrompt, chosen: str, rejected: str, annotat
 def _trl_pairs(obj: dict, line: int, report: LabelReport) -> Iterator:
     chosen, rejected = obj.get("chosen"), obj.get("rejected")
     if "prompt" in obj:
-        prompt = _prompt(obj["prompt"], **_meta(obj))
+        prompt = _prompt(obj["prompt"], **_meta(obj, report))
     elif isinstance(chosen, list) and isinstance(rejected, list):  # implicit prompt: shared earlier turns
         c, r = _turns(chosen, "chosen"), _turns(rejected, "rejected")
         if c[:-1] != r[:-1]:
             raise RowError("rejected", "without a 'prompt', chosen and rejected must share every turn but the last")
-        prompt, chosen, rejected = make_prompt(c[:-1], "chosen", **_meta(obj)), chosen[-1:], rejected[-1:]
+        prompt, chosen, rejected = make_prompt(c[:-1], "chosen", **_meta(obj, report)), chosen[-1:], rejected[-1:]
     else:
         raise RowError("prompt", "missing; give 'prompt', or conversational chosen/rejected that share the prompt turns")
     yield _pair(line, prompt, _reply(chosen, "chosen"), _reply(rejected, "rejected"), _annotator(obj, "pairs"))
 
 
-def _hh_split(transcript, field_name: str) -> tuple[list[tuple[str, str]], str]:
-    if not isinstance(transcript, str):
-        raise RowError(field_name, "must be a transcript string")
-    cut = transcript.rfind("\n\nAssistant:")
-    if cut < 0:
-        raise RowError(field_name, "has no '\\n\\nAssistant:' turn")
-    parts = HH_TURN.split(transcript[:cut])
-    if parts[0].strip() or len(parts) < 3:
-        raise RowError(field_name, "must start with '\\n\\nHuman:'")
-    roles = {"Human": "user", "Assistant": "assistant"}
-    turns = [(roles[parts[i]], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
-    return turns, transcript[cut + len("\n\nAssistant:"):]
+def _record(call, obj):
+    """Run one of rlhf.data's record functions; its RecordError becomes this row's error."""
+    try:
+        return call(obj)
+    except formats.RecordError as exc:
+        raise RowError(exc.field, exc.reason) from None
 
 
 def _hh(obj: dict, line: int, report: LabelReport) -> Iterator:
-    chosen_turns, chosen = _hh_split(obj.get("chosen"), "chosen")
-    rejected_turns, rejected = _hh_split(obj.get("rejected"), "rejected")
-    if chosen_turns != rejected_turns:
-        raise RowError("rejected", "chosen and rejected do not share the same prompt (the turns before the last Assistant turn)")
-    prompt = make_prompt(chosen_turns, "chosen", category=Category.CHAT)
-    # the space after "Assistant:" belongs to the transcript's syntax, not to the reply
-    yield _pair(line, prompt, _text(chosen.strip(), "chosen", what="completion"),
-                _text(rejected.strip(), "rejected", what="completion"), "crowdworker")
+    pair = _record(formats.hh_record_to_pair, obj)
+    prompt = _from_messages(pair.prompt, "chosen", category=_implied(Category.CHAT, report))
+    yield _pair(line, prompt, _text(pair.chosen, "chosen", what="completion"),
+                _text(pair.rejected, "rejected", what="completion"), "crowdworker")
 
 
 def _oasst(obj: dict, line: int, report: LabelReport) -> Iterator:
-    root = obj.get("prompt")
-    if not isinstance(root, dict):
-        raise RowError("prompt", "must be the tree's root message")
-    found = []
-
-    def walk(message: dict, path: list[tuple[str, str]], where: str) -> None:
-        if not isinstance(message, dict) or message.get("role") not in ("prompter", "assistant"):
-            raise RowError(where, "each message needs role 'prompter' or 'assistant'")
-        if message.get("deleted"):
-            return
-        text = message.get("text")
-        if not isinstance(text, str):
-            raise RowError(f"{where}.text", "must be a string")
-        path = path + [("user" if message["role"] == "prompter" else "assistant", text)]
-        replies = message.get("replies") or []
-        ranked = [r for r in replies if isinstance(r, dict) and r.get("role") == "assistant"
-                  and r.get("rank") is not None and not r.get("deleted")]
-        if message["role"] == "prompter" and len(ranked) >= 2:
-            found.append((path, ranked, message.get("message_id")))
-        for i, reply in enumerate(replies):
-            walk(reply, path, f"{where}.replies[{i}]")
-
-    walk(root, [], "prompt")
-    for path, ranked, message_id in found:
-        if not all(isinstance(r["rank"], int) for r in ranked):
-            raise RowError("rank", f"ranks under message {message_id} must be whole numbers")
-        ranked.sort(key=lambda r: r["rank"])
-        if len(ranked) > MAX_K:
-            report.notes.append(f"line {line}: message {message_id} has {len(ranked)} ranked replies; kept the best {MAX_K}")
-            ranked = ranked[:MAX_K]
-        prompt = make_prompt(path, "prompt", category=Category.CHAT)
-        texts = [_text(r.get("text"), "replies.text", what="completion") for r in ranked]
+    for ranking in _record(lambda tree: list(formats.oasst_tree_rankings(tree)), obj):
+        best_first = sorted(range(len(ranking.completions)), key=lambda i: ranking.ranks[i])
+        if len(best_first) > MAX_K:
+            report.notes.append(f"line {line}: message {ranking.meta['parent_id']} has {len(best_first)} ranked replies; "
+                                f"kept the best {MAX_K}")
+            best_first = best_first[:MAX_K]
+        prompt = _from_messages(ranking.prompt, "prompt", category=_implied(Category.CHAT, report))
+        texts = [_text(ranking.completions[i], "replies.text", what="completion") for i in best_first]
         _distinct(texts, "replies")
-        ranks = [r["rank"] for r in ranked]
+        ranks = [ranking.ranks[i] for i in best_first]
         order = [[i for i, x in enumerate(ranks) if x == rank] for rank in sorted(set(ranks))]
-        completions = [ImportedCompletion(line, prompt, t, str(r.get("model_name") or "")) for t, r in zip(texts, ranked)]
-        yield ImportedRanking(line, prompt, completions, order, "consensus")
+        models = [ranking.meta["models"][i] for i in best_first]
+        yield ImportedRanking(line, prompt, [ImportedCompletion(line, prompt, t, m) for t, m in zip(texts, models)],
+                              order, "consensus")
 
 
 def copeland_order(preference: list[int], k: int = 4) -> list[list[int]]:
-    """Tie groups (best first) from pairwise judgements over (0v1, 0v2, …): 1 = first wins,
-    2 = second wins, 0 = no preference. Each item scores wins minus losses."""
-    score = [0] * k
-    for (a, b), p in zip(combinations(range(k), 2), preference):
-        if p:
-            winner, loser = (a, b) if p == 1 else (b, a)
-            score[winner] += 1
-            score[loser] -= 1
-    return [[i for i in range(k) if score[i] == s] for s in sorted(set(score), reverse=True)]
+    """Tie groups (best first) of rlhf.data.copeland_ranks."""
+    ranks = formats.copeland_ranks(preference, k)
+    return [[i for i in range(k) if ranks[i] == r] for r in sorted(set(ranks))]
 
 
 def _finegrained(obj: dict, line: int, report: LabelReport) -> Iterator:
-    question = _text(obj.get("question"), "question", what="question")
-    passages = obj.get("passages") or []
-    if not isinstance(passages, list) or not all(isinstance(p, list) and p and all(isinstance(s, str) for s in p) for p in passages):
-        raise RowError("passages", "must be a list of [title, sentence, …] lists")
-    context = "\n\n".join(f"{p[0]}: {' '.join(s.strip() for s in p[1:])}" for p in passages)
-    text = f"{question}\n\n{context}" if context else question
-    gold = obj.get("gold") or ""
-    prompt = ImportedPrompt(text=_text(text, "passages", what="prompt").strip(), category=Category.CLOSED_QA,
-                            reference=gold.strip() if isinstance(gold, str) else "")
-    texts = [_text(obj.get(f"prediction {i}"), f"prediction {i}", what="prediction") for i in range(1, 5)]
-    _distinct(texts, "prediction 4")
-    preference = obj.get("preference")
-    if not isinstance(preference, list) or len(preference) != 6 or any(p not in (0, 1, 2) for p in preference):
-        raise RowError("preference", "must be 6 judgements (1v2, 1v3, 1v4, 2v3, 2v4, 3v4), each 0, 1 or 2")
-    order = copeland_order(preference)
+    ranking = _record(formats.finegrained_to_ranking, obj)
+    prompt = ImportedPrompt(text=_text(ranking.prompt[0]["content"], "passages", what="prompt"),
+                            category=_implied(Category.CLOSED_QA, report), reference=formats.finegrained_reference(obj))
+    texts = [_text(t, f"prediction {i}", what="prediction") for i, t in enumerate(ranking.completions, start=1)]
+    order = [[i for i, r in enumerate(ranking.ranks) if r == rank] for rank in sorted(set(ranking.ranks))]
     yield ImportedRanking(line, prompt, [ImportedCompletion(line, prompt, t, "T5 policy (FineGrainedRLHF)") for t in texts],
                           order, "annotator")
-    corrected = (obj.get("feedback") or {}).get("corrected-prediction") if isinstance(obj.get("feedback"), dict) else None
-    if isinstance(corrected, str) and corrected.strip():
+    corrected = formats.finegrained_correction(obj)
+    if corrected is not None:
         yield ImportedDemonstration(line, prompt, _text(corrected, "feedback", what="corrected prediction"), "annotator")
 
 
@@ -407,18 +381,16 @@ FORMATS: dict[str, tuple[str, Parser]] = {  # fmt → (source, used in external 
 # ---- the file ----------------------------------------------------------------------------------
 
 
-def _objects(text: str) -> Iterator[tuple[int, object | json.JSONDecodeError]]:
+def _objects(text: str) -> Iterator[tuple[int, object | ValueError]]:
     """(line, object) for JSON Lines, or for the elements of one JSON array (line = where each starts)."""
     stripped = text.lstrip()
     if not stripped.startswith("["):
-        for number, raw in enumerate(text.splitlines(), start=1):
+        for number, raw in iter_lines(text):
             if raw.strip():
                 try:
-                    yield number, json.loads(raw)
-                except json.JSONDecodeError as exc:
+                    yield number, json_line(raw)
+                except ValueError as exc:
                     yield number, exc
-                except RecursionError:
-                    yield number, json.JSONDecodeError("nested too deeply", raw, 0)
         return
     decoder, pos = json.JSONDecoder(), text.index("[") + 1
     while True:
@@ -429,17 +401,18 @@ def _objects(text: str) -> Iterator[tuple[int, object | json.JSONDecodeError]]:
         try:
             obj, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
-            yield exc.lineno, exc
+            yield exc.lineno, ValueError(f"broken JSON: {exc.msg} (column {exc.colno})")
             return
         except RecursionError:
-            yield line, json.JSONDecodeError("nested too deeply", text, pos)
+            yield line, ValueError("the JSON is nested too deeply")
             return
         yield line, obj
         pos = _skip(text, pos)
         if text.startswith(",", pos):
             pos += 1
         elif not text.startswith("]", pos):
-            yield text.count("\n", 0, pos) + 1, json.JSONDecodeError("expected ',' or ']'", text, pos)
+            at = text.count("\n", 0, pos) + 1
+            yield at, ValueError(f"broken JSON: expected ',' or ']' (column {pos - text.rfind(chr(10), 0, pos)})")
             return
 
 
@@ -449,8 +422,15 @@ def _skip(text: str, pos: int) -> int:
     return pos
 
 
-def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False) -> LabelReport:
+def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False, categories: list[str] | None = None,
+                 default_category: str | None = None) -> LabelReport:
+    """Rows of a label file; prompts' categories are checked against `categories` (the project's;
+    InstructGPT's ten when not given). Errors past MAX_REPORTED_ERRORS are counted, not listed."""
     report = LabelReport()
+    if categories is not None:
+        report.categories = list(categories)
+    if default_category is not None:
+        report.default_category = default_category
     if fmt not in FORMATS:
         report.error(1, None, f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
         return report
@@ -460,30 +440,28 @@ def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False) -> LabelR
         return report
     skipped = 0
     for line, obj in _objects(text):
+        broken = isinstance(obj, ValueError)
         try:
-            if isinstance(obj, json.JSONDecodeError):
-                raise RowError(None, f"broken JSON ({obj.msg} at column {obj.colno})")
+            if broken:
+                raise RowError(None, str(obj))
             if not isinstance(obj, dict):
                 raise RowError(None, "each line must be a JSON object")
             try:
                 rows = list(parse(obj, line, report))
             except RecursionError:
-                raise RowError(None, "nested too deeply") from None
+                raise RowError(None, "the JSON is nested too deeply") from None
         except RowError as exc:
-            if skip_invalid and not isinstance(obj, json.JSONDecodeError):
+            if skip_invalid and not broken:
                 skipped += 1
                 if skipped <= MAX_REPORTED_ERRORS:
                     report.notes.append(f"line {line} skipped" + (f", field '{exc.field_name}'" if exc.field_name else "") + f": {exc.reason}")
                 continue
             report.error(line, exc.field_name, exc.reason)
-            if len(report.errors) >= MAX_REPORTED_ERRORS:
-                report.errors.append(f"stopped after {MAX_REPORTED_ERRORS} errors; fix these and import again")
-                return report
             continue
         for row in rows:
             report.add(row)
     if skipped > MAX_REPORTED_ERRORS:
-        report.notes.append(f"{skipped - MAX_REPORTED_ERRORS} more lines skipped")
+        report.notes.append(f"{skipped - MAX_REPORTED_ERRORS:,} more lines skipped")
     if not report.row_count and not report.errors:
         report.error(1, None, f"the file holds no {fmt} rows")
     return report

@@ -12,6 +12,14 @@ ending with a user turn (a plain string is wrapped as one user message by ``as_m
 
 Readers for the formats in ``../shared/data``: HH-RLHF transcripts, OASST ranked sibling replies,
 FineGrainedRLHF 4-way preferences, Dolly / no_robots / Self-Instruct demonstrations.
+
+This module is the one owner of the HH-RLHF, OASST and FineGrainedRLHF formats: the record-level
+functions (``hh_record_to_pair``, ``oasst_tree_rankings``, ``finegrained_to_ranking``) decide what a
+record means and which records are broken (``RecordError``, naming the field). The readers skip
+broken records; the studio's label import (``labelapp.label_formats``) calls the same functions and
+names them, so a model trained from the CLI and one trained in the studio see the same prompts and
+answers. Texts are kept as they are in the file (only the single space after ``Human:`` /
+``Assistant:`` belongs to the HH syntax). Importing this module never imports torch.
 """
 
 from __future__ import annotations
@@ -29,6 +37,14 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 Messages = list[dict[str, str]]
+
+
+class RecordError(ValueError):
+    """A record that its format's rules refuse; ``field`` names where (None: the whole record)."""
+
+    def __init__(self, field: str | None, reason: str):
+        super().__init__(f"{field}: {reason}" if field else reason)
+        self.field, self.reason = field, reason
 
 
 def as_messages(prompt: str | Messages) -> Messages:
@@ -148,10 +164,12 @@ _HH_NAME = {v: k for k, v in _HH_ROLE.items()}
 
 
 def hh_to_messages(transcript: str) -> Messages:
-    """``'\\n\\nHuman: hi\\n\\nAssistant: hello'`` -> ``[{"role": "user", ...}, {"role": "assistant", ...}]``."""
+    """``'\\n\\nHuman: hi\\n\\nAssistant: hello'`` -> ``[{"role": "user", ...}, {"role": "assistant", ...}]``.
+
+    The one space after ``Human:`` / ``Assistant:`` is the format's; everything else is content."""
     parts = _HH_TURN.split(transcript)
-    if parts[0].strip():
-        raise ValueError("an HH transcript starts with '\\n\\nHuman:'")
+    if parts[0].strip() or len(parts) < 3:
+        raise RecordError(None, "an HH transcript starts with '\\n\\nHuman:'")
     messages = []
     for name, text in zip(parts[1::2], parts[2::2]):
         messages.append({"role": _HH_ROLE[name], "content": text[1:] if text.startswith(" ") else text})
@@ -163,13 +181,38 @@ def messages_to_hh(messages: Messages) -> str:
     return "".join(f"\n\n{_HH_NAME[m['role']]}: {m['content']}" for m in messages)
 
 
-def hh_record_to_pair(record: dict[str, str]) -> PreferencePair:
-    """``{"chosen": transcript, "rejected": transcript}`` -> pair; the shared prefix is the prompt."""
-    chosen, rejected = hh_to_messages(record["chosen"]), hh_to_messages(record["rejected"])
-    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-        raise ValueError("HH record does not end with an Assistant turn")
-    return PreferencePair(chosen[:-1], chosen[-1]["content"], rejected[-1]["content"],
-                          meta={"source": "hh-rlhf", "same_prefix": chosen[:-1] == rejected[:-1]})
+def _hh_side(record: dict, name: str) -> Messages:
+    transcript = record.get(name)
+    if not isinstance(transcript, str):
+        raise RecordError(name, "must be a transcript string")
+    try:
+        messages = hh_to_messages(transcript)
+    except RecordError as exc:
+        raise RecordError(name, "must start with '\\n\\nHuman:'") from exc
+    if messages[-1]["role"] != "assistant":
+        raise RecordError(name, "has no '\\n\\nAssistant:' turn at the end")
+    if not messages[-1]["content"].strip():
+        raise RecordError(name, "empty completion")
+    return messages
+
+
+def hh_record_to_pair(record: dict) -> PreferencePair:
+    """``{"chosen": transcript, "rejected": transcript}`` -> pair. The prompt is the turns before the
+    last Assistant turn, which both transcripts must share, starting with the Human and ending with
+    the Human's turn; the two replies must be non-empty and different (``RecordError`` otherwise)."""
+    if not isinstance(record, dict):
+        raise RecordError(None, "each record must be a JSON object")
+    chosen, rejected = _hh_side(record, "chosen"), _hh_side(record, "rejected")
+    if chosen[:-1] != rejected[:-1]:
+        raise RecordError("rejected", "chosen and rejected do not share the same prompt (the turns before the last Assistant turn)")
+    prompt = chosen[:-1]
+    if not prompt or prompt[0]["role"] != "user" or prompt[-1]["role"] != "user":
+        raise RecordError("chosen", "the prompt must start and end with a Human turn")
+    if not prompt[-1]["content"].strip():
+        raise RecordError("chosen", "the Human's last turn is empty")
+    if chosen[-1]["content"] == rejected[-1]["content"]:
+        raise RecordError("rejected", "chosen and rejected give the same reply")
+    return PreferencePair(prompt, chosen[-1]["content"], rejected[-1]["content"], meta={"source": "hh-rlhf"})
 
 
 def pair_to_hh_record(pair: PreferencePair) -> dict[str, str]:
@@ -178,12 +221,12 @@ def pair_to_hh_record(pair: PreferencePair) -> dict[str, str]:
 
 
 def read_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[PreferencePair]:
-    """Read an HH-RLHF ``*.jsonl[.gz]`` file (records whose transcripts cannot be parsed are skipped)."""
+    """Read an HH-RLHF ``*.jsonl[.gz]`` file; records the format refuses (``hh_record_to_pair``) are skipped."""
     pairs = []
     for record in _jsonl(path):
         try:
             pairs.append(hh_record_to_pair(record))
-        except (ValueError, KeyError):
+        except RecordError:
             continue
         if limit is not None and len(pairs) >= limit:
             break
@@ -191,26 +234,54 @@ def read_hh_rlhf(path: str | os.PathLike, limit: int | None = None) -> list[Pref
 
 
 # ------------------------------------------------------------------------------------------------- OASST
-def _oasst_walk(node: dict, history: Messages) -> Iterator[Ranking]:
+def oasst_tree_rankings(tree: dict) -> Iterator[Ranking]:
+    """One OASST message tree (``{"prompt": root message, …}``) -> one ``Ranking`` per prompter message
+    with >= 2 ranked, non-deleted assistant replies, in the tree's order; the prompt is the
+    conversation down to that message. Deleted messages are left out with their replies."""
+    root = tree.get("prompt") if isinstance(tree, dict) else None
+    if not isinstance(root, dict):
+        raise RecordError("prompt", "must be the tree's root message")
+    yield from _oasst_walk(root, [], "prompt")
+
+
+def _oasst_walk(node, history: Messages, where: str) -> Iterator[Ranking]:
+    if not isinstance(node, dict) or node.get("role") not in ("prompter", "assistant"):
+        raise RecordError(where, "each message needs role 'prompter' or 'assistant'")
+    if node.get("deleted"):
+        return
+    if not isinstance(node.get("text"), str):
+        raise RecordError(f"{where}.text", "must be a string")
     role = "user" if node["role"] == "prompter" else "assistant"
     conv = history + [{"role": role, "content": node["text"]}]
-    replies = [r for r in node.get("replies", []) if not r.get("deleted")]
-    ranked = [r for r in replies if r["role"] == "assistant" and r.get("rank") is not None]
+    replies = node.get("replies") or []
+    if not isinstance(replies, list):
+        raise RecordError(f"{where}.replies", "must be a list of messages")
+    ranked = [r for r in replies if isinstance(r, dict) and r.get("role") == "assistant" and r.get("rank") is not None
+              and not r.get("deleted")]
     if role == "user" and len(ranked) >= 2:
-        yield Ranking(conv, [r["text"] for r in ranked], [int(r["rank"]) for r in ranked],
-                      meta={"source": "oasst", "parent_id": node["message_id"], "lang": node.get("lang"),
-                            "message_ids": [r["message_id"] for r in ranked]})
-    for r in replies:
-        yield from _oasst_walk(r, conv)
+        parent = node.get("message_id")
+        if not all(isinstance(r["rank"], int) and not isinstance(r["rank"], bool) for r in ranked):
+            raise RecordError("rank", f"ranks under message {parent} must be whole numbers")
+        if not all(isinstance(r.get("text"), str) for r in ranked):
+            raise RecordError(f"{where}.replies.text", "must be a string")
+        yield Ranking(conv, [r["text"] for r in ranked], [r["rank"] for r in ranked],
+                      meta={"source": "oasst", "parent_id": parent, "lang": node.get("lang"),
+                            "message_ids": [r.get("message_id") for r in ranked],
+                            "models": [r.get("model_name") or "" for r in ranked]})
+    for i, reply in enumerate(replies):
+        yield from _oasst_walk(reply, conv, f"{where}.replies[{i}]")
 
 
 def read_oasst_rankings(path: str | os.PathLike, langs: set[str] | None = None) -> list[Ranking]:
-    """OASST message trees -> one ``Ranking`` per prompter turn with >= 2 ranked assistant replies."""
+    """OASST message trees -> one ``Ranking`` per prompter turn with >= 2 ranked assistant replies
+    (``oasst_tree_rankings``); trees the format refuses are skipped."""
     out = []
     for tree in _jsonl(path):
-        for ranking in _oasst_walk(tree["prompt"], []):
-            if langs is None or ranking.meta.get("lang") in langs:
-                out.append(ranking)
+        try:
+            rankings = list(oasst_tree_rankings(tree))
+        except RecordError:
+            continue
+        out.extend(r for r in rankings if langs is None or r.meta.get("lang") in langs)
     return out
 
 
@@ -219,8 +290,30 @@ FG_PAIRS = [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]  # order of the 6 `p
 
 
 def finegrained_prompt(record: dict) -> str:
-    passages = "\n\n".join(f"{p[0]}: {' '.join(p[1:])}" if len(p) > 1 else p[0] for p in record["passages"])
-    return f"Answer the question using the passages.\n\nQuestion: {record['question']}\n\nPassages:\n{passages}"
+    """The question and its passages (``title: sentence sentence …``) as one user prompt."""
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise RecordError("question", "must be a non-empty string")
+    passages = record.get("passages") or []
+    if not isinstance(passages, list) or not all(
+        isinstance(p, list) and p and all(isinstance(x, str) for x in p) for p in passages
+    ):
+        raise RecordError("passages", "must be a list of [title, sentence, …] lists")
+    text = "\n\n".join(f"{p[0]}: {' '.join(p[1:])}" if len(p) > 1 else p[0] for p in passages)
+    return f"Answer the question using the passages.\n\nQuestion: {question}\n\nPassages:\n{text}"
+
+
+def copeland_ranks(preference: list[int], k: int = 4) -> list[int]:
+    """Ranks (0 = best, equal = tie) from pairwise judgements over (0v1, 0v2, …): 1 = first wins,
+    2 = second wins, 0 = no preference. Each item scores wins minus losses (Copeland)."""
+    score = [0] * k
+    for (a, b), pref in zip(itertools.combinations(range(k), 2), preference):
+        if pref == 1:
+            score[a], score[b] = score[a] + 1, score[b] - 1
+        elif pref == 2:
+            score[a], score[b] = score[a] - 1, score[b] + 1
+    order = sorted(set(score), reverse=True)
+    return [order.index(s) for s in score]
 
 
 def finegrained_to_ranking(record: dict) -> Ranking:
@@ -229,26 +322,54 @@ def finegrained_to_ranking(record: dict) -> Ranking:
     Ranks come from Copeland scores (wins - losses; equal scores are ties). ``meta["consistent"]`` says
     whether the ranking reproduces every stated preference (it does not for intransitive annotations).
     """
-    preds = [record[f"prediction {i}"] for i in range(1, 5)]
-    score = [0] * 4
-    for (a, b), pref in zip(FG_PAIRS, record["preference"]):
-        if pref == 1:
-            score[a], score[b] = score[a] + 1, score[b] - 1
-        elif pref == 2:
-            score[a], score[b] = score[a] - 1, score[b] + 1
-    order = sorted(set(score), reverse=True)
-    ranks = [order.index(s) for s in score]
+    if not isinstance(record, dict):
+        raise RecordError(None, "each record must be a JSON object")
+    prompt = finegrained_prompt(record)
+    preds = []
+    for i in range(1, 5):
+        pred = record.get(f"prediction {i}")
+        if not isinstance(pred, str) or not pred.strip():
+            raise RecordError(f"prediction {i}", "must be a non-empty string")
+        preds.append(pred)
+    if len(set(preds)) != 4:
+        raise RecordError("prediction 4", "two predictions have the same text")
+    preference = record.get("preference")
+    if not isinstance(preference, list) or len(preference) != 6 or any(
+        p not in (0, 1, 2) or isinstance(p, bool) for p in preference
+    ):
+        raise RecordError("preference", "must be 6 judgements (1v2, 1v3, 1v4, 2v3, 2v4, 3v4), each 0, 1 or 2")
+    ranks = copeland_ranks(preference)
     consistent = all((pref == 0 and ranks[a] == ranks[b]) or (pref == 1 and ranks[a] < ranks[b])
-                     or (pref == 2 and ranks[a] > ranks[b]) for (a, b), pref in zip(FG_PAIRS, record["preference"]))
-    return Ranking(finegrained_prompt(record), preds, ranks,
-                   meta={"source": "finegrained-rlhf", "preference": list(record["preference"]),
-                         "consistent": consistent})
+                     or (pref == 2 and ranks[a] > ranks[b]) for (a, b), pref in zip(FG_PAIRS, preference))
+    return Ranking(prompt, preds, ranks,
+                   meta={"source": "finegrained-rlhf", "preference": list(preference), "consistent": consistent})
+
+
+def finegrained_reference(record: dict) -> str:
+    """The record's gold answer ("" when it has none)."""
+    gold = record.get("gold")
+    return gold if isinstance(gold, str) else ""
+
+
+def finegrained_correction(record: dict) -> str | None:
+    """The annotator's corrected prediction (a demonstration), or None."""
+    feedback = record.get("feedback")
+    corrected = feedback.get("corrected-prediction") if isinstance(feedback, dict) else None
+    return corrected if isinstance(corrected, str) and corrected.strip() else None
 
 
 def read_finegrained_rankings(path: str | os.PathLike, consistent_only: bool = False) -> list[Ranking]:
+    """A FineGrainedRLHF qa-feedback file (a JSON array, or JSON Lines) -> rankings; records the format
+    refuses (``finegrained_to_ranking``) are skipped."""
     with _open(path) as f:
-        records = json.load(f)
-    rankings = [finegrained_to_ranking(r) for r in records]
+        text = f.read()
+    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.split("\n") if x.strip()]
+    rankings = []
+    for record in records:
+        try:
+            rankings.append(finegrained_to_ranking(record))
+        except RecordError:
+            continue
     return [r for r in rankings if r.meta["consistent"]] if consistent_only else rankings
 
 
@@ -287,13 +408,16 @@ def read_self_instruct(path: str | os.PathLike) -> list[Demonstration]:
 
 
 # ------------------------------------------------------------------------------------------------ JSONL io
-def _open(path):
+def _open(path, newline: str | None = None):
     path = str(path)
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline=newline)
+    return open(path, encoding="utf-8", newline=newline)
 
 
 def _jsonl(path) -> Iterator[dict]:
-    with _open(path) as f:
+    """The records of a JSON Lines file, split on "\\n" only (U+2028 and U+2029 are legal in JSON strings)."""
+    with _open(path, newline="\n") as f:
         for line in f:
             if line.strip():
                 yield json.loads(line)

@@ -52,7 +52,7 @@ class ProjectSerializer(ReviewerFieldsMixin, serializers.ModelSerializer):
     class Meta:
         model = Project
         fields = ["id", "name", "slug", "guidelines", "base_model", "k", "overlap", "demonstrations_per_prompt",
-                  "sampling", "created_at"]
+                  "categories", "sampling", "created_at"]
 
     def project_id_of(self, obj) -> int:
         return obj.pk
@@ -61,7 +61,7 @@ class ProjectSerializer(ReviewerFieldsMixin, serializers.ModelSerializer):
 class PromptSerializer(serializers.ModelSerializer):
     class Meta:
         model = Prompt
-        fields = ["id", "project", "text", "messages", "category", "source", "split", "reference",
+        fields = ["id", "project", "text", "messages", "category", "source", "split", "reference", "metadata",
                   "demonstration_count", "created_at"]
 
 

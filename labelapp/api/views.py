@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from labelapp import exports, selectors
 from labelapp.api import serializers as s
 from labelapp.importing import detect_format
-from labelapp.models import ApiToken, Category, Demonstration, Project, Prompt, Role
+from labelapp.models import ApiToken, Demonstration, Project, Prompt, Role
 from labelapp.services.access import has_role
 from labelapp.services.projects import prompts_import
 from labelapp.services.tokens import api_token_create, api_token_revoke
@@ -102,10 +102,19 @@ class PromptViewSet(ScopedReadViewSet):
     filters = {
         **PROJECT,
         **CREATED,
-        "category": ("category", _choice(*Category.values)),
+        "category": ("category", str),  # one of the categories of the caller's projects (checked below)
         "split": ("split", _choice(*Prompt.Split.values)),
         "source": ("source", _choice(*Prompt.Source.values)),
     }
+
+    def get_queryset(self):
+        category = self.request.query_params.get("category")
+        if self.action == "list" and category is not None:
+            known = {c for cats in selectors.visible_projects(self.request.user).values_list("categories", flat=True)
+                     for c in cats}
+            if category not in known:
+                raise ValidationError({"category": f"must be one of your projects' categories: {', '.join(sorted(known))}"})
+        return super().get_queryset()
 
 
 class CompletionViewSet(ScopedReadViewSet):
@@ -257,6 +266,8 @@ class ExportView(APIView):
             lines = exports.export_rankings(flt)
         elif kind == "kto":
             lines = exports.export_kto(flt)
+        elif kind == "prompts":
+            lines = exports.export_prompts(flt)
         else:
             statuses = [x for x in q.get("status", "approved,pending").split(",") if x]
             for value in statuses:

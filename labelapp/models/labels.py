@@ -29,6 +29,34 @@ class Category(models.TextChoices):
     OTHER = "other", "Other"
 
 
+MAX_CATEGORIES = 200
+CATEGORY_MAX_CHARS = 64
+
+
+def default_categories() -> list[str]:
+    """A new project's categories: InstructGPT's ten."""
+    return list(Category.values)
+
+
+def validate_categories(value) -> None:
+    """A project's categories: 1–200 distinct names (case-insensitively) of 1–64 characters."""
+    if not isinstance(value, list) or not value:
+        raise ValidationError("List the project's prompt categories: a non-empty list of names.")
+    if len(value) > MAX_CATEGORIES:
+        raise ValidationError(f"A project has at most {MAX_CATEGORIES} categories; got {len(value)}.")
+    seen = set()
+    for name in value:
+        if not isinstance(name, str) or not name.strip() or name != name.strip() or len(name) > CATEGORY_MAX_CHARS:
+            raise ValidationError(
+                f"Category {name!r} is not a name of 1 to {CATEGORY_MAX_CHARS} characters without surrounding spaces."
+            )
+        if any(ord(ch) < 32 for ch in name):
+            raise ValidationError(f"Category {name!r} contains a control character.")
+        if name.lower() in seen:
+            raise ValidationError(f"Category {name!r} is listed twice.")
+        seen.add(name.lower())
+
+
 class Role(models.TextChoices):
     ANNOTATOR = "annotator", "Annotator"
     REVIEWER = "reviewer", "Reviewer"
@@ -69,6 +97,11 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
         help_text="Share of claims in the rank and compare queues that serve a gold item (0 turns gold off).",
     )
+    categories = models.JSONField(
+        default=default_categories,
+        blank=True,  # checked by clean(), which says what an empty list lacks
+        help_text="The prompt categories of this project, e.g. [\"coding\", \"math\"] (default: InstructGPT's ten).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -80,6 +113,17 @@ class Project(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        try:
+            validate_categories(self.categories)
+        except ValidationError as exc:
+            raise ValidationError({"categories": exc.messages}) from None
+
+    @property
+    def default_category(self) -> str:
+        """The category of a prompt that names none: "other" when the project has it, else none ("")."""
+        return Category.OTHER if Category.OTHER in self.categories else ""
 
 
 class Membership(models.Model):
@@ -109,11 +153,19 @@ class Prompt(models.Model):
     messages = models.JSONField(
         null=True, blank=True, help_text='Chat prompt: [{"role": "user"|"assistant"|"system", "content": "..."}].'
     )
-    category = models.CharField(max_length=32, choices=Category.choices, default=Category.OTHER)
+    category = models.CharField(
+        max_length=CATEGORY_MAX_CHARS, blank=True, default=Category.OTHER,
+        help_text="One of the project's categories (Project.categories); empty: none.",
+    )
     source = models.CharField(max_length=16, choices=Source.choices, default=Source.IMPORTED)
     split = models.CharField(max_length=16, choices=Split.choices, default=Split.TRAIN)
     reference = models.TextField(blank=True, help_text="Optional reference answer (used by simulated annotators).")
-    content_hash = models.CharField(max_length=64, help_text="sha256 of the normalised content: re-imports dedupe.")
+    metadata = models.JSONField(
+        default=dict, blank=True, help_text="Free-form JSON object from the prompt's source (ids, topics…), kept as given."
+    )
+    content_hash = models.CharField(
+        max_length=64, help_text="sha256 of the content with only line endings normalised: re-imports dedupe."
+    )
     demonstration_count = models.PositiveIntegerField(default=0, help_text="Non-rejected demonstrations.")
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -135,6 +187,13 @@ class Prompt(models.Model):
     def preview(self) -> str:
         body = self.text if not self.messages else self.messages[-1].get("content", "")
         return body[:80] + ("…" if len(body) > 80 else "")
+
+    def get_category_display(self) -> str:
+        """InstructGPT's label for its ten categories ("Open QA"); a custom category as it is named."""
+        try:
+            return Category(self.category).label
+        except ValueError:
+            return self.category
 
     @property
     def turns(self) -> list[dict]:

@@ -36,7 +36,7 @@ from labelapp.label_formats import ImportedPrompt, LabelReport, parse_labels
 from labelapp.models import (
     Completion, Demonstration, Membership, Project, Prompt, Ranking, RankingTask, Role,
 )
-from labelapp.services.projects import ImportRejected
+from labelapp.services.projects import ImportRejected, lock_project
 
 BATCH = 1000
 KINDS = ("prompts", "completions", "ranking_tasks", "rankings", "demonstrations", "annotators")
@@ -56,11 +56,12 @@ def labels_import(*, project: Project, data: bytes, fmt: str, skip_invalid: bool
     them, or none (ImportRejected lists every line, field and reason). With `skip_invalid`,
     lines that cannot be used are left out and named in the result's notes instead.
 
-    Writes in one transaction holding the project's row lock, so two label imports into one
-    project run one after the other."""
-    report = parse_labels(data, fmt=fmt, skip_invalid=skip_invalid)
+    Writes in one transaction holding the project's row lock (FOR NO KEY UPDATE: annotators keep
+    claiming and labelling meanwhile), so two imports into one project run one after the other."""
+    report = parse_labels(data, fmt=fmt, skip_invalid=skip_invalid, categories=project.categories,
+                          default_category=project.default_category)
     if report.errors:
-        raise ImportRejected(report.errors)
+        raise ImportRejected(report.messages)
     try:
         return _write(project=project, report=report, fmt=fmt)
     except IntegrityError:  # a prompt import or a labeller got there first: nothing was written
@@ -70,7 +71,7 @@ def labels_import(*, project: Project, data: bytes, fmt: str, skip_invalid: bool
 
 @transaction.atomic
 def _write(*, project: Project, report: LabelReport, fmt: str) -> LabelImportResult:
-    Project.objects.select_for_update().filter(pk=project.pk).first()
+    lock_project(project)
     result = LabelImportResult(format=fmt, rows=report.row_count, notes=list(report.notes))
     run = _Run(project, report, result)
     run.prompts()
@@ -107,7 +108,7 @@ class _Run:
             )
         new = [
             Prompt(project=self.project, text=p.text, messages=p.turns, category=p.category, split=p.split,
-                   reference=p.reference, source=Prompt.Source.IMPORTED, content_hash=digest)
+                   reference=p.reference, metadata=p.metadata, source=Prompt.Source.IMPORTED, content_hash=digest)
             for digest, p in wanted.items() if digest not in self.prompt_ids
         ]
         _insert(Prompt, new, ids=True)

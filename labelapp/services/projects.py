@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from labelapp.importing import parse_prompts, prompt_hash
+from labelapp.importing import category_error, category_for, metadata_error, parse_prompts, prompt_hash
 from labelapp.models import Completion, Membership, ModelVersion, Project, Prompt, RankingTask
 
 
@@ -24,7 +24,9 @@ def project_create(
     overlap: int = 1,
     demonstrations_per_prompt: int = 1,
     base_model: str = "smollm2-135m-instruct",
+    categories: list[str] | None = None,
 ) -> Project:
+    """A project; `categories` lists its prompt categories (default: InstructGPT's ten)."""
     name = (name or "").strip()
     if not name:
         raise ValidationError("A project needs a name.")
@@ -40,6 +42,8 @@ def project_create(
         demonstrations_per_prompt=demonstrations_per_prompt,
         base_model=base_model,
     )
+    if categories is not None:
+        project.categories = list(categories)
     try:
         project.full_clean()
     except ValidationError as exc:
@@ -65,19 +69,30 @@ class ImportRejected(ValidationError):
     """The whole file was refused; `.messages` names each line, field and reason."""
 
 
-@transaction.atomic
 def prompts_import(*, project: Project, data: bytes, fmt: str) -> ImportResult:
     """Add the prompts of a JSONL or CSV file to a project: all of them, or none.
 
     Prompts whose content is already in the project (or earlier in the same file) are counted
-    as duplicates and skipped, so importing the same file twice adds nothing.
+    as duplicates and skipped, so importing the same file twice adds nothing. Categories are
+    checked against the project's. Imports into one project run one after the other (the
+    project's row lock), so two imports of the same prompts at once dedupe like two in a row.
     """
-    report = parse_prompts(data, fmt=fmt)
+    report = parse_prompts(data, fmt=fmt, categories=project.categories, default_category=project.default_category)
     if report.errors:
-        raise ImportRejected(report.errors)
+        raise ImportRejected(report.messages)
+    try:
+        return _write_prompts(project=project, rows=report.rows)
+    except IntegrityError:  # another writer added one of these prompts without the project lock
+        raise ImportRejected(["line 1: the same prompts were added to the project at the same time; nothing was "
+                              "written, import the file again"]) from None
+
+
+@transaction.atomic
+def _write_prompts(*, project: Project, rows: list) -> ImportResult:
+    lock_project(project)
     existing = set(Prompt.objects.filter(project=project).values_list("content_hash", flat=True))
     new: list[Prompt] = []
-    for row in report.rows:
+    for row in rows:
         digest = row.content_hash
         if digest in existing:
             continue
@@ -91,11 +106,18 @@ def prompts_import(*, project: Project, data: bytes, fmt: str) -> ImportResult:
                 split=row.split,
                 source=row.source,
                 reference=row.reference,
+                metadata=row.metadata,
                 content_hash=digest,
             )
         )
     Prompt.objects.bulk_create(new, batch_size=1000)
-    return ImportResult(created=len(new), duplicates=len(report.rows) - len(new))
+    return ImportResult(created=len(new), duplicates=len(rows) - len(new))
+
+
+def lock_project(project: Project) -> None:
+    """Serialise writers of a project's prompts (imports, prompt_create). FOR NO KEY UPDATE: rows
+    that reference the project (claims, labels) can still be inserted meanwhile."""
+    Project.objects.select_for_update(no_key=True).filter(pk=project.pk).values_list("pk").first()
 
 
 @transaction.atomic
@@ -104,14 +126,26 @@ def prompt_create(
     project: Project,
     text: str = "",
     messages: list[dict] | None = None,
-    category: str = "other",
+    category: str | None = None,
     split: str = Prompt.Split.TRAIN,
     source: str = Prompt.Source.ANNOTATOR,
     reference: str = "",
+    metadata: dict | None = None,
 ) -> Prompt:
-    text = (text or "").strip()
+    """One prompt, its text kept exactly as given. `category` must be one of the project's
+    (default: "other" when the project has it, else none)."""
+    text = text or ""
+    if not messages and not text.strip():
+        raise ValidationError("The prompt is empty.")
     if len(text) > settings.LABEL_MAX_TEXT_CHARS:
         raise ValidationError(f"The prompt is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
+    resolved = category_for(category, project.categories, project.default_category)
+    if resolved is None:
+        message = category_error(category, project.categories)
+        raise ValidationError(message[0].upper() + message[1:] + ".")
+    if metadata is not None and (problem := metadata_error(metadata)) is not None:
+        raise ValidationError(f"The prompt's metadata {problem}.")
+    lock_project(project)
     digest = prompt_hash(text=text, messages=messages)
     if Prompt.objects.filter(project=project, content_hash=digest).exists():
         raise ValidationError("This prompt is already in the project.")
@@ -119,10 +153,11 @@ def prompt_create(
         project=project,
         text="" if messages else text,
         messages=messages or None,
-        category=category,
+        category=resolved,
         split=split,
         source=source,
         reference=reference,
+        metadata=metadata or {},
         content_hash=digest,
     )
     prompt.full_clean()

@@ -141,7 +141,7 @@ def test_prompt_import_all_or_nothing(api, project, reviewer, annotator):
     assert api.post(url, {"file": upload("p.jsonl", good)}).json() == {"created": 0, "duplicates": 2}
     bad = api.post(url, {"file": upload("p.jsonl", b'{"text": "three"}\n{"text": \n')})
     assert bad.status_code == 400
-    assert bad.json()["errors"] == ["line 2: broken JSON (Expecting value at column 10)"]
+    assert bad.json()["errors"] == ["line 2: broken JSON: Expecting value (column 10)"]
     assert bad.json()["detail"] == "import refused, nothing was written"
     assert api.post(url, {"file": upload("p.xml", good)}).status_code == 400
     assert api.post(url, {}).json() == {"file": "attach the file as multipart field 'file'"}

@@ -21,12 +21,14 @@ def test_jsonl_import_with_text_messages_categories_and_dedup(project):
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                       {"role": "user", "content": "Tell me a joke."}], "category": "chat", "split": "validation"},
         {"prompt": "What is the boiling point of water?", "category": "Open QA"},
-        {"text": "Write  a haiku about rain.", "category": "generation"},  # same after normalising spaces
+        {"text": "Write  a haiku about rain.", "category": "generation"},  # another prompt: spaces are content
+        {"text": "Two lines:\r\nfirst\r\nsecond"},
+        {"text": "Two lines:\nfirst\nsecond"},  # the same but for its line endings: a duplicate
     )
     result = prompts_import(project=project, data=data, fmt="jsonl")
-    assert (result.created, result.duplicates) == (3, 1)
+    assert (result.created, result.duplicates) == (5, 1)
     again = prompts_import(project=project, data=data, fmt="jsonl")
-    assert (again.created, again.duplicates) == (0, 4)
+    assert (again.created, again.duplicates) == (0, 6)
     chat = Prompt.objects.get(category="chat")
     assert chat.split == "validation" and chat.text == "" and chat.messages[-1]["content"] == "Tell me a joke."
     assert Prompt.objects.filter(category="open_qa").count() == 1

@@ -16,6 +16,8 @@ class Command(BaseCommand):
         parser.add_argument("--overlap", type=int, default=1, help="annotators per ranking task")
         parser.add_argument("--demonstrations-per-prompt", type=int, default=1)
         parser.add_argument("--guidelines-file", type=Path, help="plain-text guidelines shown to annotators")
+        parser.add_argument("--categories", default="",
+                            help="comma-separated prompt categories (default: InstructGPT's ten)")
 
     def handle(self, *args, **opts):
         guidelines = opts["guidelines_file"].read_text(encoding="utf-8") if opts["guidelines_file"] else ""
@@ -27,6 +29,7 @@ class Command(BaseCommand):
                 overlap=opts["overlap"],
                 demonstrations_per_prompt=opts["demonstrations_per_prompt"],
                 guidelines=guidelines,
+                categories=[c.strip() for c in opts["categories"].split(",") if c.strip()] or None,
             )
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None

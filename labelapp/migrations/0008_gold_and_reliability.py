@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('labelapp', '0006_label_withdraw'),
+        ('labelapp', '0007_prompt_fidelity_categories_metadata'),
     ]
 
     operations = [
