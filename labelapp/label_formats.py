@@ -31,6 +31,7 @@ format, broken JSON) always refuse.
 """
 from __future__ import annotations
 
+import codecs
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,8 +40,8 @@ from functools import cached_property
 from django.conf import settings
 
 from labelapp.importing import (
-    MAX_REPORTED_ERRORS, ROLES, ParseReport, category_error, category_for, iter_lines, json_line, metadata_error,
-    prompt_hash, read_upload,
+    MAX_REPORTED_ERRORS, ROLES, ParseReport, read_errors, category_error, category_for, json_line, metadata_error,
+    open_upload, prompt_hash, upload_lines, upload_text,
 )
 from labelapp.models import Category, Flag, Prompt
 from labelapp.services.labels import MAX_TIME_SPENT_MS
@@ -381,16 +382,22 @@ FORMATS: dict[str, tuple[str, Parser]] = {  # fmt → (source, used in external 
 # ---- the file ----------------------------------------------------------------------------------
 
 
-def _objects(text: str) -> Iterator[tuple[int, object | ValueError]]:
-    """(line, object) for JSON Lines, or for the elements of one JSON array (line = where each starts)."""
-    stripped = text.lstrip()
-    if not stripped.startswith("["):
-        for number, raw in iter_lines(text):
+def _objects(stream, report: LabelReport) -> Iterator[tuple[int, object | ValueError]]:
+    """(line, object) for JSON Lines, read one line at a time, or for the elements of one JSON array
+    (read whole, within IMPORT_MAX_BYTES; line = where each starts)."""
+    first = read_errors(report, 1, lambda: stream.peek(1 << 12)[:1 << 12])
+    if first is None:
+        return
+    if not first.lstrip(codecs.BOM_UTF8).lstrip().startswith(b"["):
+        for number, raw in upload_lines(stream, report):
             if raw.strip():
                 try:
-                    yield number, json_line(raw)
+                    yield number, json_line(raw.rstrip("\n"))
                 except ValueError as exc:
                     yield number, exc
+        return
+    text = upload_text(stream, report)
+    if text is None:
         return
     decoder, pos = json.JSONDecoder(), text.index("[") + 1
     while True:
@@ -422,7 +429,7 @@ def _skip(text: str, pos: int) -> int:
     return pos
 
 
-def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False, categories: list[str] | None = None,
+def parse_labels(data, *, fmt: str, skip_invalid: bool = False, categories: list[str] | None = None,
                  default_category: str | None = None) -> LabelReport:
     """Rows of a label file; prompts' categories are checked against `categories` (the project's;
     InstructGPT's ten when not given). Errors past MAX_REPORTED_ERRORS are counted, not listed."""
@@ -435,11 +442,11 @@ def parse_labels(data: bytes, *, fmt: str, skip_invalid: bool = False, categorie
         report.error(1, None, f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
         return report
     report.source, parse = FORMATS[fmt]
-    text = read_upload(data, report)
-    if text is None:
+    stream = open_upload(data, report)
+    if stream is None:
         return report
     skipped = 0
-    for line, obj in _objects(text):
+    for line, obj in _objects(stream, report):
         broken = isinstance(obj, ValueError)
         try:
             if broken:

@@ -96,29 +96,76 @@ def evaluation_summary(*, project: Project, round_id: int | None = None) -> dict
 
 def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> dict[int | None, dict]:
     """evaluation_summary for several rounds in two queries ({round id: summary}; None: tasks
-    without a round)."""
-    from django.db.models import Q
+    without a round).
 
+    Each summary holds the raw win-rates (`human`, `reward_model`), the length-controlled ones
+    (`length_controlled`: labelapp.length_control, read at equal answer length), the mean answer
+    lengths in characters (`lengths`: candidate, baseline, references), the same per prompt
+    category when the evaluation's prompts have two or more (`categories`), and the over-optimisation
+    warnings of labelapp.length_watch.held_out_warnings (`warnings`)."""
+    from django.db.models import Q
+    from django.db.models.functions import Length
+
+    from labelapp.length_watch import held_out_warnings
     from labelapp.models import Comparison, EvaluationTask
 
     wanted = Q(round_id__in=[r for r in round_ids if r is not None])
     if None in round_ids:
         wanted |= Q(round__isnull=True)
     tasks = EvaluationTask.objects.filter(wanted, project=project, gold_winner="")  # gold is scored, not counted
-    counts: dict = defaultdict(int)
-    auto: dict = defaultdict(list)
-    for round_id, a, b in tasks.values_list("round_id", "reward_a", "reward_b"):
-        counts[round_id] += 1
-        if a is not None and b is not None:
-            auto[round_id].append(1.0 if a > b else 0.5 if a == b else 0.0)
+    rows: dict = defaultdict(list)
+    for task in (tasks.annotate(len_a=Length("completion_a__text"), len_b=Length("completion_b__text"),
+                                len_ref=Length("prompt__reference"))
+                 .values("id", "round_id", "reward_a", "reward_b", "len_a", "len_b", "len_ref", "prompt__category")
+                 .order_by("id")):
+        rows[task["round_id"]].append(task)
     judged: dict = defaultdict(list)
-    for round_id, task_id, winner in Comparison.objects.filter(task__in=tasks).values_list("task__round_id", "task_id", "winner"):
-        judged[round_id].append((task_id, WIN_VALUE[winner]))
-    return {
-        round_id: {
-            "round_id": round_id, "tasks": counts[round_id],
-            "human": win_rate([v for _, v in judged[round_id]], groups=[t for t, _ in judged[round_id]]),
-            "reward_model": win_rate(auto[round_id]),
+    for task_id, winner in Comparison.objects.filter(task__in=tasks).values_list("task_id", "winner"):
+        judged[task_id].append(WIN_VALUE[winner])
+    summaries = {}
+    for round_id in round_ids:
+        summary = {"round_id": round_id, **_evaluation_block(rows[round_id], judged)}
+        categories = sorted({t["prompt__category"] for t in rows[round_id]})
+        summary["categories"] = {} if len(categories) < 2 else {
+            category: _evaluation_block([t for t in rows[round_id] if t["prompt__category"] == category], judged)
+            for category in categories
         }
-        for round_id in round_ids
+        summary["warnings"] = held_out_warnings(summary)
+        summaries[round_id] = summary
+    return summaries
+
+
+def _evaluation_block(tasks: list[dict], judged: dict) -> dict:
+    """Raw and length-controlled win-rates (human, reward model) and mean lengths of some tasks."""
+    from labelapp.length_control import length_controlled_win_rate
+
+    human, human_tasks, auto, auto_diffs = [], [], [], []
+    for task in tasks:
+        for value in judged.get(task["id"], []):
+            human.append(value)
+            human_tasks.append(task["id"])
+        a, b = task["reward_a"], task["reward_b"]
+        if a is not None and b is not None:
+            auto.append(1.0 if a > b else 0.5 if a == b else 0.0)
+            auto_diffs.append(task["len_a"] - task["len_b"])
+    diff = {task["id"]: task["len_a"] - task["len_b"] for task in tasks}
+    references = [task["len_ref"] for task in tasks if task["len_ref"]]
+
+    def mean(values):
+        return sum(values) / len(values) if values else None
+
+    return {
+        "tasks": len(tasks),
+        "human": win_rate(human, groups=human_tasks),
+        "reward_model": win_rate(auto),
+        "length_controlled": {
+            "human": length_controlled_win_rate(human, [diff[t] for t in human_tasks], groups=human_tasks,
+                                                resamples=LC_RESAMPLES),
+            "reward_model": length_controlled_win_rate(auto, auto_diffs, resamples=LC_RESAMPLES),
+        },
+        "lengths": {"candidate": mean([t["len_a"] for t in tasks]), "baseline": mean([t["len_b"] for t in tasks]),
+                    "reference": mean(references), "references": len(references), "unit": "characters"},
     }
+
+
+LC_RESAMPLES = 1000  # each resample refits the logistic model: about 0.2 s for 150 tasks on a 2-core CPU

@@ -15,6 +15,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from labelapp.length_watch import reward_length_text
 from labelapp.models import Assignment, Comparison, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
 from labelapp.services.queue import SPECS, live_lease
 from labelapp.stats import evaluation_summaries, evaluation_summary
@@ -23,7 +24,8 @@ WAITING_STAGES = (Round.Stage.RANKING,)  # a round here waits for people, not fo
 HISTORY_POINTS = 500  # metric points per run sent to the browser
 LINEAGE_DEPTH = 20
 # Charts and summaries show these first, then any other numeric key, alphabetically.
-PREFERRED_METRICS = ("loss/train", "objective/reward", "objective/kl", "eval/pairwise_accuracy", "eval/accuracy",
+PREFERRED_METRICS = ("loss/train", "objective/reward", "objective/response_length", "objective/kl",
+                     "eval/pairwise_accuracy", "eval/accuracy_chosen_shorter", "eval/accuracy",
                      "loss/eval", "loss/policy", "loss/value")
 
 
@@ -76,6 +78,8 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
     for rnd in rounds:
         rnd.steps = round_steps(rnd)
         rnd.evaluation_text = evaluation_text(summaries[rnd.pk])
+        rnd.evaluation_warning = evaluation_warning(summaries[rnd.pk])
+        rnd.evaluation_categories = category_rows(summaries[rnd.pk])
     return rounds
 
 
@@ -83,21 +87,60 @@ def _rate(result: dict) -> str:
     return f"{result['win_rate']:.1%} [95% CI {result['low']:.1%}–{result['high']:.1%}]"
 
 
+def _controlled(result: dict) -> str:
+    text = f", length-controlled {_rate(result)}"
+    if result.get("separation") == "length":
+        text += " (length alone orders the outcomes: weakly determined)"
+    return text
+
+
 def evaluation_text(summary: dict) -> str:
     """One line for a round's blind evaluation: the new policy's win-rate over its parent from the
-    comparisons so far and from the reward model; "" while the round has no evaluation tasks."""
+    comparisons so far and from the reward model, each raw and length-controlled, and the mean answer
+    lengths; "" while the round has no evaluation tasks."""
     if not summary["tasks"]:
         return ""
     human, auto = summary["human"], summary["reward_model"]
+    controlled = summary.get("length_controlled", {})
     prompts = f"{summary['tasks']} held-out prompt{'s' if summary['tasks'] != 1 else ''}"
     if human["n"]:
         judged = f"{human['n']} judgment{'s' if human['n'] != 1 else ''} on {human['items']}"
         text = f"Blind evaluation, {prompts}: the new policy wins {_rate(human)} ({judged} prompts)"
+        if controlled.get("human", {}).get("win_rate") is not None:
+            text += _controlled(controlled["human"])
     else:
         text = f"Blind evaluation, {prompts}: no judgments yet"
     if auto["n"]:
         text += f"; reward model {_rate(auto)}"
+        if controlled.get("reward_model", {}).get("win_rate") is not None:
+            text += _controlled(controlled["reward_model"])
+    lengths = summary.get("lengths") or {}
+    if lengths.get("candidate") is not None:
+        text += (f". Mean answer length: new policy {lengths['candidate']:.0f}, parent {lengths['baseline']:.0f}"
+                 + (f", references {lengths['reference']:.0f}" if lengths.get("reference") is not None else "")
+                 + " characters")
     return text + "."
+
+
+def evaluation_warning(summary: dict) -> str:
+    """The evaluation's over-optimisation warnings (labelapp.length_watch) as one line, "" when none."""
+    return " ".join(w["text"] for w in summary.get("warnings", []))
+
+
+def category_rows(summary: dict) -> list[dict]:
+    """Per prompt category: tasks, raw and length-controlled win-rates (human, reward model), mean lengths."""
+    rows = []
+    for category, block in (summary.get("categories") or {}).items():
+        cells = {"category": category, "tasks": block["tasks"]}
+        for side in ("human", "reward_model"):
+            raw, lc = block[side], block["length_controlled"][side]
+            cells[side] = _rate(raw) if raw["n"] else "—"
+            cells[f"{side}_lc"] = _rate(lc) if lc["win_rate"] is not None else "—"
+        lengths = block["lengths"]
+        cells["lengths"] = (f"{lengths['candidate']:.0f} / {lengths['baseline']:.0f}"
+                            if lengths["candidate"] is not None else "—")
+        rows.append(cells)
+    return rows
 
 
 def recent_runs(*, project: Project, limit: int = 25) -> QuerySet[TrainingRun]:
@@ -202,17 +245,34 @@ def run_status(run: TrainingRun, *, history: bool = False, now: datetime | None 
         data["history"] = capped_history(metrics)
         data["metric_keys"] = metric_keys(metrics)
         data["logs_tail"] = run.logs_tail[-4000:]
+        data["length_watch"] = run_length_watch(run)
+    return data
+
+
+def run_length_watch(run: TrainingRun) -> dict:
+    """labelapp.length_watch.run_length_watch with the run's round evaluation, and one warning line."""
+    from labelapp.length_watch import run_length_watch as watch
+
+    summary = None
+    if run.round_id and run.kind not in (TrainingRun.Kind.SFT, TrainingRun.Kind.REWARD, TrainingRun.Kind.SAMPLE):
+        summary = evaluation_summary(project=run.project, round_id=run.round_id)
+    data = watch(run, summary)
+    data["warning"] = " ".join(data["warnings"])
+    data["trend_text"] = data["trend"]["text"] if data["trend"] else ""
     return data
 
 
 def round_status(rnd: Round) -> dict:
+    if not hasattr(rnd, "evaluation_text"):
+        summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)
+        rnd.evaluation_text, rnd.evaluation_warning = evaluation_text(summary), evaluation_warning(summary)
     return {
         "id": rnd.pk, "number": rnd.number, "method": rnd.method, "stage": rnd.stage,
         "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
         "steps": getattr(rnd, "steps", None) or round_steps(rnd),
         "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],
-        "evaluation_text": rnd.evaluation_text if hasattr(rnd, "evaluation_text")
-        else evaluation_text(evaluation_summary(project=rnd.project, round_id=rnd.pk)),
+        "evaluation_text": rnd.evaluation_text,
+        "evaluation_warning": rnd.evaluation_warning,
     }
 
 
@@ -235,6 +295,7 @@ class VersionRow:
     version: ModelVersion
     lineage: list[ModelVersion] = field(default_factory=list)  # root first, the version last
     key_metrics: list[tuple[str, float]] = field(default_factory=list)
+    length_text: str = ""  # reward models: labelapp.length_watch.reward_length_text
 
 
 def key_metrics(metrics: dict, limit: int = 4) -> list[tuple[str, float]]:
@@ -259,7 +320,8 @@ def model_versions(*, project: Project, limit: int = 50) -> list[VersionRow]:
         while node is not None and len(chain) < LINEAGE_DEPTH:
             chain.append(node)
             node = known.get(node.parent_id) if node.parent_id else None
-        rows.append(VersionRow(version, list(reversed(chain)), key_metrics(version.metrics)))
+        rows.append(VersionRow(version, list(reversed(chain)), key_metrics(version.metrics),
+                               reward_length_text(version.metrics)))
     return rows
 
 

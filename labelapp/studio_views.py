@@ -24,6 +24,7 @@ from labelapp.models import Project, Role, Round, TrainingRun
 from labelapp.services.access import has_role
 from labelapp.services.rounds import DEFAULTS, round_advance, round_cancel, round_start
 from labelapp.services.runs import model_version_make_current, run_cancel, run_retry
+from labelapp.services.text import NUL_REASON, has_nul
 from labelapp.views import _render
 
 SCALAR_FIELDS = ("prompts", "min_rankings")  # own inputs on the form; the rest is the JSON box
@@ -103,8 +104,12 @@ def _round_params(form: dict) -> tuple[dict, list[str]]:
         advanced = json.loads(form["settings"] or "{}")
     except json.JSONDecodeError as exc:
         errors.append(f"Advanced settings are not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).")
+    except RecursionError:
+        errors.append("Advanced settings are nested too deeply to read.")
     else:
-        if isinstance(advanced, dict):
+        if has_nul(advanced):
+            errors.append(f"Advanced settings {NUL_REASON}.")
+        elif isinstance(advanced, dict):
             params.update(advanced)
         else:
             errors.append("Advanced settings must be a JSON object, like {\"sft\": {\"max_steps\": 100}}.")
@@ -235,6 +240,7 @@ def run_detail(request: HttpRequest, slug: str, run_id: int) -> HttpResponse:
         "run": run,
         "status": {**studio.run_status(run), "urls": _run_urls(project, run.pk)},
         "series": studio.metric_series(studio.capped_history(run.metrics or [])),
+        "length": studio.run_length_watch(run),
         "params": json.dumps(run.params, indent=2, sort_keys=True),
         "result": json.dumps(run.result, indent=2, sort_keys=True) if run.result else "",
     }

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from labelapp import selectors
 from labelapp.keymap import bindings_for
-from labelapp.models import Assignment, Flag, Project, Queue, Role
+from labelapp.models import Assignment, Demonstration, Flag, Project, Queue, Role
 from labelapp.services.access import has_role
 from labelapp.services.labels import (
     comparison_submit,
@@ -326,12 +326,16 @@ def review(request: HttpRequest, slug: str) -> HttpResponse:
     errors: list[str] = []
     if request.method == "POST":
         decision = request.POST.get("decision")
+        raw_id = request.POST.get("demonstration_id", "")
+        # only this project's demonstrations: another project's id is a 404 that names nothing
+        if not raw_id.isdigit() or not Demonstration.objects.filter(pk=int(raw_id), prompt__project=project).exists():
+            raise Http404("No such demonstration in this project.")
         if decision not in ("approve", "reject"):
             errors = ["Choose approve or reject."]
         else:
             try:
                 demonstration_review(
-                    demonstration_id=int(request.POST.get("demonstration_id", "0") or 0),
+                    demonstration_id=int(raw_id),
                     reviewer=request.user,
                     approve=decision == "approve",
                     comment=request.POST.get("comment", ""),

@@ -126,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"status": "succeeded", "samples": len(result), "output_dir": config.output_dir}))
         return 0
     if main_process:
+        held_out = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}  # e.g. the reward model's
         print(json.dumps({"status": result.status, "output_dir": result.output_dir, "model_dir": result.model_dir,
-                          "global_step": result.global_step}, default=str))
+                          "global_step": result.global_step, **held_out}, default=str))
     return 0 if result.status == "succeeded" else 3
 
 

@@ -111,6 +111,26 @@ class RewardRunConfig(TrainerConfig):
     lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
     group_by_length: bool = _help("Batch pairs of similar token length together (batches in random order): far "
                                   "less padding (one fixed order, reused if there are several epochs).", True)
+    length_control: str = _help("'none': plain Bradley-Terry. 'odin': ODIN (Chen et al. 2024): a quality head and a "
+                                "length head trained together, the quality head kept as the reward. 'poe': the "
+                                "reward trained beside a length-only expert w*log(1+characters), which is dropped "
+                                "(see docs/RLHF.md, Length bias).", "none")
+    odin_length_weight: float = _help("ODIN: weight of the length-correlation loss |corr(quality, length)| + "
+                                      "1 - corr(length head, length), over each batch's answers.", 1.0)
+    odin_orthogonal_weight: float = _help("ODIN: weight of |cos| between the quality and the length head's weights.",
+                                          1.0)
+
+
+LENGTH_CONTROLS = ("none", "odin", "poe")
+
+
+def check_reward_config(config: RewardRunConfig) -> None:
+    """Raise ``ValueError`` for bad settings before any model loads."""
+    if config.length_control not in LENGTH_CONTROLS:
+        raise ValueError(f"length_control must be one of {list(LENGTH_CONTROLS)} (got {config.length_control!r}).")
+    for name in ("odin_length_weight", "odin_orthogonal_weight"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be 0 or more (got {getattr(config, name)}).")
 
 
 # ------------------------------------------------------------------------------------------ DPO

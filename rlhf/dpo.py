@@ -6,6 +6,8 @@ The policy starts from ``model`` (normally the SFT checkpoint) and is trained on
 preference pairs with the DPO loss ``-log sigmoid(beta * (log-ratio(chosen) - log-ratio(rejected)))``.
 With LoRA (the default) the reference policy is the same weights with the adapter disabled, so no
 second copy sits in memory; with full fine-tuning a frozen copy is loaded (safetensors only).
+Besides TRL's metrics each step logs ``lengths/chosen`` and ``lengths/rejected``: the mean completion
+tokens of the batch's chosen and rejected answers (what DPO is pushed toward and away from).
 """
 
 from __future__ import annotations
@@ -34,11 +36,28 @@ def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
     if config.sft_weight:
         losses = {"loss_type": [config.loss_type, "sft"], "loss_weights": [1.0, config.sft_weight]}
     args = trl_args(config, DPOConfig, beta=config.beta, ld_alpha=config.ld_alpha, **losses)
-    return DPOTrainer(
+    return _length_logging(DPOTrainer)(
         model=model, ref_model=ref_model, args=args, processing_class=tokenizer,
         train_dataset=pairs_to_dataset(pairs), eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
         peft_config=peft_config_for(config, "CAUSAL_LM"),
     )
+
+
+def _length_logging(dpo_trainer_cls):
+    """``DPOTrainer`` that also logs the mean completion tokens of the chosen and rejected answers."""
+
+    class DPOTrainerWithLengths(dpo_trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mask = inputs.get("completion_mask")
+            if mask is not None:  # (2B, T): the B chosen rows, then the B rejected rows
+                chosen, rejected = mask.sum(-1).float().chunk(2)
+                mode = "train" if self.model.training else "eval"
+                self._metrics[mode]["lengths/chosen"].append(float(chosen.mean()))
+                self._metrics[mode]["lengths/rejected"].append(float(rejected.mean()))
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return DPOTrainerWithLengths
 
 
 def train_dpo(config: DPORunConfig, pairs: Sequence[PreferencePair] | None = None,

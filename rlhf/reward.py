@@ -12,6 +12,12 @@ on held-out pairs (``eval_pairs``, or an ``eval_fraction`` split) is reported as
 ``score(model, tokenizer, items)`` scores conversations exactly as RewardTrainer formats its inputs:
 the chat template over prompt + completion (plain strings get the EOS token appended), right padding,
 and the score read at the last non-pad token. PPO uses it for rewards.
+
+Held-out pairs also give the length diagnostics of ``rlhf.length`` (accuracy where the chosen answer is
+longer / shorter, how often the longer answer is preferred, the "longer wins" baseline, the correlation
+of reward with length in characters). ``length_control: "odin"`` trains ODIN's quality and length heads
+(``rlhf.length.odin_loss``), ``"poe"`` the reward beside a length-only expert (``rlhf.length.poe_loss``);
+both keep only the quality head as the model's score head.
 """
 
 from __future__ import annotations
@@ -21,7 +27,11 @@ from typing import Callable, Sequence
 
 import torch
 
-from .config import RewardRunConfig  # noqa: F401 (the config lives in rlhf.config; importable from here too)
+from .config import (  # noqa: F401 (they live in rlhf.config; importable from here too)
+    LENGTH_CONTROLS,
+    RewardRunConfig,
+    check_reward_config,
+)
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_reward_model, load_tokenizer
@@ -70,14 +80,28 @@ def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 1
     return out
 
 
+def score_pairs(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16):
+    """(rewards of the chosen answers (N,), rewards of the rejected answers (N,))."""
+    items = [conversation(p.prompt, p.chosen) for p in pairs] + [conversation(p.prompt, p.rejected) for p in pairs]
+    rewards = score(model, tokenizer, items, batch_size)
+    return rewards[:len(pairs)], rewards[len(pairs):]
+
+
 def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16) -> float:
     """Fraction of pairs with r(chosen) > r(rejected) (a tie counts one half)."""
     if not pairs:
         return float("nan")
-    items = [conversation(p.prompt, p.chosen) for p in pairs] + [conversation(p.prompt, p.rejected) for p in pairs]
-    rewards = score(model, tokenizer, items, batch_size)
-    chosen, rejected = rewards[:len(pairs)], rewards[len(pairs):]
+    chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size)
     return float(((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean())
+
+
+def held_out_report(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16) -> dict:
+    """Pairwise accuracy and the length diagnostics (``rlhf.length``) on held-out pairs."""
+    from .length import answer_lengths, length_diagnostics
+
+    chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size)
+    return length_diagnostics(chosen, rejected, answer_lengths([p.chosen for p in pairs]),
+                              answer_lengths([p.rejected for p in pairs]))
 
 
 def fit_to_length(pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> list[PreferencePair]:
@@ -131,9 +155,10 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, meg
 
 def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair],
                          eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
-    """A ``RewardTrainer`` ready to ``train()``."""
+    """A ``RewardTrainer`` ready to ``train()`` (the length-control subclass with ``length_control`` "odin"/"poe")."""
     from trl import RewardConfig, RewardTrainer
 
+    check_reward_config(config)
     seed_everything(config.seed)  # the score head is initialised at load time
     tokenizer = tokenizer or load_tokenizer(config.model)
     model = model or load_reward_model(config.model, device=config.device, dtype=config.dtype,
@@ -151,17 +176,151 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
         sampling = {"train_sampling_strategy": "sequential"}
     args = trl_args(config, RewardConfig, center_rewards_coefficient=config.center_rewards_coefficient,
                     per_device_eval_batch_size=config.eval_batch_size, **sampling)
-    return RewardTrainer(
-        model=model, args=args, processing_class=tokenizer, train_dataset=pairs_to_dataset(pairs),
-        eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
-        peft_config=peft_config_for(config, "SEQ_CLS"),
-    )
+    common = dict(model=model, args=args, processing_class=tokenizer,
+                  eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
+                  peft_config=peft_config_for(config, "SEQ_CLS"))
+    if config.length_control != "none":
+        from trl.trainer.reward_trainer import DataCollatorForPreference
+
+        dataset = pairs_to_dataset(pairs)
+        dataset = dataset.add_column("chosen_chars", [len(p.chosen) for p in pairs])
+        dataset = dataset.add_column("rejected_chars", [len(p.rejected) for p in pairs])
+        collator = _LengthCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
+        return _length_control_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
+    return RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
+
+
+class _LengthCollator:
+    """TRL's preference collator plus ``lengths`` (2B,): characters of the chosen answers, then the rejected."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, examples):
+        batch = self.inner(examples)
+        batch["lengths"] = torch.tensor([float(e["chosen_chars"]) for e in examples]
+                                        + [float(e["rejected_chars"]) for e in examples])
+        return batch
+
+
+LENGTH_HEAD_FILE = "length_head.safetensors"
+_LENGTH_TRAINER = None
+
+
+def _length_control_trainer_class():
+    """``RewardTrainer`` with a length head and ODIN's or PoE's loss (built on first use: TRL loads lazily)."""
+    global _LENGTH_TRAINER
+    if _LENGTH_TRAINER is not None:
+        return _LENGTH_TRAINER
+    from pathlib import Path
+
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    from trl import RewardTrainer
+
+    from .length import odin_loss, poe_loss
+
+    class LengthControlRewardTrainer(RewardTrainer):
+        """The model's own score head is the quality head q. ODIN: a second linear head on the same hidden
+        state (the input of ``score``, read at the same last token) is the length head. PoE: the length
+        expert is w * log(1 + characters), one learned weight. Either is a submodule ``length_head`` of the
+        model while training (so optimizer and DDP see it) and is dropped before saving."""
+
+        def __init__(self, config: RewardRunConfig, **kwargs):
+            super().__init__(**kwargs)
+            self.control = config
+            self._score = _score_module(self.model)
+            if config.length_control == "odin":
+                head = torch.nn.Linear(_head_weight(self._score).shape[-1], 1, bias=False)
+                torch.nn.init.normal_(head.weight, std=getattr(self.model.config, "initializer_range", 0.02))
+            else:  # poe: starts at 0 (no length effect) and learns how much length explains
+                head = torch.nn.Linear(1, 1, bias=False)
+                torch.nn.init.zeros_(head.weight)
+            self.model.add_module("length_head", head.to(next(self.model.parameters()).device))
+
+        def _set_signature_columns_if_needed(self):
+            if self._signature_columns is None:  # keep the answers' lengths for the collator
+                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "chosen_chars", "rejected_chars"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            lengths = inputs.pop("lengths")
+            captured = {}
+            hook = self._score.register_forward_hook(lambda module, args, out: captured.__setitem__("hidden", args[0]))
+            try:
+                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            finally:
+                hook.remove()
+            quality = outputs.logits.squeeze(-1).float()  # (2B,) the score head = quality head
+            lengths = lengths.to(quality.device)
+            head = self.model.length_head
+            if self.control.length_control == "odin":
+                hidden = captured["hidden"]  # (2B, T, H), what the score head read
+                last = inputs["attention_mask"].sum(-1) - 1  # right padding: the token the score is read at
+                length = head(hidden[torch.arange(len(last), device=hidden.device), last].float()).squeeze(-1)  # (2B,)
+                loss, parts = odin_loss(quality, length, lengths, _head_weight(self._score), head.weight,
+                                        length_weight=self.control.odin_length_weight,
+                                        orthogonal_weight=self.control.odin_orthogonal_weight,
+                                        margin=inputs.get("margin"))
+            else:
+                loss, parts = poe_loss(quality, head.weight.reshape(()), lengths, margin=inputs.get("margin"))
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * torch.mean(quality ** 2)
+            chosen, rejected = quality.detach().chunk(2)
+            self._metrics[mode]["accuracy"].append(float((chosen > rejected).float().mean()))  # the quality head's
+            self._metrics[mode]["margin"].append(float((chosen - rejected).mean()))
+            for key, value in parts.items():
+                self._metrics[mode][key].append(float(value))
+            return (loss, outputs) if return_outputs else loss
+
+        def _save_checkpoint(self, model, trial):
+            super()._save_checkpoint(model, trial)  # peft checkpoints hold the adapter only: keep the head too
+            from safetensors.torch import save_file
+
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if self.accelerator.is_main_process and folder.is_dir():
+                save_file({"weight": self.model.length_head.weight.detach().cpu().contiguous()},
+                          str(folder / LENGTH_HEAD_FILE))
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+            path = Path(resume_from_checkpoint) / LENGTH_HEAD_FILE
+            if path.is_file():
+                from safetensors.torch import load_file
+
+                with torch.no_grad():
+                    self.model.length_head.weight.copy_(load_file(str(path))["weight"])
+
+    _LENGTH_TRAINER = LengthControlRewardTrainer
+    return LengthControlRewardTrainer
+
+
+def _score_module(model):
+    """The score head module (peft's ``ModulesToSaveWrapper`` around it when LoRA trains a copy)."""
+    names = [name for name, _ in model.named_modules() if name.split(".")[-1] == "score"]
+    if not names:
+        raise ValueError("the reward model has no `score` head")
+    return model.get_submodule(min(names, key=len))
+
+
+def _head_weight(score_module) -> torch.Tensor:
+    """The trainable weight (1, H) of a score head (the adapter's copy under LoRA)."""
+    trainable = [p for name, p in score_module.named_parameters() if name.endswith("weight") and p.requires_grad]
+    return (trainable or [score_module.weight])[0]
+
+
+def drop_length_head(model) -> None:
+    """Remove the length head (ODIN, PoE) from a trained model before it is saved (``score`` stays: quality)."""
+    for module in [model, getattr(model, "module", None)]:
+        if module is not None and hasattr(module, "length_head"):
+            del module.length_head
 
 
 def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None = None,
                  eval_pairs: Sequence[PreferencePair] | None = None,
                  progress: Callable[[int, int, dict], None] | None = None) -> Artifacts:
-    """Train the reward model; metrics include ``eval/pairwise_accuracy`` on held-out pairs."""
+    """Train the reward model; metrics include ``eval/pairwise_accuracy`` and the length diagnostics
+    (``rlhf.length``) on held-out pairs."""
+    check_reward_config(config)
     if pairs is None:
         pairs = load_pairs(config.data, config.data_format, config.margin_scale)
     pairs = list(pairs)
@@ -171,11 +330,14 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     trainer = attach_progress(build_reward_trainer(config, pairs, tokenizer=tokenizer), progress)
 
     def held_out(trainer) -> dict:
+        drop_length_head(trainer.model)  # ODIN / PoE: from here on the model is its quality head alone
         if not eval_pairs:
             return {}
-        acc = pairwise_accuracy(trainer.model, tokenizer, eval_pairs, config.eval_batch_size)
-        return {"eval/pairwise_accuracy": acc, "eval/pairs": len(eval_pairs)}
+        return held_out_report(trainer.model, tokenizer, eval_pairs, config.eval_batch_size)
 
+    head = {"odin": "quality head of ODIN (length head dropped)",
+            "poe": "quality head of PoE (length expert dropped)"}.get(config.length_control, "single head")
     return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
                        data_hash=data_hash(pairs), progress=progress, after_train=held_out,
-                       extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or [])})
+                       extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or []),
+                                   "reward_head": head})

@@ -40,10 +40,12 @@ class Gunicorn:
     """`gunicorn config.wsgi` with `workers` processes on a free port, started and stopped around a
     `with` block. `env` is added to the environment (DATABASE_URL at least)."""
 
-    def __init__(self, *, workers: int = 2, env: dict[str, str], data_dir: str, extra: list[str] | None = None):
+    def __init__(self, *, workers: int = 2, env: dict[str, str], data_dir: str, extra: list[str] | None = None,
+                 unset: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "DATA_DIR": data_dir, "ALLOWED_HOSTS": "127.0.0.1,localhost", **env}
+        base = {k: v for k, v in os.environ.items() if k not in unset}
+        self.env = {**base, "DATA_DIR": data_dir, "ALLOWED_HOSTS": "127.0.0.1,localhost", **env}
         self.workers = workers
         self.extra = extra or []
         self.log = Path(data_dir) / "gunicorn.log"
@@ -85,6 +87,7 @@ class Reply:
     body: str
     location: str = ""
     seconds: float = 0.0
+    retry_after: str = ""
 
 
 class PageClient:
@@ -97,10 +100,15 @@ class PageClient:
         self.headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
         self.timeout = timeout
 
-    def request(self, path: str, data: dict | None = None) -> Reply:
+    def request(self, path: str, data: dict | None = None, headers: dict | None = None, json_body=None) -> Reply:
         url = path if path.startswith("http") else self.base + path
         body = urllib.parse.urlencode(data, doseq=True).encode() if data is not None else None
-        headers = dict(self.headers)
+        headers = {**self.headers, **(headers or {})}
+        if json_body is not None:
+            import json
+
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
         if data is not None:
             headers["Referer"] = self.base + "/"  # Django's CSRF check wants a same-origin referer on POST
             token = self.csrf()
@@ -112,7 +120,8 @@ class PageClient:
             with self.opener.open(req, timeout=self.timeout) as response:
                 reply = Reply(response.status, response.read().decode("utf-8", "replace"))
         except urllib.error.HTTPError as exc:
-            reply = Reply(exc.code, exc.read().decode("utf-8", "replace"), exc.headers.get("Location", ""))
+            reply = Reply(exc.code, exc.read().decode("utf-8", "replace"), exc.headers.get("Location", ""),
+                          retry_after=exc.headers.get("Retry-After", ""))
         reply.seconds = time.perf_counter() - t0
         return reply
 

@@ -253,8 +253,13 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     progress(3, 3, {})
     summary = evaluation_summary(project=project, round_id=run.round_id) if run.round_id else {}
     auto = summary.get("reward_model", {})
+    controlled = summary.get("length_controlled", {}).get("reward_model", {})
+    lengths = summary.get("lengths", {})
     return Outcome({"tasks": len(prompts), "auto_win_rate": auto.get("win_rate"), "auto_low": auto.get("low"),
-                    "auto_high": auto.get("high"), "note": note})
+                    "auto_high": auto.get("high"), "auto_lc_win_rate": controlled.get("win_rate"),
+                    "auto_lc_low": controlled.get("low"), "auto_lc_high": controlled.get("high"),
+                    "mean_length_candidate": lengths.get("candidate"), "mean_length_baseline": lengths.get("baseline"),
+                    "mean_length_reference": lengths.get("reference"), "note": note})
 
 
 EXECUTORS: dict[str, Callable[[TrainingRun, Progress], Outcome]] = {

@@ -8,12 +8,13 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from labelapp.api.views import project_for
+from labelapp.api.errors import Invalid
+from labelapp.api.uploads import LimitedUploadMixin
+from labelapp.api.views import REFUSED, project_for
 from labelapp.label_formats import FORMATS
 from labelapp.models import Role
 from labelapp.services.label_imports import KINDS, labels_import
@@ -23,7 +24,7 @@ def _counts():
     return serializers.DictField(child=serializers.IntegerField(), help_text=f"per kind: {', '.join(KINDS)}")
 
 
-class LabelImportView(APIView):
+class LabelImportView(LimitedUploadMixin, APIView):
     """Import labels in one of the formats in labelapp.label_formats.FORMATS."""
 
     parser_classes = [MultiPartParser]
@@ -41,17 +42,18 @@ class LabelImportView(APIView):
         notes = serializers.ListField(child=serializers.CharField())
 
     @extend_schema(request={"multipart/form-data": InputSerializer}, responses={201: OutputSerializer})
-    def post(self, request, project_id: int):
+    def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.REVIEWER)
+        self.upload_or_none(request)  # 413 if the upload was stopped at the limit
         body = self.InputSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         upload = body.validated_data["file"]
         if upload.size > settings.IMPORT_MAX_BYTES:
-            raise ValidationError({"errors": [f"line 1: the file is {upload.size:,} bytes; the limit is {settings.IMPORT_MAX_BYTES:,} bytes"],
-                                   "detail": "import refused, nothing was written"})
+            raise Invalid({"file": [f"line 1: the file is {upload.size:,} bytes; the limit is {settings.IMPORT_MAX_BYTES:,} bytes"]},
+                          summary=REFUSED)
         try:
-            result = labels_import(project=project, data=upload.read(), fmt=body.validated_data["format"],
+            result = labels_import(project=project, data=upload, fmt=body.validated_data["format"],
                                    skip_invalid=body.validated_data["skip_invalid"])
         except DjangoValidationError as exc:
-            raise ValidationError({"errors": exc.messages, "detail": "import refused, nothing was written"}) from None
+            raise Invalid({"file": exc.messages}, summary=REFUSED) from None
         return Response(self.OutputSerializer(asdict(result)).data, status=status.HTTP_201_CREATED)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp import selectors
+from labelapp.api.errors import Invalid
 from labelapp.api.views import PROJECT, ScopedReadViewSet, _choice, _int, project_for
 from labelapp.models import Role, Round, TrainingRun
 from labelapp.services.rounds import round_cancel, round_start
@@ -30,12 +32,20 @@ def visible_rounds(user):
 
 class TrainingRunSerializer(serializers.ModelSerializer):
     eta_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    length_diagnostics = serializers.SerializerMethodField(
+        help_text="Reward-model runs: the length diagnostics of its held-out pairs (see model-versions); else null.")
 
     class Meta:
         model = TrainingRun
         fields = ["id", "project", "round", "kind", "status", "params", "input_model", "output_model", "step", "total",
-                  "eta_seconds", "metrics", "result", "error", "logs_tail", "attempts", "max_attempts",
-                  "cancel_requested", "heartbeat_at", "started_at", "finished_at", "retry_of", "created_at"]
+                  "eta_seconds", "metrics", "result", "length_diagnostics", "error", "logs_tail", "attempts",
+                  "max_attempts", "cancel_requested", "heartbeat_at", "started_at", "finished_at", "retry_of",
+                  "created_at"]
+
+    def get_length_diagnostics(self, obj) -> dict | None:
+        from labelapp.length_watch import length_diagnostics
+
+        return length_diagnostics(obj.result) if obj.kind == TrainingRun.Kind.REWARD else None
 
 
 class RoundSerializer(serializers.ModelSerializer):
@@ -55,7 +65,7 @@ def _service(call):
     try:
         return call()
     except DjangoValidationError as exc:
-        raise ValidationError({"detail": exc.messages}) from None
+        raise Invalid.from_django(exc) from None
     except DjangoPermissionDenied as exc:
         raise PermissionDenied(str(exc)) from None
 
@@ -91,11 +101,13 @@ class RoundViewSet(ScopedReadViewSet):
         rnd = self.get_object()
         return Response(RoundSerializer(_service(lambda: round_cancel(round_id=rnd.pk, user=request.user))).data)
 
-    @extend_schema(responses=serializers.DictField())
+    @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
     def evaluation(self, request, pk=None):
         """Win-rate of the round's new policy over its parent: blind human comparisons and the
-        reward model, each with a 95% bootstrap interval."""
+        reward model, each with a 95% bootstrap interval, raw and length-controlled (logistic model of
+        the outcome on the answers' length difference, read at equal length), the mean answer lengths
+        (characters), the same per prompt category, and over-optimisation warnings."""
         rnd = self.get_object()
         return Response(evaluation_summary(project=rnd.project, round_id=rnd.pk))
 
@@ -104,7 +116,7 @@ class RoundStartView(APIView):
     """Start the project's next round (admins)."""
 
     @extend_schema(request=RoundStartSerializer, responses={201: RoundSerializer})
-    def post(self, request, project_id: int):
+    def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.ADMIN)
         body = RoundStartSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -115,7 +127,7 @@ class RoundStartView(APIView):
 class MakeCurrentView(APIView):
     """Mark a model version as its project's current policy / reward model (admins)."""
 
-    @extend_schema(request=None, responses={200: serializers.DictField()})
+    @extend_schema(request=None, responses={200: OpenApiTypes.OBJECT})
     def post(self, request, pk: int):
         version = selectors.visible_model_versions(request.user).filter(pk=pk).first()
         if version is None:

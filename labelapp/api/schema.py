@@ -1,5 +1,9 @@
-"""OpenAPI schema post-processing (drf-spectacular hooks, listed in config.settings)."""
+"""The OpenAPI schema's views (errors in JSON) and post-processing (drf-spectacular hooks, listed
+in config.settings). Who may read it: labelapp.api.permissions.DocsAccess."""
 from __future__ import annotations
+
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from rest_framework.renderers import JSONRenderer
 
 
 def reviewer_only_fields(result, generator, request, public):
@@ -19,3 +23,21 @@ def reviewer_only_fields(result, generator, request, public):
                 note = "Reviewers and admins of the project only; left out for annotators."
                 prop["description"] = f"{prop['description']} {note}" if prop.get("description") else note
     return result
+
+
+class _JsonErrors:
+    """Errors (a 401 when the docs need a log-in) as JSON like the rest of the API, not in the
+    view's own format (YAML for the schema, HTML for Swagger UI)."""
+
+    def handle_exception(self, exc):
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = "application/json"
+        return super().handle_exception(exc)
+
+
+class SchemaView(_JsonErrors, SpectacularAPIView):
+    pass
+
+
+class SwaggerView(_JsonErrors, SpectacularSwaggerSplitView):
+    pass

@@ -6,6 +6,8 @@ reviewers and admins of that project get it; for annotators the field is left ou
 evaluation cannot be unblinded through the API (REVIEWER_ONLY_FIELDS, also in the schema)."""
 from __future__ import annotations
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from labelapp import selectors
@@ -84,7 +86,10 @@ class RankingTaskSerializer(serializers.ModelSerializer):
         fields = ["id", "project", "prompt", "completions", "ranking_count", "created_at"]
 
 
+@extend_schema_field(OpenApiTypes.STR)
 class AnnotatorField(serializers.Field):
+    """An annotator's stable pseudonym ("ann_…")."""
+
     def to_representation(self, value: int) -> str:
         return pseudonym(value)
 
@@ -108,9 +113,20 @@ class RankingSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
+    length_diagnostics = serializers.SerializerMethodField(
+        help_text="Reward models: held-out accuracy overall and where the chosen answer is longer / shorter, "
+                  "share preferring the longer answer, the 'longer wins' baseline, reward-length correlation "
+                  "(lengths in characters); null for policies.")
+
     class Meta:
         model = ModelVersion
-        fields = ["id", "project", "name", "kind", "parent", "artifact_path", "training_data", "metrics", "created_at"]
+        fields = ["id", "project", "name", "kind", "parent", "artifact_path", "training_data", "metrics",
+                  "length_diagnostics", "created_at"]
+
+    def get_length_diagnostics(self, obj) -> dict | None:
+        from labelapp.length_watch import length_diagnostics
+
+        return length_diagnostics(obj.metrics)
 
 
 class ApiTokenSerializer(serializers.ModelSerializer):

@@ -1,8 +1,9 @@
-from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
+from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
 from labelapp.api import views
+from labelapp.api.errors import not_found
+from labelapp.api.schema import SchemaView, SwaggerView
 from labelapp.api.label_imports import LabelImportView
 from labelapp.api.quality import AnnotatorReportView, GoldView, ReliabilityRefitView
 from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
@@ -23,16 +24,17 @@ app_name = "api"
 
 urlpatterns = [
     *router.urls,
-    path("projects/<int:project_id>/imports/prompts/", views.PromptImportView.as_view(), name="import-prompts"),
-    path("projects/<int:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
-    path("projects/<int:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
-    path("projects/<int:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
-    path("projects/<int:project_id>/statistics/annotators/", AnnotatorReportView.as_view(), name="annotators"),
-    path("projects/<int:project_id>/statistics/annotators/refit/", ReliabilityRefitView.as_view(),
+    path("projects/<str:project_id>/imports/prompts/", views.PromptImportView.as_view(), name="import-prompts"),
+    path("projects/<str:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
+    path("projects/<str:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
+    path("projects/<str:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
+    path("projects/<str:project_id>/statistics/annotators/", AnnotatorReportView.as_view(), name="annotators"),
+    path("projects/<str:project_id>/statistics/annotators/refit/", ReliabilityRefitView.as_view(),
          name="annotators-refit"),
-    path("projects/<int:project_id>/gold/", GoldView.as_view(), name="gold"),
-    path("projects/<int:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
+    path("projects/<str:project_id>/gold/", GoldView.as_view(), name="gold"),
+    path("projects/<str:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
     path("model-versions/<int:pk>/make-current/", MakeCurrentView.as_view(), name="modelversion-make-current"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="api:schema"), name="docs"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path("docs/", SwaggerView.as_view(url_name="api:schema"), name="docs"),
+    re_path(r"^.*$", not_found),  # last: any other path answers a JSON 404
 ]

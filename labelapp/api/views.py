@@ -7,26 +7,29 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Q
 from django.http import StreamingHttpResponse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
-from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from labelapp import exports, selectors
 from labelapp.api import serializers as s
+from labelapp.api.errors import Invalid
+from labelapp.api.uploads import LimitedUploadMixin
 from labelapp.importing import detect_format
 from labelapp.models import ApiToken, Demonstration, Project, Prompt, Role
 from labelapp.services.access import has_role
 from labelapp.services.projects import prompts_import
 from labelapp.services.tokens import api_token_create, api_token_revoke
 from labelapp.stats import project_agreement
+from labelapp.throttle import TokenCreateThrottle
 
 
 class Cursor(CursorPagination):
@@ -61,17 +64,19 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
-def apply_filters(request, qs, allowed: dict[str, tuple[str, Callable]]):
-    """Apply ?name=value filters from the allow-list; anything else is a 400 naming it."""
+def apply_filters(request, qs, allowed: dict[str, tuple[str | Callable, Callable]]):
+    """Apply ?name=value filters from the allow-list; anything else is a 400 naming it. A lookup is
+    a field path, or a function of the parsed value returning a Q."""
     unknown = sorted(set(request.query_params) - set(allowed) - RESERVED_PARAMS)
     if unknown:
-        raise ValidationError({"filters": f"unknown filter(s) {unknown}; allowed: {sorted(allowed)}"})
+        raise Invalid({"filters": f"unknown filter(s) {unknown}; allowed: {sorted(allowed)}"})
     for name, (lookup, parse) in allowed.items():
         if name in request.query_params:
             try:
-                qs = qs.filter(**{lookup: parse(request.query_params[name])})
+                value = parse(request.query_params[name])
             except ValueError as exc:
-                raise ValidationError({name: str(exc)}) from None
+                raise Invalid({name: str(exc)}) from None
+            qs = qs.filter(lookup(value)) if callable(lookup) else qs.filter(**{lookup: value})
     return qs
 
 
@@ -81,19 +86,48 @@ class ScopedReadViewSet(viewsets.ReadOnlyModelViewSet):
     filters: dict[str, tuple[str, Callable]] = {}
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types: no user
+            return self.get_serializer_class().Meta.model.objects.none()
         qs = type(self).scope(self.request.user)
         if self.action == "list":
             qs = apply_filters(self.request, qs, self.filters)
         return qs
 
 
-PROJECT = {"project": ("project_id", _int)}
+def _project_ref(value: str) -> str:
+    if not value or "\x00" in value:
+        raise ValueError("must be a project id or slug")
+    return value
+
+
+def project_filter(prefix: str = "") -> dict:
+    """?project=<id or slug> on a field path to the project (e.g. "prompt__")."""
+    def lookup(ref: str) -> Q:
+        return Q(**{f"{prefix}project_id": int(ref)}) if ref.isdigit() else Q(**{f"{prefix}project__slug": ref})
+
+    return {"project": (lookup, _project_ref)}
+
+
+PROJECT = project_filter()
 CREATED = {"created_after": ("created_at__gte", _datetime), "created_before": ("created_at__lt", _datetime)}
 
 
 class ProjectViewSet(ScopedReadViewSet):
+    """Projects, each addressable by id or slug (/projects/7/ or /projects/support-bot/)."""
+
     serializer_class = s.ProjectSerializer
     scope = staticmethod(selectors.visible_projects)
+
+    @extend_schema(parameters=[OpenApiParameter("id", str, OpenApiParameter.PATH, description="The project's id or slug.")])
+    def retrieve(self, request, *args, **kwargs):
+        return super().retrieve(request, *args, **kwargs)
+
+    def get_object(self):
+        project = project_lookup(self.get_queryset(), self.kwargs["pk"])
+        if project is None:
+            raise NotFound("No such project.")
+        self.check_object_permissions(self.request, project)
+        return project
 
 
 class PromptViewSet(ScopedReadViewSet):
@@ -113,7 +147,7 @@ class PromptViewSet(ScopedReadViewSet):
             known = {c for cats in selectors.visible_projects(self.request.user).values_list("categories", flat=True)
                      for c in cats}
             if category not in known:
-                raise ValidationError({"category": f"must be one of your projects' categories: {', '.join(sorted(known))}"})
+                raise Invalid({"category": f"must be one of your projects' categories: {', '.join(sorted(known))}"})
         return super().get_queryset()
 
 
@@ -123,7 +157,7 @@ class CompletionViewSet(ScopedReadViewSet):
 
     serializer_class = s.CompletionSerializer
     scope = staticmethod(selectors.visible_completions)
-    filters = {"prompt": ("prompt_id", _int), "project": ("prompt__project_id", _int),
+    filters = {"prompt": ("prompt_id", _int), **project_filter("prompt__"),
                "model_version": ("model_version_id", _int), **CREATED}
 
     def get_queryset(self):
@@ -142,14 +176,14 @@ class RankingTaskViewSet(ScopedReadViewSet):
 class DemonstrationViewSet(ScopedReadViewSet):
     serializer_class = s.DemonstrationSerializer
     scope = staticmethod(selectors.visible_demonstrations)
-    filters = {"project": ("prompt__project_id", _int), "prompt": ("prompt_id", _int),
+    filters = {**project_filter("prompt__"), "prompt": ("prompt_id", _int),
                "review_status": ("review_status", _choice(*Demonstration.Review.values)), **CREATED}
 
 
 class RankingViewSet(ScopedReadViewSet):
     serializer_class = s.RankingSerializer
     scope = staticmethod(selectors.visible_rankings)
-    filters = {"project": ("task__project_id", _int), "task": ("task_id", _int), **CREATED}
+    filters = {**project_filter("task__"), "task": ("task_id", _int), **CREATED}
 
 
 class ModelVersionViewSet(ScopedReadViewSet):
@@ -166,10 +200,12 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
     throttle_scope = "token_create"
 
     def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular reading the types: no user
+            return ApiToken.objects.none()
         return ApiToken.objects.filter(user=self.request.user)
 
     def get_throttles(self):
-        return [ScopedRateThrottle()] if self.action == "create" else super().get_throttles()
+        return [TokenCreateThrottle()] if self.action == "create" else super().get_throttles()
 
     @extend_schema(request=s.ApiTokenCreateSerializer, responses={201: s.ApiTokenCreatedSerializer})
     def create(self, request):
@@ -178,7 +214,7 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         try:
             token, key = api_token_create(user=request.user, name=body.validated_data["name"])
         except DjangoValidationError as exc:
-            raise ValidationError({"name": exc.messages}) from None
+            raise Invalid({"name": exc.messages}) from None
         out = s.ApiTokenCreatedSerializer(token).data
         out["key"] = key
         return Response(out, status=status.HTTP_201_CREATED)
@@ -189,8 +225,16 @@ class TokenViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Dest
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-def project_for(request, project_id: int, min_role: str) -> Project:
-    project = selectors.visible_projects(request.user).filter(pk=project_id).first()
+def project_lookup(qs, ref) -> Project | None:
+    """A project of `qs` by id (digits) or slug."""
+    ref = str(ref)
+    return qs.filter(pk=int(ref)).first() if ref.isdigit() else qs.filter(slug=ref).first()
+
+
+def project_for(request, project_id: int | str, min_role: str) -> Project:
+    """The project named by id or slug in the URL, if the caller may see it (else 404) and holds
+    `min_role` in it (else 403)."""
+    project = project_lookup(selectors.visible_projects(request.user), project_id)
     if project is None:
         raise NotFound("No such project.")
     if not has_role(project=project, user=request.user, role=min_role):
@@ -198,7 +242,10 @@ def project_for(request, project_id: int, min_role: str) -> Project:
     return project
 
 
-class PromptImportView(APIView):
+REFUSED = "import refused, nothing was written"
+
+
+class PromptImportView(LimitedUploadMixin, APIView):
     """Import prompts (JSONL or CSV, optionally gzipped) into a project: all or nothing."""
 
     parser_classes = [MultiPartParser]
@@ -207,21 +254,22 @@ class PromptImportView(APIView):
         request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}, "format": {"type": "string", "enum": ["jsonl", "csv"]}}}},
         responses={201: s.ImportResultSerializer},
     )
-    def post(self, request, project_id: int):
+    def post(self, request, project_id: str):
         project = project_for(request, project_id, Role.REVIEWER)
-        upload = request.FILES.get("file")
+        upload = self.upload_or_none(request)
         if upload is None:
-            raise ValidationError({"file": "attach the file as multipart field 'file'"})
+            raise Invalid({"file": "attach the file as multipart field 'file'"})
         try:
             fmt = request.data.get("format") or detect_format(upload.name)
         except ValueError as exc:
-            raise ValidationError({"format": str(exc)}) from None
+            raise Invalid({"format": str(exc)}) from None
         if upload.size > settings.IMPORT_MAX_BYTES:
-            raise ValidationError({"file": f"the file is {upload.size:,} bytes; the limit is {settings.IMPORT_MAX_BYTES:,} bytes"})
+            raise Invalid({"file": f"the file is {upload.size:,} bytes; the limit is {settings.IMPORT_MAX_BYTES:,} bytes"},
+                          summary=REFUSED)
         try:
-            result = prompts_import(project=project, data=upload.read(), fmt=fmt)
+            result = prompts_import(project=project, data=upload, fmt=fmt)  # read as a stream
         except DjangoValidationError as exc:
-            raise ValidationError({"errors": exc.messages, "detail": "import refused, nothing was written"}) from None
+            raise Invalid({"file": exc.messages}, summary=REFUSED) from None
         return Response(s.ImportResultSerializer(result).data, status=status.HTTP_201_CREATED)
 
 
@@ -243,14 +291,14 @@ class ExportView(APIView):
     ALLOWED = {"split", "since", "until", "min_agreement", "style", "margin", "meta", "status"}
 
     @extend_schema(parameters=EXPORT_PARAMS, responses={(200, "application/x-ndjson"): OpenApiTypes.STR})
-    def get(self, request, project_id: int, kind: str):
+    def get(self, request, project_id: str, kind: str):
         project = project_for(request, project_id, Role.REVIEWER)
         if kind not in exports.FORMATS:
             raise NotFound(f"Unknown export {kind!r}; use one of {', '.join(exports.FORMATS)}.")
         q = request.query_params
         unknown = sorted(set(q) - self.ALLOWED)
         if unknown:
-            raise ValidationError({"filters": f"unknown parameter(s) {unknown}; allowed: {sorted(self.ALLOWED)}"})
+            raise Invalid({"filters": f"unknown parameter(s) {unknown}; allowed: {sorted(self.ALLOWED)}"})
         flt = exports.ExportFilter(
             project=project,
             split=self._parse(q, "split", _choice(*Prompt.Split.values)),
@@ -284,7 +332,7 @@ class ExportView(APIView):
         try:
             return parse(q[name])
         except ValueError as exc:
-            raise ValidationError({name: str(exc)}) from None
+            raise Invalid({name: str(exc)}) from None
 
 
 def _fraction(value: str) -> float:
@@ -301,6 +349,6 @@ class AgreementView(APIView):
     """Inter-annotator agreement on the project's items ranked by more than one annotator."""
 
     @extend_schema(responses=s.AgreementSerializer)
-    def get(self, request, project_id: int):
+    def get(self, request, project_id: str):
         project = project_for(request, project_id, Role.REVIEWER)
         return Response(s.AgreementSerializer(project_agreement(project=project)).data)

@@ -29,14 +29,16 @@ from labelapp.models import (
 )
 from labelapp.services.access import require_role
 from labelapp.services.queue import lease_for_submit
+from labelapp.services.text import refuse_nul
 
 MAX_TIME_SPENT_MS = 24 * 3600 * 1000
 
 
 def clean_text(value: str | None, *, what: str) -> str:
     """Strip a human-written text, normalise line ends (browsers send CRLF) and enforce the
-    size limit; empty text is an error."""
-    text = (value or "").replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "").strip()
+    size limit; empty text, and a NUL character, are errors."""
+    refuse_nul(value or "", what=what)
+    text = (value or "").replace("\r\n", "\n").replace("\r", "\n").strip()
     if not text:
         raise ValidationError(f"The {what} is empty: write something before submitting.")
     limit = settings.LABEL_MAX_TEXT_CHARS
@@ -291,6 +293,7 @@ def demonstration_review(
             f"by {demonstration.reviewer}."
         )
     comment = (comment or "").strip()
+    refuse_nul(comment, what="comment")
     if len(comment) > settings.LABEL_MAX_TEXT_CHARS:
         raise ValidationError(f"The comment is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
     if not approve and not comment:

@@ -12,6 +12,7 @@ from django.utils.text import slugify
 
 from labelapp.importing import category_error, category_for, metadata_error, parse_prompts, prompt_hash
 from labelapp.models import Completion, Membership, ModelVersion, Project, Prompt, RankingTask
+from labelapp.services.text import refuse_nul
 
 
 @transaction.atomic
@@ -30,7 +31,12 @@ def project_create(
     name = (name or "").strip()
     if not name:
         raise ValidationError("A project needs a name.")
+    for value, what in ((name, "name"), (slug, "slug"), (guidelines, "guidelines"), (base_model, "base model"),
+                        (categories, "categories")):
+        refuse_nul(value, what=f"project's {what}")
     slug = slugify(slug or name)[:80]
+    if not slug or slug.isdigit():
+        raise ValidationError(f"The slug {slug!r} needs a letter: the API tells slugs from ids by that.")
     if Project.objects.filter(slug=slug).exists():
         raise ValidationError(f"A project with the slug {slug!r} already exists.")
     project = Project(
@@ -135,6 +141,8 @@ def prompt_create(
     """One prompt, its text kept exactly as given. `category` must be one of the project's
     (default: "other" when the project has it, else none)."""
     text = text or ""
+    for value, what in ((text, "prompt"), (messages, "prompt"), (reference, "reference answer"), (metadata, "metadata")):
+        refuse_nul(value, what=what)
     if not messages and not text.strip():
         raise ValidationError("The prompt is empty.")
     if len(text) > settings.LABEL_MAX_TEXT_CHARS:

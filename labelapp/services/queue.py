@@ -43,6 +43,7 @@ from django.utils import timezone
 
 from labelapp.models import Assignment, EvaluationTask, Project, Prompt, Queue, RankingTask, Role
 from labelapp.services.access import require_role
+from labelapp.services.text import refuse_nul
 
 MAX_RACE_RETRIES = 20
 
@@ -255,6 +256,7 @@ def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime
     """Give an item back: it returns to the queue for others and never comes back to this user."""
     now = now or timezone.now()
     reason = (reason or "").strip()
+    refuse_nul(reason, what="skip reason")
     if len(reason) > 500:
         raise ValidationError("The skip reason is longer than 500 characters.")
     assignment = Assignment.objects.select_for_update().filter(pk=assignment_id).first()

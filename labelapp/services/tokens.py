@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from labelapp.models import ApiToken
+from labelapp.services.text import refuse_nul
 
 KEY_PREFIX = "rs_"
 MAX_LIVE_TOKENS = 20
@@ -24,6 +25,7 @@ def digest(key: str) -> str:
 def api_token_create(*, user, name: str) -> tuple[ApiToken, str]:
     """Create a token and return it with its key; the key cannot be read back later."""
     name = (name or "").strip()
+    refuse_nul(name, what="token name")
     if not name or len(name) > 100:
         raise ValidationError("Give the token a name of 1 to 100 characters (e.g. the machine that uses it).")
     if ApiToken.objects.filter(user=user, revoked_at__isnull=True).count() >= MAX_LIVE_TOKENS:

@@ -96,7 +96,7 @@
 
   function updateRound(article, round) {
     setField(article, "stage_label", round.stage_label);
-    ["error", "evaluation_text"].forEach((field) => {  // lines shown only when they say something
+    ["error", "evaluation_text", "evaluation_warning"].forEach((field) => {  // lines shown only when they say something
       setField(article, field, round[field]);
       const el = $(`[data-field="${field}"]`, article);
       if (el) el.hidden = !round[field];
@@ -289,6 +289,13 @@
       setField(root, "error", run.error);
       const error = $('[data-field="error"]', root);
       if (error) error.hidden = !run.error;
+      if (run.length_watch) {
+        [["length_warning", run.length_watch.warning], ["length_trend", run.length_watch.trend_text]].forEach(([field, text]) => {
+          setField(root, field, text);
+          const el = $(`[data-field="${field}"]`, root);
+          if (el) el.hidden = !text;
+        });
+      }
       run.metric_keys.forEach((key) => drawChart(ensureFigure(charts, key), key, run.history));
       $("#no-metrics").hidden = run.metric_keys.length > 0;
       const more = !run.finished;

@@ -161,5 +161,7 @@ def test_round_shows_the_blind_evaluation_win_rate(page, live_server):
     line = page.locator(f'article[data-round-id="{rnd.pk}"] .round-evaluation')
     assert line.is_visible()
     assert line.inner_text().startswith("Blind evaluation, 4 held-out prompts: the new policy wins 75.0% [95% CI ")
-    assert line.inner_text().endswith("(4 judgments on 4 prompts); reward model 100.0% [95% CI 100.0%–100.0%].")
+    assert "(4 judgments on 4 prompts), length-controlled 75.0% [95% CI " in line.inner_text()
+    assert line.inner_text().endswith("; reward model 100.0% [95% CI 100.0%–100.0%], length-controlled 100.0% "
+                                      "[95% CI 100.0%–100.0%]. Mean answer length: new policy 5, parent 5 characters.")
     assert not page.js_errors

@@ -3,7 +3,6 @@ import json
 import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
-from rest_framework.throttling import ScopedRateThrottle
 
 from labelapp.models import ApiToken, Prompt, Queue
 from labelapp.services.labels import demonstration_submit, ranking_submit
@@ -63,8 +62,8 @@ def test_bad_token_inputs(api):
     assert anon.get("/api/v1/projects/").status_code == 401
 
 
-def test_token_creation_is_throttled(api, monkeypatch):
-    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"token_create": "2/hour"})
+def test_token_creation_is_throttled(api, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"token_create": "2/hour"}}
     as_user(api, make_user())
     codes = [api.post("/api/v1/tokens/", {"name": f"t{i}"}, format="json").status_code for i in range(3)]
     assert codes == [201, 201, 429]
@@ -105,11 +104,13 @@ def test_filters_come_from_an_allow_list(api, project, annotator):
     make_prompt(project, category="chat")
     make_prompt(project, category="rewrite")
     leaky = api.get("/api/v1/prompts/", {"project__memberships__user__password__startswith": "pbkdf2"})
-    assert leaky.status_code == 400 and "unknown filter" in leaky.json()["filters"]
+    assert leaky.status_code == 400 and "unknown filter" in leaky.json()["errors"]["filters"][0]
     assert api.get("/api/v1/prompts/", {"category": "poetry"}).status_code == 400
-    assert api.get("/api/v1/prompts/", {"project": "x"}).json() == {"project": "must be a whole number"}
+    assert api.get("/api/v1/prompts/", {"project": "no-such-project"}).json()["results"] == []
     rows = api.get("/api/v1/prompts/", {"category": "chat", "project": project.pk}).json()["results"]
     assert [r["category"] for r in rows] == ["chat"]
+    by_slug = api.get("/api/v1/prompts/", {"category": "chat", "project": project.slug}).json()["results"]
+    assert by_slug == rows
 
 
 def test_cursor_pagination(api, project, annotator):
@@ -141,10 +142,11 @@ def test_prompt_import_all_or_nothing(api, project, reviewer, annotator):
     assert api.post(url, {"file": upload("p.jsonl", good)}).json() == {"created": 0, "duplicates": 2}
     bad = api.post(url, {"file": upload("p.jsonl", b'{"text": "three"}\n{"text": \n')})
     assert bad.status_code == 400
-    assert bad.json()["errors"] == ["line 2: broken JSON: Expecting value (column 10)"]
+    assert bad.json()["errors"] == {"file": ["line 2: broken JSON: Expecting value (column 10)"]}
     assert bad.json()["detail"] == "import refused, nothing was written"
     assert api.post(url, {"file": upload("p.xml", good)}).status_code == 400
-    assert api.post(url, {}).json() == {"file": "attach the file as multipart field 'file'"}
+    assert api.post(url, {}).json() == {"detail": "file: attach the file as multipart field 'file'",
+                                        "errors": {"file": ["attach the file as multipart field 'file'"]}}
     assert Prompt.objects.count() == 2
 
 
@@ -152,7 +154,7 @@ def test_import_size_limit_is_checked_before_reading(api, project, reviewer, set
     settings.IMPORT_MAX_BYTES = 10
     as_user(api, reviewer)
     response = api.post(f"/api/v1/projects/{project.pk}/imports/prompts/", {"file": upload("p.jsonl", b"x" * 11)})
-    assert response.status_code == 400 and "the limit is 10 bytes" in response.json()["file"]
+    assert response.status_code == 413 and "the limit is 10 bytes" in response.json()["detail"]
 
 
 def test_other_projects_are_404_for_project_routes(api, reviewer):
@@ -214,7 +216,8 @@ def test_export_rejects_bad_parameters_and_annotators(api, labelled):
     project, reviewer = labelled
     url = f"/api/v1/projects/{project.pk}/exports/pairs/"
     as_user(api, reviewer)
-    assert api.get(url, {"min_agreement": "2"}).json() == {"min_agreement": "must be between 0 and 1"}
+    assert api.get(url, {"min_agreement": "2"}).json() == {"detail": "min_agreement: must be between 0 and 1",
+                                                           "errors": {"min_agreement": ["must be between 0 and 1"]}}
     assert api.get(url, {"since": "yesterday"}).status_code == 400
     assert api.get(url, {"password": "x"}).status_code == 400
     assert api.get(f"/api/v1/projects/{project.pk}/exports/everything/").status_code == 404

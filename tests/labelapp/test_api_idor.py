@@ -240,3 +240,25 @@ def test_evaluation_completion_ids_do_not_tell_candidate_from_baseline():
         for _ in range(40)
     ]
     assert 0 < sum(candidate_first) < 40
+
+
+@pytest.mark.parametrize("name", sorted(n for n, (key, _) in OBJECTS.items() if key == "project"))
+def test_foreign_projects_are_404_by_slug_too(name):
+    from django.urls import reverse
+
+    mine, theirs = world("c"), world("d")
+    client = APIClient()
+    client.force_authenticate(mine["user"])
+    slug = {pk: Project.objects.get(pk=pk).slug for pk in (mine["project"], theirs["project"])}
+    for method in METHODS:
+        urls = []
+        for world_objects in (mine, theirs):
+            key, extra = OBJECTS[name]
+            kwargs = {**extra, **{arg: slug[world_objects["project"]] for arg in dict(api_routes())[name] if arg not in extra}}
+            urls.append(reverse(f"api:{name}", kwargs=kwargs))
+        own, foreign = (getattr(client, method)(url, {}, format="json") for url in urls)
+        if own.status_code == 405:
+            assert foreign.status_code == 405, (name, method)
+        else:
+            assert own.status_code != 404, (name, method, "own project by slug")
+            assert foreign.status_code == 404, (name, method, foreign.status_code)

@@ -307,14 +307,14 @@ def test_api(project, reviewer, annotator, settings):
     before = counts()
     bad = api.post(url, {"file": upload("r.jsonl", jsonl(RANKING, {**RANKING, "order": [[3], [1, 2]]})), "format": "studio-rankings"})
     assert bad.status_code == 400
-    assert bad.json() == {"errors": ["line 2, field 'order': completion 3 is not among this row's completions [1, 2]"],
+    assert bad.json() == {"errors": {"file": ["line 2, field 'order': completion 3 is not among this row's completions [1, 2]"]},
                           "detail": "import refused, nothing was written"}
     unknown = api.post(url, {"file": upload("r.jsonl", jsonl(RANKING)), "format": "xml"})
-    assert unknown.status_code == 400 and unknown.json()["errors"][0].startswith("line 1: unknown format 'xml'")
+    assert unknown.status_code == 400 and unknown.json()["errors"]["file"][0].startswith("line 1: unknown format 'xml'")
     assert api.post(url, {"format": "hh"}).status_code == 400
     settings.IMPORT_MAX_BYTES = 10
     too_big = api.post(url, {"file": upload("hh.jsonl.gz", data), "format": "hh"})
-    assert too_big.status_code == 400 and "the limit is 10 bytes" in too_big.json()["errors"][0]
+    assert too_big.status_code == 413 and "the limit is 10 bytes" in too_big.json()["detail"]
     assert counts() == before
 
 

@@ -277,7 +277,8 @@ def test_round_shows_its_blind_evaluation_win_rate_in_the_page_and_the_polling_j
                                text_a=f"new {i}", text_b=f"old {i}", reward_a=float(i % 2), reward_b=0.5)
     status = studio.get(url("status", project)).json()
     assert status["rounds"][0]["evaluation_text"] == (
-        "Blind evaluation, 4 held-out prompts: no judgments yet; reward model 50.0% [95% CI 0.0%–100.0%].")
+        "Blind evaluation, 4 held-out prompts: no judgments yet; reward model 50.0% [95% CI 0.0%–100.0%], "
+        "length-controlled 50.0% [95% CI 0.0%–100.0%]. Mean answer length: new policy 5, parent 5 characters.")
     for preferred in ["a", "a", "a", "b"]:  # the candidate wins three of four prompts
         user = add_member(project)
         lease = task_claim(project=project, user=user, queue=Queue.COMPARE)
@@ -286,5 +287,6 @@ def test_round_shows_its_blind_evaluation_win_rate_in_the_page_and_the_polling_j
         comparison_submit(assignment_id=lease.pk, user=user, preferred=side, a_shown_left=a_left)
     text = studio.get(url("status", project)).json()["rounds"][0]["evaluation_text"]
     assert text.startswith("Blind evaluation, 4 held-out prompts: the new policy wins 75.0% [95% CI ")
-    assert "(4 judgments on 4 prompts); reward model 50.0%" in text
+    assert "(4 judgments on 4 prompts), length-controlled 75.0% [95% CI " in text  # equal lengths: the raw rate
+    assert "; reward model 50.0%" in text
     assert text in studio.get(url("overview", project)).content.decode()

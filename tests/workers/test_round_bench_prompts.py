@@ -75,3 +75,29 @@ def test_no_robots_keeps_single_turn_rows_only(bench, tmp_path, monkeypatch):
             writer.writerow({"prompt": name, "messages": repr(turns), "category": "Open QA"})
     monkeypatch.setattr(bench, "DATA", tmp_path)
     assert bench.no_robots_rows() == [{"text": "How do owls hunt?", "reference": answer, "category": "open_qa"}]
+
+
+@pytest.mark.django_db
+def test_round_bench_prints_raw_and_length_controlled_rates_and_lengths(bench, capsys):
+    """What the round benchmark reports of its evaluation: both rates per side, the mean lengths, per category."""
+    from labelapp.models import ModelVersion, Round
+    from labelapp.services.projects import evaluation_task_create
+    from labelapp.stats import evaluation_summary
+    from tests.conftest import make_project, make_prompt
+
+    project = make_project()
+    rnd = Round.objects.create(project=project, number=1, method="dpo", stage="done", params={})
+    new = ModelVersion.objects.create(project=project, name="dpo")
+    old = ModelVersion.objects.create(project=project, name="sft")
+    for i in range(6):
+        evaluation_task_create(project=project, round=rnd, model_a=new, model_b=old, text_a="a" * (100 + 50 * i),
+                               text_b="b" * 100, reward_a=float(i % 3 != 0), reward_b=0.5,
+                               prompt=make_prompt(project, category="open_qa" if i % 2 else "generation",
+                                                  reference="r" * 150))
+    bench.print_evaluation(evaluation_summary(project=project, round_id=rnd.pk), "dpo", [1.0, 0.0, 1.0])
+    out = capsys.readouterr().out
+    assert "reward model:         0.667 [" in out and out.count("length-controlled:  ") == 2
+    assert "mean answer length (characters): new policy 225, SFT parent 100, references 150" in out
+    assert "oracle without noise: 0.667 (n=3)" in out
+    assert "    open_qa           3: —" in out and "    generation        3: —" in out
+    assert bench.settings_from(["length_penalty=0.01", "mode=chars"]) == {"length_penalty": 0.01, "mode": "chars"}

@@ -26,8 +26,9 @@ class Command(BaseCommand):
         if not path.is_file():
             raise CommandError(f"{path} is not a file.")
         try:
-            result = labels_import(project=project, data=path.read_bytes(), fmt=opts["format"],
-                                   skip_invalid=opts["skip_invalid"])
+            with path.open("rb") as stream:  # read one line at a time
+                result = labels_import(project=project, data=stream, fmt=opts["format"],
+                                       skip_invalid=opts["skip_invalid"])
         except ValidationError as exc:
             raise CommandError("import refused, nothing was written:\n  " + "\n  ".join(exc.messages)) from None
         created = ", ".join(f"{n} {kind}" for kind, n in result.created.items() if n) or "nothing"

@@ -28,7 +28,8 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         try:
-            result = prompts_import(project=project, data=path.read_bytes(), fmt=fmt)
+            with path.open("rb") as stream:  # read one line at a time
+                result = prompts_import(project=project, data=stream, fmt=fmt)
         except ValidationError as exc:
             raise CommandError("import refused, nothing was written:\n  " + "\n  ".join(exc.messages)) from None
         self.stdout.write(f"Imported {result.created} prompts into {project.slug} ({result.duplicates} duplicates skipped).")

@@ -1,0 +1,151 @@
+"""Length bias of reward models: held-out diagnostics, and ODIN's two-head loss that separates length
+from quality.
+
+Length, everywhere in the studio, is the **answer's length in characters** (the completion text alone:
+not the prompt, not the chat template, not tokens). Characters need no tokenizer, so the web process
+(labelapp's length-controlled win-rate) and this library measure the same thing.
+
+Diagnostics (``length_diagnostics``) of a reward model on held-out preference pairs:
+
+* ``eval/pairwise_accuracy`` — share of pairs with r(chosen) > r(rejected) (a tie counts one half);
+* ``eval/accuracy_chosen_longer`` / ``eval/accuracy_chosen_shorter`` — the same on the pairs whose chosen
+  answer is the longer / the shorter one (pairs of equal length count only in the overall accuracy);
+* ``eval/prefers_longer`` — share of the pairs of unequal length where the model scores the longer answer
+  higher (a tie counts one half): 0.5 is length-blind, 1.0 always prefers the longer answer;
+* ``eval/longer_wins_baseline`` — accuracy of the rule "the longer answer wins" on all pairs (equal
+  lengths count one half): the accuracy a pure length detector gets;
+* ``eval/reward_length_corr`` — Pearson correlation of the reward with the answer's length over every
+  scored answer (chosen and rejected alike).
+
+A plain reward model trained on human preferences usually shows accuracy_chosen_longer well above
+accuracy_chosen_shorter and prefers_longer above the longer_wins_baseline share of longer-chosen pairs:
+it has learnt length as a shortcut. See docs/RLHF.md ("Length bias").
+
+ODIN (Chen et al. 2024, "ODIN: Disentangled Reward Mitigates Hacking in RLHF", ICML; arXiv:2402.07319):
+two linear heads read the same last hidden state, a quality head q and a length head l. Training minimises
+
+    -log sigmoid((q_c + l_c) - (q_r + l_r) [- margin])                 Bradley-Terry on the sum
+    + length_weight * (|corr(q, L)| + 1 - corr(l, L))                   q blind to length, l all length
+    + orthogonal_weight * |cos(w_q, w_l)|                               the heads read different directions
+
+with the correlations taken over the batch's answers (chosen and rejected) and L their lengths. Only q
+is kept: the saved model is a plain one-label reward model whose score head is the quality head, so
+PPO, the evaluation and ``rlhf.reward.score`` use it unchanged.
+
+PoE, a product of experts with a length-only expert (the debiasing of Clark et al. 2019, "Don't Take the
+Easy Way Out: Ensemble Based Methods for Avoiding Known Dataset Biases", with the bias expert of Shen et
+al. 2023, "Loose lips sink ships: Mitigating Length Bias in Reinforcement Learning from Human Feedback",
+reduced to the length itself): training minimises
+
+    -log sigmoid((q_c + w log(1 + L_c)) - (q_r + w log(1 + L_r)) [- margin])
+
+with w one learned weight. Whatever length explains of the labels the expert takes, so q is not pushed to
+learn length; only q is kept, as with ODIN.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-8
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of two (N,) tensors; 0 (not NaN) when either is constant. Differentiable."""
+    x, y = x.float() - x.float().mean(), y.float() - y.float().mean()
+    return (x * y).sum() / ((x.pow(2).sum() * y.pow(2).sum()).sqrt() + EPS)
+
+
+def _share(wins: torch.Tensor, ties: torch.Tensor) -> float | None:
+    """Mean of wins + ties/2 over a boolean selection, None when it is empty."""
+    if wins.numel() == 0:
+        return None
+    return float((wins.double() + 0.5 * ties.double()).mean())
+
+
+def length_diagnostics(chosen_rewards, rejected_rewards, chosen_lengths, rejected_lengths) -> dict[str, float | None]:
+    """The held-out length diagnostics (see the module docstring) from per-pair rewards and answer lengths.
+
+    All four arguments are (N,) sequences in pair order; lengths in characters. Values that are undefined
+    (no pair of that kind, a constant reward) are None, so the result stays valid JSON.
+    """
+    rc, rr = torch.as_tensor(chosen_rewards, dtype=torch.float64), torch.as_tensor(rejected_rewards, dtype=torch.float64)
+    lc, lr = torch.as_tensor(chosen_lengths, dtype=torch.float64), torch.as_tensor(rejected_lengths, dtype=torch.float64)
+    if not (len(rc) == len(rr) == len(lc) == len(lr)):
+        raise ValueError("one reward and one length per chosen and rejected answer")
+    n = len(rc)
+    if n == 0:
+        return {"eval/pairs": 0}
+    right, tie = rc > rr, rc == rr
+    longer, shorter = lc > lr, lc < lr
+    unequal = longer | shorter
+    # The longer answer's reward against the shorter's, on pairs of unequal length.
+    r_long = torch.where(longer, rc, rr)[unequal]
+    r_short = torch.where(longer, rr, rc)[unequal]
+    rewards, lengths = torch.cat([rc, rr]), torch.cat([lc, lr])
+    corr = None
+    if rewards.std() > 0 and lengths.std() > 0:
+        corr = float(pearson(rewards, lengths))
+    return {
+        "eval/pairwise_accuracy": _share(right, tie),
+        "eval/accuracy_chosen_longer": _share(right[longer], tie[longer]),
+        "eval/accuracy_chosen_shorter": _share(right[shorter], tie[shorter]),
+        "eval/prefers_longer": _share(r_long > r_short, r_long == r_short),
+        "eval/longer_wins_baseline": _share(longer, lc == lr),
+        "eval/reward_length_corr": corr,
+        "eval/pairs": n,
+        "eval/pairs_chosen_longer": int(longer.sum()),
+        "eval/pairs_chosen_shorter": int(shorter.sum()),
+        "eval/mean_length_chosen": float(lc.mean()),
+        "eval/mean_length_rejected": float(lr.mean()),
+    }
+
+
+def answer_lengths(texts: Sequence[str]) -> list[int]:
+    """The length measure of the diagnostics: characters of each answer."""
+    return [len(t) for t in texts]
+
+
+# ------------------------------------------------------------------------------------------------- ODIN
+def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor, w_quality: torch.Tensor,
+              w_length: torch.Tensor, *, length_weight: float, orthogonal_weight: float,
+              margin: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ODIN's loss for one batch (module docstring).
+
+    quality, length, lengths: (2B,) with the B chosen answers first, then the B rejected ones (the order
+    of TRL's preference collator); w_quality, w_length: the two heads' weight vectors (H,) or (1, H);
+    margin: (B,) or None. Returns the loss and its parts (detached) for logging.
+    """
+    total = quality + length
+    chosen, rejected = total.chunk(2)
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    rank = -F.logsigmoid(diff).mean()
+    corr_q, corr_l = pearson(quality, lengths), pearson(length, lengths)
+    cosine = F.cosine_similarity(w_quality.reshape(1, -1).float(), w_length.reshape(1, -1).float(), eps=EPS)[0]
+    loss = rank + length_weight * (corr_q.abs() + 1.0 - corr_l) + orthogonal_weight * cosine.abs()
+    parts = {"odin/loss_rank": rank, "odin/quality_length_corr": corr_q, "odin/length_head_corr": corr_l,
+             "odin/head_cosine": cosine}
+    return loss, {k: v.detach() for k, v in parts.items()}
+
+
+# -------------------------------------------------------------------------------------------------- PoE
+def poe_loss(quality: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor, *,
+             margin: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Product of experts with a length-only expert (module docstring): Bradley-Terry on q + w * log(1 + L).
+
+    quality, lengths: (2B,) chosen first, then rejected; weight: the expert's scalar w. Returns the loss and
+    its parts (detached) for logging.
+    """
+    total = quality + weight * torch.log1p(lengths.float())
+    chosen, rejected = total.chunk(2)
+    diff = chosen - rejected
+    if margin is not None:
+        diff = diff - margin
+    loss = -F.logsigmoid(diff).mean()
+    parts = {"poe/length_weight": weight, "poe/quality_length_corr": pearson(quality, lengths)}
+    return loss, {k: v.detach() for k, v in parts.items()}

@@ -1,0 +1,279 @@
+"""Length bias: the reward model's held-out diagnostics on a hand-made pair set, ODIN's loss against its
+formula, the `length_control` setting reaching the loss, and the saved ODIN model scoring with its quality
+head wherever a reward model is loaded (rlhf.reward.score, PPO, the CLI's metadata)."""
+import json
+import math
+
+import pytest
+import torch
+
+from rlhf.data import PreferencePair
+from rlhf.length import length_diagnostics, odin_loss, pearson
+
+TOPICS = ["cats", "dogs", "the sea", "plants", "France", "the sky", "five", "ten"]
+# The chosen answer is longer in two of three pairs per topic, shorter in the third.
+PAIRS = [PreferencePair(f"Tell me about {t}.", f"Yes, a great and helpful answer about {t}." + " good" * (2 * i),
+                        f"No. A bad, awful and wrong answer about {t}." + " bad" * (4 - 2 * i))
+         for t in TOPICS for i in range(3)]
+
+
+def test_length_diagnostics_on_a_hand_made_pair_set():
+    # pair:            1     2     3     4     5     6
+    chosen_len = [100, 80, 30, 50, 60, 40]
+    rejected_len = [50, 40, 90, 70, 60, 20]  # chosen longer: pairs 1, 2, 6; shorter: 3, 4; equal: 5
+    chosen_r = [2.0, 1.0, 0.0, 1.0, 0.5, 3.0]
+    rejected_r = [1.0, 2.0, 1.0, 1.0, 0.0, 1.0]  # right: 1, 6, 5; wrong: 2, 3; tie: 4
+    d = length_diagnostics(chosen_r, rejected_r, chosen_len, rejected_len)
+    assert d["eval/pairs"] == 6 and d["eval/pairs_chosen_longer"] == 3 and d["eval/pairs_chosen_shorter"] == 2
+    assert d["eval/pairwise_accuracy"] == pytest.approx((1 + 0 + 0 + 0.5 + 1 + 1) / 6)
+    assert d["eval/accuracy_chosen_longer"] == pytest.approx(2 / 3)  # pairs 1, 2, 6
+    assert d["eval/accuracy_chosen_shorter"] == pytest.approx(0.25)  # pair 3 wrong, pair 4 a tie
+    # longer answer scored higher? pair 1 yes, 2 no, 3 yes (rejected 90 chars, reward 1 > 0), 4 tie, 6 yes
+    assert d["eval/prefers_longer"] == pytest.approx((1 + 0 + 1 + 0.5 + 1) / 5)
+    assert d["eval/longer_wins_baseline"] == pytest.approx((3 + 0.5) / 6)
+    rewards, lengths = chosen_r + rejected_r, chosen_len + rejected_len
+    mr, ml = sum(rewards) / 12, sum(lengths) / 12
+    cov = sum((r - mr) * (x - ml) for r, x in zip(rewards, lengths))
+    expected = cov / math.sqrt(sum((r - mr) ** 2 for r in rewards) * sum((x - ml) ** 2 for x in lengths))
+    assert d["eval/reward_length_corr"] == pytest.approx(expected)
+    assert d["eval/mean_length_chosen"] == pytest.approx(60.0)
+    json.dumps(d, allow_nan=False)  # valid JSON for metadata.json and the database
+
+
+def test_length_diagnostics_leave_undefined_values_empty():
+    d = length_diagnostics([1.0, 2.0], [0.0, 0.0], [10, 20], [5, 5])  # no chosen-shorter pair
+    assert d["eval/accuracy_chosen_shorter"] is None and d["eval/accuracy_chosen_longer"] == 1.0
+    assert length_diagnostics([1.0], [1.0], [3], [3])["eval/reward_length_corr"] is None  # constant reward
+    assert length_diagnostics([], [], [], [])["eval/pairs"] == 0
+    with pytest.raises(ValueError, match="one reward and one length"):
+        length_diagnostics([1.0], [0.0, 1.0], [1], [1])
+
+
+def test_odin_loss_equals_its_formula():
+    q = torch.tensor([1.0, 0.5, -0.2, 0.3], requires_grad=True)  # chosen, chosen, rejected, rejected
+    l_head = torch.tensor([0.2, 0.9, 0.1, -0.4], requires_grad=True)
+    lengths = torch.tensor([30.0, 80.0, 20.0, 10.0])
+    wq, wl = torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[0.0, 2.0, 2.0]])
+    loss, parts = odin_loss(q, l_head, lengths, wq, wl, length_weight=0.7, orthogonal_weight=0.3,
+                            margin=torch.tensor([0.1, 0.0]))
+    total = [a + b for a, b in zip([1.0, 0.5, -0.2, 0.3], [0.2, 0.9, 0.1, -0.4])]
+    rank = -(math.log(1 / (1 + math.exp(-(total[0] - total[2] - 0.1))))
+             + math.log(1 / (1 + math.exp(-(total[1] - total[3]))))) / 2
+
+    def corr(xs, ys):
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+        return sxy / math.sqrt(sum((x - mx) ** 2 for x in xs) * sum((y - my) ** 2 for y in ys))
+
+    cq, cl = corr([1.0, 0.5, -0.2, 0.3], lengths.tolist()), corr([0.2, 0.9, 0.1, -0.4], lengths.tolist())
+    cosine = 2.0 / (math.sqrt(2) * math.sqrt(8))
+    assert float(loss.detach()) == pytest.approx(rank + 0.7 * (abs(cq) + 1 - cl) + 0.3 * cosine, rel=1e-6)
+    assert float(parts["odin/quality_length_corr"]) == pytest.approx(cq, rel=1e-6)
+    loss.backward()  # differentiable in both heads
+    assert q.grad.abs().sum() > 0 and l_head.grad.abs().sum() > 0
+    assert float(pearson(torch.ones(4), lengths)) == 0.0  # a constant: 0, not NaN
+
+
+def test_poe_loss_equals_its_formula():
+    from rlhf.length import poe_loss
+
+    q = torch.tensor([0.3, -0.1, 0.2, 0.4])  # chosen, chosen, rejected, rejected
+    lengths = torch.tensor([200.0, 40.0, 50.0, 90.0])
+    loss, parts = poe_loss(q, torch.tensor(0.8), lengths, margin=torch.tensor([0.0, 0.5]))
+    e = [0.8 * math.log1p(x) for x in lengths.tolist()]
+    d1, d2 = (0.3 + e[0]) - (0.2 + e[2]), (-0.1 + e[1]) - (0.4 + e[3]) - 0.5
+    expected = -(math.log(1 / (1 + math.exp(-d1))) + math.log(1 / (1 + math.exp(-d2)))) / 2
+    assert float(loss) == pytest.approx(expected, rel=1e-6) and float(parts["poe/length_weight"]) == pytest.approx(0.8)
+
+
+def test_poe_setting_reaches_the_loss(tmp_path, tiny_dir):
+    """length_control 'poe': the loss is Bradley-Terry on the quality head plus w * log(1 + characters)."""
+    from rlhf.reward import build_reward_trainer
+
+    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="poe", group_by_length=False), PAIRS)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    trainer.model.eval()
+    with torch.no_grad():
+        quality = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        for w in (0.0, 1.5):
+            trainer.model.length_head.weight.fill_(w)
+            loss = float(trainer.compute_loss(trainer.model, dict(batch)))
+            total = quality + w * torch.log1p(batch["lengths"])
+            chosen, rejected = total.chunk(2)
+            assert loss == pytest.approx(float(-torch.nn.functional.logsigmoid(chosen - rejected).mean()), rel=1e-5)
+
+
+def _config(tmp_path, tiny_dir, **kw):
+    from rlhf.reward import RewardRunConfig
+
+    base = dict(output_dir=str(tmp_path / "rm"), model=tiny_dir, max_steps=6, per_device_batch_size=8,
+                learning_rate=3e-3, max_length=512, save_steps=0, eval_fraction=0.25, seed=0)
+    return RewardRunConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("bad, message", [({"length_control": "length"}, "length_control must be one of"),
+                                          ({"odin_length_weight": -1.0}, "odin_length_weight must be 0 or more")])
+def test_bad_length_control_fails_before_any_model_loads(tmp_path, bad, message):
+    from rlhf.reward import train_reward
+
+    with pytest.raises(ValueError, match=message):
+        train_reward(_config(tmp_path, str(tmp_path / "no-such-model"), **bad), PAIRS)
+
+
+def test_odin_setting_reaches_the_loss(tmp_path, tiny_dir):
+    """length_control 'odin' builds ODIN's trainer; its loss on a batch is odin_loss of the model's quality head
+    and the length head, and each weight moves the loss by exactly its term."""
+    from rlhf.reward import build_reward_trainer
+
+    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", odin_length_weight=0.0,
+                                           odin_orthogonal_weight=0.0, group_by_length=False), PAIRS)
+    assert type(trainer).__name__ == "LengthControlRewardTrainer" and hasattr(trainer.model, "length_head")
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    assert batch["lengths"].tolist() == [float(len(p.chosen)) for p in PAIRS[:8]] + [float(len(p.rejected))
+                                                                                      for p in PAIRS[:8]]
+    trainer.model.eval()
+
+    def loss_with(length_weight, orthogonal_weight):
+        trainer.control.odin_length_weight, trainer.control.odin_orthogonal_weight = length_weight, orthogonal_weight
+        with torch.no_grad():
+            return float(trainer.compute_loss(trainer.model, dict(batch)))
+
+    plain = loss_with(0.0, 0.0)
+    parts = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    with torch.no_grad():
+        quality = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+    chosen_q, rejected_q = quality.chunk(2)
+    assert parts["accuracy"] == pytest.approx(float((chosen_q > rejected_q).float().mean()))
+    term_length = abs(parts["odin/quality_length_corr"]) + 1 - parts["odin/length_head_corr"]
+    assert loss_with(2.0, 0.0) == pytest.approx(plain + 2.0 * term_length, rel=1e-5)
+    assert loss_with(0.0, 3.0) == pytest.approx(plain + 3.0 * abs(parts["odin/head_cosine"]), rel=1e-5)
+    assert parts["odin/loss_rank"] == pytest.approx(plain, rel=1e-5)  # no extra terms: Bradley-Terry on q + l
+
+
+def head_output(trainer, hidden_last, characters):
+    """The length head's output for one answer: ODIN reads the hidden state, PoE the answer's characters."""
+    head = trainer.model.length_head
+    if trainer.control.length_control == "odin":
+        return head(hidden_last)
+    return head.weight.reshape(()) * math.log1p(characters)
+
+
+@pytest.mark.parametrize("control, merge", [("odin", True), ("poe", False)])  # the studio keeps adapters
+def test_length_controlled_model_is_saved_as_its_quality_head(tmp_path, tiny_dir, control, merge):
+    """After an ODIN (or PoE) run the checkpoint is a plain one-label reward model whose scores are the quality head's
+    (not quality + length): rlhf.reward.score, PPO's reward and the run's own held-out metrics agree."""
+    from safetensors import safe_open
+
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.ppo import PPOConfig, build_models, score_rollout
+    from rlhf.reward import (build_reward_trainer, conversation, encode_for_reward, held_out_report, score,
+                             train_reward)
+
+    config = _config(tmp_path, tiny_dir, length_control=control, merge=merge)
+    art = train_reward(config, PAIRS)
+    assert art.metrics["eval/pairs"] == 6 and "eval/accuracy_chosen_shorter" in art.metrics
+    assert json.loads((tmp_path / "rm" / "metadata.json").read_text())["reward_head"].startswith("quality head")
+    weights = "model.safetensors" if merge else "adapter_model.safetensors"
+    with safe_open(f"{art.model_dir}/{weights}", "pt") as f:
+        assert not [k for k in f.keys() if "length_head" in k]
+        assert [f.get_tensor(k).shape[0] for k in f.keys() if "score" in k] == [1]
+    model, tok = load_reward_model(art.model_dir, device="cpu"), load_tokenizer(art.model_dir)
+    assert model.config.num_labels == 1
+    # the run's held-out report is what the saved model gives
+    from rlhf.reward import split_pairs
+
+    _, held_out = split_pairs(PAIRS, config.eval_fraction, config.seed)
+    again = held_out_report(model, tok, held_out)
+    assert again["eval/pairwise_accuracy"] == pytest.approx(art.metrics["eval/pairwise_accuracy"])
+    assert again["eval/reward_length_corr"] == pytest.approx(art.metrics["eval/reward_length_corr"], abs=1e-5)
+
+    # In memory, before saving: the quality head alone equals the saved model; quality + length does not.
+    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, output_dir=str(tmp_path / "rm2"), length_control=control,
+                                           max_steps=3), PAIRS)
+    trainer.train()
+    items = [conversation(p.prompt, p.chosen) for p in PAIRS[:4]]
+    quality, length, hidden = [], [], {}
+    hook = trainer._score.register_forward_hook(lambda m, a, o: hidden.__setitem__("h", a[0]))
+    trainer.model.eval()
+    with torch.no_grad():
+        for item in items:
+            ids = torch.tensor([encode_for_reward(tok, item)])
+            quality.append(float(trainer.model(input_ids=ids).logits[0, 0]))
+            length.append(float(head_output(trainer, hidden["h"][0, -1], len(item[-1]["content"]))))
+    hook.remove()
+    quality, length = torch.tensor(quality), torch.tensor(length)
+    assert torch.allclose(score(trainer.model, tok, items), quality, atol=1e-5)  # score() reads the quality head
+    assert length.abs().max() > 1e-3 and length.std() > 1e-4  # and the length head would change the ranking
+    from rlhf.reward import drop_length_head
+    from rlhf.runner import save_final_model
+
+    drop_length_head(trainer.model)
+    saved = load_reward_model(save_final_model(trainer, trainer.control, tok), device="cpu")
+    assert torch.allclose(score(saved, tok, items), quality, atol=1e-5)
+    assert not torch.allclose(score(saved, tok, items), quality + length, atol=1e-4)
+    # PPO loads it as its reward model (value model = reward model with its adapter off) and scores the same
+    ppo = PPOConfig(output_dir=str(tmp_path / "ppo"), model=tiny_dir, reward_model=str(tmp_path / "rm2" / "model"),
+                    device="cpu", max_steps=1, rollout_batch_size=4, mini_batch_size=4, max_new_tokens=4, save_steps=0)
+    models = build_models(ppo)
+    prompts, completions = [p.prompt for p in PAIRS[:4]], [p.chosen for p in PAIRS[:4]]
+    ppo_scores = score_rollout(models, prompts, completions, None, None, 4, None)
+    assert torch.allclose(ppo_scores, quality, atol=1e-5)
+
+
+def test_cli_reward_prints_and_stores_the_length_diagnostics(tmp_path, tiny_dir, capsys):
+    from rlhf.__main__ import main
+    from rlhf.data import save_jsonl
+
+    data = tmp_path / "pairs.jsonl"
+    save_jsonl(PAIRS, data)
+    code = main(["reward", "--set", f"model={json.dumps(tiny_dir)}", "--set", f"data={json.dumps(str(data))}",
+                 "--set", f"output_dir={json.dumps(str(tmp_path / 'cli'))}", "--set", "max_steps=2",
+                 "--set", "max_length=512", "--set", "save_steps=0", "--set", "eval_fraction=0.25",
+                 "--set", "length_control=odin"])
+    assert code == 0
+    final = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    keys = ["eval/pairwise_accuracy", "eval/accuracy_chosen_longer", "eval/accuracy_chosen_shorter",
+            "eval/prefers_longer", "eval/longer_wins_baseline", "eval/reward_length_corr"]
+    assert all(k in final for k in keys)
+    meta = json.loads((tmp_path / "cli" / "metadata.json").read_text())
+    assert {k: meta["metrics"][k] for k in keys} == {k: final[k] for k in keys}
+    assert meta["config"]["length_control"] == "odin"
+
+
+def test_odin_resumes_with_its_length_head(tmp_path, tiny_dir):
+    from rlhf.reward import LENGTH_HEAD_FILE, build_reward_trainer
+
+    first = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", max_steps=2, save_steps=2), PAIRS)
+    first.train()
+    saved = first.model.length_head.weight.detach().clone()
+    assert (tmp_path / "rm" / "checkpoint-2" / LENGTH_HEAD_FILE).is_file()
+    again = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", max_steps=2, save_steps=2), PAIRS)
+    assert not torch.equal(again.model.length_head.weight, saved)
+    again._load_from_checkpoint(str(tmp_path / "rm" / "checkpoint-2"))
+    assert torch.equal(again.model.length_head.weight.detach(), saved)
+
+
+def test_dpo_logs_the_chosen_and_rejected_lengths(tmp_path, tiny_dir, tiny_tokenizer):
+    """One step over all pairs in one batch: lengths/chosen and lengths/rejected are the mean completion tokens."""
+    from rlhf.dpo import DPORunConfig, train_dpo
+    from rlhf.reward import conversation
+
+    pairs = [PreferencePair(f"Tell me about {t}.", f"A great and helpful answer about {t}, kind and clear." * 2,
+                            f"No, {t}.") for t in TOPICS]
+    seen = []
+    config = DPORunConfig(output_dir=str(tmp_path / "dpo"), model=tiny_dir, max_steps=1, per_device_batch_size=8,
+                          learning_rate=3e-3, max_length=512, save_steps=0)
+    train_dpo(config, pairs, progress=lambda s, t, m: seen.append(m))
+
+    def completion_tokens(p, text):
+        prompt = tiny_tokenizer.apply_chat_template(p.prompt, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True)["input_ids"]
+        full = tiny_tokenizer.apply_chat_template(conversation(p.prompt, text), tokenize=True,
+                                                  return_dict=True)["input_ids"]
+        return len(full) - len(prompt)
+
+    expected_chosen = sum(completion_tokens(p, p.chosen) for p in pairs) / len(pairs)
+    expected_rejected = sum(completion_tokens(p, p.rejected) for p in pairs) / len(pairs)
+    assert seen[-1]["lengths/chosen"] == pytest.approx(expected_chosen)
+    assert seen[-1]["lengths/rejected"] == pytest.approx(expected_rejected)
+    assert seen[-1]["lengths/chosen"] > 3 * seen[-1]["lengths/rejected"]
