@@ -83,3 +83,41 @@ def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dic
         "project_median_time_ms": project_median,
         "annotators": rows,
     }
+
+
+class PairWeights:
+    """Per-pair training weights from the project's latest reliability fit (training on consensus).
+
+    * `weight(annotator)`: how much that annotator's stated preferences count, max(0, 2q − 1) for a
+      reliability q — 1 for a perfect annotator, 0 for one no better than a coin flip (and for one
+      who reverses the scale, whose labels the posterior already reads the right way round); 1 for
+      an annotator the fit knows nothing about (no shared items, no gold).
+    * `confidence(task, chosen, rejected)`: the posterior probability that `chosen` is truly better
+      than `rejected` given every label on the item; None when the fit has no such pair (an item one
+      annotator ranked and no gold covers still has one, from that annotator's reliability).
+    """
+
+    def __init__(self, fit: ReliabilityFit | None):
+        self.fit = fit
+        self._q = {int(k): v["reliability"] for k, v in (fit.annotators if fit else {}).items()}
+
+    @property
+    def fit_id(self) -> int | None:
+        return self.fit.pk if self.fit else None
+
+    def weight(self, annotator_id: int) -> float:
+        q = self._q.get(annotator_id)
+        return 1.0 if q is None else round(max(0.0, 2 * q - 1), 6)
+
+    def confidence(self, task_id: int, chosen: int, rejected: int) -> float | None:
+        if self.fit is None:
+            return None
+        low, high = sorted((chosen, rejected))
+        p = self.fit.posterior.get(f"{task_id}:{low}:{high}")
+        if p is None:
+            return None
+        return round(p if chosen == low else 1 - p, 6)
+
+
+def pair_weights(*, project: Project) -> PairWeights:
+    return PairWeights(latest_fit(project=project))

@@ -93,3 +93,30 @@ def test_quality_page_shows_annotators_and_marks_gold():
     annotator = add_member(project)
     client.force_login(annotator)
     assert client.get(f"/studio/p/{project.slug}/quality/").status_code == 404
+
+
+def test_pairs_export_gains_weight_and_confidence_and_min_confidence_filters():
+    import json
+
+    project = crowd_project(12, ["careful", "careful", "inverted"])
+    fit = reliability_refit(project=project)
+    admin = add_member(project, role="admin")
+    url = f"/api/v1/projects/{project.pk}/exports/pairs/"
+    client = api(admin)
+
+    def lines(query=""):
+        response = client.get(url + query)
+        assert response.status_code == 200, response.content
+        return [json.loads(x) for x in b"".join(response.streaming_content).splitlines()]
+
+    plain = lines()
+    assert plain and all(set(x) == {"prompt", "chosen", "rejected"} for x in plain)  # unchanged by default
+    weighted = lines("?weights=1&meta=1")
+    assert len(weighted) == len(plain)
+    by_user = {row["annotator"]: row["weight"] for row in weighted}
+    assert len(by_user) == 3 and min(by_user.values()) == 0.0  # the inverted annotator counts for nothing
+    assert all(0.0 <= row["confidence"] <= 1.0 for row in weighted)
+    confident = lines("?weights=1&min_confidence=0.9")
+    assert 0 < len(confident) < len(weighted) and all(row["confidence"] >= 0.9 for row in confident)
+    assert client.get(url + "?min_confidence=2").status_code == 400
+    assert fit.pk
