@@ -230,6 +230,8 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_BEAT_SCHEDULE = {
     "reconcile-runs": {"task": "studio.runs_reconcile", "schedule": env_int("RUN_RECONCILE_EVERY", 30)},
     "advance-rounds": {"task": "studio.rounds_advance", "schedule": env_int("ROUND_ADVANCE_EVERY", 30)},
+    # Annotator reliability refits itself when labels changed (labelapp.services.quality).
+    "refresh-reliability": {"task": "studio.reliability_refresh", "schedule": env_int("RELIABILITY_REFIT_EVERY", 300)},
 }
 # A running run without a heartbeat for this long is considered lost.
 RUN_HEARTBEAT_TIMEOUT = env_int("RUN_HEARTBEAT_TIMEOUT", 120)

@@ -95,6 +95,25 @@ def pairwise_agreement(
     return _result(agreeing, n)
 
 
+def annotator_pairwise_agreement(
+    rankings: Mapping[Hashable, Mapping[A, Order]], *, ignore_ties: bool = False
+) -> dict[A, AgreementResult]:
+    """`pairwise_agreement` restricted to the cases each annotator is part of: how often an
+    annotator gives a completion pair the same relation as each other annotator who ranked it."""
+    counts: dict[A, list[int]] = {}
+    for ranked in _ranked_items(rankings):
+        for (a, ranks_a), (b, ranks_b) in combinations(ranked.items(), 2):
+            for x, y in combinations(ranks_a.keys() & ranks_b.keys(), 2):
+                relation_a, relation_b = _relation(ranks_a, x, y), _relation(ranks_b, x, y)
+                if ignore_ties and 0 in (relation_a, relation_b):
+                    continue
+                for annotator in (a, b):
+                    tally = counts.setdefault(annotator, [0, 0])
+                    tally[0] += relation_a == relation_b
+                    tally[1] += 1
+    return {annotator: _result(agreeing, n) for annotator, (agreeing, n) in counts.items()}
+
+
 def annotator_consensus_agreement(rankings: Mapping[Hashable, Mapping[A, Order]]) -> dict[A, AgreementResult]:
     """How often each annotator agrees with the consensus of the other annotators.
 
@@ -124,7 +143,10 @@ def annotator_consensus_agreement(rankings: Mapping[Hashable, Mapping[A, Order]]
 
 
 def krippendorff_alpha_ordinal(rankings: Mapping[Hashable, Mapping[Hashable, Order]]) -> float | None:
-    """Krippendorff's alpha, ordinal metric, over the rank positions the annotators gave.
+    """Krippendorff's alpha, ordinal metric, over the rank positions the annotators gave (the
+    "rank-position alpha"; for the standard alpha on pairwise preferences see
+    `krippendorff_alpha_pairwise`). A tie here is a shared rank value, so it reads like "better"
+    for the tied completion that would otherwise have ranked lower.
 
     Units are (item, completion) pairs, coders are annotators, and an annotator's value
     for a unit is the completion's competition rank in their order of that item
@@ -143,9 +165,41 @@ def krippendorff_alpha_ordinal(rankings: Mapping[Hashable, Mapping[Hashable, Ord
     )
 
 
+def preference_units(rankings: Mapping[Hashable, Mapping[Hashable, Order]]) -> Iterator[list[int]]:
+    """The pairwise-preference reliability data: one unit per (item, unordered completion pair)
+    judged by two or more annotators, holding each such annotator's value for the pair, with the
+    pair oriented by completion id (x < y): 0 = x better ("A better"), 1 = tie, 2 = y better.
+    The ordinal metric orders these as A better < tie < B better, so a tie sits between the two
+    strict preferences."""
+    for ranked in _ranked_items(rankings):
+        for x, y in combinations(sorted(set().union(*ranked.values())), 2):
+            values = [1 - _relation(ranks, x, y) for ranks in ranked.values() if x in ranks and y in ranks]
+            if len(values) >= 2:
+                yield values
+
+
+def krippendorff_alpha_pairwise(
+    rankings: Mapping[Hashable, Mapping[Hashable, Order]], *, metric: str = "nominal"
+) -> float | None:
+    """The standard Krippendorff's alpha on pairwise preferences: units are (item, completion
+    pair), coders are annotators, values "x better" / "tie" / "y better" (`preference_units`).
+    `metric` is "nominal" (any two different values disagree equally) or "ordinal" (ties as the
+    middle category, so tie vs preference is a smaller disagreement than one order vs the other).
+    None when undefined."""
+    return alpha_from_units(preference_units(rankings), metric=metric)
+
+
 def ordinal_alpha_from_units(units: Iterable[Sequence[float]]) -> float | None:
-    """Krippendorff's alpha with the ordinal metric; each unit is the list of the values
-    its coders assigned (one value per coder who coded the unit).
+    """Krippendorff's alpha with the ordinal metric (`alpha_from_units`)."""
+    return alpha_from_units(units, metric="ordinal")
+
+
+METRICS = ("nominal", "ordinal", "interval")
+
+
+def alpha_from_units(units: Iterable[Sequence[float]], *, metric: str) -> float | None:
+    """Krippendorff's alpha; each unit is the list of the values its coders assigned (one value
+    per coder who coded the unit).
 
     As in Krippendorff (2011), "Computing Krippendorff's Alpha-Reliability":
 
@@ -153,12 +207,15 @@ def ordinal_alpha_from_units(units: Iterable[Sequence[float]]) -> float | None:
     * coincidences: o_ck = sum over units u of (number of ordered pairs of values (c, k)
       from different coders in u) / (m_u - 1), where m_u is the number of values in u;
     * n_c = sum_k o_ck, n = sum_c n_c;
-    * ordinal distance, over the distinct values g in sorted order, for c <= k:
+    * distances: nominal delta2(c, k) = 0 if c == k else 1; interval delta2(c, k) = (c - k) ** 2;
+      ordinal, over the distinct values g in sorted order, for c <= k:
       delta2(c, k) = (sum_{g=c..k} n_g - (n_c + n_k) / 2) ** 2, symmetric in c and k;
     * alpha = 1 - D_o / D_e = 1 - (n - 1) * sum_ck o_ck delta2(c, k) / sum_ck n_c n_k delta2(c, k).
 
     Returns None when there are no pairable values or the expected disagreement is 0.
     """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}: use one of {', '.join(METRICS)}")
     coincidences: Counter[tuple[float, float]] = Counter()
     for unit in units:
         m = len(unit)
@@ -177,6 +234,10 @@ def ordinal_alpha_from_units(units: Iterable[Sequence[float]]) -> float | None:
     cumulative = list(accumulate((marginals[v] for v in values), initial=0.0))
 
     def delta2(c: float, k: float) -> float:
+        if metric == "nominal":
+            return float(c != k)
+        if metric == "interval":
+            return float(c - k) ** 2
         low, high = sorted((position[c], position[k]))
         return (cumulative[high + 1] - cumulative[low] - (marginals[c] + marginals[k]) / 2) ** 2
 

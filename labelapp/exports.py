@@ -156,7 +156,7 @@ def _completion_texts(project: Project, task_ids: set[int]) -> dict[int, dict[in
 def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
     """Rankings in (task, id) order, read in keyset pages: each page is a short index walk
     (index ranking_task_then_id), so the first rows come at once and memory stays flat."""
-    qs = Ranking.objects.filter(task__project=f.project)
+    qs = Ranking.objects.filter(task__project=f.project, task__gold_order__isnull=True)  # gold never trains
     if f.split:
         qs = qs.filter(task__prompt__split=f.split)
     if f.since:
@@ -191,8 +191,18 @@ def _rankings(f: ExportFilter) -> Iterator[RankingRow]:
             yield from group
 
 
-def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool = False, meta: bool = False) -> Iterator[bytes]:
+def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool = False, meta: bool = False,
+                 weights: bool = False, min_confidence: float | None = None) -> Iterator[bytes]:
+    """TRL preference pairs, C(K,2) per ranking minus ties. With `weights` each line also carries
+    `weight` (its annotator's reliability weight) and `confidence` (the posterior that the pair's order
+    is right) from the latest reliability fit (labelapp.quality.PairWeights); `min_confidence` leaves
+    out pairs below it (pairs the fit has no posterior for are kept)."""
     dumps = json.dumps
+    reliability = None
+    if weights or min_confidence is not None:
+        from labelapp.quality import pair_weights
+
+        reliability = pair_weights(project=f.project)
     for ranking in _rankings(f):
         # Encode the prompt and each completion once; a ranking of K gives up to C(K,2) lines.
         prompt = dumps(ranking.turns if conversational else ranking.plain_prompt, ensure_ascii=False)
@@ -208,6 +218,12 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
         lines = []
         for chosen, rejected, diff in ranking_pairs(ranking):
             extra = f', "margin": {diff if diff is not None else 0.0}' if margin else ""
+            if reliability is not None:
+                confidence = reliability.confidence(ranking.task_id, chosen, rejected)
+                if min_confidence is not None and confidence is not None and confidence < min_confidence:
+                    continue
+                if weights:
+                    extra += f', "weight": {reliability.weight(ranking.annotator_id)}, "confidence": {dumps(confidence)}'
             lines.append(f'{{"prompt": {prompt}, "chosen": {encoded[chosen]}, "rejected": {encoded[rejected]}{extra}{tail}}}\n')
         if lines:
             yield _safe("".join(lines)).encode("utf-8")

@@ -4,7 +4,12 @@ from __future__ import annotations
 from collections import defaultdict
 from functools import lru_cache
 
-from labelapp.agreement import annotator_consensus_agreement, krippendorff_alpha_ordinal, pairwise_agreement
+from labelapp.agreement import (
+    annotator_consensus_agreement,
+    krippendorff_alpha_ordinal,
+    krippendorff_alpha_pairwise,
+    pairwise_agreement,
+)
 from labelapp.exports import pseudonym
 from labelapp.models import Project, Ranking
 
@@ -13,7 +18,7 @@ def project_rankings(*, project: Project) -> dict[int, dict[int, list[list[int]]
     """{task id: {annotator id: order}} for tasks ranked by two or more annotators."""
     by_task: dict[int, dict[int, list[list[int]]]] = defaultdict(dict)
     rows = (
-        Ranking.objects.filter(task__project=project, task__ranking_count__gte=2)
+        Ranking.objects.filter(task__project=project, task__ranking_count__gte=2, task__gold_order__isnull=True)
         .exclude(order=[])
         .values_list("task_id", "annotator_id", "order")
         .iterator(chunk_size=5000)
@@ -26,11 +31,16 @@ def project_rankings(*, project: Project) -> dict[int, dict[int, list[list[int]]
 def project_agreement(*, project: Project) -> dict:
     rankings = project_rankings(project=project)
     overall = pairwise_agreement(rankings)
+    strict = pairwise_agreement(rankings, ignore_ties=True)
     per_annotator = annotator_consensus_agreement(rankings)
     return {
         "items_with_overlap": len(rankings),
         "pairwise_agreement": overall.rate,
         "pairwise_comparisons": overall.n,
+        "pairwise_agreement_without_ties": strict.rate,
+        "pairwise_comparisons_without_ties": strict.n,
+        "krippendorff_alpha_pairwise_nominal": krippendorff_alpha_pairwise(rankings, metric="nominal"),
+        "krippendorff_alpha_pairwise_ordinal": krippendorff_alpha_pairwise(rankings, metric="ordinal"),
         "krippendorff_alpha_ordinal": krippendorff_alpha_ordinal(rankings),
         "annotators": {pseudonym(a): {"agreement_with_consensus": r.rate, "n": r.n} for a, r in per_annotator.items()},
     }
@@ -102,7 +112,7 @@ def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> di
     wanted = Q(round_id__in=[r for r in round_ids if r is not None])
     if None in round_ids:
         wanted |= Q(round__isnull=True)
-    tasks = EvaluationTask.objects.filter(wanted, project=project)
+    tasks = EvaluationTask.objects.filter(wanted, project=project, gold_winner="")  # gold is scored, not counted
     rows: dict = defaultdict(list)
     for task in (tasks.annotate(len_a=Length("completion_a__text"), len_b=Length("completion_b__text"),
                                 len_ref=Length("prompt__reference"))

@@ -377,7 +377,8 @@ def queue_depths(*, project: Project, now: datetime | None = None) -> list[dict]
     rows = []
     for queue, spec in SPECS.items():
         capacity = getattr(project, spec.capacity_field)
-        waiting = spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity}).count()
+        items = spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
+        waiting = (items.exclude(spec.gold) if spec.gold is not None else items).count()  # gold is not work to do
         leased = Assignment.objects.filter(live_lease(now), project=project, queue=queue).count()
         rows.append({"queue": str(queue), "label": queue.label, "waiting": waiting, "leased": leased})
     review = Demonstration.objects.filter(prompt__project=project, review_status=Demonstration.Review.PENDING).count()

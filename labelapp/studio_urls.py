@@ -1,5 +1,6 @@
 from django.urls import path
 
+from labelapp import quality_views
 from labelapp import studio_views as views
 
 app_name = "studio"
@@ -15,4 +16,7 @@ urlpatterns = [
     path("p/<slug:slug>/runs/<int:run_id>/cancel/", views.run_cancel_view, name="run_cancel"),
     path("p/<slug:slug>/runs/<int:run_id>/retry/", views.run_retry_view, name="run_retry"),
     path("p/<slug:slug>/models/<int:version_id>/current/", views.make_current_view, name="make_current"),
+    path("p/<slug:slug>/quality/", quality_views.quality, name="quality"),
+    path("p/<slug:slug>/quality/refit/", quality_views.quality_refit, name="quality_refit"),
+    path("p/<slug:slug>/quality/gold/", quality_views.gold_mark, name="gold_mark"),
 ]

@@ -119,13 +119,30 @@ class RewardRunConfig(TrainerConfig):
                                       "1 - corr(length head, length), over each batch's answers.", 1.0)
     odin_orthogonal_weight: float = _help("ODIN: weight of |cos| between the quality and the length head's weights.",
                                           1.0)
+    label_weights: str = _help("How the pairs' reliability reaches the loss: 'none' (every pair counts the same), "
+                               "'weight' (each pair's term scaled by its `weight`, a weighted mean), 'soft' (each "
+                               "pair's `confidence` as a soft label: -[c log s(d) + (1-c) log s(-d)]). See "
+                               "rlhf.weighting and docs/QUALITY.md.", "none")
+    min_confidence: float = _help("Drop pairs whose `confidence` is below this (0 keeps every pair; pairs without a "
+                                  "confidence are kept).", 0.0)
 
 
 LENGTH_CONTROLS = ("none", "odin", "poe")
 
 
+LABEL_WEIGHTS = ("none", "weight", "soft")
+
+
+def check_label_weights(config) -> None:
+    if config.label_weights not in LABEL_WEIGHTS:
+        raise ValueError(f"label_weights must be one of {list(LABEL_WEIGHTS)} (got {config.label_weights!r}).")
+    if not 0.0 <= config.min_confidence < 1.0:
+        raise ValueError(f"min_confidence must lie in [0, 1) (got {config.min_confidence}).")
+
+
 def check_reward_config(config: RewardRunConfig) -> None:
     """Raise ``ValueError`` for bad settings before any model loads."""
+    check_label_weights(config)
     if config.length_control not in LENGTH_CONTROLS:
         raise ValueError(f"length_control must be one of {list(LENGTH_CONTROLS)} (got {config.length_control!r}).")
     for name in ("odin_length_weight", "odin_orthogonal_weight"):
@@ -146,10 +163,17 @@ class DPORunConfig(TrainerConfig):
     ld_alpha: float | None = _help("LD-DPO (Liu et al. 2024): the weight, in [0, 1], of the log-probabilities of the "
                                    "tokens by which the longer answer of a pair outruns the shorter; lower values "
                                    "stop DPO from learning plain length. null = plain DPO (same as 1).")
+    label_weights: str = _help("How the pairs' reliability reaches the loss: 'none' (every pair counts the same), "
+                               "'weight' (each pair's term scaled by its `weight`, a weighted mean), 'soft' (each "
+                               "pair's `confidence` as a soft label: -[c log s(d) + (1-c) log s(-d)]). See "
+                               "rlhf.weighting and docs/QUALITY.md.", "none")
+    min_confidence: float = _help("Drop pairs whose `confidence` is below this (0 keeps every pair; pairs without a "
+                                  "confidence are kept).", 0.0)
 
 
 def check_dpo_config(config: DPORunConfig) -> None:
     """Raise ``ValueError`` for settings TRL would only reject after the model has loaded."""
+    check_label_weights(config)
     if config.sft_weight < 0:
         raise ValueError(f"sft_weight must be 0 or more (got {config.sft_weight}).")
     if config.sft_weight and config.loss_type == "sft":

@@ -82,11 +82,18 @@ class Ranking:
 
 @dataclass
 class PreferencePair:
+    """One preference: `chosen` over `rejected` for `prompt`. `weight` scales the pair's term in the
+    reward-model and DPO losses when a run sets ``label_weights`` (1 = full, 0 = no effect);
+    `confidence` is the probability that the order is right (the studio's reliability model), used as
+    a soft label and by ``min_confidence`` (rlhf.weighting)."""
+
     prompt: Messages
     chosen: str
     rejected: str
     margin: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    confidence: float | None = None
 
     def __post_init__(self):
         self.prompt = as_messages(self.prompt)

@@ -112,19 +112,23 @@ def answer_lengths(texts: Sequence[str]) -> list[int]:
 # ------------------------------------------------------------------------------------------------- ODIN
 def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor, w_quality: torch.Tensor,
               w_length: torch.Tensor, *, length_weight: float, orthogonal_weight: float,
-              margin: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              margin: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+              targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ODIN's loss for one batch (module docstring).
 
     quality, length, lengths: (2B,) with the B chosen answers first, then the B rejected ones (the order
     of TRL's preference collator); w_quality, w_length: the two heads' weight vectors (H,) or (1, H);
-    margin: (B,) or None. Returns the loss and its parts (detached) for logging.
+    margin, weights, targets: (B,) or None (per-pair weights and soft labels, rlhf.weighting). Returns the
+    loss and its parts (detached) for logging.
     """
+    from .weighting import bradley_terry
+
     total = quality + length
     chosen, rejected = total.chunk(2)
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin
-    rank = -F.logsigmoid(diff).mean()
+    rank = bradley_terry(diff, weights, targets)
     corr_q, corr_l = pearson(quality, lengths), pearson(length, lengths)
     cosine = F.cosine_similarity(w_quality.reshape(1, -1).float(), w_length.reshape(1, -1).float(), eps=EPS)[0]
     loss = rank + length_weight * (corr_q.abs() + 1.0 - corr_l) + orthogonal_weight * cosine.abs()
@@ -135,17 +139,20 @@ def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor
 
 # -------------------------------------------------------------------------------------------------- PoE
 def poe_loss(quality: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor, *,
-             margin: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             margin: torch.Tensor | None = None, weights: torch.Tensor | None = None,
+             targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Product of experts with a length-only expert (module docstring): Bradley-Terry on q + w * log(1 + L).
 
-    quality, lengths: (2B,) chosen first, then rejected; weight: the expert's scalar w. Returns the loss and
-    its parts (detached) for logging.
+    quality, lengths: (2B,) chosen first, then rejected; weight: the expert's scalar w; weights, targets:
+    per-pair weights and soft labels (rlhf.weighting). Returns the loss and its parts (detached) for logging.
     """
+    from .weighting import bradley_terry
+
     total = quality + weight * torch.log1p(lengths.float())
     chosen, rejected = total.chunk(2)
     diff = chosen - rejected
     if margin is not None:
         diff = diff - margin
-    loss = -F.logsigmoid(diff).mean()
+    loss = bradley_terry(diff, weights, targets)
     parts = {"poe/length_weight": weight, "poe/quality_length_corr": pearson(quality, lengths)}
     return loss, {k: v.detach() for k, v in parts.items()}

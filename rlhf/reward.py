@@ -36,6 +36,8 @@ from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_reward_model, load_tokenizer
 from .runner import attach_progress, peft_config_for, run_trainer, trl_args
+from .weighting import select_pairs
+from .weighting import summary as weighting_summary
 
 
 def conversation(prompt: str | Messages, completion: str) -> Messages:
@@ -179,19 +181,24 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     common = dict(model=model, args=args, processing_class=tokenizer,
                   eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
                   peft_config=peft_config_for(config, "SEQ_CLS"))
-    if config.length_control != "none":
-        from trl.trainer.reward_trainer import DataCollatorForPreference
+    if config.length_control == "none" and config.label_weights == "none":
+        return RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
+    from trl.trainer.reward_trainer import DataCollatorForPreference
 
-        dataset = pairs_to_dataset(pairs)
-        dataset = dataset.add_column("chosen_chars", [len(p.chosen) for p in pairs])
-        dataset = dataset.add_column("rejected_chars", [len(p.rejected) for p in pairs])
-        collator = _LengthCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
-        return _length_control_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
-    return RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
+    from .weighting import soft_targets
+
+    dataset = pairs_to_dataset(pairs)
+    extra = {"chosen_chars": [len(p.chosen) for p in pairs], "rejected_chars": [len(p.rejected) for p in pairs],
+             "pair_weight": [float(p.weight) for p in pairs], "pair_target": soft_targets(pairs)}
+    for name, values in extra.items():
+        dataset = dataset.add_column(name, values)
+    collator = _ExtraCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
+    return _studio_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
 
 
-class _LengthCollator:
-    """TRL's preference collator plus ``lengths`` (2B,): characters of the chosen answers, then the rejected."""
+class _ExtraCollator:
+    """TRL's preference collator plus ``lengths`` (2B,): characters of the chosen answers, then the
+    rejected; and ``weights`` and ``targets`` (B,): each pair's loss weight and soft label."""
 
     def __init__(self, inner):
         self.inner = inner
@@ -200,35 +207,43 @@ class _LengthCollator:
         batch = self.inner(examples)
         batch["lengths"] = torch.tensor([float(e["chosen_chars"]) for e in examples]
                                         + [float(e["rejected_chars"]) for e in examples])
+        batch["weights"] = torch.tensor([float(e["pair_weight"]) for e in examples])
+        batch["targets"] = torch.tensor([float(e["pair_target"]) for e in examples])
         return batch
 
 
 LENGTH_HEAD_FILE = "length_head.safetensors"
-_LENGTH_TRAINER = None
+_STUDIO_TRAINER = None
 
 
-def _length_control_trainer_class():
-    """``RewardTrainer`` with a length head and ODIN's or PoE's loss (built on first use: TRL loads lazily)."""
-    global _LENGTH_TRAINER
-    if _LENGTH_TRAINER is not None:
-        return _LENGTH_TRAINER
+def _studio_trainer_class():
+    """``RewardTrainer`` with a length head and ODIN's or PoE's loss, and/or per-pair weights and soft
+    labels (rlhf.weighting); built on first use, as TRL loads lazily."""
+    global _STUDIO_TRAINER
+    if _STUDIO_TRAINER is not None:
+        return _STUDIO_TRAINER
     from pathlib import Path
 
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     from trl import RewardTrainer
 
     from .length import odin_loss, poe_loss
+    from .weighting import bradley_terry
 
-    class LengthControlRewardTrainer(RewardTrainer):
+    class StudioRewardTrainer(RewardTrainer):
         """The model's own score head is the quality head q. ODIN: a second linear head on the same hidden
         state (the input of ``score``, read at the same last token) is the length head. PoE: the length
         expert is w * log(1 + characters), one learned weight. Either is a submodule ``length_head`` of the
-        model while training (so optimizer and DDP see it) and is dropped before saving."""
+        model while training (so optimizer and DDP see it) and is dropped before saving. With
+        ``label_weights`` the Bradley-Terry term is the weighted or soft-label one of rlhf.weighting
+        (with ``length_control`` "none" that term is the whole loss)."""
 
         def __init__(self, config: RewardRunConfig, **kwargs):
             super().__init__(**kwargs)
             self.control = config
             self._score = _score_module(self.model)
+            if config.length_control == "none":
+                return
             if config.length_control == "odin":
                 head = torch.nn.Linear(_head_weight(self._score).shape[-1], 1, bias=False)
                 torch.nn.init.normal_(head.weight, std=getattr(self.model.config, "initializer_range", 0.02))
@@ -238,31 +253,53 @@ def _length_control_trainer_class():
             self.model.add_module("length_head", head.to(next(self.model.parameters()).device))
 
         def _set_signature_columns_if_needed(self):
-            if self._signature_columns is None:  # keep the answers' lengths for the collator
-                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "chosen_chars", "rejected_chars"]
+            if self._signature_columns is None:  # keep the answers' lengths, weights and labels for the collator
+                self._signature_columns = ["chosen_ids", "rejected_ids", "margin", "chosen_chars", "rejected_chars",
+                                           "pair_weight", "pair_target"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             mode = "train" if self.model.training else "eval"
             lengths = inputs.pop("lengths")
+            weights, targets = inputs.pop("weights", None), inputs.pop("targets", None)
+            if mode == "eval" or self.control.label_weights == "none":
+                weights = targets = None  # held-out loss is the plain one
+            elif self.control.label_weights == "weight":
+                targets = None
+            else:  # soft
+                weights = None
+            control = self.control.length_control
             captured = {}
-            hook = self._score.register_forward_hook(lambda module, args, out: captured.__setitem__("hidden", args[0]))
+            hook = None
+            if control == "odin":
+                hook = self._score.register_forward_hook(
+                    lambda module, args, out: captured.__setitem__("hidden", args[0]))
             try:
                 outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
             finally:
-                hook.remove()
+                if hook is not None:
+                    hook.remove()
             quality = outputs.logits.squeeze(-1).float()  # (2B,) the score head = quality head
             lengths = lengths.to(quality.device)
-            head = self.model.length_head
-            if self.control.length_control == "odin":
+            weights = None if weights is None else weights.to(quality.device)
+            targets = None if targets is None else targets.to(quality.device)
+            if control == "odin":
+                head = self.model.length_head
                 hidden = captured["hidden"]  # (2B, T, H), what the score head read
                 last = inputs["attention_mask"].sum(-1) - 1  # right padding: the token the score is read at
                 length = head(hidden[torch.arange(len(last), device=hidden.device), last].float()).squeeze(-1)  # (2B,)
                 loss, parts = odin_loss(quality, length, lengths, _head_weight(self._score), head.weight,
                                         length_weight=self.control.odin_length_weight,
                                         orthogonal_weight=self.control.odin_orthogonal_weight,
-                                        margin=inputs.get("margin"))
+                                        margin=inputs.get("margin"), weights=weights, targets=targets)
+            elif control == "poe":
+                loss, parts = poe_loss(quality, self.model.length_head.weight.reshape(()), lengths,
+                                       margin=inputs.get("margin"), weights=weights, targets=targets)
             else:
-                loss, parts = poe_loss(quality, head.weight.reshape(()), lengths, margin=inputs.get("margin"))
+                chosen, rejected = quality.chunk(2)
+                diff = chosen - rejected
+                if inputs.get("margin") is not None:
+                    diff = diff - inputs["margin"]
+                loss, parts = bradley_terry(diff, weights, targets), {}
             if self.args.center_rewards_coefficient is not None:
                 loss = loss + self.args.center_rewards_coefficient * torch.mean(quality ** 2)
             chosen, rejected = quality.detach().chunk(2)
@@ -274,6 +311,8 @@ def _length_control_trainer_class():
 
         def _save_checkpoint(self, model, trial):
             super()._save_checkpoint(model, trial)  # peft checkpoints hold the adapter only: keep the head too
+            if not hasattr(self.model, "length_head"):
+                return
             from safetensors.torch import save_file
 
             folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -284,14 +323,14 @@ def _length_control_trainer_class():
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             path = Path(resume_from_checkpoint) / LENGTH_HEAD_FILE
-            if path.is_file():
+            if path.is_file() and hasattr(self.model, "length_head"):
                 from safetensors.torch import load_file
 
                 with torch.no_grad():
                     self.model.length_head.weight.copy_(load_file(str(path))["weight"])
 
-    _LENGTH_TRAINER = LengthControlRewardTrainer
-    return LengthControlRewardTrainer
+    _STUDIO_TRAINER = StudioRewardTrainer
+    return StudioRewardTrainer
 
 
 def _score_module(model):
@@ -326,6 +365,11 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     pairs = list(pairs)
     if eval_pairs is None and config.eval_fraction > 0:
         pairs, eval_pairs = split_pairs(pairs, config.eval_fraction, config.seed)
+    given = pairs
+    pairs = select_pairs(pairs, mode=config.label_weights, min_confidence=config.min_confidence)
+    if not pairs:
+        raise ValueError(f"no pair is left to train on: all {len(given)} were dropped by min_confidence "
+                         f"{config.min_confidence} or had weight 0.")
     tokenizer = load_tokenizer(config.model)
     trainer = attach_progress(build_reward_trainer(config, pairs, tokenizer=tokenizer), progress)
 
@@ -340,4 +384,6 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
                        data_hash=data_hash(pairs), progress=progress, after_train=held_out,
                        extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or []),
-                                   "reward_head": head})
+                                   "reward_head": head,
+                                   "label_weighting": weighting_summary(given, pairs, mode=config.label_weights,
+                                                                        min_confidence=config.min_confidence)})

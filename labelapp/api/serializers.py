@@ -155,5 +155,57 @@ class AgreementSerializer(serializers.Serializer):
     items_with_overlap = serializers.IntegerField()
     pairwise_agreement = serializers.FloatField(allow_null=True)
     pairwise_comparisons = serializers.IntegerField()
-    krippendorff_alpha_ordinal = serializers.FloatField(allow_null=True)
+    pairwise_agreement_without_ties = serializers.FloatField(allow_null=True)
+    pairwise_comparisons_without_ties = serializers.IntegerField()
+    krippendorff_alpha_pairwise_nominal = serializers.FloatField(allow_null=True)
+    krippendorff_alpha_pairwise_ordinal = serializers.FloatField(allow_null=True)
+    krippendorff_alpha_ordinal = serializers.FloatField(
+        allow_null=True, help_text="Rank-position alpha: ordinal alpha over each response's rank (docs/API.md)."
+    )
     annotators = serializers.DictField(child=serializers.DictField())
+
+
+class AnnotatorQualitySerializer(serializers.Serializer):
+    user_id = serializers.IntegerField()
+    username = serializers.CharField()
+    rankings = serializers.IntegerField()
+    gold_items = serializers.IntegerField()
+    gold_accuracy = serializers.FloatField(allow_null=True)
+    agreement_with_others = serializers.FloatField(allow_null=True)
+    agreement_with_others_n = serializers.IntegerField()
+    agreement_with_consensus = serializers.FloatField(allow_null=True)
+    agreement_with_consensus_n = serializers.IntegerField()
+    reliability = serializers.FloatField(allow_null=True)
+    reliability_low = serializers.FloatField(allow_null=True)
+    reliability_high = serializers.FloatField(allow_null=True)
+    tie_rate = serializers.FloatField(allow_null=True)
+    labels_per_hour = serializers.FloatField(allow_null=True)
+    median_time_ms = serializers.FloatField(allow_null=True)
+    flags = serializers.ListField(child=serializers.CharField())
+
+
+class ReliabilityFitSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    pairs = serializers.IntegerField()
+    gold_pairs = serializers.IntegerField()
+    iterations = serializers.IntegerField()
+    converged = serializers.BooleanField()
+    seconds = serializers.FloatField()
+
+
+class AnnotatorReportSerializer(serializers.Serializer):
+    fit = ReliabilityFitSerializer(allow_null=True)
+    project_median_time_ms = serializers.FloatField(allow_null=True)
+    annotators = AnnotatorQualitySerializer(many=True)
+
+
+class GoldItemSerializer(serializers.Serializer):
+    ranking_task = serializers.IntegerField(required=False)
+    evaluation_task = serializers.IntegerField(required=False)
+    expected = serializers.JSONField(allow_null=True, help_text="Ranking tasks: tie groups of completion ids, best "
+                                     "first; evaluation tasks: a, b or tie; null makes the item ordinary again.")
+
+
+class GoldImportSerializer(serializers.Serializer):
+    items = GoldItemSerializer(many=True)

@@ -5,6 +5,7 @@ from labelapp.api import annotate, views
 from labelapp.api.errors import not_found
 from labelapp.api.schema import SchemaView, SwaggerView
 from labelapp.api.label_imports import LabelImportView
+from labelapp.api.quality import AnnotatorReportView, GoldView, ReliabilityRefitView
 from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
 
 router = SimpleRouter()
@@ -27,6 +28,10 @@ urlpatterns = [
     path("projects/<str:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
     path("projects/<str:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
     path("projects/<str:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
+    path("projects/<str:project_id>/statistics/annotators/", AnnotatorReportView.as_view(), name="annotators"),
+    path("projects/<str:project_id>/statistics/annotators/refit/", ReliabilityRefitView.as_view(),
+         name="annotators-refit"),
+    path("projects/<str:project_id>/gold/", GoldView.as_view(), name="gold"),
     path("projects/<str:project_id>/rounds/", RoundStartView.as_view(), name="round-start"),
     path("model-versions/<int:pk>/make-current/", MakeCurrentView.as_view(), name="modelversion-make-current"),
     path("projects/<str:project_id>/queues/<str:queue>/claim/", annotate.ClaimView.as_view(), name="queue-claim"),

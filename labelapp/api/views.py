@@ -282,13 +282,17 @@ EXPORT_PARAMS = [
     OpenApiParameter("margin", bool, description="pairs only: add the 1-7 score difference"),
     OpenApiParameter("meta", bool, description="pairs only: add ranking id and annotator pseudonym"),
     OpenApiParameter("status", str, description="demonstrations only: comma-separated review states"),
+    OpenApiParameter("weights", bool, description="pairs only: add weight (annotator reliability) and confidence "
+                     "(posterior that the order is right) from the latest reliability fit"),
+    OpenApiParameter("min_confidence", float, description="pairs only, 0..1: leave out pairs whose confidence is lower"),
 ]
 
 
 class ExportView(APIView):
     """Stream a project's labels as JSONL in a trainer's format."""
 
-    ALLOWED = {"split", "since", "until", "min_agreement", "style", "margin", "meta", "status"}
+    ALLOWED = {"split", "since", "until", "min_agreement", "style", "margin", "meta", "status", "weights",
+               "min_confidence"}
 
     @extend_schema(parameters=EXPORT_PARAMS, responses={(200, "application/x-ndjson"): OpenApiTypes.STR})
     def get(self, request, project_id: str, kind: str):
@@ -309,7 +313,9 @@ class ExportView(APIView):
         flag = lambda name: q.get(name, "").lower() in {"1", "true", "yes"}  # noqa: E731
         if kind == "pairs":
             style = self._parse(q, "style", _choice("plain", "conversational")) or "plain"
-            lines = exports.export_pairs(flt, conversational=style == "conversational", margin=flag("margin"), meta=flag("meta"))
+            lines = exports.export_pairs(flt, conversational=style == "conversational", margin=flag("margin"),
+                                         meta=flag("meta"), weights=flag("weights"),
+                                         min_confidence=self._parse(q, "min_confidence", _fraction))
         elif kind == "rankings":
             lines = exports.export_rankings(flt)
         elif kind == "kto":

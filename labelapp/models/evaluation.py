@@ -25,6 +25,10 @@ class EvaluationTask(models.Model):
     reward_a = models.FloatField(null=True, blank=True, help_text="Score of A under the reward model (automatic).")
     reward_b = models.FloatField(null=True, blank=True)
     comparison_count = models.PositiveIntegerField(default=0)
+    gold_winner = models.CharField(
+        max_length=4, blank=True, choices=[("a", "Candidate (A)"), ("b", "Baseline (B)"), ("tie", "Tie")],
+        help_text="Gold items only: the expected judgement. Gold evaluation tasks are scored and left out of win-rates.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -51,6 +55,7 @@ class Comparison(models.Model):
     winner = models.CharField(max_length=4, choices=Winner.choices)
     a_shown_left = models.BooleanField(help_text="Where the candidate was shown, for position-bias checks.")
     time_spent_ms = models.PositiveIntegerField(default=0)
+    gold_correct = models.BooleanField(null=True, blank=True, help_text="On a gold task: the judgement was the expected one.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -92,6 +92,11 @@ class Project(models.Model):
         help_text="Demonstrations wanted per prompt (rejected ones do not count).",
     )
     sampling = models.JSONField(default=dict, blank=True, help_text="Default decoding settings for new samples.")
+    gold_rate = models.FloatField(
+        default=0.05,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Share of claims in the rank and compare queues that serve a gold item (0 turns gold off).",
+    )
     categories = models.JSONField(
         default=default_categories,
         blank=True,  # checked by clean(), which says what an empty list lacks
@@ -264,11 +269,20 @@ class RankingTask(models.Model):
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="ranking_tasks")
     completions = models.ManyToManyField(Completion, related_name="ranking_tasks")
     ranking_count = models.PositiveIntegerField(default=0, help_text="Submitted rankings.")
+    gold_order = models.JSONField(
+        null=True, blank=True,
+        help_text="Gold items only: the expected ranking (tie groups of completion ids, best first). Gold tasks are "
+                  "served to every annotator once, scored, and never used for training or counted in agreement.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["project", "ranking_count", "created_at", "id"], name="rankingtask_queue")]
+
+    @property
+    def is_gold(self) -> bool:
+        return self.gold_order is not None
 
     def __str__(self) -> str:
         return f"Task {self.pk}: {self.prompt.preview}"
@@ -413,6 +427,10 @@ class Ranking(models.Model):
     flags = models.JSONField(default=dict, blank=True)
     scores = models.JSONField(default=dict, blank=True)
     time_spent_ms = models.PositiveIntegerField(default=0)
+    gold_score = models.FloatField(
+        null=True, blank=True,
+        help_text="On a gold task: share of the expected order's strict pairs this ranking orders the same way.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -26,7 +26,7 @@ from django.utils import timezone
 from labelapp import selectors
 from labelapp.models import Assignment, Demonstration, Prompt, Ranking, RankingTask, Role
 from labelapp.services.access import require_role
-from labelapp.services.labels import clean_text, ranking_fields
+from labelapp.services.labels import clean_text, gold_score, ranking_fields
 
 
 def _refuse_if_frozen(*, project, kind: str, label_id: int) -> None:
@@ -123,6 +123,7 @@ def ranking_edit(
     _refuse_if_frozen(project=ranking.task.project, kind="rankings", label_id=ranking.pk)
     fields = ranking_fields(task_id=ranking.task_id, order=order, none_acceptable=none_acceptable, flags=flags,
                             scores=scores)
+    fields["gold_score"] = gold_score(fields["order"], ranking.task.gold_order)
     for name, value in fields.items():
         setattr(ranking, name, value)
     ranking.full_clean(validate_unique=False, validate_constraints=False)

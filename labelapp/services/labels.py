@@ -200,14 +200,16 @@ def ranking_submit(
     assignment, now = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.RANK, now=now)
     if assignment.status == Assignment.Status.SUBMITTED:
         return Ranking.objects.get(assignment=assignment)
+    fields = ranking_fields(
+        task_id=assignment.ranking_task_id, order=order, none_acceptable=none_acceptable, flags=flags, scores=scores,
+    )
+    gold_order = RankingTask.objects.filter(pk=assignment.ranking_task_id).values_list("gold_order", flat=True).first()
     ranking = Ranking(
         task_id=assignment.ranking_task_id,
         annotator=user,
         assignment=assignment,
-        **ranking_fields(
-            task_id=assignment.ranking_task_id, order=order, none_acceptable=none_acceptable, flags=flags,
-            scores=scores,
-        ),
+        **fields,
+        gold_score=gold_score(fields["order"], gold_order),
         time_spent_ms=clamp_time_spent(time_spent_ms),
     )
     ranking.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those
@@ -233,15 +235,32 @@ def comparison_submit(
         winner = Comparison.Winner.TIE
     else:
         winner = Comparison.Winner.A if (preferred == "left") == bool(a_shown_left) else Comparison.Winner.B
+    gold_winner = EvaluationTask.objects.filter(pk=assignment.evaluation_task_id).values_list("gold_winner", flat=True).first()
     comparison = Comparison(
         task_id=assignment.evaluation_task_id, annotator=user, assignment=assignment, winner=winner,
         a_shown_left=bool(a_shown_left), time_spent_ms=clamp_time_spent(time_spent_ms),
+        gold_correct=(winner == gold_winner) if gold_winner else None,
     )
     comparison.full_clean(validate_unique=False, validate_constraints=False)
     comparison.save()
     EvaluationTask.objects.filter(pk=assignment.evaluation_task_id).update(comparison_count=F("comparison_count") + 1)
     _finish(assignment, now)
     return comparison
+
+
+def gold_score(order: list[list[int]], gold_order: list[list[int]] | None) -> float | None:
+    """Share of the gold order's strictly ordered pairs that `order` puts the same way round (a
+    tie where gold has an order counts as wrong); None when the task is not gold or gold orders
+    nothing strictly. "None acceptable" (an empty order) scores 0 against a gold order."""
+    if gold_order is None:
+        return None
+    expected = {cid: rank for rank, group in enumerate(gold_order) for cid in group}
+    given = {cid: rank for rank, group in enumerate(order or []) for cid in group}
+    pairs = [(x, y) for x in expected for y in expected if expected[x] < expected[y]]
+    if not pairs:
+        return None
+    right = sum(1 for x, y in pairs if x in given and y in given and given[x] < given[y])
+    return right / len(pairs)
 
 
 def _finish(assignment: Assignment, now: datetime) -> None:

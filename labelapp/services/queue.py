@@ -29,6 +29,7 @@ the user's row (it skips locked items) and locks assignments it finds while hold
 """
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -53,12 +54,13 @@ class QueueSpec:
     fk: str  # Assignment field pointing at the item
     count_field: str  # item field counting submitted labels
     capacity_field: str  # project field giving the capacity
+    gold: Q | None = None  # items of this queue that are gold (none for the write queue)
 
 
 SPECS = {
     Queue.WRITE: QueueSpec(Prompt, "prompt", "demonstration_count", "demonstrations_per_prompt"),
-    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap"),
-    Queue.COMPARE: QueueSpec(EvaluationTask, "evaluation_task", "comparison_count", "overlap"),
+    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap", Q(gold_order__isnull=False)),
+    Queue.COMPARE: QueueSpec(EvaluationTask, "evaluation_task", "comparison_count", "overlap", ~Q(gold_winner="")),
 }
 
 
@@ -89,16 +91,39 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
         .annotate(n=Count("id"))
         .values("n")
     )
-    done_by_user = Assignment.objects.filter(
-        Q(status__in=FINISHED) | live_lease(now), user=user, **{spec.fk: OuterRef("pk")}
-    )
+    done_by_user = _done_by(user, spec, now)
+    items = spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
+    if spec.gold is not None:
+        items = items.exclude(spec.gold)
     return (
-        spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
-        .annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
+        items.annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
         .filter(live_leases__lt=Value(capacity) - F(spec.count_field))
         .exclude(Exists(done_by_user))
         .order_by(spec.count_field, "created_at", "id")
     )
+
+
+def _done_by(user, spec: QueueSpec, now: datetime):
+    """The user's finished or live assignments on the outer item (an item never comes back to them)."""
+    return Assignment.objects.filter(Q(status__in=FINISHED) | live_lease(now), user=user, **{spec.fk: OuterRef("pk")})
+
+
+def gold_items(*, project: Project, user, queue: str, now: datetime) -> models.QuerySet:
+    """Gold items of `queue` this user has not labelled, least-served first. Gold items have no
+    capacity: every annotator gets each one once, and they never count toward a real item's overlap."""
+    spec = spec_for(queue)
+    if spec.gold is None:
+        return spec.model.objects.none()
+    return (
+        spec.model.objects.filter(spec.gold, project=project)
+        .exclude(Exists(_done_by(user, spec, now)))
+        .order_by(spec.count_field, "id")
+    )
+
+
+def gold_draw() -> float:
+    """The draw that decides whether a claim serves a gold item (a function so tests can fix it)."""
+    return random.random()
 
 
 def current_assignment(*, project: Project, user, queue: str, now: datetime | None = None) -> Assignment | None:
@@ -139,6 +164,12 @@ def task_claim(
     ).update(status=Assignment.Status.EXPIRED)
     capacity = getattr(project, spec.capacity_field)
     lease = timedelta(seconds=lease_seconds if lease_seconds is not None else settings.LABEL_LEASE_SECONDS)
+    if spec.gold is not None and project.gold_rate > 0 and gold_draw() < project.gold_rate:
+        # A gold item, served only while real work is waiting (gold alone is not a queue).
+        gold = gold_items(project=project, user=user, queue=queue, now=now).select_for_update(
+            skip_locked=True, of=("self",)).first()
+        if gold is not None and available_items(project=project, user=user, queue=queue, now=now).exists():
+            return _lease(project=project, user=user, queue=queue, item=gold, now=now, lease=lease)
     passed_over: list[int] = []
     for _ in range(MAX_RACE_RETRIES):
         candidates = available_items(project=project, user=user, queue=queue, now=now)
@@ -156,23 +187,30 @@ def task_claim(
         if done or getattr(item, spec.count_field) + others >= capacity:
             passed_over.append(item.pk)
             continue
-        fields = {
-            "project": project,
-            "queue": queue,
-            "status": Assignment.Status.ACTIVE,
-            "leased_at": now,
-            "expires_at": now + lease,
-            "finished_at": None,
-            "skip_reason": "",
-        }
         mine = next((pk for holder, pk, _ in holders if holder == user.pk), None)
-        if mine is None:  # the usual case
-            assignment = Assignment.objects.create(user=user, **{spec.fk: item}, **fields)
-        else:  # the user's own lease on it expired earlier: renew that row
-            Assignment.objects.filter(pk=mine).update(**fields)
-            assignment = Assignment(pk=mine, user=user, **{spec.fk: item}, **fields)
-        return assignment
+        return _lease(project=project, user=user, queue=queue, item=item, now=now, lease=lease, mine=mine)
     return None
+
+
+def _lease(*, project: Project, user, queue: str, item, now: datetime, lease: timedelta,
+           mine: int | None = None) -> Assignment:
+    """Insert the lease on a locked item, or renew `mine`, the user's own expired row on it."""
+    spec = spec_for(queue)
+    if mine is None:
+        mine = Assignment.objects.filter(user=user, **{spec.fk: item}).values_list("pk", flat=True).first()
+    fields = {
+        "project": project,
+        "queue": queue,
+        "status": Assignment.Status.ACTIVE,
+        "leased_at": now,
+        "expires_at": now + lease,
+        "finished_at": None,
+        "skip_reason": "",
+    }
+    if mine is None:  # the usual case
+        return Assignment.objects.create(user=user, **{spec.fk: item}, **fields)
+    Assignment.objects.filter(pk=mine).update(**fields)  # the user's own lease on it expired earlier
+    return Assignment(pk=mine, user=user, **{spec.fk: item}, **fields)
 
 
 def lease_for_submit(
@@ -203,12 +241,16 @@ def lease_for_submit(
             f"Your lease on this item expired at {assignment.expires_at:%H:%M} UTC, so it may have gone to "
             "someone else. Your answer was not saved; copy it if you need it and take the next item."
         )
+    if spec.gold is not None and spec.model.objects.filter(spec.gold, pk=item.pk).exists():
+        return assignment, now  # gold items have no capacity
     others = Assignment.objects.filter(live_lease(now), **{spec.fk: item}).exclude(user=user).count()
     if getattr(item, spec.count_field) + others >= getattr(assignment.project, spec.capacity_field):
         raise ValidationError(
             "This item already has all the labels it needs, so your answer was not saved; take the next item."
         )
     return assignment, now
+
+
 @transaction.atomic
 def assignment_skip(*, assignment_id: int, user, reason: str = "", now: datetime | None = None) -> Assignment:
     """Give an item back: it returns to the queue for others and never comes back to this user.

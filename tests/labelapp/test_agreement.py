@@ -6,10 +6,14 @@ import pytest
 
 from labelapp.agreement import (
     AgreementResult,
+    alpha_from_units,
     annotator_consensus_agreement,
+    annotator_pairwise_agreement,
     krippendorff_alpha_ordinal,
+    krippendorff_alpha_pairwise,
     ordinal_alpha_from_units,
     pairwise_agreement,
+    preference_units,
 )
 
 ABC = [[1], [2], [3]]  # 1 > 2 > 3
@@ -259,3 +263,70 @@ def test_alpha_krippendorff_2011_worked_example():
 )
 def test_alpha_undefined_is_none(rankings):
     assert krippendorff_alpha_ordinal(rankings) is None
+
+
+@pytest.mark.parametrize("metric, published", [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849)])
+def test_alpha_krippendorff_2011_published_values_per_metric(metric, published):
+    observers = [
+        [1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+        [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+        [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+        [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None],
+    ]
+    units = [[v for v in unit if v is not None] for unit in zip(*observers)]
+    assert alpha_from_units(units, metric=metric) == pytest.approx(published, abs=5e-4)
+
+
+def test_alpha_unknown_metric_is_refused():
+    with pytest.raises(ValueError, match="unknown metric 'ratio'"):
+        alpha_from_units([[1, 2]], metric="ratio")
+
+
+# ------------------------------------------------- alpha on pairwise preferences
+# The worked example of docs/API.md: one item, completions 1, 2, 3.
+WORKED = {"item": {"a": [[1], [2], [3]], "b": [[1, 2], [3]], "c": [[2], [1], [3]]}}
+
+
+def test_preference_units_orient_pairs_by_id_with_tie_in_the_middle():
+    # (1,2): a says 1 better -> 0, b ties -> 1, c says 2 better -> 2; (1,3) and (2,3): all 0.
+    assert sorted(map(sorted, preference_units(WORKED))) == [[0, 0, 0], [0, 0, 0], [0, 1, 2]]
+
+
+def test_pairwise_alpha_worked_example_nominal():
+    # Units [0,1,2], [0,0,0], [0,0,0]; m = 3, each ordered pair of coders weighs 1/2.
+    # o_00 = 3 + 3 = 6; o_01 = o_10 = o_02 = o_20 = o_12 = o_21 = 1/2.
+    # n_0 = 7, n_1 = 1, n_2 = 1, n = 9.
+    # nominal: sum o_ck delta = 6 * 1/2 = 3; sum n_c n_k delta = 2 * (7*1 + 7*1 + 1*1) = 30
+    # alpha = 1 - (9 - 1) * 3 / 30 = 0.2
+    assert krippendorff_alpha_pairwise(WORKED, metric="nominal") == pytest.approx(0.2)
+
+
+def test_pairwise_alpha_worked_example_ordinal():
+    # Same coincidences. Ordinal distances over A better (7) < tie (1) < B better (1):
+    # delta2(0,1) = (7 + 1 - 8/2)^2 = 16; delta2(1,2) = (1 + 1 - 2/2)^2 = 1;
+    # delta2(0,2) = (7 + 1 + 1 - 8/2)^2 = 25.
+    # sum o_ck delta2 = 2 * (16 + 25 + 1) / 2 = 42; sum n_c n_k delta2 = 2 * (7*16 + 7*25 + 1*1) = 576
+    # alpha = 1 - 8 * 42 / 576 = 5/12
+    assert krippendorff_alpha_pairwise(WORKED, metric="ordinal") == pytest.approx(5 / 12)
+
+
+def test_pairwise_alpha_tie_counts_less_than_reversal_only_in_ordinal():
+    tie = {1: {"a": [[1], [2]], "b": [[1, 2]]}, 2: {"a": [[3], [4]], "b": [[3], [4]]}, 3: {"a": [[6], [5]], "b": [[6], [5]]}}
+    flip = {1: {"a": [[1], [2]], "b": [[2], [1]]}, 2: {"a": [[3], [4]], "b": [[3], [4]]}, 3: {"a": [[6], [5]], "b": [[6], [5]]}}
+    assert krippendorff_alpha_pairwise(tie, metric="ordinal") > krippendorff_alpha_pairwise(flip, metric="ordinal")
+
+
+def test_worked_example_agreement_with_and_without_ties():
+    # 3 annotator pairs x 3 completion pairs = 9 cases; on (1,2) all three annotator pairs
+    # disagree, elsewhere all agree: 6/9. Without ties the cases involving b on (1,2) go: 6/7.
+    assert pairwise_agreement(WORKED) == AgreementResult(6 / 9, 9)
+    assert pairwise_agreement(WORKED, ignore_ties=True) == AgreementResult(6 / 7, 7)
+
+
+def test_annotator_pairwise_agreement_counts_cases_each_annotator_is_in():
+    # a: with b 2 of 3 agree, with c 2 of 3 -> 4/6. b: with a 2/3, with c 2/3 -> 4/6. Same for c.
+    per = annotator_pairwise_agreement(WORKED)
+    assert per == {"a": AgreementResult(4 / 6, 6), "b": AgreementResult(4 / 6, 6), "c": AgreementResult(4 / 6, 6)}
+    flipped = {"i": {"a": ABC, "b": ABC, "z": [[3], [2], [1]]}}
+    assert annotator_pairwise_agreement(flipped)["z"] == AgreementResult(0.0, 6)
+    assert annotator_pairwise_agreement(flipped)["a"] == AgreementResult(3 / 6, 6)

@@ -114,9 +114,13 @@ def _bulk_tasks(project, n):
     return tasks
 
 
-def _claim_queries(project, user):
-    with CaptureQueriesContext(connection) as ctx:
-        assert task_claim(project=project, user=user, queue=Queue.RANK) is not None
+def _claim_queries(project, user, gold: bool = False):
+    """Queries of one claim, with the gold draw fixed (gold served when there is gold, or never)."""
+    from unittest import mock
+
+    with mock.patch("labelapp.services.queue.gold_draw", return_value=0.0 if gold else 1.0):
+        with CaptureQueriesContext(connection) as ctx:
+            assert task_claim(project=project, user=user, queue=Queue.RANK) is not None
     return len(ctx.captured_queries)
 
 
@@ -125,3 +129,16 @@ def test_claim_query_count_does_not_grow_with_the_queue():
     _bulk_tasks(small, 10)
     _bulk_tasks(large, 10_000)
     assert _claim_queries(small, add_member(small)) == _claim_queries(large, add_member(large))
+
+
+def test_claim_query_count_with_gold_does_not_grow_with_the_queue():
+    from labelapp.services.quality import ranking_task_set_gold
+
+    small, large = make_project(), make_project()
+    for project, n in ((small, 10), (large, 10_000)):
+        _bulk_tasks(project, n)
+        gold = make_task(project)
+        ids = list(gold.completions.values_list("id", flat=True))
+        admin = add_member(project, role="admin")
+        ranking_task_set_gold(task_id=gold.pk, user=admin, order=[[i] for i in ids])
+    assert _claim_queries(small, add_member(small), gold=True) == _claim_queries(large, add_member(large), gold=True)

@@ -127,7 +127,7 @@ def test_odin_setting_reaches_the_loss(tmp_path, tiny_dir):
 
     trainer = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="odin", odin_length_weight=0.0,
                                            odin_orthogonal_weight=0.0, group_by_length=False), PAIRS)
-    assert type(trainer).__name__ == "LengthControlRewardTrainer" and hasattr(trainer.model, "length_head")
+    assert type(trainer).__name__ == "StudioRewardTrainer" and hasattr(trainer.model, "length_head")
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     assert batch["lengths"].tolist() == [float(len(p.chosen)) for p in PAIRS[:8]] + [float(len(p.rejected))
                                                                                       for p in PAIRS[:8]]

@@ -81,3 +81,43 @@ def test_simulated_comparisons_prefer_the_answer_closer_to_the_reference():
     assert report.comparisons == 12
     wins = list(Comparison.objects.values_list("winner", flat=True))
     assert wins.count("a") >= 10
+
+
+def test_profiles_random_and_inverted_orders():
+    from workers.simulate import profile_order
+
+    rng = random.Random(3)
+    ids, scores = [1, 2, 3, 4], [0.9, 0.5, 0.4, 0.1]
+    assert profile_order("inverted", ids, scores, 0.0, rng) == [[4], [3], [2], [1]]
+    assert profile_order("careful", ids, scores, 0.0, rng) == [[1], [2], [3], [4]]
+    firsts = {profile_order("random", ids, scores, 0.0, rng)[0][0] for _ in range(200)}
+    assert firsts == {1, 2, 3, 4}
+
+
+@pytest.mark.django_db
+def test_interleaved_crowd_spreads_items_over_annotators_with_profiles():
+    from workers.simulate import simulate
+
+    project = make_project(k=4, overlap=2)
+    for i in range(12):
+        prompt = make_prompt(project, text=f"What is the capital of France? ({i})", reference="Paris is the capital.")
+        make_task(project, prompt=prompt, texts=["Paris is the capital.", "It is Paris.", "Lyon.", "Bananas."])
+    report = simulate(project=project, annotators=4, queues=["rank"], agreement=1.0, interleave=True,
+                      profiles=["careful", "careful", "careful", "inverted"])
+    assert report.rankings == 24
+    per_user = {}
+    for r in Ranking.objects.select_related("annotator"):
+        per_user.setdefault(r.annotator.username, []).append(r)
+    assert sorted(len(v) for v in per_user.values()) == [6, 6, 6, 6]
+    from labelapp.models import Completion
+
+    text = dict(Completion.objects.values_list("pk", "text"))
+    for username, rankings in per_user.items():
+        best, worst = ({text[r.order[0][0]] for r in rankings}, {text[r.order[-1][0]] for r in rankings})
+        if username.endswith("-4"):  # inverted: the oracle's best answer comes last
+            assert worst == {"Paris is the capital."} and "Paris is the capital." not in best
+        else:
+            assert best == {"Paris is the capital."}
+    assert all(r.time_spent_ms >= 30_000 for rs in per_user.values() for r in rs)
+    with pytest.raises(ValueError, match="profiles"):
+        simulate(project=project, annotators=2, queues=["rank"], profiles=["careful"])

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from labelapp.models import Project
-from workers.simulate import INSTRUCTGPT_AGREEMENT, simulate
+from workers.simulate import INSTRUCTGPT_AGREEMENT, PROFILES, simulate
 
 
 class Command(BaseCommand):
@@ -16,6 +16,10 @@ class Command(BaseCommand):
         parser.add_argument("--queues", default="write,rank,compare", help="comma-separated: write, rank, compare")
         parser.add_argument("--max-labels", type=int, default=None)
         parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--profiles", default="",
+                            help=f"comma-separated, one per annotator, of {', '.join(PROFILES)} (default: all careful)")
+        parser.add_argument("--interleave", action="store_true",
+                            help="annotators take one item each in turn (a crowd), instead of one after another")
 
     def handle(self, *args, **opts):
         project = Project.objects.filter(slug=opts["project"]).first()
@@ -26,9 +30,13 @@ class Command(BaseCommand):
         queues = [q.strip() for q in opts["queues"].split(",") if q.strip()]
         if not set(queues) <= {"write", "rank", "compare"}:
             raise CommandError("--queues takes write, rank and/or compare.")
+        profiles = [p.strip() for p in opts["profiles"].split(",") if p.strip()] or None
+        if profiles and (len(profiles) != opts["annotators"] or not set(profiles) <= set(PROFILES)):
+            raise CommandError(f"--profiles needs {opts['annotators']} comma-separated values of {', '.join(PROFILES)}.")
         report = simulate(
             project=project, annotators=opts["annotators"], agreement=opts["agreement"], oracle=opts["oracle"],
-            queues=queues, max_labels=opts["max_labels"], seed=opts["seed"],
+            queues=queues, max_labels=opts["max_labels"], seed=opts["seed"], profiles=profiles,
+            interleave=opts["interleave"],
         )
         self.stdout.write(
             f"{report.demonstrations} demonstrations, {report.rankings} rankings, {report.comparisons} comparisons, "

@@ -1,0 +1,34 @@
+"""Label quality: the annotator-reliability fits (labelapp.reliability) kept per project."""
+from __future__ import annotations
+
+from django.db import models
+
+from labelapp.models.labels import Project
+
+
+class ReliabilityFit(models.Model):
+    """One fit of the reliability model over a project's labels.
+
+    `annotators` maps user id (as a string) to the fit for that annotator (reliability, interval,
+    tie rate, judgments, gold accuracy …); `posterior` maps "task:x:y" (completion ids x < y) to
+    the probability that x is better than y. `labels_hash` identifies the labels it was fitted on,
+    so a refit with nothing new is skipped and a training run can record which fit weighted it.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="reliability_fits")
+    labels_hash = models.CharField(max_length=64)
+    annotators = models.JSONField(default=dict)
+    posterior = models.JSONField(default=dict)
+    units = models.PositiveIntegerField(default=0)
+    gold_units = models.PositiveIntegerField(default=0)
+    iterations = models.PositiveIntegerField(default=0)
+    converged = models.BooleanField(default=False)
+    seconds = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["project", "-created_at"], name="reliabilityfit_latest")]
+
+    def __str__(self) -> str:
+        return f"Reliability fit {self.pk} of {self.project} ({self.units} pairs)"

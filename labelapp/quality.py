@@ -1,0 +1,123 @@
+"""Label-quality reads for admins: per-annotator reliability, gold accuracy, agreement and pace
+(the studio's annotators page and `GET /api/v1/projects/{id}/statistics/annotators/`)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from statistics import median
+
+from django.contrib.auth import get_user_model
+from django.db.models import Avg, Count, Q, Sum
+
+from labelapp.agreement import annotator_consensus_agreement, annotator_pairwise_agreement
+from labelapp.models import Comparison, Project, Ranking, ReliabilityFit
+from labelapp.reliability import AnnotatorFit, FlagRules, flags_for
+from labelapp.stats import project_rankings
+
+
+def latest_fit(*, project: Project) -> ReliabilityFit | None:
+    return ReliabilityFit.objects.filter(project=project).first()
+
+
+def _median_times(project: Project) -> dict[int, float]:
+    times: dict[int, list[int]] = defaultdict(list)
+    rows = Ranking.objects.filter(task__project=project, time_spent_ms__gt=0).values_list("annotator_id", "time_spent_ms")
+    for annotator, ms in rows.iterator(chunk_size=5000):
+        times[annotator].append(ms)
+    return {a: median(v) for a, v in times.items()}
+
+
+def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dict:
+    """One row per annotator who ranked anything in the project, best reliability first."""
+    fit = latest_fit(project=project)
+    rankings = project_rankings(project=project)
+    with_others = annotator_pairwise_agreement(rankings)
+    with_consensus = annotator_consensus_agreement(rankings)
+    medians = _median_times(project)
+    project_median = median(medians.values()) if medians else None
+    counts = {
+        row["annotator"]: row
+        for row in Ranking.objects.filter(task__project=project).order_by().values("annotator").annotate(
+            rankings=Count("id"), ms=Sum("time_spent_ms"),
+            gold=Count("id", filter=Q(gold_score__isnull=False)), gold_score=Avg("gold_score"),
+        )
+    }
+    compare_gold = {
+        row["annotator"]: row
+        for row in Comparison.objects.filter(task__project=project, gold_correct__isnull=False).order_by()
+        .values("annotator").annotate(n=Count("id"), right=Count("id", filter=Q(gold_correct=True)))
+    }
+    names = dict(get_user_model().objects.filter(pk__in=counts).values_list("pk", "username"))
+    rows = []
+    for uid, c in counts.items():
+        fitted = (fit.annotators if fit else {}).get(str(uid))
+        annotator_fit = AnnotatorFit(**fitted) if fitted else None
+        gold_n = c["gold"] + compare_gold.get(uid, {}).get("n", 0)
+        gold_right = (c["gold_score"] or 0) * c["gold"] + compare_gold.get(uid, {}).get("right", 0)
+        hours = (c["ms"] or 0) / 3_600_000
+        others, consensus = with_others.get(uid), with_consensus.get(uid)
+        rows.append({
+            "user_id": uid,
+            "username": names.get(uid, f"user {uid}"),
+            "rankings": c["rankings"],
+            "gold_items": gold_n,
+            "gold_accuracy": gold_right / gold_n if gold_n else None,
+            "agreement_with_others": others.rate if others else None,
+            "agreement_with_others_n": others.n if others else 0,
+            "agreement_with_consensus": consensus.rate if consensus else None,
+            "agreement_with_consensus_n": consensus.n if consensus else 0,
+            "reliability": annotator_fit.reliability if annotator_fit else None,
+            "reliability_low": annotator_fit.low if annotator_fit else None,
+            "reliability_high": annotator_fit.high if annotator_fit else None,
+            "tie_rate": annotator_fit.tie_rate if annotator_fit else None,
+            "labels_per_hour": c["rankings"] / hours if hours > 0 else None,
+            "median_time_ms": medians.get(uid),
+            "median_time_s": medians[uid] / 1000 if uid in medians else None,
+            "flags": flags_for(annotator_fit, median_ms=medians.get(uid), project_median_ms=project_median, rules=rules),
+        })
+    rows.sort(key=lambda r: (r["reliability"] is None, -(r["reliability"] or 0), r["username"]))
+    return {
+        "fit": None if fit is None else {
+            "id": fit.pk, "created_at": fit.created_at, "pairs": fit.units, "gold_pairs": fit.gold_units,
+            "iterations": fit.iterations, "converged": fit.converged, "seconds": fit.seconds,
+        },
+        "project_median_time_ms": project_median,
+        "annotators": rows,
+    }
+
+
+class PairWeights:
+    """Per-pair training weights from the project's latest reliability fit (training on consensus).
+
+    * `weight(annotator)`: how much that annotator's stated preferences count, max(0, 2q − 1) for a
+      reliability q — 1 for a perfect annotator, 0 for one no better than a coin flip (and for one
+      who reverses the scale, whose labels the posterior already reads the right way round); 1 for
+      an annotator the fit knows nothing about (no shared items, no gold).
+    * `confidence(task, chosen, rejected)`: the posterior probability that `chosen` is truly better
+      than `rejected` given every label on the item; None when the fit has no such pair (an item one
+      annotator ranked and no gold covers still has one, from that annotator's reliability).
+    """
+
+    def __init__(self, fit: ReliabilityFit | None):
+        self.fit = fit
+        self._q = {int(k): v["reliability"] for k, v in (fit.annotators if fit else {}).items()}
+
+    @property
+    def fit_id(self) -> int | None:
+        return self.fit.pk if self.fit else None
+
+    def weight(self, annotator_id: int) -> float:
+        q = self._q.get(annotator_id)
+        return 1.0 if q is None else round(max(0.0, 2 * q - 1), 6)
+
+    def confidence(self, task_id: int, chosen: int, rejected: int) -> float | None:
+        if self.fit is None:
+            return None
+        low, high = sorted((chosen, rejected))
+        p = self.fit.posterior.get(f"{task_id}:{low}:{high}")
+        if p is None:
+            return None
+        return round(p if chosen == low else 1 - p, 6)
+
+
+def pair_weights(*, project: Project) -> PairWeights:
+    return PairWeights(latest_fit(project=project))

@@ -1,0 +1,105 @@
+"""The studio's label-quality page: annotator reliability, gold items, a refit (admins only)."""
+from __future__ import annotations
+
+import re
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import Avg, Count, Q
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
+from django.views.decorators.http import require_GET, require_POST
+
+from labelapp.models import EvaluationTask, RankingTask
+from labelapp.quality import annotator_report
+from labelapp.services.quality import gold_import, reliability_refit_enqueue
+from labelapp.studio_views import _project
+from labelapp.views import _render
+
+CHART_ROW, CHART_LEFT, CHART_WIDTH = 26, 150, 420  # px: one row per annotator, label column, plot width
+
+
+def parse_expected(text: str) -> list[list[int]] | str:
+    """'12 > 15 = 13 > 14' (completion ids, best first, = ties) -> [[12], [13, 15], [14]];
+    'a', 'b' or 'tie' for an evaluation task are returned as they are."""
+    text = text.strip().lower()
+    if text in ("a", "b", "tie"):
+        return text
+    if not re.fullmatch(r"\d+(\s*[>=]\s*\d+)*", text):
+        raise ValidationError("Write the expected ranking as completion ids, best first, like 12 > 15 = 13 > 14 "
+                              "(= ties), or a, b or tie for an evaluation task.")
+    return [sorted(int(x) for x in group.split("=")) for group in text.split(">")]
+
+
+def _chart(rows: list[dict]) -> dict:
+    """Positions for the reliability interval plot (drawn as inline SVG, no script)."""
+    fitted = [r for r in rows if r["reliability"] is not None]
+
+    def x(value: float) -> float:
+        return round(CHART_LEFT + value * CHART_WIDTH, 1)
+
+    points = [
+        {"name": r["username"], "y": 20 + i * CHART_ROW, "x": x(r["reliability"]), "low": x(r["reliability_low"]),
+         "high": x(r["reliability_high"]), "flagged": bool(r["flags"]),
+         "label": f"{r['username']}: {r['reliability']:.2f} [{r['reliability_low']:.2f}, {r['reliability_high']:.2f}]"}
+        for i, r in enumerate(fitted)
+    ]
+    height = 40 + CHART_ROW * len(points)
+    ticks = [{"x": x(v), "label": f"{v:.1f}"} for v in (0, 0.25, 0.5, 0.75, 1.0)]
+    return {"points": points, "height": height, "width": CHART_LEFT + CHART_WIDTH + 20, "ticks": ticks,
+            "chance": x(0.5), "instructgpt": x(0.836), "bottom": height - 16}
+
+
+@login_required
+@require_GET
+def quality(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(request, slug)
+    report = annotator_report(project=project)
+    gold_ranking = (RankingTask.objects.filter(project=project, gold_order__isnull=False).select_related("prompt")
+                    .annotate(labels=Count("rankings"), accuracy=Avg("rankings__gold_score")).order_by("id"))
+    gold_evaluation = (EvaluationTask.objects.filter(project=project).exclude(gold_winner="").select_related("prompt")
+                       .annotate(labels=Count("comparisons"),
+                                 right=Count("comparisons", filter=Q(comparisons__gold_correct=True))).order_by("id"))
+    context = {"project": project, "studio": True, "report": report, "chart": _chart(report["annotators"]),
+               "gold_ranking": gold_ranking, "gold_evaluation": gold_evaluation}
+    return _render(request, "labelapp/studio/quality.html", "studio", context)
+
+
+@login_required
+@require_POST
+def quality_refit(request: HttpRequest, slug: str) -> HttpResponse:
+    project = _project(request, slug)
+    if reliability_refit_enqueue(project=project, user=request.user):
+        messages.success(request, "Refit queued: reload in a few seconds to see the new fit.")
+    else:
+        messages.error(request, "The job queue is unreachable; the periodic refresh will refit when it is back.")
+    return redirect("studio:quality", slug=project.slug)
+
+
+@login_required
+@require_POST
+def gold_mark(request: HttpRequest, slug: str) -> HttpResponse:
+    """Mark one ranking or evaluation task gold (or ordinary, with an empty expected answer)."""
+    project = _project(request, slug)
+    kind = request.POST.get("kind", "ranking_task")
+    try:
+        if kind not in ("ranking_task", "evaluation_task"):
+            raise ValidationError("Choose a ranking task or an evaluation task.")
+        try:
+            task_id = int(request.POST.get("task", ""))
+        except ValueError:
+            raise ValidationError("The task id must be a whole number.") from None
+        raw = request.POST.get("expected", "")
+        expected = parse_expected(raw) if raw.strip() else None
+        if kind == "ranking_task" and isinstance(expected, str) or kind == "evaluation_task" and isinstance(expected, list):
+            raise ValidationError("A ranking task expects an order of completion ids; an evaluation task a, b or tie.")
+        gold_import(project=project, user=request.user, items=[{kind: task_id, "expected": expected}])
+    except ValidationError as exc:
+        messages.error(request, " ".join(m.removeprefix("item 1: ") for m in exc.messages))
+    except PermissionDenied as exc:
+        messages.error(request, str(exc))
+    else:
+        what = "gold" if expected is not None else "ordinary again"
+        messages.success(request, f"{kind.replace('_', ' ').capitalize()} {task_id} is {what}.")
+    return redirect("studio:quality", slug=project.slug)

@@ -1,0 +1,169 @@
+"""Label quality writes: marking gold items and refitting annotator reliability.
+
+Gold items are ordinary ranking tasks or evaluation tasks with an expected answer. The queue
+serves them at the project's `gold_rate`, to every annotator once, looking like any other item;
+a submission against one is scored (Ranking.gold_score, Comparison.gold_correct); they never
+count toward a real item's overlap, never enter training or exports, and are left out of
+agreement statistics and win-rates (labelapp.services.queue, labelapp.exports, labelapp.stats).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+
+from labelapp import reliability
+from labelapp.models import Comparison, EvaluationTask, Project, Ranking, RankingTask, ReliabilityFit, Role
+from labelapp.services.access import require_role
+from labelapp.services.labels import gold_score, validate_order
+
+log = logging.getLogger(__name__)
+
+
+@transaction.atomic
+def ranking_task_set_gold(*, task_id: int, user, order: list[list[int]] | None) -> RankingTask:
+    """Make a ranking task gold with `order` as its expected ranking (tie groups, best first), or
+    ordinary again with `order=None`. Its existing rankings are scored (or unscored) at once."""
+    task = RankingTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()
+    if task is None:
+        raise ValidationError(f"There is no ranking task {task_id}.")
+    require_role(project=task.project, user=user, role=Role.ADMIN)
+    if order is not None:
+        ids = set(task.completions.values_list("id", flat=True))
+        order = validate_order(order, completion_ids=ids)
+        if len(order) < 2:
+            raise ValidationError(f"Task {task_id}: a gold ranking must order at least two responses; all are tied.")
+    task.gold_order = order
+    task.save(update_fields=["gold_order"])
+    rankings = list(task.rankings.all())
+    for ranking in rankings:
+        ranking.gold_score = gold_score(ranking.order, order)
+    Ranking.objects.bulk_update(rankings, ["gold_score"])
+    return task
+
+
+@transaction.atomic
+def evaluation_task_set_gold(*, task_id: int, user, winner: str | None) -> EvaluationTask:
+    """Make a blind-evaluation task gold with the expected `winner` ("a" the candidate, "b" the
+    baseline, "tie"), or ordinary again with None. Existing comparisons are scored at once."""
+    task = EvaluationTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()
+    if task is None:
+        raise ValidationError(f"There is no evaluation task {task_id}.")
+    require_role(project=task.project, user=user, role=Role.ADMIN)
+    if winner is not None and winner not in Comparison.Winner.values:
+        raise ValidationError(f"Evaluation task {task_id}: the expected answer must be a, b or tie, not {winner!r}.")
+    task.gold_winner = winner or ""
+    task.save(update_fields=["gold_winner"])
+    comparisons = list(task.comparisons.all())
+    for comparison in comparisons:
+        comparison.gold_correct = (comparison.winner == winner) if winner else None
+    Comparison.objects.bulk_update(comparisons, ["gold_correct"])
+    return task
+
+
+@transaction.atomic
+def gold_import(*, project: Project, user, items: Sequence[dict]) -> dict:
+    """Mark many items gold at once, all or nothing: each item is {"ranking_task": id, "expected":
+    [[ids], …]} or {"evaluation_task": id, "expected": "a" | "b" | "tie"} (`expected` null makes it
+    ordinary again). Errors name the item's position; nothing is changed when any item is bad."""
+    require_role(project=project, user=user, role=Role.ADMIN)
+    if not isinstance(items, list) or not items:
+        raise ValidationError("Send a non-empty list of items.")
+    errors, done = [], {"ranking_tasks": 0, "evaluation_tasks": 0}
+    for n, item in enumerate(items, 1):
+        try:
+            if not isinstance(item, dict) or len({"ranking_task", "evaluation_task"} & set(item)) != 1:
+                raise ValidationError('give exactly one of "ranking_task" or "evaluation_task", and "expected"')
+            unknown = set(item) - {"ranking_task", "evaluation_task", "expected"}
+            if unknown:
+                raise ValidationError(f"unknown field(s) {', '.join(sorted(unknown))}")
+            if "expected" not in item:
+                raise ValidationError('"expected" is missing')
+            key = "ranking_task" if "ranking_task" in item else "evaluation_task"
+            task_id = item[key]
+            if not isinstance(task_id, int) or isinstance(task_id, bool):
+                raise ValidationError(f'"{key}" must be an id')
+            model = RankingTask if key == "ranking_task" else EvaluationTask
+            if not model.objects.filter(pk=task_id, project=project).exists():
+                raise ValidationError(f"there is no {key.replace('_', ' ')} {task_id} in this project")
+            with transaction.atomic():
+                if key == "ranking_task":
+                    ranking_task_set_gold(task_id=task_id, user=user, order=item["expected"])
+                else:
+                    evaluation_task_set_gold(task_id=task_id, user=user, winner=item["expected"])
+            done[key + "s"] += 1
+        except ValidationError as exc:
+            errors.append(f"item {n}: {'; '.join(exc.messages)}")
+    if errors:
+        raise ValidationError(errors)  # leaving the transaction with an error undoes every item
+    return done
+
+
+# ------------------------------------------------------------------------ reliability
+
+
+def reliability_inputs(*, project: Project):
+    """What the reliability model is fitted on: rankings of items with two or more annotators and
+    of gold items ({task: {annotator: order}}), and the gold items' expected orders."""
+    gold_orders = dict(
+        RankingTask.objects.filter(project=project, gold_order__isnull=False).values_list("id", "gold_order")
+    )
+    rows = (
+        Ranking.objects.filter(task__project=project)
+        .filter(Q(task__ranking_count__gte=2) | Q(task__gold_order__isnull=False))
+        .exclude(order=[])
+    )
+    rankings: dict[int, dict[int, list]] = defaultdict(dict)
+    digest = hashlib.sha256()
+    for ranking_id, task_id, annotator_id, order in rows.order_by("id").values_list("id", "task_id", "annotator_id", "order"):
+        rankings[task_id][annotator_id] = order
+        digest.update(f"{ranking_id}:{json.dumps(order)};".encode())
+    digest.update(json.dumps(sorted(gold_orders.items())).encode())
+    return dict(rankings), gold_orders, digest.hexdigest()
+
+
+def reliability_refit(*, project: Project, force: bool = False) -> ReliabilityFit | None:
+    """Fit the reliability model on the project's labels and store it; returns the stored fit
+    (the latest one unchanged when no label changed since, unless `force`), or None when no
+    ranking could inform it yet. Runs as a Celery job (studio.reliability_refit)."""
+    rankings, gold_orders, labels_hash = reliability_inputs(project=project)
+    latest = ReliabilityFit.objects.filter(project=project).first()
+    if latest is not None and latest.labels_hash == labels_hash and not force:
+        return latest
+    if not rankings:
+        return None
+    started = time.monotonic()
+    result = reliability.fit(reliability.judgments_from_rankings(rankings),
+                             gold=reliability.gold_units(gold_orders))
+    annotators = {
+        str(a): {"reliability": f.reliability, "low": f.low, "high": f.high, "tie_rate": f.tie_rate,
+                 "judgments": f.judgments, "strict": f.strict, "gold_judgments": f.gold_judgments}
+        for a, f in result.annotators.items()
+    }
+    posterior = {f"{t}:{x}:{y}": round(p, 6) for (t, x, y), p in result.posterior.items()}
+    return ReliabilityFit.objects.create(
+        project=project, labels_hash=labels_hash, annotators=annotators, posterior=posterior,
+        units=result.units, gold_units=result.gold_units, iterations=result.iterations,
+        converged=result.converged, seconds=time.monotonic() - started,
+    )
+
+
+def reliability_refit_enqueue(*, project: Project, user) -> bool:
+    """Ask a worker to refit now (the `default` queue; the web process never imports workers).
+    False when the broker is unreachable: the beat's periodic refresh still picks the change up."""
+    from celery import current_app
+
+    require_role(project=project, user=user, role=Role.ADMIN)
+    try:
+        current_app.send_task("studio.reliability_refit", args=[project.pk, True], queue="default")
+    except Exception:
+        log.warning("could not enqueue a reliability refit of project %s", project.pk, exc_info=True)
+        return False
+    return True

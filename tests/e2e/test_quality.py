@@ -1,0 +1,87 @@
+"""Label quality in the browser: a gold item looks like any other item to the annotator, and the
+admin's quality page shows reliability, flags and gold accuracy, and marks gold with the keyboard."""
+from unittest import mock
+
+import pytest
+from playwright.sync_api import expect
+
+from labelapp.models import Ranking, RankingTask
+from labelapp.services.quality import ranking_task_set_gold, reliability_refit
+from tests.conftest import add_member, make_user
+from tests.e2e.conftest import login
+from tests.labelapp.test_reliability_service import crowd_project
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+def rank_page_html(page) -> str:
+    """The rank page's element structure (tags and classes), without the flash message of the
+    previous submit."""
+    return page.locator("main").evaluate(
+        "m => Array.from(m.querySelectorAll('*')).filter(e => !e.closest('.messages'))"
+        ".map(e => e.tagName + '.' + e.className).join(' ')"
+    )
+
+
+def test_gold_item_looks_like_any_other_item_and_is_scored(page, live_server):
+    project = crowd_project(0, ["careful"], overlap=1)  # an empty project with the crowd's texts
+    from tests.conftest import make_prompt, make_task
+    from tests.labelapp.test_reliability_service import REFERENCE, TEXTS
+
+    admin = add_member(project, make_user("boss"), role="admin")
+    real = make_task(project, prompt=make_prompt(project, text="First question?", reference=REFERENCE), texts=TEXTS)
+    gold = make_task(project, prompt=make_prompt(project, text="Second question?", reference=REFERENCE), texts=TEXTS)
+    by_text = dict(gold.completions.values_list("text", "id"))
+    ranking_task_set_gold(task_id=gold.pk, user=admin, order=[[by_text[t]] for t in TEXTS])
+    add_member(project, make_user("ann"))
+    login(page, live_server, "ann")
+    shapes = {}
+    with mock.patch("labelapp.services.queue.gold_draw", return_value=0.0):  # this claim draws gold
+        page.goto(f"{live_server.url}/p/{project.slug}/")
+        with page.expect_navigation():
+            page.locator("#start-rank").click()
+    for task in (gold, real):  # submitting the gold item leads straight to the real one
+        assert "/rank/" in page.url
+        expect(page.locator("main")).to_contain_text("question?")
+        shapes[task.pk] = rank_page_html(page)
+        assert "gold" not in page.content().lower()
+        for rank in "1234":  # rank A..D 1..4 with the keyboard and submit
+            page.keyboard.press(rank)
+            page.keyboard.press("j")
+        with mock.patch("labelapp.services.queue.gold_draw", return_value=1.0), page.expect_navigation():
+            page.keyboard.press("Control+Enter")
+    assert shapes[gold.pk] == shapes[real.pk]  # the same page structure
+    scored = Ranking.objects.get(task=gold)
+    assert scored.gold_score is not None
+    assert Ranking.objects.get(task=real).gold_score is None
+    assert RankingTask.objects.get(pk=real.pk).ranking_count == 1
+
+
+def test_quality_page_shows_reliability_flags_and_marks_gold(page, live_server):
+    project = crowd_project(24, ["careful", "careful", "careful", "random", "inverted"])
+    reliability_refit(project=project)
+    add_member(project, make_user("boss"), role="admin")
+    login(page, live_server, "boss")
+    page.goto(f"{live_server.url}/studio/p/{project.slug}/")
+    with page.expect_navigation():
+        page.locator("#quality-link").click()
+    table = page.locator("#annotators")
+    expect(table.locator("tbody tr")).to_have_count(5)
+    expect(page.locator(".reliability-chart svg")).to_be_visible()
+    expect(page.locator(".reliability-chart g")).to_have_count(5)
+    inverted = table.locator(f"tr[data-user='sim-{project.slug}-5']")
+    expect(inverted.locator(".flags")).to_contain_text("likely inverted")
+    careful = table.locator(f"tr[data-user='sim-{project.slug}-1']")
+    expect(careful.locator(".flags")).to_have_text("—")
+
+    task = RankingTask.objects.filter(project=project).first()
+    ids = sorted(task.completions.values_list("id", flat=True))
+    page.locator("#gold-task").focus()
+    page.keyboard.type(str(task.pk))
+    page.keyboard.press("Tab")
+    page.keyboard.type(" > ".join(map(str, ids)))
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    expect(page.locator(".messages")).to_contain_text(f"Ranking task {task.pk} is gold.")
+    expect(page.locator("#gold-items")).to_contain_text(f"Ranking task {task.pk}")
+    assert not page.js_errors

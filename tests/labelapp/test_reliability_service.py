@@ -1,0 +1,71 @@
+"""Refitting annotator reliability from a project's labels, and the per-annotator report."""
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+
+from labelapp.models import ReliabilityFit
+from labelapp.quality import annotator_report
+from labelapp.services.quality import ranking_task_set_gold, reliability_refit
+from tests.conftest import add_member, make_project, make_prompt, make_task
+
+pytestmark = pytest.mark.django_db
+
+REFERENCE = "The capital of France is Paris, a city on the Seine."
+TEXTS = ["The capital of France is Paris, a city on the Seine.", "The capital of France is Paris.",
+         "France has a capital.", "Bananas are yellow."]  # the rule oracle's order: best to worst
+
+
+def crowd_project(tasks: int, profiles: list[str], overlap: int = 3, gold: int = 0):
+    from workers.simulate import simulate
+
+    project = make_project(k=4, overlap=overlap)
+    admin = add_member(project, role="admin")
+    made = [make_task(project, prompt=make_prompt(project, text=f"What is the capital of France? ({i})",
+                                                  reference=REFERENCE), texts=TEXTS) for i in range(tasks + gold)]
+    for task in made[:gold]:
+        by_text = dict(task.completions.values_list("text", "id"))
+        ranking_task_set_gold(task_id=task.pk, user=admin, order=[[by_text[t]] for t in TEXTS])
+    with mock.patch("labelapp.services.queue.gold_draw", return_value=0.0):  # gold first while there is any
+        simulate(project=project, annotators=len(profiles), queues=["rank"], profiles=profiles, interleave=True,
+                 seed=1)
+    return project
+
+
+def test_refit_flags_random_and_inverted_annotators_and_is_skipped_when_nothing_changed():
+    profiles = ["careful"] * 6 + ["random", "random", "inverted"]
+    project = crowd_project(60, profiles)
+    fit = reliability_refit(project=project)
+    assert fit is not None and fit.converged and fit.units == 60 * 6
+    report = annotator_report(project=project)
+    by_name = {row["username"].rsplit("-", 1)[1]: row for row in report["annotators"]}
+    bad = {n for n, row in by_name.items() if {"likely random", "likely inverted"} & set(row["flags"])}
+    assert bad == {"7", "8", "9"}  # precision and recall 1 on this crowd
+    assert by_name["9"]["flags"] == ["likely inverted"]
+    assert {n for n, row in by_name.items() if "too fast" in row["flags"]} == {"7", "8"}  # spammers click in 2-6 s
+    for n in "123456":
+        row = by_name[n]
+        assert row["reliability"] > 0.7 and row["flags"] == []
+        assert row["reliability_low"] < row["reliability"] < row["reliability_high"]
+        assert row["agreement_with_others"] is not None and row["labels_per_hour"] > 0
+    assert by_name["9"]["reliability"] < 0.3 and by_name["9"]["agreement_with_consensus"] < 0.4
+    assert reliability_refit(project=project).pk == fit.pk  # same labels: no new fit
+    assert reliability_refit(project=project, force=True).pk != fit.pk
+    assert ReliabilityFit.objects.filter(project=project).count() == 2
+
+
+def test_gold_answers_inform_the_fit_and_the_gold_accuracy_column():
+    project = crowd_project(10, ["careful", "careful", "inverted"], overlap=1, gold=3)
+    fit = reliability_refit(project=project)
+    assert fit.gold_units == 3 * 6
+    rows = {row["username"].rsplit("-", 1)[1]: row for row in annotator_report(project=project)["annotators"]}
+    assert rows["3"]["gold_items"] == 3 and rows["3"]["gold_accuracy"] < 0.3
+    assert rows["1"]["gold_accuracy"] > 0.6
+    assert rows["3"]["reliability"] < rows["1"]["reliability"]
+
+
+def test_no_overlap_and_no_gold_means_no_fit():
+    project = crowd_project(5, ["careful", "careful"], overlap=1)
+    assert reliability_refit(project=project) is None
+    assert annotator_report(project=project)["fit"] is None
