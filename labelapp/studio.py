@@ -132,7 +132,7 @@ def category_rows(summary: dict) -> list[dict]:
     """Per prompt category: tasks, raw and length-controlled win-rates (human, reward model), mean lengths."""
     rows = []
     for category, block in (summary.get("categories") or {}).items():
-        cells = {"category": category, "tasks": block["tasks"]}
+        cells = {"category": category or "(no category)", "tasks": block["tasks"]}
         for side in ("human", "reward_model"):
             raw, lc = block[side], block["length_controlled"][side]
             cells[side] = _rate(raw) if raw["n"] else "—"

@@ -28,7 +28,8 @@ two linear heads read the same last hidden state, a quality head q and a length 
     + length_weight * (|corr(q, L)| + 1 - corr(l, L))                   q blind to length, l all length
     + orthogonal_weight * |cos(w_q, w_l)|                               the heads read different directions
 
-with the correlations taken over the batch's answers (chosen and rejected) and L their lengths. Only q
+with the correlations taken over the batch's answers (chosen and rejected) and L their lengths (q's spread
+held fixed in the gradient of corr(q, L), whose Pearson gradient vanishes at +-1). Only q
 is kept: the saved model is a plain one-label reward model whose score head is the quality head, so
 PPO, the evaluation and ``rlhf.reward.score`` use it unchanged.
 
@@ -39,8 +40,12 @@ reduced to the length itself): training minimises
 
     -log sigmoid((q_c + w log(1 + L_c)) - (q_r + w log(1 + L_r)) [- margin])
 
-with w one learned weight. Whatever length explains of the labels the expert takes, so q is not pushed to
-learn length; only q is kept, as with ODIN.
+with w fitted beforehand and then held fixed, as Clark et al. train their bias-only model first: w is the
+one-parameter logistic regression of the training labels on log(1 + L_c) - log(1 + L_r)
+(``fit_length_expert``; a unit ridge keeps it finite when the chosen answer is always the longer). Whatever
+length explains of the labels the expert takes, so q is not pushed to learn length; only q is kept, as with
+ODIN. (Learning w along with the model did not work on a tiny model: the model learnt length faster than a
+single weight on a small input did.)
 """
 
 from __future__ import annotations
@@ -53,10 +58,16 @@ import torch.nn.functional as F
 EPS = 1e-8
 
 
-def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Pearson correlation of two (N,) tensors; 0 (not NaN) when either is constant. Differentiable."""
+def pearson(x: torch.Tensor, y: torch.Tensor, *, fixed_scale: bool = False) -> torch.Tensor:
+    """Pearson correlation of two (N,) tensors; 0 (not NaN) when either is constant. Differentiable.
+
+    ``fixed_scale``: the same value, but x's spread is held constant in the gradient (detached), so that the
+    gradient with respect to x does not vanish when |corr| nears 1 (Pearson's does: +-1 is its extremum)."""
     x, y = x.float() - x.float().mean(), y.float() - y.float().mean()
-    return (x * y).sum() / ((x.pow(2).sum() * y.pow(2).sum()).sqrt() + EPS)
+    x_norm = x.pow(2).sum().sqrt()
+    if fixed_scale:
+        x_norm = x_norm.detach()
+    return (x * y).sum() / (x_norm * y.pow(2).sum().sqrt() + EPS)
 
 
 def _share(wins: torch.Tensor, ties: torch.Tensor) -> float | None:
@@ -129,7 +140,7 @@ def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor
     if margin is not None:
         diff = diff - margin
     rank = bradley_terry(diff, weights, targets)
-    corr_q, corr_l = pearson(quality, lengths), pearson(length, lengths)
+    corr_q, corr_l = pearson(quality, lengths, fixed_scale=True), pearson(length, lengths)
     cosine = F.cosine_similarity(w_quality.reshape(1, -1).float(), w_length.reshape(1, -1).float(), eps=EPS)[0]
     loss = rank + length_weight * (corr_q.abs() + 1.0 - corr_l) + orthogonal_weight * cosine.abs()
     parts = {"odin/loss_rank": rank, "odin/quality_length_corr": corr_q, "odin/length_head_corr": corr_l,
@@ -138,6 +149,23 @@ def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor
 
 
 # -------------------------------------------------------------------------------------------------- PoE
+def fit_length_expert(chosen_lengths, rejected_lengths, *, ridge: float = 1.0, iterations: int = 50) -> float:
+    """w maximising sum_i log sigmoid(w * d_i) - ridge/2 * w^2, d_i = log(1 + L_chosen) - log(1 + L_rejected):
+    how strongly length alone predicts the training labels (0 when it does not). Newton's method in 1-D."""
+    d = torch.log1p(torch.as_tensor(chosen_lengths, dtype=torch.float64)) - torch.log1p(
+        torch.as_tensor(rejected_lengths, dtype=torch.float64))
+    w = 0.0
+    for _ in range(iterations):
+        p = torch.sigmoid(w * d)
+        grad = float((d * (1 - p)).sum()) - ridge * w
+        hess = float((d * d * p * (1 - p)).sum()) + ridge
+        step = grad / hess
+        w += step
+        if abs(step) < 1e-10:
+            break
+    return w
+
+
 def poe_loss(quality: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor, *,
              margin: torch.Tensor | None = None, weights: torch.Tensor | None = None,
              targets: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -227,13 +227,14 @@ def _studio_trainer_class():
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
     from trl import RewardTrainer
 
-    from .length import odin_loss, poe_loss
+    from .length import fit_length_expert, odin_loss, poe_loss
     from .weighting import bradley_terry
 
     class StudioRewardTrainer(RewardTrainer):
         """The model's own score head is the quality head q. ODIN: a second linear head on the same hidden
         state (the input of ``score``, read at the same last token) is the length head. PoE: the length
-        expert is w * log(1 + characters), one learned weight. Either is a submodule ``length_head`` of the
+        expert is w * log(1 + characters), w fitted on the training pairs first and held fixed
+        (rlhf.length.fit_length_expert). Either is a submodule ``length_head`` of the
         model while training (so optimizer and DDP see it) and is dropped before saving. With
         ``label_weights`` the Bradley-Terry term is the weighted or soft-label one of rlhf.weighting
         (with ``length_control`` "none" that term is the whole loss)."""
@@ -247,9 +248,12 @@ def _studio_trainer_class():
             if config.length_control == "odin":
                 head = torch.nn.Linear(_head_weight(self._score).shape[-1], 1, bias=False)
                 torch.nn.init.normal_(head.weight, std=getattr(self.model.config, "initializer_range", 0.02))
-            else:  # poe: starts at 0 (no length effect) and learns how much length explains
+            else:  # poe: the bias-only expert, fitted first and held fixed (Clark et al. 2019)
                 head = torch.nn.Linear(1, 1, bias=False)
-                torch.nn.init.zeros_(head.weight)
+                data = self.train_dataset
+                w = fit_length_expert(data["chosen_chars"], data["rejected_chars"]) if len(data) else 0.0
+                head.weight.data.fill_(w)
+                head.weight.requires_grad_(False)
             self.model.add_module("length_head", head.to(next(self.model.parameters()).device))
 
         def _set_signature_columns_if_needed(self):

@@ -99,7 +99,8 @@ def test_reward_rising_with_length_warns_on_the_round_and_the_policy_run(project
     assert warning["side"] == "reward_model" and "not once answer length is held equal" in warning["text"]
     assert "its answers average 320 characters against the parent's 120" in warning["text"]
     page = studio_client.get(reverse("studio:overview", args=[project.slug])).content.decode()
-    assert 'data-field="evaluation_warning" hidden' not in page and escape(warning["text"]) in page
+    article = page[page.index(f'data-round-id="{rnd.pk}"'):page.index('<template id="round-template">')]
+    assert 'data-field="evaluation_warning" hidden' not in article and escape(warning["text"]) in article
     status = studio_client.get(reverse("studio:status", args=[project.slug])).json()
     assert status["rounds"][0]["evaluation_warning"] == warning["text"]
     policy = TrainingRun.objects.create(project=project, round=rnd, kind="ppo", status="succeeded")

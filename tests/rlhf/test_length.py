@@ -86,11 +86,27 @@ def test_poe_loss_equals_its_formula():
     assert float(loss) == pytest.approx(expected, rel=1e-6) and float(parts["poe/length_weight"]) == pytest.approx(0.8)
 
 
+def test_length_expert_is_the_logistic_regression_on_log_length():
+    from rlhf.length import fit_length_expert
+
+    # chosen longer in 3 of 4 pairs, always by the same log-length ratio c: w = logit(3/4) / c
+    chosen, rejected = [99, 99, 99, 9], [9, 9, 9, 99]
+    c = math.log(100 / 10)
+    assert fit_length_expert(chosen, rejected, ridge=0.0) == pytest.approx(math.log(3) / c, rel=1e-9)
+    assert fit_length_expert([99, 9], [9, 99]) == pytest.approx(0.0, abs=1e-12)  # length says nothing
+    assert 0 < fit_length_expert([99] * 5, [9] * 5) < 10  # always longer: the ridge keeps it finite
+
+
 def test_poe_setting_reaches_the_loss(tmp_path, tiny_dir):
-    """length_control 'poe': the loss is Bradley-Terry on the quality head plus w * log(1 + characters)."""
+    """length_control 'poe': the expert's w is fitted on the training pairs and held fixed; the loss is
+    Bradley-Terry on the quality head plus w * log(1 + characters)."""
+    from rlhf.length import fit_length_expert
     from rlhf.reward import build_reward_trainer
 
     trainer = build_reward_trainer(_config(tmp_path, tiny_dir, length_control="poe", group_by_length=False), PAIRS)
+    w = fit_length_expert([len(p.chosen) for p in PAIRS], [len(p.rejected) for p in PAIRS])
+    assert float(trainer.model.length_head.weight) == pytest.approx(w, rel=1e-6) and w != 0
+    assert not trainer.model.length_head.weight.requires_grad
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
     trainer.model.eval()
     with torch.no_grad():
