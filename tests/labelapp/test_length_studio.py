@@ -99,6 +99,7 @@ def test_reward_rising_with_length_warns_on_the_round_and_the_policy_run(project
     assert warning["side"] == "reward_model" and "not once answer length is held equal" in warning["text"]
     assert "its answers average 320 characters against the parent's 120" in warning["text"]
     page = studio_client.get(reverse("studio:overview", args=[project.slug])).content.decode()
+    page = page.split('id="round-template"')[0]  # the rounds, not the empty copy new rounds are made from
     assert 'data-field="evaluation_warning" hidden' not in page and escape(warning["text"]) in page
     status = studio_client.get(reverse("studio:status", args=[project.slug])).json()
     assert status["rounds"][0]["evaluation_warning"] == warning["text"]
