@@ -3,6 +3,8 @@ review demonstrations. Every write calls the services the pages call (labelapp/s
 and labels.py), so leases, overlap, idempotency and validation are the same; nothing here
 re-implements them.
 
+A service's refusal (an expired lease, a full item, an invalid ranking) is a Django ValidationError
+that the API's exception handler (labelapp/api/errors.py) turns into a 400 with its message.
 Assignments are looked up among the caller's own (another user's assignment is a 404), and a
 ranking client sees the completions in the same per-annotator shuffled order, with the same
 letters, as the page; a comparison client sees "left" and "right" as the page shows them, never
@@ -10,15 +12,13 @@ which model wrote which.
 """
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp import selectors
-from labelapp.api.errors import Invalid
 from labelapp.api.views import project_for
 from labelapp.exports import pseudonym
 from labelapp.models import Assignment, Demonstration, Flag, Queue, Role
@@ -26,11 +26,6 @@ from labelapp.services.labels import comparison_submit, demonstration_review, de
 from labelapp.services.queue import assignment_skip, task_claim
 
 CLAIM_QUEUES = [*Queue.values, "review"]
-
-
-def _refused(exc: DjangoValidationError) -> ValidationError:
-    """A service's refusal in the API's one error shape (labelapp.api.errors): its messages as `detail`."""
-    return Invalid.from_django(exc, summary=" ".join(exc.messages))
 
 
 def _prompt(prompt) -> dict:
@@ -136,10 +131,7 @@ class ClaimView(APIView):
                 return Response(status=status.HTTP_204_NO_CONTENT)
             return Response(review_item(demonstration))
         project = project_for(request, project_id, Role.ANNOTATOR)
-        try:
-            assignment = task_claim(project=project, user=request.user, queue=queue)
-        except DjangoValidationError as exc:
-            raise _refused(exc) from None
+        assignment = task_claim(project=project, user=request.user, queue=queue)
         if assignment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(assignment_item(_own(request, assignment.pk), request.user))
@@ -182,7 +174,7 @@ class SubmitInput(serializers.Serializer):
 class SubmitView(APIView):
     """Submit the label of one of your leased items. The first submission answers 201; the same
     assignment submitted again answers 200 with the label stored the first time (nothing new is
-    written). Refusals (expired lease, item full, invalid ranking, …) are 400 with `errors`."""
+    written). Refusals (expired lease, item full, invalid ranking, …) are 400 with the reason."""
 
     @extend_schema(request=SubmitInput, responses={201: ITEM, 200: ITEM})
     def post(self, request, assignment_id: int):
@@ -192,17 +184,14 @@ class SubmitView(APIView):
         data = body.validated_data
         repeat = assignment.status == Assignment.Status.SUBMITTED
         common = {"assignment_id": assignment.pk, "user": request.user, "time_spent_ms": data["time_spent_ms"]}
-        try:
-            if assignment.queue == Queue.WRITE:
-                demonstration_submit(text=data.get("text", ""), **common)
-            elif assignment.queue == Queue.RANK:
-                ranking_submit(order=data.get("order"), none_acceptable=data["none_acceptable"],
-                               flags=data.get("flags"), scores=data.get("scores"), **common)
-            else:
-                a_left, _ = selectors.comparison_sides(task=assignment.evaluation_task, user=request.user)
-                comparison_submit(preferred=data.get("preferred", ""), a_shown_left=a_left, **common)
-        except DjangoValidationError as exc:
-            raise _refused(exc) from None
+        if assignment.queue == Queue.WRITE:
+            demonstration_submit(text=data.get("text", ""), **common)
+        elif assignment.queue == Queue.RANK:
+            ranking_submit(order=data.get("order"), none_acceptable=data["none_acceptable"],
+                           flags=data.get("flags"), scores=data.get("scores"), **common)
+        else:
+            a_left, _ = selectors.comparison_sides(task=assignment.evaluation_task, user=request.user)
+            comparison_submit(preferred=data.get("preferred", ""), a_shown_left=a_left, **common)
         item = assignment_item(_own(request, assignment_id), request.user)
         return Response(item, status=status.HTTP_200_OK if repeat else status.HTTP_201_CREATED)
 
@@ -220,10 +209,7 @@ class SkipView(APIView):
         assignment = _own(request, assignment_id)
         body = SkipInput(data=request.data)
         body.is_valid(raise_exception=True)
-        try:
-            assignment_skip(assignment_id=assignment.pk, user=request.user, reason=body.validated_data["reason"])
-        except DjangoValidationError as exc:
-            raise _refused(exc) from None
+        assignment_skip(assignment_id=assignment.pk, user=request.user, reason=body.validated_data["reason"])
         return Response(assignment_item(_own(request, assignment_id), request.user))
 
 
@@ -249,11 +235,7 @@ class ReviewView(APIView):
         decision = body.validated_data["decision"]
         wanted = Demonstration.Review.APPROVED if decision == "approve" else Demonstration.Review.REJECTED
         if not (demonstration.reviewer_id == request.user.pk and demonstration.review_status == wanted):
-            try:
-                demonstration = demonstration_review(demonstration_id=demonstration.pk, reviewer=request.user,
-                                                     approve=decision == "approve",
-                                                     comment=body.validated_data["comment"])
-            except DjangoValidationError as exc:
-                raise _refused(exc) from None
+            demonstration = demonstration_review(demonstration_id=demonstration.pk, reviewer=request.user,
+                                                 approve=decision == "approve", comment=body.validated_data["comment"])
         return Response({"id": demonstration.pk, "review_status": demonstration.review_status,
                          "review_comment": demonstration.review_comment})

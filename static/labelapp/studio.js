@@ -136,7 +136,17 @@
       });
   }
 
+  // The waiting stage's line: "k / n rankings …" and who holds one of the round's tasks now, from
+  // `ranking` ({text, working: [{username}]}) when the payload has it, else `waiting_text`.
+  function waitingLine(round) {
+    const ranking = round.ranking;
+    if (!ranking) return round.waiting_text || "";
+    const names = (ranking.working || []).map((w) => w.username);
+    return names.length ? `${ranking.text} · working on them now: ${names.join(", ")}` : ranking.text || "";
+  }
+
   function updateRound(article, round) {
+    round = { ...round, waiting_text: waitingLine(round), gate_text: round.gate ? round.gate.text : round.gate_text };
     setField(article, "title", `Round ${round.number} · ${round.method_label || round.method}`);
     setField(article, "stage_label", round.stage_label);
     ["error", "evaluation_text", "evaluation_warning", "waiting_text"].forEach((field) => {  // lines shown only when they say something

@@ -152,6 +152,8 @@ def test_unknown_queue_and_other_peoples_assignments(project, annotator):
     make_task(project)
     api = client_for(annotator)
     assert claim(api, project, "label").status_code == 404
+    by_slug = api.post(f"/api/v1/projects/{project.slug}/queues/rank/claim/")  # a project by id or slug
+    assert by_slug.status_code == 200 and by_slug.json()["project"] == project.pk
     item = claim(api, project, "rank").json()
     intruder = client_for(add_member(project))
     for url in (f"/api/v1/assignments/{item['assignment']}/", item["submit"], item["skip"]):
