@@ -97,6 +97,11 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
         help_text="Share of claims in the rank and compare queues that serve a gold item (0 turns gold off).",
     )
+    adjudication_below = models.FloatField(
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Ranking tasks whose consensus confidence is below this go to reviewers to decide (0: never).",
+    )
     categories = models.JSONField(
         default=default_categories,
         blank=True,  # checked by clean(), which says what an empty list lacks

@@ -20,7 +20,16 @@ from django.db import transaction
 from django.db.models import Q
 
 from labelapp import reliability
-from labelapp.models import Comparison, EvaluationTask, Project, Ranking, RankingTask, ReliabilityFit, Role
+from labelapp.models import (
+    Adjudication,
+    Comparison,
+    EvaluationTask,
+    Project,
+    Ranking,
+    RankingTask,
+    ReliabilityFit,
+    Role,
+)
 from labelapp.services.access import require_role
 from labelapp.services.labels import gold_score, validate_order
 
@@ -111,13 +120,15 @@ def gold_import(*, project: Project, user, items: Sequence[dict]) -> dict:
 
 def reliability_inputs(*, project: Project):
     """What the reliability model is fitted on: rankings of items with two or more annotators and
-    of gold items ({task: {annotator: order}}), and the gold items' expected orders."""
+    of gold items ({task: {annotator: order}}), and the known orders: gold items' expected ones and
+    adjudicated items' decisions (an adjudication counts as gold)."""
     gold_orders = dict(
         RankingTask.objects.filter(project=project, gold_order__isnull=False).values_list("id", "gold_order")
     )
+    gold_orders.update(Adjudication.objects.filter(task__project=project).values_list("task_id", "order"))
     rows = (
         Ranking.objects.filter(task__project=project)
-        .filter(Q(task__ranking_count__gte=2) | Q(task__gold_order__isnull=False))
+        .filter(Q(task__ranking_count__gte=2) | Q(task_id__in=list(gold_orders)))
         .exclude(order=[])
     )
     rankings: dict[int, dict[int, list]] = defaultdict(dict)
@@ -167,3 +178,33 @@ def reliability_refit_enqueue(*, project: Project, user) -> bool:
         log.warning("could not enqueue a reliability refit of project %s", project.pk, exc_info=True)
         return False
     return True
+
+
+@transaction.atomic
+def ranking_task_adjudicate(*, task_id: int, reviewer, order: list[list[int]], comment: str = "") -> Adjudication:
+    """A reviewer decides a disputed ranking task: `order` (tie groups of its completion ids, best
+    first) replaces its annotators' rankings in training and exports, and is the item's truth for
+    the reliability model. A reviewer who ranked the task may not decide it; a task is decided once."""
+    from labelapp.quality import item_confidences, latest_fit
+    from labelapp.services.labels import clean_text
+
+    task = RankingTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()
+    if task is None:
+        raise ValidationError(f"There is no ranking task {task_id}.")
+    require_role(project=task.project, user=reviewer, role=Role.REVIEWER)
+    if task.gold_order is not None:
+        raise ValidationError("This is a gold item: its answer is already known.")
+    existing = Adjudication.objects.filter(task=task).select_related("reviewer").first()
+    if existing is not None:
+        raise ValidationError(f"This task was already decided by {existing.reviewer.username}.")
+    if task.rankings.filter(annotator=reviewer).exists():
+        raise ValidationError("You ranked this task yourself: another reviewer must decide it.")
+    if task.ranking_count < 2:
+        raise ValidationError("Only a task ranked by two or more annotators can be disputed.")
+    order = validate_order(order, completion_ids=set(task.completions.values_list("id", flat=True)))
+    comment = clean_text(comment, what="comment") if (comment or "").strip() else ""
+    adjudication = Adjudication(task=task, reviewer=reviewer, order=order, comment=comment,
+                                confidence_before=item_confidences(latest_fit(project=task.project)).get(task.pk))
+    adjudication.full_clean(validate_unique=False)
+    adjudication.save()
+    return adjudication
