@@ -18,6 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from labelapp import selectors
+from labelapp.api.errors import Invalid
 from labelapp.api.views import project_for
 from labelapp.exports import pseudonym
 from labelapp.models import Assignment, Demonstration, Flag, Queue, Role
@@ -28,7 +29,8 @@ CLAIM_QUEUES = [*Queue.values, "review"]
 
 
 def _refused(exc: DjangoValidationError) -> ValidationError:
-    return ValidationError({"errors": exc.messages, "detail": " ".join(exc.messages)})
+    """A service's refusal in the API's one error shape (labelapp.api.errors): its messages as `detail`."""
+    return Invalid.from_django(exc, summary=" ".join(exc.messages))
 
 
 def _prompt(prompt) -> dict:
