@@ -172,6 +172,7 @@ def write(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
                 user=request.user,
                 text=request.POST.get("text", ""),
                 time_spent_ms=request.POST.get("time_spent_ms") or 0,
+                paste_log=request.POST.get("paste_log", ""),
             ))
         except ValidationError as exc:
             errors = _errors(exc)

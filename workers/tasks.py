@@ -136,3 +136,12 @@ def reliability_refresh() -> int:
         fit = refit(project=project)
         refitted += fit is not None and fit.pk != before
     return refitted
+
+
+@shared_task(name="studio.demonstrations_check")
+def demonstrations_check() -> int:
+    """Beat (gpu queue, where torch is): near-duplicate checks of new demonstrations (workers.checks)."""
+    from workers.checks import check_demonstrations
+
+    close_old_connections()
+    return check_demonstrations()

@@ -194,7 +194,7 @@ class SubmitView(APIView):
         common = {"assignment_id": assignment.pk, "user": request.user, "time_spent_ms": data["time_spent_ms"]}
         try:
             if assignment.queue == Queue.WRITE:
-                demonstration_submit(text=data.get("text", ""), **common)
+                demonstration_submit(text=data.get("text", ""), paste_log=data.get("paste_log"), **common)
             elif assignment.queue == Queue.RANK:
                 ranking_submit(order=data.get("order"), none_acceptable=data["none_acceptable"],
                                flags=data.get("flags"), scores=data.get("scores"), **common)

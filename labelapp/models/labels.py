@@ -395,6 +395,14 @@ class Demonstration(models.Model):
     )
     review_comment = models.TextField(blank=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    paste_log = models.JSONField(default=list, blank=True,
+                                 help_text="Paste events on the write page: [{at_ms, chars}], at_ms into the task.")
+    pasted_chars = models.PositiveIntegerField(default=0, help_text="Characters pasted (at most the answer's length).")
+    quality_flags = models.JSONField(default=list, blank=True,
+                                     help_text='Why a reviewer should look closely: [{"kind": …, "detail": …}].')
+    flagged = models.BooleanField(default=False, help_text="Has quality flags: reviewed first.")
+    embedding = models.JSONField(null=True, blank=True, help_text="Sentence embedding, for near-duplicate checks.")
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="When the near-duplicate check ran.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -122,3 +122,33 @@ def test_a_reviewer_decides_a_disputed_ranking(page, live_server):
     expect(page.locator("#none-disputed")).to_be_visible()
     assert Adjudication.objects.get(task=task).order == [[ids[0]], [ids[2]], [ids[1]]]
     assert not page.js_errors
+
+
+def test_a_pasted_answer_is_flagged_for_the_reviewer(page, live_server):
+    from labelapp.models import Demonstration
+    from tests.conftest import make_project, make_prompt
+
+    project = make_project(name="Paste")
+    make_prompt(project, text="Explain photosynthesis.")
+    add_member(project, make_user("writer"))
+    add_member(project, make_user("rev2"), role="reviewer")
+    answer = "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. " * 3
+    login(page, live_server, "writer")
+    page.goto(f"{live_server.url}/p/{project.slug}/")
+    with page.expect_navigation():
+        page.locator("#start-write").click()
+    # A paste as the browser fires it (the clipboard's text arrives with the event), then the text itself.
+    page.locator("#answer").evaluate(
+        """(area, text) => { const data = new DataTransfer(); data.setData('text/plain', text);
+           area.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true})); }""", answer)
+    page.locator("#answer").fill(answer)
+    with page.expect_navigation():
+        page.keyboard.press("Control+Enter")
+    demo = Demonstration.objects.get()
+    assert demo.flagged and demo.pasted_chars == len(answer.strip())
+    assert demo.paste_log[0]["chars"] == len(answer)
+    page.context.clear_cookies()
+    login(page, live_server, "rev2")
+    page.goto(f"{live_server.url}/p/{project.slug}/review/")
+    expect(page.locator("#quality-flags")).to_contain_text("100% of the answer was pasted")
+    assert not page.js_errors
