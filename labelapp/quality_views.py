@@ -61,8 +61,15 @@ def quality(request: HttpRequest, slug: str) -> HttpResponse:
     gold_evaluation = (EvaluationTask.objects.filter(project=project).exclude(gold_winner="").select_related("prompt")
                        .annotate(labels=Count("comparisons"),
                                  right=Count("comparisons", filter=Q(comparisons__gold_correct=True))).order_by("id"))
+    from labelapp.models import AILabel, ModelVersion
+    from labelapp.quality import ai_human_agreement
+
     context = {"project": project, "studio": True, "report": report, "chart": _chart(report["annotators"]),
-               "gold_ranking": gold_ranking, "gold_evaluation": gold_evaluation}
+               "gold_ranking": gold_ranking, "gold_evaluation": gold_evaluation,
+               "ai_agreement": ai_human_agreement(project=project),
+               "ai_labels": AILabel.objects.filter(task__project=project).count(),
+               "reward_model": ModelVersion.objects.filter(project=project, kind="reward", is_current=True).first(),
+               "policy": ModelVersion.objects.filter(project=project, kind="policy", is_current=True).first()}
     return _render(request, "labelapp/studio/quality.html", "studio", context)
 
 
@@ -162,3 +169,23 @@ def adjudicate(request: HttpRequest, slug: str, task_id: int) -> HttpResponse:
                "confidence": confidence, "errors": errors, "decided": decided, "k": len(completions),
                "comment": request.POST.get("comment", "")}
     return _render(request, "labelapp/adjudicate.html", "adjudicate", context, status=400 if errors else 200)
+
+
+@login_required
+@require_POST
+def ai_label_start(request: HttpRequest, slug: str) -> HttpResponse:
+    """Queue the AI annotator over the waiting ranking tasks (the current reward model or a judge prompt)."""
+    from labelapp.services.quality import ai_labels_enqueue
+
+    project = _project(request, slug)
+    source = request.POST.get("source", "")
+    try:
+        queued = ai_labels_enqueue(project=project, user=request.user, source=source)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        if queued:
+            messages.success(request, "The AI annotator is labelling the waiting ranking tasks (gpu queue).")
+        else:
+            messages.error(request, "The job queue is unreachable; try again when it is back.")
+    return redirect("studio:quality", slug=project.slug)

@@ -62,3 +62,35 @@ def check_demonstrations(*, limit: int = 200, oracle=None) -> int:
                                                                            f"{similarities[top]:.2f})"})
             demonstration_check_record(demonstration_id=demo.pk, embedding=vectors[i].tolist(), duplicates=duplicates)
     return len(pending)
+
+
+def ai_label_tasks(*, project_id: int, source: str, model_version_id: int, limit: int = 500) -> int:
+    """Label up to `limit` waiting ranking tasks of the project (below their overlap, not gold) that this
+    model has not labelled, with the reward model's scores or the judge prompt's verdicts (rlhf.judge).
+    Returns how many were labelled."""
+    import torch
+
+    from labelapp.models import AILabel, ModelVersion, Project, RankingTask
+    from labelapp.services.quality import ai_label_record
+    from rlhf.judge import judge_order, reward_order
+    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+
+    project = Project.objects.get(pk=project_id)
+    version = ModelVersion.objects.get(pk=model_version_id, project=project)
+    tasks = list(RankingTask.objects.filter(project=project, gold_order__isnull=True,
+                                            ranking_count__lt=project.overlap)
+                 .exclude(ai_labels__source=source, ai_labels__model_version=version)
+                 .select_related("prompt").order_by("id")[:limit])
+    if not tasks:
+        return 0
+    reward = source == AILabel.Source.REWARD_MODEL
+    load = load_reward_model if reward else load_causal_lm
+    model = load(version.artifact_path, device="auto", dtype=torch.float32)
+    tokenizer = load_tokenizer(version.artifact_path)
+    for task in tasks:
+        completions = list(task.completions.order_by("id").values_list("id", "text"))
+        ids, texts = [c for c, _ in completions], [t for _, t in completions]
+        prompt = task.prompt.turns
+        order, scores = (reward_order if reward else judge_order)(model, tokenizer, prompt, ids, texts)
+        ai_label_record(task_id=task.pk, source=source, model_version_id=version.pk, order=order, scores=scores)
+    return len(tasks)

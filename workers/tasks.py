@@ -145,3 +145,12 @@ def demonstrations_check() -> int:
 
     close_old_connections()
     return check_demonstrations()
+
+
+@shared_task(name="studio.ai_label")
+def ai_label(project_id: int, source: str, model_version_id: int) -> int:
+    """AI annotator (gpu queue): label the project's waiting ranking tasks with a model (workers.checks)."""
+    from workers.checks import ai_label_tasks
+
+    close_old_connections()
+    return ai_label_tasks(project_id=project_id, source=source, model_version_id=model_version_id)

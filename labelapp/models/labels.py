@@ -102,6 +102,15 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Ranking tasks whose consensus confidence is below this go to reviewers to decide (0: never).",
     )
+    ai_suggestions = models.BooleanField(
+        default=False,
+        help_text="Show annotators the AI annotator's ranking as a suggestion (off by default: it anchors people).",
+    )
+    ai_label_weight = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Weight of AI labels' pairs when a reward-model or DPO run mixes them in (RLAIF; 0 keeps them out).",
+    )
     categories = models.JSONField(
         default=default_categories,
         blank=True,  # checked by clean(), which says what an empty list lacks
@@ -443,6 +452,10 @@ class Ranking(models.Model):
     gold_score = models.FloatField(
         null=True, blank=True,
         help_text="On a gold task: share of the expected order's strict pairs this ranking orders the same way.",
+    )
+    ai_agreement = models.FloatField(
+        null=True, blank=True,
+        help_text="When an AI suggestion was shown: share of its strict pairs this ranking orders the same way.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

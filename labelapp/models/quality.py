@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from labelapp.models.labels import Project, RankingTask
+from labelapp.models.labels import ModelVersion, Project, RankingTask
 
 
 class ReliabilityFit(models.Model):
@@ -52,3 +52,28 @@ class Adjudication(models.Model):
 
     def __str__(self) -> str:
         return f"Adjudication of task {self.task_id} by {self.reviewer}"
+
+
+class AILabel(models.Model):
+    """A model's ranking of a task's completions: the reward model's scores, or a judge model's pairwise
+    verdicts (both orders asked, to cancel position bias). Kept apart from people's rankings: never
+    counted as a human label, in agreement, overlap or reliability; shown to annotators only when the
+    project turns suggestions on; mixed into training only with the project's `ai_label_weight`."""
+
+    class Source(models.TextChoices):
+        REWARD_MODEL = "reward_model", "Reward model"
+        JUDGE = "judge", "Judge prompt"
+
+    task = models.ForeignKey(RankingTask, on_delete=models.CASCADE, related_name="ai_labels")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="ai_labels")
+    order = models.JSONField(help_text="Tie groups of completion ids, best first.")
+    scores = models.JSONField(default=dict, help_text="Per completion id: the reward, or the judge's win share.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["task_id", "id"]
+        constraints = [models.UniqueConstraint(fields=["task", "source", "model_version"], name="ailabel_once")]
+
+    def __str__(self) -> str:
+        return f"{self.get_source_display()} label of task {self.task_id}"

@@ -257,12 +257,20 @@ def ranking_submit(
         task_id=assignment.ranking_task_id, order=order, none_acceptable=none_acceptable, flags=flags, scores=scores,
     )
     gold_order = RankingTask.objects.filter(pk=assignment.ranking_task_id).values_list("gold_order", flat=True).first()
+    ai_agreement = None
+    if assignment.project.ai_suggestions:  # the page showed the AI's ranking: did the person follow it?
+        from labelapp.models import AILabel
+
+        shown = (AILabel.objects.filter(task_id=assignment.ranking_task_id).order_by("-source", "-created_at")
+                 .values_list("order", flat=True).first())
+        ai_agreement = gold_score(fields["order"], shown) if shown else None
     ranking = Ranking(
         task_id=assignment.ranking_task_id,
         annotator=user,
         assignment=assignment,
         **fields,
         gold_score=gold_score(fields["order"], gold_order),
+        ai_agreement=ai_agreement,
         time_spent_ms=clamp_time_spent(time_spent_ms),
     )
     ranking.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those

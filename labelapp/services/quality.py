@@ -21,6 +21,7 @@ from django.db.models import Q
 
 from labelapp import reliability
 from labelapp.models import (
+    AILabel,
     Adjudication,
     Comparison,
     EvaluationTask,
@@ -227,3 +228,50 @@ def demonstration_check_record(*, demonstration_id: int, embedding: list[float],
     demonstration.quality_flags = flags
     demonstration.flagged = bool(flags)
     demonstration.save(update_fields=["embedding", "checked_at", "quality_flags", "flagged"])
+
+
+# ------------------------------------------------------------------------------------------ AI feedback
+
+
+@transaction.atomic
+def ai_label_record(*, task_id: int, source: str, model_version_id: int, order: list[list[int]],
+                    scores: dict) -> AILabel | None:
+    """Store a model's ranking of a task (run by the worker); None when the task is gone. Idempotent:
+    the same model's label of the same task is written once."""
+    task = RankingTask.objects.filter(pk=task_id).first()
+    if task is None:
+        return None
+    if source not in AILabel.Source.values:
+        raise ValidationError(f"Unknown AI label source {source!r}.")
+    order = validate_order(order, completion_ids=set(task.completions.values_list("id", flat=True)))
+    label, _ = AILabel.objects.get_or_create(
+        task=task, source=source, model_version_id=model_version_id,
+        defaults={"order": order, "scores": {str(k): v for k, v in scores.items()}},
+    )
+    return label
+
+
+def ai_labels_enqueue(*, project: Project, user, source: str, model_version_id: int | None = None) -> bool:
+    """Ask a gpu-queue worker to label the waiting ranking tasks with the reward model or a judge prompt
+    (the project's current reward model / policy unless a model version is named). False when the
+    broker is unreachable."""
+    from celery import current_app
+
+    from labelapp.models import ModelVersion
+
+    require_role(project=project, user=user, role=Role.ADMIN)
+    if source not in AILabel.Source.values:
+        raise ValidationError(f"Choose the reward model or a judge prompt, not {source!r}.")
+    kind = ModelVersion.Kind.REWARD if source == AILabel.Source.REWARD_MODEL else ModelVersion.Kind.POLICY
+    versions = ModelVersion.objects.filter(project=project, kind=kind)
+    version = versions.filter(pk=model_version_id).first() if model_version_id else versions.filter(is_current=True).first()
+    if version is None:
+        what = "reward model" if kind == ModelVersion.Kind.REWARD else "policy"
+        raise ValidationError(f"There is no {'such' if model_version_id else 'current'} {what} in this project to "
+                              "label with: train one first (a round's reward stage).")
+    try:
+        current_app.send_task("studio.ai_label", args=[project.pk, source, version.pk], queue="gpu")
+    except Exception:
+        log.warning("could not enqueue AI labels for project %s", project.pk, exc_info=True)
+        return False
+    return True
