@@ -232,7 +232,12 @@ CELERY_BEAT_SCHEDULE = {
     "advance-rounds": {"task": "studio.rounds_advance", "schedule": env_int("ROUND_ADVANCE_EVERY", 30)},
     # Annotator reliability refits itself when labels changed (labelapp.services.quality).
     "refresh-reliability": {"task": "studio.reliability_refresh", "schedule": env_int("RELIABILITY_REFIT_EVERY", 300)},
+    # Near-duplicate checks of new demonstrations need the embedding model: the gpu queue's hosts have torch.
+    "check-demonstrations": {"task": "studio.demonstrations_check", "schedule": env_int("DEMONSTRATION_CHECK_EVERY", 120),
+                             "options": {"queue": "gpu"}},
 }
+# A demonstration this similar (cosine, all-MiniLM-L6-v2) to another's or to a model sample is flagged.
+DEMONSTRATION_DUPLICATE_SIMILARITY = float(os.environ.get("DEMONSTRATION_DUPLICATE_SIMILARITY", "0.95"))
 # A running run without a heartbeat for this long is considered lost.
 RUN_HEARTBEAT_TIMEOUT = env_int("RUN_HEARTBEAT_TIMEOUT", 120)
 # How often the worker refreshes the heartbeat while it works.

@@ -113,6 +113,7 @@ class RankingRow:
     split: str
     prompt_metadata: dict
     completions: dict  # completion id → (text, model_version_id), in id order
+    adjudicated: bool = False  # a reviewer's decision (id: the Adjudication's; annotator: the reviewer)
 
     @property
     def turns(self) -> list[dict]:
@@ -156,14 +157,9 @@ def _completion_texts(project: Project, task_ids: set[int]) -> dict[int, dict[in
 def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
     """Rankings in (task, id) order, read in keyset pages: each page is a short index walk
     (index ranking_task_then_id), so the first rows come at once and memory stays flat."""
-    qs = Ranking.objects.filter(task__project=f.project, task__gold_order__isnull=True)  # gold never trains
-    if f.split:
-        qs = qs.filter(task__prompt__split=f.split)
-    if f.since:
-        qs = qs.filter(created_at__gte=f.since)
-    if f.until:
-        qs = qs.filter(created_at__lt=f.until)
-    qs = qs.order_by("task_id", "id").values_list(*RANKING_FIELDS)
+    # Gold never trains; an adjudicated task's rankings give way to its adjudication (yielded last).
+    qs = Ranking.objects.filter(task__project=f.project, task__gold_order__isnull=True, task__adjudication__isnull=True)
+    qs = _filtered(qs, f).order_by("task_id", "id").values_list(*RANKING_FIELDS)
     size, after = FIRST_CHUNK, 0
     while True:
         batch = list(qs.filter(task_id__gt=after)[:size])
@@ -171,11 +167,38 @@ def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
             last_task = batch[-1][1]
             batch = [row for row in batch if row[1] != last_task] or batch
         if not batch:
-            return
+            break
         texts = _completion_texts(f.project, {row[1] for row in batch})
         for row in batch:
             yield RankingRow(*row, completions=texts.get(row[1], {}))
         after, size = batch[-1][1], CHUNK
+    yield from _adjudication_rows(f)
+
+
+def _filtered(qs, f: ExportFilter):
+    if f.split:
+        qs = qs.filter(task__prompt__split=f.split)
+    if f.since:
+        qs = qs.filter(created_at__gte=f.since)
+    if f.until:
+        qs = qs.filter(created_at__lt=f.until)
+    return qs
+
+
+def _adjudication_rows(f: ExportFilter) -> Iterator[RankingRow]:
+    """Reviewers' decisions on disputed tasks, one row per task, in task order, in pages."""
+    from labelapp.models import Adjudication
+
+    qs = _filtered(Adjudication.objects.filter(task__project=f.project, task__gold_order__isnull=True), f)
+    qs = qs.order_by("task_id").values_list("id", "task_id", "reviewer_id", "order", "created_at",
+                                            *RANKING_FIELDS[9:])  # the prompt's fields
+    after = 0
+    while batch := list(qs.filter(task_id__gt=after)[:CHUNK]):
+        texts = _completion_texts(f.project, {row[1] for row in batch})
+        for pk, task_id, reviewer_id, order, created_at, *prompt in batch:
+            yield RankingRow(pk, task_id, reviewer_id, order, False, {}, {}, 0, created_at, *prompt,
+                             completions=texts.get(task_id, {}), adjudicated=True)
+        after = batch[-1][1]
 
 
 def _rankings(f: ExportFilter) -> Iterator[RankingRow]:
@@ -183,9 +206,13 @@ def _rankings(f: ExportFilter) -> Iterator[RankingRow]:
     if f.min_agreement is None:
         yield from rankings
         return
-    # Items qualify on the agreement of their own annotators (InstructGPT's pairwise measure).
+    # Items qualify on the agreement of their own annotators (InstructGPT's pairwise measure); a
+    # reviewer's decision on a disputed item qualifies as it is.
     for _, group in groupby(rankings, key=lambda r: r.task_id):
         group = list(group)
+        if group[0].adjudicated:
+            yield from group
+            continue
         result = pairwise_agreement({0: {r.annotator_id: r.order for r in group}})
         if result.rate is not None and result.rate >= f.min_agreement:
             yield from group
@@ -211,7 +238,8 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
             cid: dumps(_assistant(text) if conversational else lead + text, ensure_ascii=False)
             for cid, (text, _) in ranking.completions.items()
         }
-        tail = f', "ranking_id": {ranking.id}, "annotator": "{pseudonym(ranking.annotator_id)}"' if meta else ""
+        which = "adjudication_id" if ranking.adjudicated else "ranking_id"
+        tail = f', "{which}": {ranking.id}, "annotator": "{pseudonym(ranking.annotator_id)}"' if meta else ""
         if ranking.none_acceptable:  # ordered, but the annotator found none of them acceptable: say so
             tail += ', "none_acceptable": true'
 
@@ -233,7 +261,8 @@ def export_rankings(f: ExportFilter) -> Iterator[bytes]:
     for r in _rankings(f):
         yield _line(
             {
-                "ranking_id": r.id,
+                "ranking_id": None if r.adjudicated else r.id,
+                "adjudication_id": r.id if r.adjudicated else None,
                 "task_id": r.task_id,
                 "prompt_id": r.prompt_id,
                 "prompt": r.turns,

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Q, Sum
 
 from labelapp.agreement import annotator_consensus_agreement, annotator_pairwise_agreement
-from labelapp.models import Comparison, Project, Ranking, ReliabilityFit
+from labelapp.models import AILabel, Adjudication, Comparison, Project, Ranking, RankingTask, ReliabilityFit
 from labelapp.reliability import AnnotatorFit, FlagRules, flags_for
 from labelapp.stats import project_rankings
 
@@ -121,3 +121,114 @@ class PairWeights:
 
 def pair_weights(*, project: Project) -> PairWeights:
     return PairWeights(latest_fit(project=project))
+
+
+# ------------------------------------------------------------------------------------- adjudication
+
+
+def item_confidences(fit: ReliabilityFit | None) -> dict[int, float]:
+    """Each ranking task's consensus confidence under a fit: the mean over its response pairs of the
+    posterior probability of the more likely order, max(p, 1 − p) (0.5 = a coin flip, 1 = certain)."""
+    sums: dict[int, list[float]] = defaultdict(lambda: [0.0, 0])
+    for key, p in (fit.posterior if fit else {}).items():
+        task = int(key.split(":", 1)[0])
+        entry = sums[task]
+        entry[0] += max(p, 1 - p)
+        entry[1] += 1
+    return {task: total / n for task, (total, n) in sums.items()}
+
+
+def disputed_tasks(*, project: Project, reviewer=None) -> list[tuple[RankingTask, float]]:
+    """Ranking tasks with two or more rankings whose consensus confidence is below the project's
+    `adjudication_below`, least certain first, not yet adjudicated, not gold, and (given a reviewer)
+    not ranked by that reviewer. Without a reliability fit the confidence of a task is its
+    annotators' pairwise agreement (InstructGPT's measure), a cruder reading of the same thing."""
+    if project.adjudication_below <= 0:
+        return []
+    candidates = RankingTask.objects.filter(project=project, ranking_count__gte=2, gold_order__isnull=True,
+                                            adjudication__isnull=True)
+    if reviewer is not None:
+        candidates = candidates.exclude(rankings__annotator=reviewer)
+    confidence = item_confidences(latest_fit(project=project))
+    out = []
+    for task in candidates.select_related("prompt").order_by("id"):
+        value = confidence.get(task.pk)
+        if value is None:
+            from labelapp.agreement import pairwise_agreement
+
+            orders = {r.annotator_id: r.order for r in task.rankings.all() if r.order}
+            value = pairwise_agreement({task.pk: orders}).rate
+        if value is not None and value < project.adjudication_below:
+            out.append((task, value))
+    return sorted(out, key=lambda item: (item[1], item[0].pk))
+
+
+def adjudication_view(*, task: RankingTask) -> list[dict]:
+    """Every annotator's label on the task, pseudonymised per task ("Annotator 1" …), with each
+    completion's rank (1 = best; ties share a rank), flags and score — what a reviewer decides from."""
+    rows = []
+    for n, ranking in enumerate(task.rankings.order_by("id"), 1):
+        ranks = {}
+        better = 0
+        for group in ranking.order:
+            for cid in group:
+                ranks[cid] = better + 1
+            better += len(group)
+        rows.append({"name": f"Annotator {n}", "ranks": ranks, "none_acceptable": ranking.none_acceptable,
+                     "flags": {int(k): v for k, v in ranking.flags.items()},
+                     "scores": {int(k): v for k, v in ranking.scores.items()}})
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ AI feedback
+
+
+def _relations(order) -> dict[tuple[int, int], int]:
+    ranks = {}
+    better = 0
+    for group in order:
+        for cid in group:
+            ranks[cid] = better
+        better += len(group)
+    return {(x, y): (ranks[x] < ranks[y]) - (ranks[x] > ranks[y]) for x in ranks for y in ranks if x < y}
+
+
+def ai_human_agreement(*, project: Project) -> list[dict]:
+    """Per AI annotator (source and model version): InstructGPT's pairwise agreement between its ranking
+    and each person's ranking of the same task, over every response pair both ordered; and the same
+    without ties. The AI is never counted among the people in any other statistic."""
+    humans: dict[int, list[list]] = defaultdict(list)
+    labelled = AILabel.objects.filter(task__project=project)
+    for task_id, order in (Ranking.objects.filter(task__in=labelled.values("task")).exclude(order=[])
+                           .values_list("task_id", "order")):
+        humans[task_id].append(order)
+    out: dict[tuple, dict] = {}
+    for label in labelled.select_related("model_version"):
+        key = (label.source, label.model_version_id)
+        entry = out.setdefault(key, {"source": label.source, "model_version": label.model_version.name,
+                                     "tasks": 0, "agree": 0, "n": 0, "agree_strict": 0, "n_strict": 0})
+        entry["tasks"] += 1
+        ai = _relations(label.order)
+        for order in humans.get(label.task_id, []):
+            for pair, relation in _relations(order).items():
+                if pair not in ai:
+                    continue
+                entry["n"] += 1
+                entry["agree"] += relation == ai[pair]
+                if relation and ai[pair]:
+                    entry["n_strict"] += 1
+                    entry["agree_strict"] += relation == ai[pair]
+    return [{**e, "agreement": e["agree"] / e["n"] if e["n"] else None,
+             "agreement_without_ties": e["agree_strict"] / e["n_strict"] if e["n_strict"] else None}
+            for e in out.values()]
+
+
+def ai_suggestion(*, task_id: int, letters: dict[int, str]) -> tuple[str, str] | None:
+    """The AI annotator's ranking of a task as the page shows it ("A > C = B > D", in the annotator's
+    letters) and where it comes from, or None; the reward model's label is preferred, then the newest."""
+    label = (AILabel.objects.filter(task_id=task_id).select_related("model_version")
+             .order_by("-source", "-created_at").first())  # "reward_model" sorts after "judge"
+    if label is None:
+        return None
+    text = " > ".join(" = ".join(letters[c] for c in sorted(group, key=lambda c: letters[c])) for group in label.order)
+    return text, label.get_source_display().lower()

@@ -7,11 +7,11 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Avg, Count, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
-from labelapp.models import EvaluationTask, RankingTask
+from labelapp.models import EvaluationTask, RankingTask, Role
 from labelapp.quality import annotator_report
 from labelapp.services.quality import gold_import, reliability_refit_enqueue
 from labelapp.studio_views import _project
@@ -61,8 +61,15 @@ def quality(request: HttpRequest, slug: str) -> HttpResponse:
     gold_evaluation = (EvaluationTask.objects.filter(project=project).exclude(gold_winner="").select_related("prompt")
                        .annotate(labels=Count("comparisons"),
                                  right=Count("comparisons", filter=Q(comparisons__gold_correct=True))).order_by("id"))
+    from labelapp.models import AILabel, ModelVersion
+    from labelapp.quality import ai_human_agreement
+
     context = {"project": project, "studio": True, "report": report, "chart": _chart(report["annotators"]),
-               "gold_ranking": gold_ranking, "gold_evaluation": gold_evaluation}
+               "gold_ranking": gold_ranking, "gold_evaluation": gold_evaluation,
+               "ai_agreement": ai_human_agreement(project=project),
+               "ai_labels": AILabel.objects.filter(task__project=project).count(),
+               "reward_model": ModelVersion.objects.filter(project=project, kind="reward", is_current=True).first(),
+               "policy": ModelVersion.objects.filter(project=project, kind="policy", is_current=True).first()}
     return _render(request, "labelapp/studio/quality.html", "studio", context)
 
 
@@ -102,4 +109,83 @@ def gold_mark(request: HttpRequest, slug: str) -> HttpResponse:
     else:
         what = "gold" if expected is not None else "ordinary again"
         messages.success(request, f"{kind.replace('_', ' ').capitalize()} {task_id} is {what}.")
+    return redirect("studio:quality", slug=project.slug)
+
+
+# ----------------------------------------------------------------------------- adjudication (reviewers)
+
+
+@login_required
+@require_GET
+def adjudicate_list(request: HttpRequest, slug: str) -> HttpResponse:
+    from labelapp.quality import disputed_tasks
+    from labelapp.views import _project as member_project
+
+    project = member_project(request, slug, role=Role.REVIEWER)
+    disputed = disputed_tasks(project=project, reviewer=request.user)
+    return _render(request, "labelapp/adjudicate_list.html", "adjudicate",
+                   {"project": project, "disputed": disputed})
+
+
+@login_required
+def adjudicate(request: HttpRequest, slug: str, task_id: int) -> HttpResponse:
+    """A disputed task: every annotator's ranking, pseudonymised, and the reviewer's decision."""
+    from labelapp.quality import adjudication_view, disputed_tasks
+    from labelapp.services.labels import order_from_ranks
+    from labelapp.services.quality import ranking_task_adjudicate
+    from labelapp.views import _project as member_project
+
+    project = member_project(request, slug, role=Role.REVIEWER)
+    task = RankingTask.objects.filter(pk=task_id, project=project).select_related("prompt").first()
+    if task is None:
+        raise Http404("No such task in this project.")
+    completions = list(task.completions.order_by("id"))
+    letters = {c.pk: chr(ord("A") + i) for i, c in enumerate(completions)}
+    errors: list[str] = []
+    ranks = {c.pk: request.POST.get(f"rank_{c.pk}", "").strip() for c in completions}
+    if request.method == "POST":
+        try:
+            order = order_from_ranks({cid: r for cid, r in ranks.items() if r}, completion_ids=list(letters),
+                                     names=letters)
+            ranking_task_adjudicate(task_id=task.pk, reviewer=request.user, order=order,
+                                    comment=request.POST.get("comment", ""))
+        except ValidationError as exc:
+            errors = list(exc.messages)
+        except PermissionDenied as exc:
+            errors = [str(exc)]
+        else:
+            messages.success(request, f"Task {task.pk} decided; its rankings give way to your decision in training.")
+            left = disputed_tasks(project=project, reviewer=request.user)
+            if left:
+                return redirect("labelapp:adjudicate", slug=project.slug, task_id=left[0][0].pk)
+            return redirect("labelapp:adjudicate-list", slug=project.slug)
+    confidence = dict((t.pk, c) for t, c in disputed_tasks(project=project)).get(task.pk)
+    annotators = adjudication_view(task=task)
+    rows = [{"completion": c, "letter": letters[c.pk], "ranks": [a["ranks"].get(c.pk) for a in annotators],
+             "flags": sorted({f for a in annotators for f in a["flags"].get(c.pk, [])}), "decision": ranks[c.pk]}
+            for c in completions]
+    decided = getattr(task, "adjudication", None) if hasattr(task, "adjudication") else None
+    context = {"project": project, "task": task, "prompt": task.prompt, "annotators": annotators, "rows": rows,
+               "confidence": confidence, "errors": errors, "decided": decided, "k": len(completions),
+               "comment": request.POST.get("comment", "")}
+    return _render(request, "labelapp/adjudicate.html", "adjudicate", context, status=400 if errors else 200)
+
+
+@login_required
+@require_POST
+def ai_label_start(request: HttpRequest, slug: str) -> HttpResponse:
+    """Queue the AI annotator over the waiting ranking tasks (the current reward model or a judge prompt)."""
+    from labelapp.services.quality import ai_labels_enqueue
+
+    project = _project(request, slug)
+    source = request.POST.get("source", "")
+    try:
+        queued = ai_labels_enqueue(project=project, user=request.user, source=source)
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    else:
+        if queued:
+            messages.success(request, "The AI annotator is labelling the waiting ranking tasks (gpu queue).")
+        else:
+            messages.error(request, "The job queue is unreachable; try again when it is back.")
     return redirect("studio:quality", slug=project.slug)

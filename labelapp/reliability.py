@@ -128,7 +128,7 @@ def fit(
     *,
     gold: Mapping[Unit, int] | None = None,
     prior_strength: float = 3.0,
-    max_iterations: int = 200,
+    max_iterations: int = 1000,
     tolerance: float = 1e-6,
 ) -> ReliabilityFit:
     """Fit the model above. `gold` maps units to their known order (+1 / -1)."""

@@ -75,11 +75,12 @@ def project_overview(*, project: Project, user, now: datetime | None = None) -> 
 
 
 def reviewable(*, project: Project, reviewer) -> QuerySet[Demonstration]:
+    """Pending demonstrations by others, flagged ones (pasted, too fast, near duplicates) first."""
     return (
         Demonstration.objects.filter(prompt__project=project, review_status=Demonstration.Review.PENDING)
         .exclude(author=reviewer)
         .select_related("prompt", "author")
-        .order_by("created_at", "id")
+        .order_by("-flagged", "created_at", "id")
     )
 
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from labelapp import views
+from labelapp import quality_views, views
 
 app_name = "labelapp"
 
@@ -12,6 +12,8 @@ urlpatterns = [
     path("p/<slug:slug>/mine/<int:assignment_id>/edit/", views.label_edit, name="label-edit"),
     path("p/<slug:slug>/mine/<int:assignment_id>/withdraw/", views.label_withdraw, name="label-withdraw"),
     path("p/<slug:slug>/review/", views.review, name="review"),
+    path("p/<slug:slug>/adjudicate/", quality_views.adjudicate_list, name="adjudicate-list"),
+    path("p/<slug:slug>/adjudicate/<int:task_id>/", quality_views.adjudicate, name="adjudicate"),
     path("p/<slug:slug>/<str:queue>/next/", views.claim_next, name="claim"),
     path("p/<slug:slug>/write/<int:assignment_id>/", views.write, name="write"),
     path("p/<slug:slug>/rank/<int:assignment_id>/", views.rank, name="rank"),

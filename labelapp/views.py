@@ -172,6 +172,7 @@ def write(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
                 user=request.user,
                 text=request.POST.get("text", ""),
                 time_spent_ms=request.POST.get("time_spent_ms") or 0,
+                paste_log=request.POST.get("paste_log", ""),
             ))
         except ValidationError as exc:
             errors = _errors(exc)
@@ -252,11 +253,17 @@ def rank(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     elif (gone := _finished_redirect(request, project, assignment)) is not None:
         return gone
     rows = _rank_rows(completions, letters, form)
+    suggestion = None
+    if project.ai_suggestions:  # off by default: a suggestion anchors people
+        from labelapp.quality import ai_suggestion
+
+        suggestion = ai_suggestion(task_id=assignment.ranking_task_id, letters=letters)
     context = {
         "project": project,
         "assignment": assignment,
         "progress": selectors.queue_progress(project=project, user=request.user, queue=Queue.RANK),
         "prompt": assignment.ranking_task.prompt,
+        "suggestion": suggestion,
         "rows": rows,
         "k": len(rows),
         "flag_choices": Flag.choices,

@@ -58,7 +58,10 @@ def data_hash(records: Iterable[Any]) -> str:
     h = hashlib.sha256()
     for rec in records:
         if dataclasses.is_dataclass(rec):
-            rec = dataclasses.asdict(rec)
+            # Fields added later with `metadata={"hash_if_set": True}` count only when not at their default,
+            # so records that do not use them hash as they always did.
+            optional = {f.name: f.default for f in dataclasses.fields(rec) if f.metadata.get("hash_if_set")}
+            rec = {k: v for k, v in dataclasses.asdict(rec).items() if k not in optional or v != optional[k]}
         h.update(json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str).encode())
         h.update(b"\n")
     return "sha256:" + h.hexdigest()

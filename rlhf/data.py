@@ -92,8 +92,8 @@ class PreferencePair:
     rejected: str
     margin: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-    weight: float = 1.0
-    confidence: float | None = None
+    weight: float = field(default=1.0, metadata={"hash_if_set": True})
+    confidence: float | None = field(default=None, metadata={"hash_if_set": True})
 
     def __post_init__(self):
         self.prompt = as_messages(self.prompt)

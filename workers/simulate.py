@@ -205,7 +205,10 @@ def simulate(
             comparison_submit(assignment_id=lease.pk, user=user, preferred=preferred, a_shown_left=a_left)
             report.comparisons += 1
         else:
-            completions = selectors.completions_for_annotator(task_id=lease.ranking_task_id, user=user)
+            # In id order, not the page's per-annotator shuffle: a simulated annotator's draws then do not
+            # depend on database ids, so a seed gives the same labels in any database.
+            completions = sorted(selectors.completions_for_annotator(task_id=lease.ranking_task_id, user=user),
+                                 key=lambda c: c.pk)
             ids = [c.pk for c in completions]
             scores = score(lease.ranking_task.prompt.reference, [c.text for c in completions])
             profile = profile_of[user.pk]

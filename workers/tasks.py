@@ -136,3 +136,21 @@ def reliability_refresh() -> int:
         fit = refit(project=project)
         refitted += fit is not None and fit.pk != before
     return refitted
+
+
+@shared_task(name="studio.demonstrations_check")
+def demonstrations_check() -> int:
+    """Beat (gpu queue, where torch is): near-duplicate checks of new demonstrations (workers.checks)."""
+    from workers.checks import check_demonstrations
+
+    close_old_connections()
+    return check_demonstrations()
+
+
+@shared_task(name="studio.ai_label")
+def ai_label(project_id: int, source: str, model_version_id: int) -> int:
+    """AI annotator (gpu queue): label the project's waiting ranking tasks with a model (workers.checks)."""
+    from workers.checks import ai_label_tasks
+
+    close_old_connections()
+    return ai_label_tasks(project_id=project_id, source=source, model_version_id=model_version_id)

@@ -168,6 +168,10 @@ class SubmitInput(serializers.Serializer):
     scores = serializers.DictField(child=serializers.IntegerField(), required=False,
                                    help_text="rank: {completion id: 1–7}")
     preferred = serializers.CharField(required=False, help_text="compare: left, right or tie (as the item's sides)")
+    paste_log = serializers.ListField(child=serializers.DictField(child=serializers.IntegerField(min_value=0)),
+                                      required=False, max_length=500,
+                                      help_text='write: paste events [{"at_ms": ms into the task, "chars": n}] — '
+                                                "a mostly pasted answer is flagged for review (docs/QUALITY.md)")
     time_spent_ms = serializers.IntegerField(required=False, default=0, min_value=0, max_value=2**31 - 1)
 
 
@@ -185,7 +189,7 @@ class SubmitView(APIView):
         repeat = assignment.status == Assignment.Status.SUBMITTED
         common = {"assignment_id": assignment.pk, "user": request.user, "time_spent_ms": data["time_spent_ms"]}
         if assignment.queue == Queue.WRITE:
-            demonstration_submit(text=data.get("text", ""), **common)
+            demonstration_submit(text=data.get("text", ""), paste_log=data.get("paste_log"), **common)
         elif assignment.queue == Queue.RANK:
             ranking_submit(order=data.get("order"), none_acceptable=data["none_acceptable"],
                            flags=data.get("flags"), scores=data.get("scores"), **common)

@@ -97,6 +97,20 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
         help_text="Share of claims in the rank and compare queues that serve a gold item (0 turns gold off).",
     )
+    adjudication_below = models.FloatField(
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Ranking tasks whose consensus confidence is below this go to reviewers to decide (0: never).",
+    )
+    ai_suggestions = models.BooleanField(
+        default=False,
+        help_text="Show annotators the AI annotator's ranking as a suggestion (off by default: it anchors people).",
+    )
+    ai_label_weight = models.FloatField(
+        default=0.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Weight of AI labels' pairs when a reward-model or DPO run mixes them in (RLAIF; 0 keeps them out).",
+    )
     categories = models.JSONField(
         default=default_categories,
         blank=True,  # checked by clean(), which says what an empty list lacks
@@ -390,6 +404,14 @@ class Demonstration(models.Model):
     )
     review_comment = models.TextField(blank=True)
     reviewed_at = models.DateTimeField(null=True, blank=True)
+    paste_log = models.JSONField(default=list, blank=True,
+                                 help_text="Paste events on the write page: [{at_ms, chars}], at_ms into the task.")
+    pasted_chars = models.PositiveIntegerField(default=0, help_text="Characters pasted (at most the answer's length).")
+    quality_flags = models.JSONField(default=list, blank=True,
+                                     help_text='Why a reviewer should look closely: [{"kind": …, "detail": …}].')
+    flagged = models.BooleanField(default=False, help_text="Has quality flags: reviewed first.")
+    embedding = models.JSONField(null=True, blank=True, help_text="Sentence embedding, for near-duplicate checks.")
+    checked_at = models.DateTimeField(null=True, blank=True, help_text="When the near-duplicate check ran.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -430,6 +452,10 @@ class Ranking(models.Model):
     gold_score = models.FloatField(
         null=True, blank=True,
         help_text="On a gold task: share of the expected order's strict pairs this ranking orders the same way.",
+    )
+    ai_agreement = models.FloatField(
+        null=True, blank=True,
+        help_text="When an AI suggestion was shown: share of its strict pairs this ranking orders the same way.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -89,7 +89,11 @@ def demonstration_edit(*, demonstration_id: int, user, text: str) -> Demonstrati
     if text == demonstration.text:
         return demonstration
     demonstration.text = text
-    fields = ["text"]
+    # The text changed: the near-duplicate check runs again; paste flags were about the first text.
+    demonstration.embedding, demonstration.checked_at = None, None
+    demonstration.quality_flags = [f for f in demonstration.quality_flags if f["kind"] != "near duplicate"]
+    demonstration.flagged = bool(demonstration.quality_flags)
+    fields = ["text", "embedding", "checked_at", "quality_flags", "flagged"]
     if demonstration.review_status == Demonstration.Review.APPROVED:
         demonstration.review_status = Demonstration.Review.PENDING
         demonstration.reviewer = None

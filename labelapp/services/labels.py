@@ -6,6 +6,7 @@ the label stored the first time instead of storing a second one.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
@@ -55,20 +56,72 @@ def clamp_time_spent(value) -> int:
     return max(0, min(ms, MAX_TIME_SPENT_MS))
 
 
+PASTE_SHARE = 0.5  # flag an answer when at least this share of it was pasted
+TYPING_CHARS_PER_S = 15  # flag an answer typed faster than this (people type 3-8 characters a second)
+MAX_PASTE_EVENTS = 500
+
+
+def clean_paste_log(value) -> list[dict]:
+    """The write page's paste events, [{"at_ms": ms into the task, "chars": characters pasted}], as a
+    list or its JSON text; anything else is a clear error."""
+    if value in (None, "", []):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValidationError("The paste log is not valid JSON.") from None
+    if not isinstance(value, list) or len(value) > MAX_PASTE_EVENTS:
+        raise ValidationError(f"The paste log must be a list of at most {MAX_PASTE_EVENTS} events.")
+    events = []
+    for event in value:
+        if not isinstance(event, dict) or set(event) != {"at_ms", "chars"} or not all(
+                isinstance(event[k], int) and not isinstance(event[k], bool) and event[k] >= 0 for k in event):
+            raise ValidationError('Each paste event is {"at_ms": whole milliseconds, "chars": whole characters}.')
+        events.append({"at_ms": min(event["at_ms"], MAX_TIME_SPENT_MS), "chars": event["chars"]})
+    return events
+
+
+def writing_flags(text: str, paste_log: list[dict], time_spent_ms: int) -> tuple[int, list[dict]]:
+    """(characters pasted, flags) for a demonstration: "pasted" when PASTE_SHARE or more of it came
+    from the clipboard, "too fast" when the typed part came faster than TYPING_CHARS_PER_S."""
+    pasted = min(sum(e["chars"] for e in paste_log), len(text))
+    flags = []
+    if text and pasted / len(text) >= PASTE_SHARE:
+        first = min(e["at_ms"] for e in paste_log) / 1000
+        flags.append({"kind": "pasted", "detail": f"{pasted / len(text):.0%} of the answer was pasted "
+                                                  f"({len(paste_log)} paste{'s' if len(paste_log) != 1 else ''}, "
+                                                  f"the first {first:.0f} s into the task)"})
+    typed = len(text) - pasted
+    if time_spent_ms > 0 and typed / (time_spent_ms / 1000) > TYPING_CHARS_PER_S:
+        flags.append({"kind": "too fast", "detail": f"{typed} characters typed in {time_spent_ms / 1000:.0f} s "
+                                                    f"({typed / (time_spent_ms / 1000):.0f} a second)"})
+    return pasted, flags
+
+
 @transaction.atomic
 def demonstration_submit(
-    *, assignment_id: int, user, text: str, time_spent_ms: int = 0, now: datetime | None = None
+    *, assignment_id: int, user, text: str, time_spent_ms: int = 0, paste_log=None, now: datetime | None = None
 ) -> Demonstration:
-    """Store the demonstration written for a leased prompt."""
+    """Store the demonstration written for a leased prompt, with its paste events and the quality
+    flags they and its pace raise (a flagged demonstration is reviewed first, with the reasons shown)."""
     assignment, now = lease_for_submit(assignment_id=assignment_id, user=user, queue=Queue.WRITE, now=now)
     if assignment.status == Assignment.Status.SUBMITTED:
         return Demonstration.objects.get(assignment=assignment)
+    text = clean_text(text, what="demonstration")
+    time_spent_ms = clamp_time_spent(time_spent_ms)
+    paste_log = clean_paste_log(paste_log)
+    pasted, flags = writing_flags(text, paste_log, time_spent_ms)
     demonstration = Demonstration(
         prompt_id=assignment.prompt_id,
         author=user,
         assignment=assignment,
-        text=clean_text(text, what="demonstration"),
-        time_spent_ms=clamp_time_spent(time_spent_ms),
+        text=text,
+        time_spent_ms=time_spent_ms,
+        paste_log=paste_log,
+        pasted_chars=pasted,
+        quality_flags=flags,
+        flagged=bool(flags),
     )
     demonstration.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those
     demonstration.save()
@@ -204,12 +257,20 @@ def ranking_submit(
         task_id=assignment.ranking_task_id, order=order, none_acceptable=none_acceptable, flags=flags, scores=scores,
     )
     gold_order = RankingTask.objects.filter(pk=assignment.ranking_task_id).values_list("gold_order", flat=True).first()
+    ai_agreement = None
+    if assignment.project.ai_suggestions:  # the page showed the AI's ranking: did the person follow it?
+        from labelapp.models import AILabel
+
+        shown = (AILabel.objects.filter(task_id=assignment.ranking_task_id).order_by("-source", "-created_at")
+                 .values_list("order", flat=True).first())
+        ai_agreement = gold_score(fields["order"], shown) if shown else None
     ranking = Ranking(
         task_id=assignment.ranking_task_id,
         annotator=user,
         assignment=assignment,
         **fields,
         gold_score=gold_score(fields["order"], gold_order),
+        ai_agreement=ai_agreement,
         time_spent_ms=clamp_time_spent(time_spent_ms),
     )
     ranking.full_clean(validate_unique=False, validate_constraints=False)  # the DB enforces those

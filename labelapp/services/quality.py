@@ -20,7 +20,17 @@ from django.db import transaction
 from django.db.models import Q
 
 from labelapp import reliability
-from labelapp.models import Comparison, EvaluationTask, Project, Ranking, RankingTask, ReliabilityFit, Role
+from labelapp.models import (
+    AILabel,
+    Adjudication,
+    Comparison,
+    EvaluationTask,
+    Project,
+    Ranking,
+    RankingTask,
+    ReliabilityFit,
+    Role,
+)
 from labelapp.services.access import require_role
 from labelapp.services.labels import gold_score, validate_order
 
@@ -111,13 +121,15 @@ def gold_import(*, project: Project, user, items: Sequence[dict]) -> dict:
 
 def reliability_inputs(*, project: Project):
     """What the reliability model is fitted on: rankings of items with two or more annotators and
-    of gold items ({task: {annotator: order}}), and the gold items' expected orders."""
+    of gold items ({task: {annotator: order}}), and the known orders: gold items' expected ones and
+    adjudicated items' decisions (an adjudication counts as gold)."""
     gold_orders = dict(
         RankingTask.objects.filter(project=project, gold_order__isnull=False).values_list("id", "gold_order")
     )
+    gold_orders.update(Adjudication.objects.filter(task__project=project).values_list("task_id", "order"))
     rows = (
         Ranking.objects.filter(task__project=project)
-        .filter(Q(task__ranking_count__gte=2) | Q(task__gold_order__isnull=False))
+        .filter(Q(task__ranking_count__gte=2) | Q(task_id__in=list(gold_orders)))
         .exclude(order=[])
     )
     rankings: dict[int, dict[int, list]] = defaultdict(dict)
@@ -165,5 +177,101 @@ def reliability_refit_enqueue(*, project: Project, user) -> bool:
         current_app.send_task("studio.reliability_refit", args=[project.pk, True], queue="default")
     except Exception:
         log.warning("could not enqueue a reliability refit of project %s", project.pk, exc_info=True)
+        return False
+    return True
+
+
+@transaction.atomic
+def ranking_task_adjudicate(*, task_id: int, reviewer, order: list[list[int]], comment: str = "") -> Adjudication:
+    """A reviewer decides a disputed ranking task: `order` (tie groups of its completion ids, best
+    first) replaces its annotators' rankings in training and exports, and is the item's truth for
+    the reliability model. A reviewer who ranked the task may not decide it; a task is decided once."""
+    from labelapp.quality import item_confidences, latest_fit
+    from labelapp.services.labels import clean_text
+
+    task = RankingTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()
+    if task is None:
+        raise ValidationError(f"There is no ranking task {task_id}.")
+    require_role(project=task.project, user=reviewer, role=Role.REVIEWER)
+    if task.gold_order is not None:
+        raise ValidationError("This is a gold item: its answer is already known.")
+    existing = Adjudication.objects.filter(task=task).select_related("reviewer").first()
+    if existing is not None:
+        raise ValidationError(f"This task was already decided by {existing.reviewer.username}.")
+    if task.rankings.filter(annotator=reviewer).exists():
+        raise ValidationError("You ranked this task yourself: another reviewer must decide it.")
+    if task.ranking_count < 2:
+        raise ValidationError("Only a task ranked by two or more annotators can be disputed.")
+    order = validate_order(order, completion_ids=set(task.completions.values_list("id", flat=True)))
+    comment = clean_text(comment, what="comment") if (comment or "").strip() else ""
+    adjudication = Adjudication(task=task, reviewer=reviewer, order=order, comment=comment,
+                                confidence_before=item_confidences(latest_fit(project=task.project)).get(task.pk))
+    adjudication.full_clean(validate_unique=False)
+    adjudication.save()
+    return adjudication
+
+
+@transaction.atomic
+def demonstration_check_record(*, demonstration_id: int, embedding: list[float], duplicates: list[dict]) -> None:
+    """Store the near-duplicate check of a demonstration (run by the worker): its embedding and one
+    "near duplicate" flag per match ({"kind", "detail"}); earlier near-duplicate flags are replaced."""
+    from django.utils import timezone
+
+    from labelapp.models import Demonstration
+
+    demonstration = Demonstration.objects.select_for_update().filter(pk=demonstration_id).first()
+    if demonstration is None:  # withdrawn meanwhile
+        return
+    flags = [f for f in demonstration.quality_flags if f["kind"] != "near duplicate"] + duplicates
+    demonstration.embedding = [round(float(x), 5) for x in embedding]
+    demonstration.checked_at = timezone.now()
+    demonstration.quality_flags = flags
+    demonstration.flagged = bool(flags)
+    demonstration.save(update_fields=["embedding", "checked_at", "quality_flags", "flagged"])
+
+
+# ------------------------------------------------------------------------------------------ AI feedback
+
+
+@transaction.atomic
+def ai_label_record(*, task_id: int, source: str, model_version_id: int, order: list[list[int]],
+                    scores: dict) -> AILabel | None:
+    """Store a model's ranking of a task (run by the worker); None when the task is gone. Idempotent:
+    the same model's label of the same task is written once."""
+    task = RankingTask.objects.filter(pk=task_id).first()
+    if task is None:
+        return None
+    if source not in AILabel.Source.values:
+        raise ValidationError(f"Unknown AI label source {source!r}.")
+    order = validate_order(order, completion_ids=set(task.completions.values_list("id", flat=True)))
+    label, _ = AILabel.objects.get_or_create(
+        task=task, source=source, model_version_id=model_version_id,
+        defaults={"order": order, "scores": {str(k): v for k, v in scores.items()}},
+    )
+    return label
+
+
+def ai_labels_enqueue(*, project: Project, user, source: str, model_version_id: int | None = None) -> bool:
+    """Ask a gpu-queue worker to label the waiting ranking tasks with the reward model or a judge prompt
+    (the project's current reward model / policy unless a model version is named). False when the
+    broker is unreachable."""
+    from celery import current_app
+
+    from labelapp.models import ModelVersion
+
+    require_role(project=project, user=user, role=Role.ADMIN)
+    if source not in AILabel.Source.values:
+        raise ValidationError(f"Choose the reward model or a judge prompt, not {source!r}.")
+    kind = ModelVersion.Kind.REWARD if source == AILabel.Source.REWARD_MODEL else ModelVersion.Kind.POLICY
+    versions = ModelVersion.objects.filter(project=project, kind=kind)
+    version = versions.filter(pk=model_version_id).first() if model_version_id else versions.filter(is_current=True).first()
+    if version is None:
+        what = "reward model" if kind == ModelVersion.Kind.REWARD else "policy"
+        raise ValidationError(f"There is no {'such' if model_version_id else 'current'} {what} in this project to "
+                              "label with: train one first (a round's reward stage).")
+    try:
+        current_app.send_task("studio.ai_label", args=[project.pk, source, version.pk], queue="gpu")
+    except Exception:
+        log.warning("could not enqueue AI labels for project %s", project.pk, exc_info=True)
         return False
     return True

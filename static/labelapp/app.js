@@ -344,6 +344,23 @@
     });
   }
 
+  // Paste events in a write form (data-paste-log): when, and how many characters, so reviewers can
+  // see an answer that was mostly pasted. Only the counts leave the page, never the clipboard text.
+  function pasteLog() {
+    $$("form[data-paste-log]").forEach((form) => {
+      const area = $("textarea", form);
+      const field = form.elements.paste_log;
+      if (!area || !field) return;
+      const started = performance.now();
+      const events = [];
+      area.addEventListener("paste", (event) => {
+        const text = (event.clipboardData || window.clipboardData).getData("text") || "";
+        events.push({ at_ms: Math.round(performance.now() - started), chars: text.length });
+      });
+      form.addEventListener("submit", () => (field.value = JSON.stringify(events)));
+    });
+  }
+
   function guardDoubleSubmit() {
     $$("form[method=post]").forEach((form) => {
       form.addEventListener("submit", (event) => {
@@ -411,6 +428,7 @@
     keepDrafts();
     liveCounts();
     timeOnTask();
+    pasteLog();
     guardDoubleSubmit();
     dragRanking();
     layoutToggle();

@@ -85,3 +85,70 @@ def test_quality_page_shows_reliability_flags_and_marks_gold(page, live_server):
     expect(page.locator(".messages")).to_contain_text(f"Ranking task {task.pk} is gold.")
     expect(page.locator("#gold-items")).to_contain_text(f"Ranking task {task.pk}")
     assert not page.js_errors
+
+
+def test_a_reviewer_decides_a_disputed_ranking(page, live_server):
+    from labelapp.models import Adjudication, Queue
+    from labelapp.services.labels import ranking_submit
+    from labelapp.services.queue import task_claim
+    from tests.conftest import make_project, make_task
+
+    project = make_project(name="Disputes", k=3, overlap=2)
+    project.gold_rate = 0
+    project.save()
+    a, b = add_member(project), add_member(project)
+    add_member(project, make_user("rev"), role="reviewer")
+    task = make_task(project, texts=["Paris.", "Lyon.", "Bananas."])
+    ids = sorted(task.completions.values_list("id", flat=True))
+    for user, order in ((a, ids), (b, ids[::-1])):
+        lease = task_claim(project=project, user=user, queue=Queue.RANK)
+        ranking_submit(assignment_id=lease.pk, user=user, order=[[i] for i in order])
+    login(page, live_server, "rev")
+    page.goto(f"{live_server.url}/p/{project.slug}/")
+    with page.expect_navigation():
+        page.locator("#start-adjudicate").click()
+    with page.expect_navigation():
+        page.locator("#disputed a").first.click()
+    expect(page.locator("#labels thead")).to_contain_text("Annotator 1")
+    expect(page.locator("#labels thead")).to_contain_text("Annotator 2")
+    inputs = page.locator(".rank-input")
+    inputs.nth(0).focus()
+    for rank in ("1", "3", "2"):  # keyboard only: type a rank, Tab to the next response
+        page.keyboard.type(rank)
+        page.keyboard.press("Tab")
+    with page.expect_navigation():
+        page.locator("#decide").click()
+    expect(page.locator(".messages")).to_contain_text(f"Task {task.pk} decided")
+    expect(page.locator("#none-disputed")).to_be_visible()
+    assert Adjudication.objects.get(task=task).order == [[ids[0]], [ids[2]], [ids[1]]]
+    assert not page.js_errors
+
+
+def test_a_pasted_answer_is_flagged_for_the_reviewer(page, live_server):
+    from labelapp.models import Demonstration
+    from tests.conftest import make_project, make_prompt
+
+    project = make_project(name="Paste")
+    make_prompt(project, text="Explain photosynthesis.")
+    add_member(project, make_user("writer"))
+    add_member(project, make_user("rev2"), role="reviewer")
+    answer = "Photosynthesis turns light, water and carbon dioxide into sugar and oxygen. " * 3
+    login(page, live_server, "writer")
+    page.goto(f"{live_server.url}/p/{project.slug}/")
+    with page.expect_navigation():
+        page.locator("#start-write").click()
+    # A paste as the browser fires it (the clipboard's text arrives with the event), then the text itself.
+    page.locator("#answer").evaluate(
+        """(area, text) => { const data = new DataTransfer(); data.setData('text/plain', text);
+           area.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true})); }""", answer)
+    page.locator("#answer").fill(answer)
+    with page.expect_navigation():
+        page.keyboard.press("Control+Enter")
+    demo = Demonstration.objects.get()
+    assert demo.flagged and demo.pasted_chars == len(answer.strip())
+    assert demo.paste_log[0]["chars"] == len(answer)
+    page.context.clear_cookies()
+    login(page, live_server, "rev2")
+    page.goto(f"{live_server.url}/p/{project.slug}/review/")
+    expect(page.locator("#quality-flags")).to_contain_text("100% of the answer was pasted")
+    assert not page.js_errors

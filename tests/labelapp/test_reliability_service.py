@@ -40,10 +40,15 @@ def test_refit_flags_random_and_inverted_annotators_and_is_skipped_when_nothing_
     assert fit is not None and fit.converged and fit.units == 60 * 6
     report = annotator_report(project=project)
     by_name = {row["username"].rsplit("-", 1)[1]: row for row in report["annotators"]}
+    # 60 items give each annotator only ~20 rankings: the inverted one is unmistakable, a random one
+    # may not be flagged yet (tests/labelapp/test_reliability.py checks recall on 300 items), but
+    # nobody careful is flagged and both random annotators come out below every careful one.
     bad = {n for n, row in by_name.items() if {"likely random", "likely inverted"} & set(row["flags"])}
-    assert bad == {"7", "8", "9"}  # precision and recall 1 on this crowd
+    assert "9" in bad and bad <= {"7", "8", "9"}
     assert by_name["9"]["flags"] == ["likely inverted"]
+    assert max(by_name[n]["reliability"] for n in "78") < min(by_name[n]["reliability"] for n in "123456")
     assert {n for n, row in by_name.items() if "too fast" in row["flags"]} == {"7", "8"}  # spammers click in 2-6 s
+    assert fit.iterations < 1000
     for n in "123456":
         row = by_name[n]
         assert row["reliability"] > 0.7 and row["flags"] == []

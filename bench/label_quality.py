@@ -1,0 +1,345 @@
+"""Label-quality benchmarks (issue 17): does reliability weighting, and does asking the comparisons the
+reward model is least sure of, buy reward-model accuracy? CPU, the bundled SmolLM2-135M-Instruct as the
+reward model's base, simulated annotators on the shared prompts.
+
+Items: the round benchmark's 428 prompts with human-written reference answers (Dolly, Self-Instruct seed
+and user-oriented tasks, no_robots; bench/round_cpu.py). Each ranking task shows K = 4 answers of graded
+quality, all written by people: the reference, its first 40% (cut mid-answer), the reference of another
+prompt of the same category, and the reference of a random other prompt, in a random order. The
+noise-free oracle is the simulated annotators' embedding oracle (all-MiniLM-L6-v2 cosine similarity to
+the reference, workers.simulate); careful annotators perturb its order as in every benchmark here
+(InstructGPT's 72.6% agreement between two annotators). Held-out pairs: every pair of 100 held-out items,
+ordered by the noise-free oracle.
+
+    reliability  9 annotators — 6 careful, 2 random, 1 inverted — overlap 3 on 300 items (900 rankings).
+                 Fit the reliability model (labelapp.reliability), report precision/recall of its flags for the
+                 3 bad annotators, then train the reward model on the same pairs three ways: plain (every pair
+                 the same), weight (label_weights "weight": pair weight max(0, 2q − 1) of its annotator) and soft
+                 (label_weights "soft": the posterior that the pair's order is right as a soft label).
+    active       one careful annotator per item, a budget of --budget rankings from a pool of 300 items; reward
+                 model accuracy after 25/50/75/100% of the budget with items taken in random order vs by the
+                 current reward model's uncertainty (mean binary entropy of its Bradley–Terry probabilities over
+                 the item's 6 pairs; the first quarter is the same random quarter for both).
+
+Seed by seed, results appended to <output-dir>/results.jsonl (a rerun skips what is there), then the table:
+
+    OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py reliability --seeds 0,1,2
+    OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py active --seeds 0,1,2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+PROFILES = ["careful"] * 6 + ["random", "random", "inverted"]
+BAD = {6, 7, 8}
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+# ------------------------------------------------------------------------------------------------ data
+def items(seed: int) -> tuple[list[dict], list[dict]]:
+    """(300 pool items, 100 held-out items), each {prompt, texts[4], scores[4]} — split by `seed`."""
+    all_items = _scored_items()
+    order = list(range(len(all_items)))
+    random.Random(seed).shuffle(order)
+    return [all_items[i] for i in order[:300]], [all_items[i] for i in order[300:400]]
+
+
+_CACHE: list[dict] | None = None
+
+
+def _scored_items() -> list[dict]:
+    global _CACHE
+    if _CACHE is not None:
+        return _CACHE
+    from round_cpu import prompt_rows
+
+    from workers.simulate import EmbeddingOracle
+
+    rows = prompt_rows("all", 10_000)
+    rng = random.Random(1234)
+    by_category: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_category.setdefault(row["category"], []).append(i)
+    oracle = EmbeddingOracle()
+    out = []
+    for i, row in enumerate(rows):
+        reference = row["reference"]
+        words = reference.split()
+        cut = " ".join(words[:max(3, int(len(words) * 0.4))])
+        same = [j for j in by_category[row["category"]] if j != i] or [j for j in range(len(rows)) if j != i]
+        other = rng.choice(same)
+        stranger = rng.choice([j for j in range(len(rows)) if j not in (i, other)])
+        texts = [reference, cut, rows[other]["reference"], rows[stranger]["reference"]]
+        if len(set(texts)) < 4:
+            continue
+        rng.shuffle(texts)
+        out.append({"prompt": row["text"], "texts": texts, "scores": oracle(reference, texts)})
+    _CACHE = out
+    return out
+
+
+def ranking(item: dict, profile: str, rng: random.Random) -> list[list[int]]:
+    from workers.simulate import INSTRUCTGPT_AGREEMENT, profile_order, sigma_for
+
+    return profile_order(profile, list(range(4)), item["scores"], sigma_for(INSTRUCTGPT_AGREEMENT, 4), rng)
+
+
+def held_out_pairs(held: list[dict]):
+    from rlhf.data import PreferencePair
+
+    pairs = []
+    for item in held:
+        s = item["scores"]
+        for a in range(4):
+            for b in range(a + 1, 4):
+                if abs(s[a] - s[b]) < 1e-6:
+                    continue
+                hi, lo = (a, b) if s[a] > s[b] else (b, a)
+                pairs.append(PreferencePair(item["prompt"], item["texts"][hi], item["texts"][lo]))
+    return pairs
+
+
+def ranking_pairs(item: dict, order: list[list[int]], task: int, annotator: int, fit=None):
+    """C(4,2) pairs of one ranking (ties left out), with the fit's weight and confidence when given."""
+    from rlhf.data import PreferencePair
+
+    pairs = []
+    for gi, group in enumerate(order):
+        for better in group:
+            for lower in order[gi + 1:]:
+                for worse in lower:
+                    weight, confidence = 1.0, None
+                    if fit is not None:
+                        got = fit.annotators.get(annotator)
+                        weight = 1.0 if got is None else max(0.0, 2 * got.reliability - 1)
+                        confidence = fit.confidence((task, min(better, worse), max(better, worse)),
+                                                    1 if better < worse else -1)
+                    pairs.append(PreferencePair(item["prompt"], item["texts"][better], item["texts"][worse],
+                                                weight=weight, confidence=confidence))
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------- reward model
+def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = None) -> tuple[float, dict]:
+    """Train a reward model on `pairs`; (held-out accuracy, facts). `keep`: leave the model there."""
+    import shutil
+    import tempfile
+
+    from rlhf.reward import RewardRunConfig, train_reward
+
+    out = keep or Path(tempfile.mkdtemp(prefix="lq-", dir=args.output_dir))
+    config = RewardRunConfig(
+        output_dir=str(out), model=args.model, learning_rate=args.lr, per_device_batch_size=args.batch_size,
+        num_train_epochs=args.epochs, max_length=args.max_length, save_steps=0, eval_fraction=0.0, seed=seed,
+        lora_layers=[int(x) for x in args.lora_layers.split(",")] if args.lora_layers != "all" else None,
+        label_weights=mode, logging_steps=50,
+    )
+    started = time.time()
+    artifacts = train_reward(config, pairs, eval_pairs=held)
+    facts = {"seconds": round(time.time() - started, 1), "pairs": len(pairs), "steps": artifacts.global_step}
+    accuracy = float(artifacts.metrics["eval/pairwise_accuracy"])
+    if keep is None:
+        shutil.rmtree(out, ignore_errors=True)
+    return accuracy, facts
+
+
+def uncertainty(model_dir: Path, pool: list[dict], args) -> list[float]:
+    """Mean binary entropy of σ(r_i − r_j) over each item's 6 pairs under the reward model."""
+    import torch
+
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.reward import conversation, score
+
+    model = load_reward_model(str(model_dir), device="cpu", dtype=torch.float32)
+    tokenizer = load_tokenizer(str(model_dir))
+    rewards = score(model, tokenizer, [conversation(it["prompt"], t) for it in pool for t in it["texts"]])
+    out = []
+    for n in range(len(pool)):
+        r = rewards[4 * n:4 * n + 4]
+        total = 0.0
+        for a in range(4):
+            for b in range(a + 1, 4):
+                p = float(torch.sigmoid(r[a] - r[b]))
+                p = min(max(p, 1e-9), 1 - 1e-9)
+                total -= p * math.log(p) + (1 - p) * math.log(1 - p)
+        out.append(total / 6)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ experiments
+def run_reliability(seed: int, args, done: set) -> list[dict]:
+    from labelapp.reliability import fit as fit_model
+    from labelapp.reliability import flags_for, judgments_from_rankings
+
+    pool, held = items(seed)
+    rng = random.Random(seed)
+    rankings = {}  # task -> {annotator: order}
+    for task, item in enumerate(pool):
+        for annotator in rng.sample(range(len(PROFILES)), 3):
+            rankings.setdefault(task, {})[annotator] = ranking(item, PROFILES[annotator], rng)
+    fit = fit_model(judgments_from_rankings(rankings))
+    flagged = {a for a, f in fit.annotators.items() if {"likely random", "likely inverted"} & set(
+        flags_for(f, median_ms=None, project_median_ms=None))}
+    rows = [{"experiment": "reliability", "seed": seed, "variant": "flags", "flagged": sorted(flagged),
+             "precision": len(flagged & BAD) / len(flagged) if flagged else None, "recall": len(flagged & BAD) / 3,
+             "reliability": {str(a): round(f.reliability, 3) for a, f in sorted(fit.annotators.items())}}]
+    held_pairs = held_out_pairs(held)
+    pairs = [p for task, by in rankings.items() for a, order in by.items()
+             for p in ranking_pairs(pool[task], order, task, a, fit)]
+    for variant, mode in (("plain", "none"), ("weight", "weight"), ("soft", "soft")):
+        if ("reliability", seed, variant) in done:
+            continue
+        accuracy, facts = train(pairs, held_pairs, args, seed, mode)
+        rows.append({"experiment": "reliability", "seed": seed, "variant": variant, "accuracy": accuracy,
+                     "held_out_pairs": len(held_pairs), **facts})
+        _emit(rows[-1], args)
+    if ("reliability", seed, "flags") not in done:
+        _emit(rows[0], args)
+    return rows
+
+
+def run_active(seed: int, args, done: set) -> None:
+    import shutil
+
+    pool, held = items(seed)
+    held_pairs = held_out_pairs(held)
+    order = list(range(len(pool)))
+    random.Random(seed).shuffle(order)
+    quarter = args.budget // 4
+    labels: dict[int, list[list[int]]] = {}
+
+    def pairs_of(tasks):
+        """One careful annotator's ranking per item: the same label whichever strategy asks for it."""
+        for t in tasks:
+            labels.setdefault(t, ranking(pool[t], "careful", random.Random(f"{seed}:{t}")))
+        return [p for t in tasks for p in ranking_pairs(pool[t], labels[t], t, 0)]
+
+    def step(strategy: str, chosen: list[int], keep: Path | None = None) -> None:
+        fraction = len(chosen) / (4 * quarter)
+        if ("active", seed, f"{strategy}@{fraction}") in done and (keep is None or keep.is_dir()):
+            return
+        accuracy, facts = train(pairs_of(chosen), held_pairs, args, seed, keep=keep)
+        _emit({"experiment": "active", "seed": seed, "variant": f"{strategy}@{fraction}", "rankings": len(chosen),
+               "accuracy": accuracy, **facts}, args)
+
+    for n in range(1, 5):
+        step("random", order[:quarter * n])
+    # Uncertainty: the first (random) quarter, then each next quarter the items the model trained on
+    # everything so far is least sure of; the model of each step is kept to choose the next.
+    chosen = order[:quarter]
+    for n in range(1, 4):
+        model_dir = Path(args.output_dir) / f"active-{seed}-step{n}"
+        if not (model_dir / "model").is_dir():
+            train(pairs_of(chosen), held_pairs, args, seed, keep=model_dir)
+        rest = [t for t in range(len(pool)) if t not in set(chosen)]
+        scores = uncertainty(model_dir / "model", [pool[t] for t in rest], args)
+        chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
+        step("uncertainty", chosen, keep=Path(args.output_dir) / f"active-{seed}-step{n + 1}" if n < 3 else None)
+        shutil.rmtree(model_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _emit(row: dict, args) -> None:
+    with open(Path(args.output_dir) / "results.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def _mean_ci(values: list[float]) -> str:
+    n = len(values)
+    if not n:
+        return "—"
+    mean = sum(values) / n
+    if n == 1:
+        return f"{mean:.3f}"
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T95.get(n - 1, 1.96) * sd / math.sqrt(n)
+    return f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+
+
+def table(args) -> None:
+    path = Path(args.output_dir) / "results.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    rel = [r for r in rows if r["experiment"] == "reliability"]
+    if rel:
+        print("\nReliability (reward-model accuracy on held-out oracle pairs, mean [95% t-interval over seeds])")
+        flags = [r for r in rel if r["variant"] == "flags"]
+        print(f"  flags: precision {_mean_ci([r['precision'] or 0 for r in flags])}, "
+              f"recall {_mean_ci([r['recall'] for r in flags])} over {len(flags)} seeds")
+        by = {v: {r["seed"]: r["accuracy"] for r in rel if r["variant"] == v} for v in ("plain", "weight", "soft")}
+        for variant, accs in by.items():
+            print(f"  {variant:7s} {_mean_ci(list(accs.values()))}  seeds {sorted(accs)}")
+        for variant in ("weight", "soft"):
+            diffs = [by[variant][s] - by["plain"][s] for s in by[variant] if s in by["plain"]]
+            print(f"  {variant} − plain: {_mean_ci(diffs)} (target ≥ +0.030)")
+    act = [r for r in rows if r["experiment"] == "active"]
+    if act:
+        print("\nActive learning (reward-model accuracy after a share of the ranking budget)")
+        for fraction in (0.25, 0.5, 0.75, 1.0):
+            rnd = [r["accuracy"] for r in act if r["variant"] == f"random@{fraction}"]
+            unc = [r["accuracy"] for r in act if r["variant"] == f"uncertainty@{fraction}"] or (
+                rnd if fraction == 0.25 else [])
+            print(f"  {fraction:4.0%}  random {_mean_ci(rnd):28s} uncertainty {_mean_ci(unc)}")
+        full = [r["accuracy"] for r in act if r["variant"] == "random@1.0"]
+        if full:
+            target = sum(full) / len(full)
+            reached = [f for f in (0.25, 0.5, 0.75, 1.0)
+                       if (vals := [r["accuracy"] for r in act if r["variant"] == f"uncertainty@{f}"]
+                           or ([r["accuracy"] for r in act if r["variant"] == "random@0.25"] if f == 0.25 else []))
+                       and sum(vals) / len(vals) >= target]
+            print(f"  random's full-budget mean {target:.3f}: the uncertainty order reaches it at "
+                  f"{f'{min(reached):.0%}' if reached else 'no share'} of the budget (target ≤ 70%)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("experiment", choices=["reliability", "active", "table"])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", type=int, default=160, help="active: rankings in the full budget")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lora-layers", default="26,27,28,29", help="comma list of layer indices, or 'all'")
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--model", default=None, help="reward model base (default: the bundled SmolLM2-135M-Instruct)")
+    ap.add_argument("--output-dir", default=str(ROOT / "bench" / "out" / "label_quality"))
+    args = ap.parse_args()
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    if args.experiment == "table":
+        table(args)
+        return
+    import django
+
+    django.setup()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = Path(args.output_dir) / "results.jsonl"
+    done = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["experiment"], r["seed"], r["variant"]))
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        if args.experiment == "reliability":
+            run_reliability(seed, args, done)
+        else:
+            run_active(seed, args, done)
+    table(args)
+
+
+if __name__ == "__main__":
+    main()
