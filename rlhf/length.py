@@ -149,16 +149,21 @@ def odin_loss(quality: torch.Tensor, length: torch.Tensor, lengths: torch.Tensor
 
 
 # -------------------------------------------------------------------------------------------------- PoE
-def fit_length_expert(chosen_lengths, rejected_lengths, *, ridge: float = 1.0, iterations: int = 50) -> float:
-    """w maximising sum_i log sigmoid(w * d_i) - ridge/2 * w^2, d_i = log(1 + L_chosen) - log(1 + L_rejected):
-    how strongly length alone predicts the training labels (0 when it does not). Newton's method in 1-D."""
+def fit_length_expert(chosen_lengths, rejected_lengths, *, weights=None, targets=None, ridge: float = 1.0,
+                      iterations: int = 50) -> float:
+    """w maximising sum_i c_i [t_i log sigmoid(w d_i) + (1 - t_i) log sigmoid(-w d_i)] - ridge/2 * w^2, with
+    d_i = log(1 + L_chosen) - log(1 + L_rejected): how strongly length alone predicts the training labels (0
+    when it does not). ``weights`` c_i and soft labels ``targets`` t_i are the pairs' own (rlhf.weighting;
+    default 1 and 1), so a pair that weighs nothing in the reward model weighs nothing here. Newton in 1-D."""
     d = torch.log1p(torch.as_tensor(chosen_lengths, dtype=torch.float64)) - torch.log1p(
         torch.as_tensor(rejected_lengths, dtype=torch.float64))
+    c = torch.ones_like(d) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    t = torch.ones_like(d) if targets is None else torch.as_tensor(targets, dtype=torch.float64)
     w = 0.0
     for _ in range(iterations):
         p = torch.sigmoid(w * d)
-        grad = float((d * (1 - p)).sum()) - ridge * w
-        hess = float((d * d * p * (1 - p)).sum()) + ridge
+        grad = float((c * d * (t - p)).sum()) - ridge * w
+        hess = float((c * d * d * p * (1 - p)).sum()) + ridge
         step = grad / hess
         w += step
         if abs(step) < 1e-10:

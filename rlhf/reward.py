@@ -251,7 +251,11 @@ def _studio_trainer_class():
             else:  # poe: the bias-only expert, fitted first and held fixed (Clark et al. 2019)
                 head = torch.nn.Linear(1, 1, bias=False)
                 data = self.train_dataset
-                w = fit_length_expert(data["chosen_chars"], data["rejected_chars"]) if len(data) else 0.0
+                mode = config.label_weights
+                w = fit_length_expert(
+                    data["chosen_chars"], data["rejected_chars"],
+                    weights=data["pair_weight"] if mode == "weight" else None,
+                    targets=data["pair_target"] if mode == "soft" else None) if len(data) else 0.0
                 head.weight.data.fill_(w)
                 head.weight.requires_grad_(False)
             self.model.add_module("length_head", head.to(next(self.model.parameters()).device))

@@ -95,6 +95,14 @@ def test_length_expert_is_the_logistic_regression_on_log_length():
     assert fit_length_expert(chosen, rejected, ridge=0.0) == pytest.approx(math.log(3) / c, rel=1e-9)
     assert fit_length_expert([99, 9], [9, 99]) == pytest.approx(0.0, abs=1e-12)  # length says nothing
     assert 0 < fit_length_expert([99] * 5, [9] * 5) < 10  # always longer: the ridge keeps it finite
+    # the pairs' own weights and soft labels: a weightless pair counts for nothing, an even one says nothing
+    weighted = fit_length_expert(chosen + [9], rejected + [99], weights=[1, 1, 1, 1, 0], ridge=0.0)
+    assert weighted == pytest.approx(math.log(3) / c, rel=1e-9)
+    assert fit_length_expert(chosen, rejected, weights=[2] * 4, ridge=0.0) == pytest.approx(math.log(3) / c)
+    assert fit_length_expert(chosen, rejected, targets=[0.5] * 4) == pytest.approx(0.0, abs=1e-12)
+    # 3 of 4 pairs at target 0.75: the fitted probability of "longer wins" is 0.75 * 3/4 + 0.25 * 1/4
+    soft = fit_length_expert(chosen, rejected, targets=[0.75] * 4, ridge=0.0)
+    assert soft == pytest.approx(math.log(0.625 / 0.375) / c, rel=1e-9)
 
 
 def test_poe_setting_reaches_the_loss(tmp_path, tiny_dir):
