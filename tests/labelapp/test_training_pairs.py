@@ -3,8 +3,11 @@ gold left out, disputes replaced by their adjudication, reliability weights and 
 run's label_weights, AI labels mixed in only at the project's ai_label_weight."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from labelapp.exports import ExportFilter, export_pairs
 from labelapp.models import ModelVersion, Queue
 from labelapp.quality import PairWeights, training_pairs
 from labelapp.services.labels import ranking_submit
@@ -75,6 +78,10 @@ def test_weights_and_confidences_come_from_the_latest_fit(crowd, mode):
     assert len(reversed_by_c) == 3
     decided = [p for p in selected.pairs if p.source == "adjudication"]
     assert len(decided) == 3 and all(p.weight == 1.0 and p.confidence == 1.0 for p in decided)
+    # the pairs export with weights=1 gives a model trained outside the studio the same numbers
+    lines = [json.loads(x) for x in b"".join(export_pairs(ExportFilter(project=project), weights=True)).splitlines()]
+    exported = sorted((x["chosen"].strip(), x["rejected"].strip(), x["weight"], x["confidence"]) for x in lines)
+    assert exported == sorted((p.chosen, p.rejected, p.weight, p.confidence) for p in selected.pairs)
 
 
 def test_ai_labels_only_at_their_weight_never_on_gold_and_the_latest_per_task(crowd):
