@@ -7,6 +7,7 @@ functions, so importing this module stays cheap for processes that never train.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from labelapp.services.runs import model_version_register
 from workers import launch
 
 Progress = Callable[[int, int, dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -128,7 +130,23 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
         metrics=artifacts.metrics,
         make_current=True,
     )
-    return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
+    result = {"pairs": len(pairs), **artifacts.metrics}
+    if run.project.active_learning:
+        result["uncertainty"] = score_tasks(run.project, version)
+    return Outcome(result, version)
+
+
+def score_tasks(project, version: ModelVersion) -> dict:
+    """Active learning after a reward-model run: its uncertainty about every ranking task (workers.checks).
+    The model is already trained and registered, so a scoring failure is reported in the run's result
+    (and the studio's "Score now" can retry) rather than failing the run."""
+    from workers.checks import score_uncertainty
+
+    try:
+        return {"tasks": score_uncertainty(project_id=project.pk, model_version_id=version.pk)}
+    except Exception as exc:  # noqa: BLE001 - reported, not swallowed: the run's result says what failed
+        log.warning("uncertainty scoring failed for project %s", project.pk, exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
@@ -188,7 +206,12 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
         candidates = candidates.exclude(
             id__in=RankingTask.objects.filter(project=project, completions__model_version=version).values("prompt_id"))
     ids = list(candidates.order_by("id").values_list("id", flat=True))
-    chosen = random.Random(seed).sample(ids, min(n, len(ids)))  # the run's seed also fixes which prompts
+    if project.active_learning:  # the prompts the reward model is least sure of first; unscored ones after
+        uncertainty = dict(candidates.filter(uncertainty__isnull=False).values_list("id", "uncertainty"))
+        chosen = random.Random(seed).sample(ids, len(ids))  # the seeded order breaks ties (a stable sort)
+        chosen = sorted(chosen, key=lambda i: -uncertainty.get(i, -1.0))[:n]
+    else:
+        chosen = random.Random(seed).sample(ids, min(n, len(ids)))  # the run's seed also fixes which prompts
     by_id = Prompt.objects.in_bulk(chosen)
     prompts = [by_id[i] for i in chosen]
     if not prompts:

@@ -88,3 +88,13 @@ def test_runs_mix_ai_labels_at_their_weight_and_record_the_label_sets(ranked, ki
     # "none" was asked, but AI pairs need a weighted loss: the run says it trained in "weight" mode
     weighting = data["label_weighting"]
     assert weighting["label_weights"] == "weight" and len(weighting["weights_hash"]) == 64
+
+
+def test_a_reward_run_scores_the_tasks_when_active_learning_is_on(ranked):
+    from labelapp.models import RankingTask
+
+    ranked.active_learning = True
+    ranked.save()
+    outcome = executors.run_reward(run_of(ranked, "reward", TINY), lambda *a: None)
+    assert outcome.result["uncertainty"] == {"tasks": 3}
+    assert set(RankingTask.objects.filter(project=ranked).values_list("uncertainty_model", flat=True)) == {outcome.model.pk}
