@@ -158,23 +158,14 @@ def uncertainty(model_dir: Path, pool: list[dict], args) -> list[float]:
     """Mean binary entropy of σ(r_i − r_j) over each item's 6 pairs under the reward model."""
     import torch
 
+    from rlhf.judge import pairwise_entropy
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.reward import conversation, score
 
     model = load_reward_model(str(model_dir), device="cpu", dtype=torch.float32)
     tokenizer = load_tokenizer(str(model_dir))
-    rewards = score(model, tokenizer, [conversation(it["prompt"], t) for it in pool for t in it["texts"]])
-    out = []
-    for n in range(len(pool)):
-        r = rewards[4 * n:4 * n + 4]
-        total = 0.0
-        for a in range(4):
-            for b in range(a + 1, 4):
-                p = float(torch.sigmoid(r[a] - r[b]))
-                p = min(max(p, 1e-9), 1 - 1e-9)
-                total -= p * math.log(p) + (1 - p) * math.log(1 - p)
-        out.append(total / 6)
-    return out
+    rewards = score(model, tokenizer, [conversation(it["prompt"], t) for it in pool for t in it["texts"]]).tolist()
+    return [pairwise_entropy(rewards[4 * n:4 * n + 4]) for n in range(len(pool))]  # the studio's estimate
 
 
 # ------------------------------------------------------------------------------------------ experiments

@@ -246,12 +246,13 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
         lines = []
         for chosen, rejected, diff in ranking_pairs(ranking):
             extra = f', "margin": {diff if diff is not None else 0.0}' if margin else ""
-            if reliability is not None:
-                confidence = reliability.confidence(ranking.task_id, chosen, rejected)
+            if reliability is not None:  # a reviewer's decision is known truth: weight 1, confidence 1
+                confidence = 1.0 if ranking.adjudicated else reliability.confidence(ranking.task_id, chosen, rejected)
                 if min_confidence is not None and confidence is not None and confidence < min_confidence:
                     continue
                 if weights:
-                    extra += f', "weight": {reliability.weight(ranking.annotator_id)}, "confidence": {dumps(confidence)}'
+                    weight = 1.0 if ranking.adjudicated else reliability.weight(ranking.annotator_id)
+                    extra += f', "weight": {weight}, "confidence": {dumps(confidence)}'
             lines.append(f'{{"prompt": {prompt}, "chosen": {encoded[chosen]}, "rejected": {encoded[rejected]}{extra}{tail}}}\n')
         if lines:
             yield _safe("".join(lines)).encode("utf-8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from statistics import median
 
 from django.contrib.auth import get_user_model
@@ -232,3 +233,108 @@ def ai_suggestion(*, task_id: int, letters: dict[int, str]) -> tuple[str, str] |
         return None
     text = " > ".join(" = ".join(letters[c] for c in sorted(group, key=lambda c: letters[c])) for group in label.order)
     return text, label.get_source_display().lower()
+
+
+# ------------------------------------------------------------------------------ training on consensus
+
+
+@dataclass(frozen=True)
+class TrainingPair:
+    """One preference pair as a reward-model or DPO run reads it (workers turn it into rlhf's
+    PreferencePair): the prompt's turns, the two texts, the 1-7 score margin, and what the run's
+    `label_weights` may use — the pair's weight and the posterior confidence in its order."""
+
+    prompt: list
+    chosen: str
+    rejected: str
+    margin: float | None
+    weight: float = 1.0
+    confidence: float | None = None
+    source: str = "human"  # human | adjudication | ai
+
+
+@dataclass
+class TrainingPairs:
+    pairs: list[TrainingPair]
+    mode: str  # the label_weights the run should use (AI labels need "weight")
+    rankings: list[int] = field(default_factory=list)
+    adjudications: list[int] = field(default_factory=list)
+    ai_labels: list[int] = field(default_factory=list)
+    fit_id: int | None = None
+    ai_label_weight: float = 0.0
+    ai_left_out: str = ""
+
+    def lineage(self) -> dict:
+        """What the model's training_data records beside the label sets (ids live in the label sets)."""
+        counts = defaultdict(int)
+        for p in self.pairs:
+            counts[p.source] += 1
+        out = {"pair_sources": dict(sorted(counts.items())), "reliability_fit": self.fit_id}
+        if self.ai_label_weight:
+            out["ai_label_weight"] = self.ai_label_weight
+        if self.ai_left_out:
+            out["ai_labels_left_out"] = self.ai_left_out
+        return out
+
+
+class _Order:
+    """A stored order read as a ranking (AI labels carry no 1-7 scores: no margin)."""
+
+    def __init__(self, order):
+        self.order, self.scores = order, {}
+
+
+def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none") -> TrainingPairs:
+    """The preference pairs a reward-model or DPO run of `project` trains on, for its `label_weights`
+    `mode`:
+
+    * people's rankings, gold tasks left out, a disputed task's rankings replaced by its adjudication
+      (the export's rows, labelapp.exports); with `mode` "weight" or "soft" each pair carries its
+      annotator's reliability weight and the posterior confidence of its order from the latest fit
+      (PairWeights); an adjudication counts as known: weight 1, confidence 1;
+    * with the project's `ai_label_weight` above 0, each non-gold task's latest AI label (rlhf's reward
+      order or a judge's), every pair weighted `ai_label_weight`. That weight only reaches the loss as a
+      weighted mean, so a run with `label_weights` "none" trains in "weight" mode with people's pairs
+      at weight 1; with "soft" (soft labels carry no weight) AI labels are left out, and the lineage
+      says so.
+    """
+    from labelapp import exports
+    from labelapp.selectors import ranking_pairs
+
+    reliability = pair_weights(project=project) if mode != "none" else None
+    out = TrainingPairs(pairs=[], mode=mode, fit_id=reliability.fit_id if reliability else None)
+    for row in exports._ranking_rows(exports.ExportFilter(project=project)):
+        (out.adjudications if row.adjudicated else out.rankings).append(row.id)
+        texts = {cid: text for cid, (text, _) in row.completions.items()}
+        for chosen, rejected, margin in ranking_pairs(row, min_gap):
+            weight, confidence = 1.0, None
+            if row.adjudicated:
+                confidence = 1.0 if reliability else None
+            elif reliability:
+                weight = reliability.weight(row.annotator_id)
+                confidence = reliability.confidence(row.task_id, chosen, rejected)
+            out.pairs.append(TrainingPair(row.turns, texts[chosen], texts[rejected], margin, weight, confidence,
+                                          "adjudication" if row.adjudicated else "human"))
+    ai_weight = float(project.ai_label_weight or 0.0)
+    if ai_weight <= 0:
+        return out
+    if mode == "soft":
+        out.ai_left_out = "label_weights 'soft' carries no per-pair weight; use 'weight' to mix AI labels"
+        return out
+    latest: dict[int, AILabel] = {}
+    for label in AILabel.objects.filter(task__project=project, task__gold_order__isnull=True).select_related(
+            "task__prompt").order_by("task_id", "id"):
+        latest[label.task_id] = label  # the newest of each task wins
+    if not latest:
+        return out
+    texts = exports._completion_texts(project, set(latest))
+    out.mode, out.ai_label_weight = "weight", ai_weight
+    for task_id, label in latest.items():
+        prompt = label.task.prompt
+        turns = list(prompt.messages) if prompt.messages else [{"role": "user", "content": prompt.text}]
+        by_id = {cid: text for cid, (text, _) in texts.get(task_id, {}).items()}
+        pairs = [(c, r) for c, r, _ in ranking_pairs(_Order(label.order), min_gap) if c in by_id and r in by_id]
+        if pairs:
+            out.ai_labels.append(label.pk)
+        out.pairs.extend(TrainingPair(turns, by_id[c], by_id[r], None, ai_weight, None, "ai") for c, r in pairs)
+    return out

@@ -69,8 +69,43 @@ def quality(request: HttpRequest, slug: str) -> HttpResponse:
                "ai_agreement": ai_human_agreement(project=project),
                "ai_labels": AILabel.objects.filter(task__project=project).count(),
                "reward_model": ModelVersion.objects.filter(project=project, kind="reward", is_current=True).first(),
-               "policy": ModelVersion.objects.filter(project=project, kind="policy", is_current=True).first()}
+               "policy": ModelVersion.objects.filter(project=project, kind="policy", is_current=True).first(),
+               "uncertainty": _uncertainty(project)}
     return _render(request, "labelapp/studio/quality.html", "studio", context)
+
+
+def _uncertainty(project) -> dict:
+    tasks = RankingTask.objects.filter(project=project, gold_order__isnull=True)
+    scored = tasks.filter(uncertainty__isnull=False)
+    latest = scored.select_related("uncertainty_model").order_by("-uncertainty_model_id").first()
+    top = (scored.filter(ranking_count__lt=project.overlap).select_related("prompt")
+           .order_by("-uncertainty", "id")[:10])
+    return {"tasks": tasks.count(), "scored": scored.count(), "top": top,
+            "model": latest.uncertainty_model.name if latest and latest.uncertainty_model else None}
+
+
+@login_required
+@require_POST
+def active_learning(request: HttpRequest, slug: str) -> HttpResponse:
+    """Turn active learning on or off, or queue a scoring of the tasks by the current reward model."""
+    from labelapp.services.quality import active_learning_set, uncertainty_score_enqueue
+
+    project = _project(request, slug)
+    try:
+        if request.POST.get("score"):
+            if uncertainty_score_enqueue(project=project, user=request.user):
+                messages.success(request, "Scoring queued (gpu queue): reload in a while to see the scores.")
+            else:
+                messages.error(request, "The job queue is unreachable; try again when it is back.")
+        elif request.POST.get("enabled") in ("0", "1"):
+            on = request.POST["enabled"] == "1"
+            active_learning_set(project=project, user=request.user, enabled=on)
+            messages.success(request, f"Active learning is {'on' if on else 'off'}.")
+        else:
+            messages.error(request, "Say whether to turn active learning on or off, or to score the tasks.")
+    except ValidationError as exc:
+        messages.error(request, " ".join(exc.messages))
+    return redirect("studio:quality", slug=project.slug)
 
 
 @login_required

@@ -20,4 +20,5 @@ urlpatterns = [
     path("p/<slug:slug>/quality/refit/", quality_views.quality_refit, name="quality_refit"),
     path("p/<slug:slug>/quality/gold/", quality_views.gold_mark, name="gold_mark"),
     path("p/<slug:slug>/quality/ai-labels/", quality_views.ai_label_start, name="ai_label_start"),
+    path("p/<slug:slug>/quality/active-learning/", quality_views.active_learning, name="active_learning"),
 ]

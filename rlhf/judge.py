@@ -109,3 +109,24 @@ def reward_order(model, tokenizer, prompt: str | Messages, ids: Sequence[int],
 
     rewards = score(model, tokenizer, [conversation(prompt, t) for t in texts]).tolist()
     return order_from_scores(ids, rewards), {cid: round(r, 6) for cid, r in zip(ids, rewards)}
+
+
+def pairwise_entropy(rewards: Sequence[float]) -> float:
+    """The reward model's uncertainty about one task's order: the mean over the task's response pairs (i, j)
+    of the binary entropy, in nats, of its Bradley-Terry probability p = sigmoid(r_i - r_j) (0 when every
+    pair is certain, ln 2 when every pair is a coin flip). Active learning serves the highest first: the
+    reward model's loss on a pair is -log sigmoid(+-d), whose gradient in d has magnitude |y - p|; its
+    expectation under the model's own belief, 2p(1 - p), grows and falls with this entropy, so the most
+    uncertain tasks are the ones whose labels are expected to move the model most."""
+    import math
+
+    rewards = [float(r) for r in rewards]
+    pairs = [(a, b) for i, a in enumerate(rewards) for b in rewards[i + 1:]]
+    if not pairs:
+        return 0.0
+    total = 0.0
+    for a, b in pairs:
+        p = 1.0 / (1.0 + math.exp(-(a - b))) if a - b > -700 else 0.0
+        p = min(max(p, 1e-12), 1 - 1e-12)
+        total -= p * math.log(p) + (1 - p) * math.log(1 - p)
+    return total / len(pairs)

@@ -94,3 +94,39 @@ def ai_label_tasks(*, project_id: int, source: str, model_version_id: int, limit
         order, scores = (reward_order if reward else judge_order)(model, tokenizer, prompt, ids, texts)
         ai_label_record(task_id=task.pk, source=source, model_version_id=version.pk, order=order, scores=scores)
     return len(tasks)
+
+
+def score_uncertainty(*, project_id: int, model_version_id: int, model=None, tokenizer=None, limit: int = 5000) -> int:
+    """Active learning: score up to `limit` of the project's ranking tasks (not gold; waiting ones first)
+    by the reward model's uncertainty about their order (rlhf.judge.pairwise_entropy of its rewards) and
+    store it (labelapp.services.quality.uncertainty_record). A caller that already holds the model passes
+    it. Returns how many tasks were scored."""
+    import torch
+
+    from django.db.models import Case, IntegerField, Value, When
+
+    from labelapp.models import ModelVersion, Project, RankingTask
+    from labelapp.services.quality import uncertainty_record
+    from rlhf.judge import pairwise_entropy
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.reward import conversation, score
+
+    project = Project.objects.get(pk=project_id)
+    version = ModelVersion.objects.get(pk=model_version_id, project=project)
+    waiting = Case(When(ranking_count__lt=project.overlap, then=Value(0)), default=Value(1), output_field=IntegerField())
+    tasks = list(RankingTask.objects.filter(project=project, gold_order__isnull=True).select_related("prompt")
+                 .annotate(waiting_last=waiting).order_by("waiting_last", "id")[:limit])
+    if not tasks:
+        return 0
+    if model is None:
+        model = load_reward_model(version.artifact_path, device="auto", dtype=torch.float32)
+        tokenizer = load_tokenizer(version.artifact_path)
+    texts = {t.pk: list(t.completions.order_by("id").values_list("text", flat=True)) for t in tasks}
+    items = [conversation(t.prompt.turns, text) for t in tasks for text in texts[t.pk]]
+    rewards = score(model, tokenizer, items).tolist()
+    scores, at = {}, 0
+    for t in tasks:
+        n = len(texts[t.pk])
+        scores[t.pk] = pairwise_entropy(rewards[at:at + n])
+        at += n
+    return uncertainty_record(project=project, model_version_id=version.pk, scores=scores)

@@ -6,19 +6,23 @@ functions, so importing this module stays cheap for processes that never train.
 """
 from __future__ import annotations
 
+import json
+import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 from django.core.exceptions import ValidationError
 
-from labelapp import exports, selectors
+from labelapp import selectors
 from labelapp.models import Completion, ModelVersion, Prompt, RankingTask, TrainingRun
 from labelapp.services.projects import completion_create, ranking_task_create
 from labelapp.services.runs import model_version_register
 from workers import launch
 
 Progress = Callable[[int, int, dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,18 +63,35 @@ def _cancelled(artifacts) -> bool:
     return False
 
 
-def preference_pairs(project, min_gap: int = 1) -> tuple[list, list[int]]:
-    """rlhf PreferencePairs from every ranking of the project (completions at least `min_gap` tie
-    groups apart), and the ranking ids used."""
+def preference_pairs(project, min_gap: int = 1, mode: str = "none"):
+    """rlhf PreferencePairs for a reward-model or DPO run of `project` (labelapp.quality.training_pairs:
+    people's rankings with gold left out and disputes adjudicated, reliability weights and confidences for
+    `label_weights` `mode`, AI labels at the project's `ai_label_weight`), and the selection itself (its
+    ids, the mode to train with and the lineage)."""
     from rlhf.data import PreferencePair
 
-    pairs, ids = [], []
-    for row in exports._ranking_rows(exports.ExportFilter(project=project)):
-        ids.append(row.id)
-        texts = {cid: text for cid, (text, _) in row.completions.items()}
-        for chosen, rejected, margin in selectors.ranking_pairs(row, min_gap):
-            pairs.append(PreferencePair(prompt=row.turns, chosen=texts[chosen], rejected=texts[rejected], margin=margin))
-    return pairs, ids
+    from labelapp.quality import training_pairs
+
+    selected = training_pairs(project=project, min_gap=min_gap, mode=mode)
+    pairs = [PreferencePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, margin=p.margin,
+                            weight=p.weight, confidence=p.confidence) for p in selected.pairs]
+    return pairs, selected
+
+
+def pairs_lineage(selected, pairs: list, gap: int, artifacts) -> dict:
+    """A preference model's training_data: the exact label sets it read, how its pairs were made, and the
+    weighting the trainer applied (mode, pairs kept, hash of the weights: rlhf.weighting.summary)."""
+    data = {"rankings": selectors.label_set(selected.rankings), "pairs": len(pairs), "min_rank_gap": gap,
+            **selected.lineage()}
+    try:
+        data["label_weighting"] = json.loads(Path(artifacts.metadata_path).read_text()).get("label_weighting")
+    except (OSError, ValueError):
+        data["label_weighting"] = None  # a launched run's rank 0 writes it; absence is recorded, not guessed
+    if selected.adjudications:
+        data["adjudications"] = selectors.label_set(selected.adjudications)
+    if selected.ai_labels:
+        data["ai_labels"] = selectors.label_set(selected.ai_labels)
+    return data
 
 
 def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
@@ -95,37 +116,54 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.reward import RewardRunConfig
 
     gap = run.params.get("min_rank_gap", 1)
-    pairs, ids = preference_pairs(run.project, gap)
+    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
+    pairs, selected = preference_pairs(run.project, gap, config.label_weights)
     if len(pairs) < 2:
         raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
+    config = replace(config, label_weights=selected.mode)
     artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
-    label_set = selectors.label_set(ids)
     version = model_version_register(
         project=run.project, name=f"reward-{run.pk}", kind=ModelVersion.Kind.REWARD, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data={"rankings": label_set, "pairs": len(pairs), "min_rank_gap": gap},
+        parent=run.input_model, training_data=pairs_lineage(selected, pairs, gap, artifacts),
         metrics=artifacts.metrics,
         make_current=True,
     )
-    return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
+    result = {"pairs": len(pairs), **artifacts.metrics}
+    if run.project.active_learning:
+        result["uncertainty"] = score_tasks(run.project, version)
+    return Outcome(result, version)
+
+
+def score_tasks(project, version: ModelVersion) -> dict:
+    """Active learning after a reward-model run: its uncertainty about every ranking task (workers.checks).
+    The model is already trained and registered, so a scoring failure is reported in the run's result
+    (and the studio's "Score now" can retry) rather than failing the run."""
+    from workers.checks import score_uncertainty
+
+    try:
+        return {"tasks": score_uncertainty(project_id=project.pk, model_version_id=version.pk)}
+    except Exception as exc:  # noqa: BLE001 - reported, not swallowed: the run's result says what failed
+        log.warning("uncertainty scoring failed for project %s", project.pk, exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.dpo import DPORunConfig
 
     gap = run.params.get("min_rank_gap", 1)
-    pairs, ids = preference_pairs(run.project, gap)
+    config = make_config(DPORunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
+    pairs, selected = preference_pairs(run.project, gap, config.label_weights)
     if not pairs:
         raise ValidationError("DPO needs preference pairs; there are none yet"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    artifacts = launch.train("dpo", make_config(DPORunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run)), pairs, progress)
+    config = replace(config, label_weights=selected.mode)
+    artifacts = launch.train("dpo", config, pairs, progress)
     _cancelled(artifacts)
     version = model_version_register(
         project=run.project, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-        parent=run.input_model,
-        training_data={"rankings": selectors.label_set(ids), "pairs": len(pairs), "min_rank_gap": gap},
+        parent=run.input_model, training_data=pairs_lineage(selected, pairs, gap, artifacts),
         metrics=artifacts.metrics, make_current=True,
     )
     return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
@@ -168,7 +206,12 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
         candidates = candidates.exclude(
             id__in=RankingTask.objects.filter(project=project, completions__model_version=version).values("prompt_id"))
     ids = list(candidates.order_by("id").values_list("id", flat=True))
-    chosen = random.Random(seed).sample(ids, min(n, len(ids)))  # the run's seed also fixes which prompts
+    if project.active_learning:  # the prompts the reward model is least sure of first; unscored ones after
+        uncertainty = dict(candidates.filter(uncertainty__isnull=False).values_list("id", "uncertainty"))
+        chosen = random.Random(seed).sample(ids, len(ids))  # the seeded order breaks ties (a stable sort)
+        chosen = sorted(chosen, key=lambda i: -uncertainty.get(i, -1.0))[:n]
+    else:
+        chosen = random.Random(seed).sample(ids, min(n, len(ids)))  # the run's seed also fixes which prompts
     by_id = Prompt.objects.in_bulk(chosen)
     prompts = [by_id[i] for i in chosen]
     if not prompts:

@@ -154,3 +154,12 @@ def ai_label(project_id: int, source: str, model_version_id: int) -> int:
 
     close_old_connections()
     return ai_label_tasks(project_id=project_id, source=source, model_version_id=model_version_id)
+
+
+@shared_task(name="studio.uncertainty_score")
+def uncertainty_score(project_id: int, model_version_id: int) -> int:
+    """Active learning (gpu queue): score the project's ranking tasks by the reward model's uncertainty."""
+    from workers.checks import score_uncertainty
+
+    close_old_connections()
+    return score_uncertainty(project_id=project_id, model_version_id=model_version_id)

@@ -111,6 +111,11 @@ class Project(models.Model):
         validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Weight of AI labels' pairs when a reward-model or DPO run mixes them in (RLAIF; 0 keeps them out).",
     )
+    active_learning = models.BooleanField(
+        default=False,
+        help_text="Serve the ranking tasks the current reward model is least sure of first, and sample next "
+                  "rounds from the prompts it is least sure of (scores refreshed after each reward-model run).",
+    )
     categories = models.JSONField(
         default=default_categories,
         blank=True,  # checked by clean(), which says what an empty list lacks
@@ -181,6 +186,11 @@ class Prompt(models.Model):
         max_length=64, help_text="sha256 of the content with only line endings normalised: re-imports dedupe."
     )
     demonstration_count = models.PositiveIntegerField(default=0, help_text="Non-rejected demonstrations.")
+    uncertainty = models.FloatField(
+        null=True, blank=True,
+        help_text="Active learning: the highest uncertainty of this prompt's ranking tasks under the latest scoring "
+                  "reward model (admins only; never shown to annotators).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -287,6 +297,15 @@ class RankingTask(models.Model):
         null=True, blank=True,
         help_text="Gold items only: the expected ranking (tie groups of completion ids, best first). Gold tasks are "
                   "served to every annotator once, scored, and never used for training or counted in agreement.",
+    )
+    uncertainty = models.FloatField(
+        null=True, blank=True,
+        help_text="Active learning: the reward model's uncertainty about this task's order, the mean binary entropy "
+                  "(nats, 0 to ln 2) of its Bradley-Terry probabilities over the task's pairs. Admins only.",
+    )
+    uncertainty_model = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The reward model that scored `uncertainty`.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 

@@ -26,6 +26,7 @@ from labelapp.models import (
     Comparison,
     EvaluationTask,
     Project,
+    Prompt,
     Ranking,
     RankingTask,
     ReliabilityFit,
@@ -273,5 +274,66 @@ def ai_labels_enqueue(*, project: Project, user, source: str, model_version_id: 
         current_app.send_task("studio.ai_label", args=[project.pk, source, version.pk], queue="gpu")
     except Exception:
         log.warning("could not enqueue AI labels for project %s", project.pk, exc_info=True)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------- active learning
+
+
+def active_learning_set(*, project: Project, user, enabled: bool) -> Project:
+    """Turn active learning on or off for a project (admins)."""
+    require_role(project=project, user=user, role=Role.ADMIN)
+    Project.objects.filter(pk=project.pk).update(active_learning=bool(enabled))
+    project.active_learning = bool(enabled)
+    return project
+
+
+@transaction.atomic
+def uncertainty_record(*, project: Project, model_version_id: int, scores: dict[int, float]) -> int:
+    """Store a reward model's uncertainty of ranking tasks (run by the worker after scoring them) and each
+    affected prompt's uncertainty, the highest of its tasks scored by that model. Tasks of other projects
+    and gold tasks are ignored; scores must be finite and in [0, ln 2]. Returns the tasks written."""
+    import math
+
+    from labelapp.models import ModelVersion
+
+    version = ModelVersion.objects.filter(pk=model_version_id, project=project, kind=ModelVersion.Kind.REWARD).first()
+    if version is None:
+        raise ValidationError(f"Model version {model_version_id} is not a reward model of this project.")
+    bad = [t for t, v in scores.items() if not (isinstance(v, (int, float)) and math.isfinite(v)
+                                                 and 0.0 <= v <= math.log(2) + 1e-9)]
+    if bad:
+        raise ValidationError(f"Uncertainty must be a number from 0 to ln 2; task(s) {sorted(bad)[:5]} are not.")
+    tasks = {t.pk: t for t in RankingTask.objects.select_for_update().filter(
+        project=project, gold_order__isnull=True, pk__in=list(scores))}
+    for task_id, task in tasks.items():
+        task.uncertainty, task.uncertainty_model = float(scores[task_id]), version
+    RankingTask.objects.bulk_update(tasks.values(), ["uncertainty", "uncertainty_model"])
+    best: dict[int, float] = {}
+    for prompt_id, value in RankingTask.objects.filter(
+            project=project, uncertainty_model=version, prompt_id__in={t.prompt_id for t in tasks.values()}
+    ).values_list("prompt_id", "uncertainty"):
+        best[prompt_id] = max(best.get(prompt_id, 0.0), value)
+    for prompt_id, value in best.items():
+        Prompt.objects.filter(pk=prompt_id).update(uncertainty=value)
+    return len(tasks)
+
+
+def uncertainty_score_enqueue(*, project: Project, user) -> bool:
+    """Ask a gpu-queue worker to score the project's ranking tasks with the current reward model
+    (studio.uncertainty_score). False when the broker is unreachable."""
+    from celery import current_app
+
+    from labelapp.models import ModelVersion
+
+    require_role(project=project, user=user, role=Role.ADMIN)
+    version = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD, is_current=True).first()
+    if version is None:
+        raise ValidationError("There is no current reward model to score with: train one first (a round's reward stage).")
+    try:
+        current_app.send_task("studio.uncertainty_score", args=[project.pk, version.pk], queue="gpu")
+    except Exception:
+        log.warning("could not enqueue uncertainty scoring for project %s", project.pk, exc_info=True)
         return False
     return True

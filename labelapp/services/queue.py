@@ -7,8 +7,12 @@ evaluation tasks that still need comparisons. An item is *available* to a user w
     submitted labels + live leases held by others < capacity      (capacity = overlap)
     and the user has not already submitted or skipped it.
 
-Locking: the candidate is read with one `SELECT … FOR UPDATE SKIP LOCKED` ordered by
-(fewest submitted labels, oldest). Under READ COMMITTED that statement's view of *other*
+Order: fewest submitted labels, then oldest. In the rank queue of a project with
+`active_learning` on, the ranking tasks the current reward model is least sure of come first
+(`RankingTask.uncertainty`, highest first; tasks not scored yet after every scored one), then
+that order.
+
+Locking: the candidate is read with one `SELECT … FOR UPDATE SKIP LOCKED` in that order. Under READ COMMITTED that statement's view of *other*
 rows (the leases) may be older than the locked row, so once the row is ours the live leases
 are counted again in a fresh statement; every lease is created while holding the item's row
 lock, so that second count is exact. A candidate that turns out full is passed over and the
@@ -99,8 +103,16 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
         items.annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
         .filter(live_leases__lt=Value(capacity) - F(spec.count_field))
         .exclude(Exists(done_by_user))
-        .order_by(spec.count_field, "created_at", "id")
+        .order_by(*item_order(project, queue, spec))
     )
+
+
+def item_order(project: Project, queue: str, spec: QueueSpec) -> list:
+    """The order the queue serves items in (module docstring)."""
+    order = [spec.count_field, "created_at", "id"]
+    if queue == Queue.RANK and project.active_learning:
+        order.insert(0, F("uncertainty").desc(nulls_last=True))
+    return order
 
 
 def _done_by(user, spec: QueueSpec, now: datetime):

@@ -152,3 +152,28 @@ def test_a_pasted_answer_is_flagged_for_the_reviewer(page, live_server):
     page.goto(f"{live_server.url}/p/{project.slug}/review/")
     expect(page.locator("#quality-flags")).to_contain_text("100% of the answer was pasted")
     assert not page.js_errors
+
+
+def test_admin_turns_active_learning_on_and_sees_the_least_certain_tasks(page, live_server):
+    from labelapp.models import ModelVersion
+    from labelapp.services.quality import uncertainty_record
+    from tests.conftest import make_project, make_task
+
+    project = make_project(name="Active", k=2, overlap=1)
+    add_member(project, make_user("chief"), role="admin")
+    rm = ModelVersion.objects.create(project=project, name="rm-7", kind="reward")
+    sure, unsure = make_task(project), make_task(project)
+    uncertainty_record(project=project, model_version_id=rm.pk, scores={sure.pk: 0.05, unsure.pk: 0.66})
+    login(page, live_server, "chief")
+    page.goto(f"{live_server.url}/studio/p/{project.slug}/quality/")
+    expect(page.locator("#active-state")).to_have_text("off")
+    rows = page.locator("#uncertain-tasks tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("0.660")  # least certain first
+    expect(page.locator("#active-title").locator("..")).to_contain_text("2 of 2 ranking tasks scored by rm-7")
+    page.locator("#active-on").focus()
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    expect(page.locator(".messages")).to_contain_text("Active learning is on.")
+    expect(page.locator("#active-state")).to_have_text("on")
+    expect(page.locator("#active-score")).to_be_disabled()  # no current reward model to score with

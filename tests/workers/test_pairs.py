@@ -29,10 +29,10 @@ def ranked(tmp_path, settings, tiny_dir):
 
 
 def test_preference_pairs_keep_only_ranks_far_enough_apart(ranked):
-    every, ids = executors.preference_pairs(ranked)
-    assert len(every) == 3 * 6 and len(ids) == 3
-    best_vs_worst, same_ids = executors.preference_pairs(ranked, 3)
-    assert same_ids == ids and len(best_vs_worst) == 3
+    every, selected = executors.preference_pairs(ranked)
+    assert len(every) == 3 * 6 and len(selected.rankings) == 3
+    best_vs_worst, same = executors.preference_pairs(ranked, 3)
+    assert same.rankings == selected.rankings and len(best_vs_worst) == 3
     assert {(p.chosen, p.rejected) for p in best_vs_worst} == {("Cats sleep most of the day and purr when happy.", "No.")}
     assert len(executors.preference_pairs(ranked, 2)[0]) == 3 * 3
 
@@ -66,3 +66,35 @@ def test_dpo_loss_settings_train_and_bad_ones_register_nothing(ranked):
     with pytest.raises(ValueError, match=r"ld_alpha must lie in \[0, 1\] \(got 2\)"):
         executors.run_dpo(bad, lambda *a: None)
     assert ModelVersion.objects.count() == versions
+
+
+@pytest.mark.parametrize("kind", ["reward", "dpo"])
+def test_runs_mix_ai_labels_at_their_weight_and_record_the_label_sets(ranked, kind):
+    from labelapp.models import RankingTask
+    from labelapp.services.quality import ai_label_record
+
+    task = RankingTask.objects.filter(project=ranked).first()
+    ids = sorted(task.completions.values_list("id", flat=True))
+    judge = ModelVersion.objects.create(project=ranked, name="rm-0", kind="reward")
+    label = ai_label_record(task_id=task.pk, source="reward_model", model_version_id=judge.pk,
+                            order=[[i] for i in ids], scores={})
+    ranked.ai_label_weight = 0.5
+    ranked.save()
+    step = executors.run_reward if kind == "reward" else executors.run_dpo
+    outcome = step(run_of(ranked, kind, TINY), lambda *a: None)
+    data = outcome.model.training_data
+    assert data["pairs"] == 3 * 6 + 6 and data["pair_sources"] == {"ai": 6, "human": 18}
+    assert data["ai_labels"]["ids"] == [label.pk] and data["ai_label_weight"] == 0.5
+    # "none" was asked, but AI pairs need a weighted loss: the run says it trained in "weight" mode
+    weighting = data["label_weighting"]
+    assert weighting["label_weights"] == "weight" and len(weighting["weights_hash"]) == 64
+
+
+def test_a_reward_run_scores_the_tasks_when_active_learning_is_on(ranked):
+    from labelapp.models import RankingTask
+
+    ranked.active_learning = True
+    ranked.save()
+    outcome = executors.run_reward(run_of(ranked, "reward", TINY), lambda *a: None)
+    assert outcome.result["uncertainty"] == {"tasks": 3}
+    assert set(RankingTask.objects.filter(project=ranked).values_list("uncertainty_model", flat=True)) == {outcome.model.pk}
