@@ -3,6 +3,11 @@
 An executor takes the run and a `progress(step, total, metrics)` callback (which raises
 rlhf.Cancelled when a cancel was requested) and returns an Outcome. rlhf is imported inside the
 functions, so importing this module stays cheap for processes that never train.
+
+Executors write nothing themselves: an Outcome's `store` writes the run's outputs (the registered
+model, ranking tasks and their completions, evaluation tasks), and `run_finish` calls it in the
+transaction that checks the run's execution token and records the outcome. A worker killed before
+that commit leaves no outputs, and the retried attempt writes them once.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Callable
 from django.core.exceptions import ValidationError
 
 from labelapp import selectors
-from labelapp.models import Completion, ModelVersion, Prompt, RankingTask, TrainingRun
+from labelapp.models import Completion, ModelVersion, Project, Prompt, RankingTask, TrainingRun
 from labelapp.services.projects import completion_create, ranking_task_create
 from labelapp.services.runs import model_version_register
 from workers import launch
@@ -29,6 +34,14 @@ log = logging.getLogger(__name__)
 class Outcome:
     result: dict = field(default_factory=dict)
     model: ModelVersion | None = None
+    # writes the outputs inside run_finish's transaction: store(locked run, result) -> registered model or None
+    store: Callable[[TrainingRun, dict], ModelVersion | None] | None = None
+
+
+def register(run: TrainingRun, **fields) -> Callable[[TrainingRun, dict], ModelVersion]:
+    """A store that registers the run's model as the project's current one of its kind."""
+    return lambda locked, result: model_version_register(project=run.project, parent=run.input_model,
+                                                         make_current=True, run=locked, **fields)
 
 
 def model_ref(run: TrainingRun, version: ModelVersion | None = None) -> str:
@@ -105,11 +118,9 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
     config = make_config(SFTRunConfig, run, model=model_ref(run))
     artifacts = launch.train("sft", config, demos, progress)
     _cancelled(artifacts)
-    version = model_version_register(
-        project=run.project, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data={"demonstrations": snapshot}, metrics=artifacts.metrics, make_current=True,
-    )
-    return Outcome({"demonstrations": snapshot["count"], **artifacts.metrics}, version)
+    store = register(run, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+                     training_data={"demonstrations": snapshot}, metrics=artifacts.metrics)
+    return Outcome({"demonstrations": snapshot["count"], **artifacts.metrics}, store=store)
 
 
 def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
@@ -124,22 +135,28 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
     config = replace(config, label_weights=selected.mode)
     artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
-    version = model_version_register(
-        project=run.project, name=f"reward-{run.pk}", kind=ModelVersion.Kind.REWARD, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data=pairs_lineage(selected, pairs, gap, artifacts),
-        metrics=artifacts.metrics,
-        make_current=True,
+    store = register(
+        run, name=f"reward-{run.pk}", kind=ModelVersion.Kind.REWARD, artifact_path=artifacts.model_dir,
+        training_data=pairs_lineage(selected, pairs, gap, artifacts), metrics=artifacts.metrics,
     )
-    result = {"pairs": len(pairs), **artifacts.metrics}
-    if run.project.active_learning:
-        result["uncertainty"] = score_tasks(run.project, version)
-    return Outcome(result, version)
+    return Outcome({"pairs": len(pairs), **artifacts.metrics}, store=store)
+
+
+def after_finish(run: TrainingRun) -> None:
+    """What follows a stored, succeeded run (workers.tasks.run_execute, before the round advances): after a
+    reward-model run of a project with active learning, score its ranking tasks with the new model and add
+    the outcome to the run's result (`uncertainty`)."""
+    from labelapp.services.runs import run_result_add
+
+    if run.kind != TrainingRun.Kind.REWARD or run.output_model is None or not run.project.active_learning:
+        return
+    run_result_add(run_id=run.pk, uncertainty=score_tasks(run.project, run.output_model))
 
 
 def score_tasks(project, version: ModelVersion) -> dict:
-    """Active learning after a reward-model run: its uncertainty about every ranking task (workers.checks).
-    The model is already trained and registered, so a scoring failure is reported in the run's result
-    (and the studio's "Score now" can retry) rather than failing the run."""
+    """Active learning after a reward-model run has been stored: the new model's uncertainty about every
+    ranking task (workers.checks). The model is already registered, so a scoring failure is reported in
+    the run's result (and the studio's "Score tasks now" can retry) rather than failing the run."""
     from workers.checks import score_uncertainty
 
     try:
@@ -161,12 +178,11 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
     config = replace(config, label_weights=selected.mode)
     artifacts = launch.train("dpo", config, pairs, progress)
     _cancelled(artifacts)
-    version = model_version_register(
-        project=run.project, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data=pairs_lineage(selected, pairs, gap, artifacts),
-        metrics=artifacts.metrics, make_current=True,
+    store = register(
+        run, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+        training_data=pairs_lineage(selected, pairs, gap, artifacts), metrics=artifacts.metrics,
     )
-    return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
+    return Outcome({"pairs": len(pairs), **artifacts.metrics}, store=store)
 
 
 def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
@@ -183,12 +199,9 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     config = make_config(PPOConfig, run, model=model_ref(run), reward_model=reward.artifact_path)
     artifacts = train(config, prompts, progress=progress)
     _cancelled(artifacts)
-    version = model_version_register(
-        project=run.project, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data={"prompts": len(prompts), "reward_model_id": reward.pk},
-        metrics=artifacts.metrics, make_current=True,
-    )
-    return Outcome({"prompts": len(prompts), **artifacts.metrics}, version)
+    store = register(run, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+                     training_data={"prompts": len(prompts), "reward_model_id": reward.pk}, metrics=artifacts.metrics)
+    return Outcome({"prompts": len(prompts), **artifacts.metrics}, store=store)
 
 
 def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
@@ -216,13 +229,9 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
     prompts = [by_id[i] for i in chosen]
     if not prompts:
         return Outcome({"prompts": 0, "tasks": 0})
-    if version is None:  # sampling from the base model: register it once so completions can name it
-        version = ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first() or model_version_register(
-            project=project, name=f"base ({project.base_model})", kind=ModelVersion.Kind.POLICY,
-            artifact_path=project.base_model,
-        )
-    tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
-    model = load_causal_lm(version.artifact_path)
+    path = version.artifact_path if version else project.base_model
+    tokenizer = load_tokenizer(path, padding_side="left")
+    model = load_causal_lm(path)
     samples = sample(
         model, tokenizer, [p.turns for p in prompts], k=k, max_new_tokens=int(run.params.get("max_new_tokens", 64)),
         temperature=float(run.params.get("temperature", 1.0)), seed=seed, progress=progress,
@@ -230,21 +239,37 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
     by_prompt: dict[int, list] = {}
     for item in samples:
         by_prompt.setdefault(item.prompt_index, []).append(item)
-    tasks = 0
-    for index, prompt in enumerate(prompts):
-        completions = [
-            completion_create(
-                prompt=prompt, text=item.completion.strip() or "(empty response)", source=Completion.Source.MODEL,
-                model_version=version,
-                decoding={**item.decoding, "seed": item.seed, "completion_tokens": item.completion_tokens,
-                          "prompt_tokens": item.prompt_tokens, "finish_reason": item.finish_reason},
-            )
-            for item in sorted(by_prompt.get(index, []), key=lambda s: s.sample_index)
-        ]
-        if len(completions) >= 2:
-            ranking_task_create(project=project, prompt=prompt, completions=completions)
-            tasks += 1
-    return Outcome({"prompts": len(prompts), "tasks": tasks, "k": k, "seed": seed})
+
+    def store(locked: TrainingRun, result: dict) -> None:
+        """The completions and ranking tasks, keyed by (run, prompt[, sample]), with run_finish."""
+        policy = version or base_version(project)
+        tasks = 0
+        for index, prompt in enumerate(prompts):
+            completions = [
+                completion_create(
+                    prompt=prompt, text=item.completion.strip() or "(empty response)", source=Completion.Source.MODEL,
+                    model_version=policy, run=locked, sample_index=item.sample_index,
+                    decoding={**item.decoding, "seed": item.seed, "completion_tokens": item.completion_tokens,
+                              "prompt_tokens": item.prompt_tokens, "finish_reason": item.finish_reason},
+                )
+                for item in sorted(by_prompt.get(index, []), key=lambda s: s.sample_index)
+            ]
+            if len(completions) >= 2:
+                ranking_task_create(project=project, prompt=prompt, completions=completions, run=locked)
+                tasks += 1
+        result["tasks"] = tasks
+
+    return Outcome({"prompts": len(prompts), "k": k, "seed": seed}, store=store)
+
+
+def base_version(project) -> ModelVersion:
+    """The project's base model as a ModelVersion (so completions sampled from it can name it), registered
+    once: the project row's lock serialises two runs registering it at the same time."""
+    Project.objects.select_for_update().filter(pk=project.pk).first()
+    return ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first() or model_version_register(
+        project=project, name=f"base ({project.base_model})", kind=ModelVersion.Kind.POLICY,
+        artifact_path=project.base_model,
+    )
 
 
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
@@ -286,23 +311,30 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
         a_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[candidate.pk])]
         b_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[baseline.pk])]
         rewards_a, rewards_b = score(rm, rm_tokenizer, a_items).tolist(), score(rm, rm_tokenizer, b_items).tolist()
-    for prompt, text_a, text_b, ra, rb, end_a, end_b in zip(prompts, answers[candidate.pk], answers[baseline.pk], rewards_a,
-                                                           rewards_b, finish[candidate.pk], finish[baseline.pk]):
-        evaluation_task_create(
-            project=project, prompt=prompt, model_a=candidate, model_b=baseline, text_a=text_a, text_b=text_b,
-            round=run.round, reward_a=ra, reward_b=rb, decoding=settings,
-            decoding_a={**settings, **end_a}, decoding_b={**settings, **end_b},
-        )
     progress(3, 3, {})
-    summary = evaluation_summary(project=project, round_id=run.round_id) if run.round_id else {}
-    auto = summary.get("reward_model", {})
-    controlled = summary.get("length_controlled", {}).get("reward_model", {})
-    lengths = summary.get("lengths", {})
-    return Outcome({"tasks": len(prompts), "auto_win_rate": auto.get("win_rate"), "auto_low": auto.get("low"),
-                    "auto_high": auto.get("high"), "auto_lc_win_rate": controlled.get("win_rate"),
-                    "auto_lc_low": controlled.get("low"), "auto_lc_high": controlled.get("high"),
-                    "mean_length_candidate": lengths.get("candidate"), "mean_length_baseline": lengths.get("baseline"),
-                    "mean_length_reference": lengths.get("reference"), "note": note})
+
+    def store(locked: TrainingRun, result: dict) -> None:
+        """The evaluation tasks, one per (run, prompt), with run_finish; then the round's automatic summary."""
+        for prompt, text_a, text_b, ra, rb, end_a, end_b in zip(prompts, answers[candidate.pk], answers[baseline.pk],
+                                                               rewards_a, rewards_b, finish[candidate.pk],
+                                                               finish[baseline.pk]):
+            evaluation_task_create(
+                project=project, prompt=prompt, model_a=candidate, model_b=baseline, text_a=text_a, text_b=text_b,
+                round=run.round, reward_a=ra, reward_b=rb, decoding=settings,
+                decoding_a={**settings, **end_a}, decoding_b={**settings, **end_b}, run=locked,
+            )
+        summary = evaluation_summary(project=project, round_id=run.round_id) if run.round_id else {}
+        auto = summary.get("reward_model", {})
+        controlled = summary.get("length_controlled", {}).get("reward_model", {})
+        lengths = summary.get("lengths", {})
+        result.update({"auto_win_rate": auto.get("win_rate"), "auto_low": auto.get("low"),
+                       "auto_high": auto.get("high"), "auto_lc_win_rate": controlled.get("win_rate"),
+                       "auto_lc_low": controlled.get("low"), "auto_lc_high": controlled.get("high"),
+                       "mean_length_candidate": lengths.get("candidate"),
+                       "mean_length_baseline": lengths.get("baseline"),
+                       "mean_length_reference": lengths.get("reference")})
+
+    return Outcome({"tasks": len(prompts), "note": note}, store=store)
 
 
 EXECUTORS: dict[str, Callable[[TrainingRun, Progress], Outcome]] = {

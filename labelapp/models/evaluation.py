@@ -29,12 +29,21 @@ class EvaluationTask(models.Model):
         max_length=4, blank=True, choices=[("a", "Candidate (A)"), ("b", "Baseline (B)"), ("tie", "Tie")],
         help_text="Gold items only: the expected judgement. Gold evaluation tasks are scored and left out of win-rates.",
     )
+    run = models.ForeignKey(
+        "labelapp.TrainingRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="evaluation_tasks",
+        help_text="The evaluation run that wrote it (one task per prompt per run).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [
             models.Index(fields=["project", "comparison_count", "created_at", "id"], name="evaluationtask_queue")
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "prompt"], condition=Q(run__isnull=False), name="evaluationtask_once_per_run_prompt"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -238,6 +238,10 @@ class ModelVersion(models.Model):
     training_data = models.JSONField(default=dict, blank=True, help_text="The label snapshot: ids, counts, hash.")
     metrics = models.JSONField(default=dict, blank=True)
     is_current = models.BooleanField(default=False, help_text="The project's current policy / reward model.")
+    run = models.ForeignKey(
+        "labelapp.TrainingRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="registered_models",
+        help_text="The training run that registered it (at most one model per run).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -245,7 +249,8 @@ class ModelVersion(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["project", "kind"], condition=Q(is_current=True), name="modelversion_one_current_per_kind"
-            )
+            ),
+            models.UniqueConstraint(fields=["run"], condition=Q(run__isnull=False), name="modelversion_once_per_run"),
         ]
 
     def __str__(self) -> str:
@@ -265,6 +270,13 @@ class Completion(models.Model):
         ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="completions"
     )
     decoding = models.JSONField(default=dict, blank=True, help_text="Decoding settings, seed and token counts.")
+    run = models.ForeignKey(
+        "labelapp.TrainingRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="completions",
+        help_text="The sampling or evaluation run that wrote it.",
+    )
+    sample_index = models.PositiveSmallIntegerField(
+        default=0, help_text="Which of the run's samples for this prompt and model version (0 … k-1)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -272,6 +284,11 @@ class Completion(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=~Q(source="model") | Q(model_version__isnull=False), name="completion_model_has_version"
+            ),
+            # a run writes each of its samples once, even when it is retried after dying mid-write
+            models.UniqueConstraint(
+                fields=["run", "prompt", "model_version", "sample_index"], condition=Q(run__isnull=False),
+                name="completion_once_per_run_item",
             ),
         ]
 
@@ -307,11 +324,20 @@ class RankingTask(models.Model):
         "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The reward model that scored `uncertainty`.",
     )
+    run = models.ForeignKey(
+        "labelapp.TrainingRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="ranking_tasks",
+        help_text="The sampling run that wrote it (one task per prompt per run).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
         indexes = [models.Index(fields=["project", "ranking_count", "created_at", "id"], name="rankingtask_queue")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "prompt"], condition=Q(run__isnull=False), name="rankingtask_once_per_run_prompt"
+            ),
+        ]
 
     @property
     def is_gold(self) -> bool:

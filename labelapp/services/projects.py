@@ -181,7 +181,10 @@ def completion_create(
     source: str = Completion.Source.MODEL,
     model_version: ModelVersion | None = None,
     decoding: dict | None = None,
+    run=None,
+    sample_index: int = 0,
 ) -> Completion:
+    """`run` and `sample_index` key a run's outputs: (run, prompt, model version, sample index) is unique."""
     # Model outputs are untrusted: a NUL cannot be stored in PostgreSQL text; show it as U+FFFD.
     text = (text or "").replace("\x00", "\ufffd")
     if not text.strip():
@@ -189,7 +192,8 @@ def completion_create(
     if len(text) > settings.LABEL_MAX_TEXT_CHARS:
         raise ValidationError(f"The completion is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
     completion = Completion(
-        prompt=prompt, text=text, source=source, model_version=model_version, decoding=decoding or {}
+        prompt=prompt, text=text, source=source, model_version=model_version, decoding=decoding or {}, run=run,
+        sample_index=sample_index,
     )
     completion.full_clean()
     completion.save()
@@ -197,8 +201,8 @@ def completion_create(
 
 
 @transaction.atomic
-def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequence[Completion]) -> RankingTask:
-    """A task asking annotators to rank 2–9 distinct completions of one prompt."""
+def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequence[Completion], run=None) -> RankingTask:
+    """A task asking annotators to rank 2–9 distinct completions of one prompt (one per prompt per `run`)."""
     ids = {c.pk for c in completions}
     if not 2 <= len(ids) <= 9 or len(ids) != len(completions):
         raise ValidationError(f"A ranking task needs 2 to 9 distinct completions; got {len(completions)}.")
@@ -206,7 +210,7 @@ def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequen
         raise ValidationError("The prompt belongs to another project.")
     if any(c.prompt_id != prompt.pk for c in completions):
         raise ValidationError("Every completion of a ranking task must answer the task's prompt.")
-    task = RankingTask.objects.create(project=project, prompt=prompt)
+    task = RankingTask.objects.create(project=project, prompt=prompt, run=run)
     task.completions.set(completions)
     return task
 
@@ -215,11 +219,12 @@ def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequen
 def evaluation_task_create(
     *, project: Project, prompt: Prompt, model_a: ModelVersion, model_b: ModelVersion, text_a: str, text_b: str,
     round=None, reward_a: float | None = None, reward_b: float | None = None, decoding: dict | None = None,
-    decoding_a: dict | None = None, decoding_b: dict | None = None,
+    decoding_a: dict | None = None, decoding_b: dict | None = None, run=None,
 ):
     """A blind A/B task: the candidate's (A) and the baseline's (B) answers to one prompt.
     `decoding` is what both answers were sampled with; `decoding_a`/`decoding_b`, when given,
-    are each answer's own (with its finish reason and token count) and take its place."""
+    are each answer's own (with its finish reason and token count) and take its place. A `run` writes one
+    task per prompt (enforced by the database)."""
     from labelapp.models import EvaluationTask
 
     if model_a.pk == model_b.pk:
@@ -231,11 +236,11 @@ def evaluation_task_create(
     random.SystemRandom().shuffle(sides)
     made = {
         side: completion_create(prompt=prompt, text=text or "(empty response)", model_version=model,
-                                decoding=own or decoding)
+                                decoding=own or decoding, run=run)
         for side, text, model, own in sides
     }
     a, b = made["a"], made["b"]
     return EvaluationTask.objects.create(
         project=project, round=round, prompt=prompt, model_a=model_a, model_b=model_b, completion_a=a, completion_b=b,
-        reward_a=reward_a, reward_b=reward_b,
+        reward_a=reward_a, reward_b=reward_b, run=run,
     )

@@ -12,12 +12,19 @@ after its visibility timeout:
   run's execution token; it tells the worker whether a cancel was requested.
 - `runs_reconcile` finds running rows whose heartbeat stopped: it re-queues them to resume from
   their last checkpoint, at most `max_attempts` times, then fails them.
+- `run_finish` writes the run's outputs (its `store`: ranking tasks and completions, evaluation
+  tasks, the registered model) in the same transaction that checks the execution token and
+  records the outcome, so a worker that dies before the commit leaves nothing behind, and one
+  that lost the run to another worker writes nothing. The outputs also carry their run as a key
+  that the database keeps unique (one ranking/evaluation task per run and prompt, one completion
+  per run, prompt, model and sample index, one model per run).
 """
 from __future__ import annotations
 
 import logging
 import secrets
 from datetime import datetime, timedelta
+from typing import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -157,14 +164,22 @@ def run_report(
 def run_finish(
     *, run_id: int, token: str, status: str, result: dict | None = None, error: str = "",
     output_model: ModelVersion | None = None, now: datetime | None = None,
+    store: Callable[[TrainingRun, dict], ModelVersion | None] | None = None,
 ) -> TrainingRun:
-    """Record how the run ended. Only the executing worker may finish it."""
+    """Record how the run ended. Only the executing worker may finish it.
+
+    `store(run, result)`, given for a succeeded run, writes the run's outputs here, after the token
+    check and in this transaction (it may add counts to `result`; a ModelVersion it returns becomes
+    the run's output model): the outputs and the outcome are committed together or not at all."""
     now = now or timezone.now()
     run = TrainingRun.objects.select_for_update(of=("self",)).get(pk=run_id)
     if run.execution != token or run.status != TrainingRun.Status.RUNNING:
         raise RunLost(f"run {run_id} is no longer executed by this worker")
+    result = dict(result or {})
+    if store is not None and status == TrainingRun.Status.SUCCEEDED:
+        output_model = store(run, result) or output_model
     run.status = status
-    run.result = result or {}
+    run.result = result
     run.error = error[-LOG_TAIL_CHARS:]
     run.output_model = output_model
     run.finished_at = now
@@ -172,6 +187,15 @@ def run_finish(
     if status == TrainingRun.Status.SUCCEEDED and run.total:
         run.step = run.total
     run.save()
+    return run
+
+
+@transaction.atomic
+def run_result_add(*, run_id: int, **items) -> TrainingRun:
+    """Add keys to a finished run's result (what followed it, e.g. active learning's scoring)."""
+    run = TrainingRun.objects.select_for_update(of=("self",)).get(pk=run_id)
+    run.result = {**(run.result or {}), **items}
+    run.save(update_fields=["result"])
     return run
 
 
@@ -251,13 +275,15 @@ def runs_reconcile(*, now: datetime | None = None) -> dict[str, list[int]]:
 def model_version_register(
     *, project: Project, name: str, kind: str, artifact_path: str, parent: ModelVersion | None = None,
     training_data: dict | None = None, metrics: dict | None = None, make_current: bool = False,
+    run: TrainingRun | None = None,
 ) -> ModelVersion:
-    """Add a trained model to the registry, optionally as the project's current one of its kind."""
+    """Add a trained model to the registry, optionally as the project's current one of its kind.
+    A `run` registers at most one model (enforced by the database)."""
     if make_current:
         ModelVersion.objects.filter(project=project, kind=kind, is_current=True).update(is_current=False)
     version = ModelVersion(
         project=project, name=name, kind=kind, artifact_path=artifact_path, parent=parent,
-        training_data=training_data or {}, metrics=metrics or {}, is_current=make_current,
+        training_data=training_data or {}, metrics=metrics or {}, is_current=make_current, run=run,
     )
     version.full_clean()
     version.save()

@@ -109,6 +109,7 @@ def test_the_worker_scores_every_task_with_a_tiny_reward_model(tiny_dir):
 
 
 def test_next_round_samples_the_least_certain_prompts(tiny_dir, settings, tmp_path):
+    from tests.workers.conftest import execute
     from workers import executors
 
     settings.DATA_DIR = tmp_path
@@ -121,7 +122,7 @@ def test_next_round_samples_the_least_certain_prompts(tiny_dir, settings, tmp_pa
     def sampled(seed):
         run = TrainingRun.objects.create(project=project, kind="sample", status=TrainingRun.Status.RUNNING,
                                          params={"prompts": 2, "max_new_tokens": 2, "seed": seed})
-        executors.run_sample(run, lambda *a: None)
+        execute(executors.run_sample, run)
         return set(RankingTask.objects.filter(project=project).values_list("prompt_id", flat=True))
 
     project.active_learning = True

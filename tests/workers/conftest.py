@@ -149,3 +149,15 @@ def wait_for(predicate, timeout: float, what: str, worker: Worker | None = None)
         time.sleep(0.5)
     tail = worker.output()[-3000:] if worker else ""
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n{tail}")
+
+
+def execute(executor, run):
+    """Run an executor the way the worker does, without the queue: take the run (its execution token),
+    execute, and finish it with its outputs stored in run_finish's transaction. Returns the finished run."""
+    from labelapp.models import TrainingRun
+    from labelapp.services.runs import run_begin, run_finish
+
+    run, token = run_begin(run_id=run.pk)
+    outcome = executor(run, lambda *a: None)
+    return run_finish(run_id=run.pk, token=token, status=TrainingRun.Status.SUCCEEDED, result=outcome.result,
+                      output_model=outcome.model, store=outcome.store)

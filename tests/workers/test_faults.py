@@ -1,16 +1,21 @@
-"""Faults with a real worker: SIGKILL mid-run, duplicate messages, a lost broker message, a Redis restart."""
+"""Faults with a real worker: SIGKILL mid-run, duplicate messages, a lost broker message, a Redis restart,
+the worker's database connections terminated mid-run, a worker killed while it stores its outputs."""
 import signal
+import threading
 
 import pytest
+from django.db import connection, transaction
 from django.utils import timezone
 
-from labelapp.models import TrainingRun
-from labelapp.services.runs import enqueue, run_create, runs_reconcile
+from labelapp.models import Completion, EvaluationTask, ModelVersion, RankingTask, TrainingRun
+from labelapp.services.runs import enqueue, model_version_register, run_create, runs_reconcile
 from tests.conftest import add_member, make_project, make_prompt
+from tests.webclient import database_url
 from tests.workers.conftest import wait_for
 from workers.simulate import simulate
 
 pytestmark = pytest.mark.django_db(transaction=True)
+APP = "studio-worker-faults"  # the application_name of the worker's database connections
 
 
 @pytest.fixture
@@ -96,3 +101,165 @@ def test_a_redis_restart_loses_no_committed_run(sft_project, start_worker, setti
              worker)
     assert refreshed(first).attempts == 1 and second.attempts == 1
     assert "Connection to broker lost" in worker.output() or "Cannot connect" in worker.output()
+
+
+def worker_database() -> dict:
+    """The worker's environment: the test database, its connections named APP so a test can find them."""
+    if connection.vendor != "postgresql":
+        pytest.skip("needs PostgreSQL: run with DATABASE_URL=postgres://…")
+    return {"DATABASE_URL": database_url(connection.settings_dict, APP)}
+
+
+def worker_backends(condition: str = "TRUE") -> list[tuple[int, str]]:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT pid, query FROM pg_stat_activity WHERE application_name = %s AND {condition}", [APP])
+        return cursor.fetchall()
+
+
+def terminate_worker_connections() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                       "WHERE application_name = %s", [APP])
+        return cursor.fetchone()[0]
+
+
+def test_terminated_database_connections_mid_run_do_not_fail_it_and_register_one_model(sft_project, start_worker):
+    """H1: pg_terminate_backend on every connection of the worker, three times while an SFT run trains:
+    the run finishes in its first attempt, every step reported once, and one model is registered."""
+    run = run_create(project=sft_project, kind="sft", params={
+        "max_steps": 60, "save_steps": 10, "per_device_batch_size": 2, "max_length": 512, "save_total_limit": 1,
+    })
+    worker = start_worker(**worker_database())
+    killed = []
+    for step in (3, 12, 25):
+        wait_for(lambda: refreshed(run).step >= step, 180, f"the run to reach step {step}", worker)
+        assert run.status == "running" and run.step < 60, "the run ended before its connections were terminated"
+        killed.append(terminate_worker_connections())
+    wait_for(lambda: refreshed(run).status in ("succeeded", "failed"), 300, "the run to finish", worker)
+    assert run.status == "succeeded", run.error
+    assert all(killed), killed  # each time the worker had connections, and lost them
+    assert run.attempts == 1 and run.step == 60  # not failed, not re-queued: it carried on
+    steps = [m["step"] for m in run.metrics]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # no step reported twice or out of order
+    assert ModelVersion.objects.filter(project=sft_project).count() == 1
+    assert refreshed(run).output_model.run_id == run.pk and run.output_model.is_current
+
+
+class Blocker:
+    """A transaction of its own (a thread, so its own connection) holding an uncommitted row with the key one
+    of the run's outputs will have: the worker's run_finish transaction writes what comes before it, then
+    waits on the row's lock, until `rollback()`."""
+
+    def __init__(self, make):
+        self.ready, self.release, self.error = threading.Event(), threading.Event(), None
+        self.thread = threading.Thread(target=self._hold, args=(make,))
+        self.thread.start()
+        assert self.ready.wait(30) and self.error is None, self.error
+
+    def _hold(self, make) -> None:
+        try:
+            with transaction.atomic():
+                make()
+                self.ready.set()
+                self.release.wait(300)
+                transaction.set_rollback(True)
+        except BaseException as exc:  # reported by __init__
+            self.error = exc
+            self.ready.set()
+        finally:
+            connection.close()
+
+    def rollback(self) -> None:
+        self.release.set()
+        self.thread.join(30)
+
+
+def sampling_case(tiny_dir):
+    project = make_project(k=2, base_model=tiny_dir)
+    prompts = [make_prompt(project, text=f"Name a colour, number {i}.") for i in range(3)]
+    run = run_create(project=project, kind="sample", params={"prompts": 3, "k": 2, "max_new_tokens": 4})
+
+    def outputs():
+        return (RankingTask.objects.filter(project=project).count(), Completion.objects.filter(prompt__project=project).count(),
+                ModelVersion.objects.filter(project=project).count())
+
+    block = lambda: RankingTask.objects.create(project=project, prompt=prompts[1], run=run)  # noqa: E731
+    # 3 tasks of 2 completions, all keyed by the run; the base model registered once
+    return run, block, "labelapp_rankingtask", outputs, (0, 0, 0), (3, 6, 1)
+
+
+def evaluation_case(tiny_dir):
+    from labelapp.services.projects import completion_create
+
+    project = make_project(k=2, base_model=tiny_dir)
+    baseline = model_version_register(project=project, name="baseline", kind="policy", artifact_path=tiny_dir)
+    candidate = model_version_register(project=project, name="candidate", kind="policy", artifact_path=tiny_dir,
+                                       parent=baseline)
+    prompts = [make_prompt(project, text=f"A held-out question {i}?", split="validation") for i in range(2)]
+    run = run_create(project=project, kind="evaluate", input_model=candidate, params={"prompts": 2, "max_new_tokens": 4})
+
+    def block():
+        a, b = (completion_create(prompt=prompts[1], text=t, model_version=m) for t, m in (("a", candidate), ("b", baseline)))
+        EvaluationTask.objects.create(project=project, prompt=prompts[1], model_a=candidate, model_b=baseline,
+                                      completion_a=a, completion_b=b, run=run)
+
+    def outputs():
+        return EvaluationTask.objects.filter(project=project).count(), Completion.objects.filter(prompt__project=project).count()
+
+    return run, block, "labelapp_evaluationtask", outputs, (0, 0), (2, 4)
+
+
+def training_case(sft_project):
+    old = model_version_register(project=sft_project, name="old", kind="policy", artifact_path=sft_project.base_model,
+                                 make_current=True)
+    run = run_create(project=sft_project, kind="sft", params={"max_steps": 2, "per_device_batch_size": 2,
+                                                              "max_length": 512, "save_steps": 0})
+    block = lambda: ModelVersion.objects.create(project=sft_project, name="blocker", kind="reward", run=run)  # noqa: E731
+
+    def outputs():  # (versions, versions of the run, is the old one still current?)
+        return (ModelVersion.objects.filter(project=sft_project).count(), ModelVersion.objects.filter(run=run).count(),
+                ModelVersion.objects.get(pk=old.pk).is_current)
+
+    # before: the store's first write (the old version no longer current) was rolled back with the rest
+    return run, block, "labelapp_modelversion", outputs, (1, 0, True), (2, 1, False)
+
+
+@pytest.mark.parametrize("kind", ["sample", "evaluate", "sft"])
+def test_a_worker_killed_while_storing_outputs_leaves_none_and_the_resumed_run_writes_them_once(
+        kind, request, start_worker, settings):
+    """M3: the worker is SIGKILLed after writing part of its outputs (in run_finish's transaction, blocked
+    on the next insert): nothing of them is committed; the reconciler re-queues the run; a second worker
+    runs it again and its outputs exist once: no duplicate ranking tasks, completions, evaluation tasks or
+    model versions."""
+    settings.RUN_HEARTBEAT_TIMEOUT = 3
+    env = worker_database()
+    if kind == "sft":
+        run, block, table, outputs, before, after = training_case(request.getfixturevalue("sft_project"))
+    else:
+        case = sampling_case if kind == "sample" else evaluation_case
+        run, block, table, outputs, before, after = case(request.getfixturevalue("tiny_dir"))
+    blocker = Blocker(block)
+    try:
+        first = start_worker(**env)
+        waiting = wait_for(lambda: worker_backends("wait_event_type = 'Lock'"), 240,
+                           "the worker to store its outputs and wait on the held row", first)
+        assert f'INSERT INTO "{table}"' in waiting[0][1], waiting  # inside the store, mid-write
+        assert outputs() == before and refreshed(run).status == "running"  # nothing visible: not committed
+        first.stop(signal.SIGKILL)
+    finally:
+        blocker.rollback()
+    wait_for(lambda: not worker_backends(), 60, "the killed worker's connections to end")
+    assert outputs() == before and refreshed(run).status == "running"  # its transaction was rolled back
+
+    wait_for(lambda: runs_reconcile()["requeued"] == [run.pk], 30, "the reconciler to re-queue the run")
+    second = start_worker(**env)
+    wait_for(lambda: refreshed(run).status in ("succeeded", "failed"), 240, "the retried run to finish", second)
+    assert run.status == "succeeded", run.error
+    assert run.attempts == 2 and outputs() == after
+    if kind == "sample":
+        assert RankingTask.objects.filter(run=run).count() == 3 and Completion.objects.filter(run=run).count() == 6
+        assert run.result["tasks"] == 3
+    elif kind == "evaluate":
+        assert EvaluationTask.objects.filter(run=run).count() == 2 and Completion.objects.filter(run=run).count() == 4
+    else:
+        assert run.output_model.run_id == run.pk and run.output_model.is_current

@@ -6,6 +6,7 @@ from django.core.exceptions import ValidationError
 
 from labelapp.models import ModelVersion, TrainingRun
 from tests.conftest import make_project, make_prompt, make_task
+from tests.workers.conftest import execute
 from workers import executors
 from workers.simulate import simulate
 
@@ -44,9 +45,10 @@ def run_of(project, kind, params):
 @pytest.mark.parametrize("kind", ["reward", "dpo"])
 def test_reward_and_dpo_runs_train_on_the_filtered_pairs_and_record_the_gap(ranked, kind):
     step = executors.run_reward if kind == "reward" else executors.run_dpo
-    outcome = step(run_of(ranked, kind, {**TINY, "min_rank_gap": 2}), lambda *a: None)
-    assert outcome.result["pairs"] == 9
-    assert outcome.model.training_data["pairs"] == 9 and outcome.model.training_data["min_rank_gap"] == 2
+    finished = execute(step, run_of(ranked, kind, {**TINY, "min_rank_gap": 2}))
+    assert finished.result["pairs"] == 9
+    model = finished.output_model
+    assert model.training_data["pairs"] == 9 and model.training_data["min_rank_gap"] == 2 and model.run == finished
     with pytest.raises(ValidationError, match="there are (0|none yet) with min_rank_gap 4"):
         step(run_of(ranked, kind, {**TINY, "min_rank_gap": 4}), lambda *a: None)
 
@@ -59,8 +61,8 @@ def test_ppo_refuses_a_pair_setting_it_cannot_use(ranked):
 
 
 def test_dpo_loss_settings_train_and_bad_ones_register_nothing(ranked):
-    outcome = executors.run_dpo(run_of(ranked, "dpo", {**TINY, "sft_weight": 1.0, "ld_alpha": 0.5}), lambda *a: None)
-    assert outcome.result["pairs"] == 18 and outcome.model is not None
+    finished = execute(executors.run_dpo, run_of(ranked, "dpo", {**TINY, "sft_weight": 1.0, "ld_alpha": 0.5}))
+    assert finished.result["pairs"] == 18 and finished.output_model is not None
     versions = ModelVersion.objects.count()
     bad = run_of(ranked, "dpo", {**TINY, "ld_alpha": 2})
     with pytest.raises(ValueError, match=r"ld_alpha must lie in \[0, 1\] \(got 2\)"):
@@ -81,8 +83,7 @@ def test_runs_mix_ai_labels_at_their_weight_and_record_the_label_sets(ranked, ki
     ranked.ai_label_weight = 0.5
     ranked.save()
     step = executors.run_reward if kind == "reward" else executors.run_dpo
-    outcome = step(run_of(ranked, kind, TINY), lambda *a: None)
-    data = outcome.model.training_data
+    data = execute(step, run_of(ranked, kind, TINY)).output_model.training_data
     assert data["pairs"] == 3 * 6 + 6 and data["pair_sources"] == {"ai": 6, "human": 18}
     assert data["ai_labels"]["ids"] == [label.pk] and data["ai_label_weight"] == 0.5
     # "none" was asked, but AI pairs need a weighted loss: the run says it trained in "weight" mode
@@ -95,6 +96,15 @@ def test_a_reward_run_scores_the_tasks_when_active_learning_is_on(ranked):
 
     ranked.active_learning = True
     ranked.save()
-    outcome = executors.run_reward(run_of(ranked, "reward", TINY), lambda *a: None)
-    assert outcome.result["uncertainty"] == {"tasks": 3}
-    assert set(RankingTask.objects.filter(project=ranked).values_list("uncertainty_model", flat=True)) == {outcome.model.pk}
+    finished = execute(executors.run_reward, run_of(ranked, "reward", TINY))
+    executors.after_finish(finished)  # as the worker does once the run is stored
+    finished.refresh_from_db()
+    assert finished.result["uncertainty"] == {"tasks": 3} and finished.result["pairs"] == 18
+    assert set(RankingTask.objects.filter(project=ranked).values_list("uncertainty_model", flat=True)) == {
+        finished.output_model_id}
+    ranked.active_learning = False
+    ranked.save()
+    plain = execute(executors.run_reward, run_of(ranked, "reward", TINY))
+    executors.after_finish(plain)
+    plain.refresh_from_db()
+    assert "uncertainty" not in plain.result

@@ -3,6 +3,7 @@ import pytest
 
 from labelapp.models import RankingTask, TrainingRun
 from tests.conftest import make_project, make_prompt
+from tests.workers.conftest import execute
 from workers import executors
 
 pytestmark = pytest.mark.django_db
@@ -19,8 +20,8 @@ def test_the_seed_fixes_the_prompts_a_sampling_run_picks(tmp_path, settings, tin
         before = set(RankingTask.objects.values_list("id", flat=True))
         run = TrainingRun.objects.create(project=project, kind="sample", status=TrainingRun.Status.RUNNING,
                                          params={"prompts": 4, "max_new_tokens": 2, "seed": seed})
-        outcome = executors.run_sample(run, lambda *a: None)
-        assert outcome.result["prompts"] == 4 and outcome.result["seed"] == seed
+        finished = execute(executors.run_sample, run)
+        assert finished.result["prompts"] == 4 and finished.result["seed"] == seed and finished.result["tasks"] == 4
         return {t.prompt.text for t in RankingTask.objects.exclude(id__in=before).select_related("prompt")}
 
     first = picked(5)
