@@ -15,6 +15,7 @@ from django.core.exceptions import ValidationError
 from labelapp import exports, selectors
 from labelapp.models import Completion, ModelVersion, Prompt, RankingTask, TrainingRun
 from labelapp.services.projects import completion_create, ranking_task_create
+from labelapp.services.rounds import task_priority
 from labelapp.services.runs import model_version_register
 from workers import launch
 
@@ -199,7 +200,8 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
             for item in sorted(by_prompt.get(index, []), key=lambda s: s.sample_index)
         ]
         if len(completions) >= 2:
-            ranking_task_create(project=project, prompt=prompt, completions=completions)
+            ranking_task_create(project=project, prompt=prompt, completions=completions, round=run.round,
+                                priority=task_priority(run.round))
             tasks += 1
     return Outcome({"prompts": len(prompts), "tasks": tasks, "k": k, "seed": seed})
 

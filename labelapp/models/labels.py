@@ -288,11 +288,21 @@ class RankingTask(models.Model):
         help_text="Gold items only: the expected ranking (tie groups of completion ids, best first). Gold tasks are "
                   "served to every annotator once, scored, and never used for training or counted in agreement.",
     )
+    round = models.ForeignKey(
+        "labelapp.Round", on_delete=models.SET_NULL, null=True, blank=True, related_name="ranking_tasks",
+        help_text="The round whose sampling created this task (none for imported or hand-made tasks).",
+    )
+    priority = models.IntegerField(
+        default=0,
+        help_text="The rank queue serves higher priorities first, then fewest rankings, then oldest. A round's "
+                  "own tasks get the round's `priority` setting while the round runs and drop back to 0 when it ends.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["project", "ranking_count", "created_at", "id"], name="rankingtask_queue")]
+        indexes = [models.Index(fields=["project", "-priority", "ranking_count", "created_at", "id"],
+                                name="rankingtask_queue_priority")]
 
     @property
     def is_gold(self) -> bool:

@@ -8,7 +8,8 @@ evaluation tasks that still need comparisons. An item is *available* to a user w
     and the user has not already submitted or skipped it.
 
 Locking: the candidate is read with one `SELECT … FOR UPDATE SKIP LOCKED` ordered by
-(fewest submitted labels, oldest). Under READ COMMITTED that statement's view of *other*
+(highest priority, fewest submitted labels, oldest); only ranking tasks have a priority (a round's
+own samples carry the round's `priority` setting while it runs, see labelapp.services.rounds). Under READ COMMITTED that statement's view of *other*
 rows (the leases) may be older than the locked row, so once the row is ours the live leases
 are counted again in a fresh statement; every lease is created while holding the item's row
 lock, so that second count is exact. A candidate that turns out full is passed over and the
@@ -55,11 +56,13 @@ class QueueSpec:
     count_field: str  # item field counting submitted labels
     capacity_field: str  # project field giving the capacity
     gold: Q | None = None  # items of this queue that are gold (none for the write queue)
+    priority_field: str | None = None  # item field served highest first, before the fewest-labels order
 
 
 SPECS = {
     Queue.WRITE: QueueSpec(Prompt, "prompt", "demonstration_count", "demonstrations_per_prompt"),
-    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap", Q(gold_order__isnull=False)),
+    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap", Q(gold_order__isnull=False),
+                          priority_field="priority"),
     Queue.COMPARE: QueueSpec(EvaluationTask, "evaluation_task", "comparison_count", "overlap", ~Q(gold_winner="")),
 }
 
@@ -99,8 +102,15 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
         items.annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
         .filter(live_leases__lt=Value(capacity) - F(spec.count_field))
         .exclude(Exists(done_by_user))
-        .order_by(spec.count_field, "created_at", "id")
+        .order_by(*queue_order(spec))
     )
+
+
+def queue_order(spec: QueueSpec) -> tuple[str, ...]:
+    """Serving order: highest priority first (ranking tasks: a round's own samples before the backlog),
+    then fewest submitted labels, then oldest."""
+    first = (f"-{spec.priority_field}",) if spec.priority_field else ()
+    return (*first, spec.count_field, "created_at", "id")
 
 
 def _done_by(user, spec: QueueSpec, now: datetime):

@@ -21,7 +21,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from labelapp import selectors
-from labelapp.models import ModelVersion, Project, Ranking, Role, Round, TrainingRun
+from labelapp.models import ModelVersion, Project, Ranking, RankingTask, Role, Round, TrainingRun
 from labelapp.services.access import require_role
 from labelapp.services.runs import check_pair_settings, run_create
 
@@ -30,12 +30,14 @@ DEFAULTS = {
     "prompts": 8,  # prompts sampled per round
     "k": None,  # completions per prompt (None: the project's K)
     "min_rankings": 8,  # rankings of this round's tasks needed before the reward model
+    "priority": 10,  # rank-queue priority of this round's own tasks while it runs (the backlog has 0)
     "sft": {},  # rlhf SFT settings (max_steps, learning_rate, …)
     "reward": {},  # … and min_rank_gap: which pairs of each ranking to train on (1 = all)
     "policy": {},  # PPO or DPO settings (DPO: min_rank_gap too)
     "sample": {},  # max_new_tokens, temperature
     "evaluation": {},  # prompts (held-out, default 8), max_new_tokens, temperature
 }
+MAX_PRIORITY = 1000
 STAGE_RUN = {
     Stage.SFT: TrainingRun.Kind.SFT,
     Stage.SAMPLING: TrainingRun.Kind.SAMPLE,
@@ -57,6 +59,10 @@ def _clean_params(params: dict | None) -> dict:
     for key in ("prompts", "min_rankings"):
         if not isinstance(params[key], int) or params[key] < 1:
             raise ValidationError(f"'{key}' must be a whole number of at least 1.")
+    priority = params["priority"]
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValidationError(f"'priority' must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY} "
+                              f"(higher is served first; the backlog has 0); got {priority!r}.")
     for key in ("sft", "reward", "policy", "sample", "evaluation"):
         if not isinstance(params[key], dict):
             raise ValidationError(f"'{key}' must be an object of settings, e.g. {{}}.")
@@ -96,6 +102,8 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
     rnd.stage = stage
     if stage in (Stage.DONE, Stage.FAILED, Stage.CANCELLED):
         rnd.finished_at = timezone.now()
+        # its tasks join the backlog, so they never outrank the next round's own samples
+        RankingTask.objects.filter(round=rnd).exclude(priority=0).update(priority=0)
     rnd.save()
     p = rnd.params
     if stage == Stage.SFT:
@@ -117,8 +125,18 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
         run_create(project=rnd.project, kind=kind, params=params, input_model=input_model, round=rnd)
 
 
+def task_priority(rnd: Round | None) -> int:
+    """The rank-queue priority of a task a round's sampling creates now (0 outside a running round)."""
+    if rnd is None or rnd.finished:
+        return 0
+    return int((rnd.params or {}).get("priority", DEFAULTS["priority"]))
+
+
 def round_rankings(rnd: Round) -> int:
-    """Rankings submitted on the tasks this round sampled."""
+    """Rankings submitted on the tasks this round sampled (RankingTask.round; gold tasks are never a round's)."""
+    if RankingTask.objects.filter(round=rnd).exists():
+        return Ranking.objects.filter(task__round=rnd).count()
+    # rounds sampled before tasks named their round: the project's tasks created since its first sampling
     sample_runs = rnd.runs.filter(kind=TrainingRun.Kind.SAMPLE, status=TrainingRun.Status.SUCCEEDED)
     first = sample_runs.order_by("finished_at").first()
     if first is None:

@@ -1,0 +1,71 @@
+"""Round guardrails (issue 16): a round's own tasks are served before the backlog, the waiting stage
+counts them, settings are the effective ones and checked before anything is written, SFT trains on
+approved demonstrations, and a promotion gate holds a policy that loses to its parent."""
+import pytest
+from django.core.exceptions import ValidationError
+
+from labelapp.models import Queue, RankingTask, Round, TrainingRun
+from labelapp.services import runs as run_services
+from labelapp.services.labels import ranking_submit
+from labelapp.services.queue import task_claim
+from labelapp.services.rounds import round_cancel, round_rankings, round_start
+from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    messages: list[int] = []
+    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
+    return messages
+
+
+def rank_all(assignment, user):
+    ids = list(assignment.ranking_task.completions.values_list("id", flat=True))
+    return ranking_submit(assignment_id=assignment.pk, user=user, order=[[i] for i in ids])
+
+
+def test_a_rounds_own_samples_are_served_before_an_older_backlog(tmp_path, settings, tiny_dir, sent):
+    """The round's sampling run (the real executor, a tiny model) marks its tasks with the round and
+    its priority; an annotator with 6 older backlog tasks gets the round's 3 tasks first, the waiting
+    stage counts only those, and when the round ends they join the backlog again."""
+    from workers import executors
+
+    settings.DATA_DIR = tmp_path
+    project = make_project(k=2, overlap=1, base_model=tiny_dir)
+    admin = add_member(project, make_user(), role="admin")
+    annotator = add_member(project)
+    backlog = [make_task(project) for _ in range(6)]  # older, and with fewer labels than nothing: all 0
+    for i in range(3):
+        make_prompt(project, text=f"Name a colour, number {i}.")
+    rnd = round_start(project=project, user=admin, params={"prompts": 3, "min_rankings": 2, "priority": 7,
+                                                           "sample": {"max_new_tokens": 2, "seed": 1}})
+    run = rnd.runs.get(kind="sample")
+    TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.RUNNING)
+    run.refresh_from_db()
+    assert executors.run_sample(run, lambda *a: None).result["tasks"] == 3
+    own = set(RankingTask.objects.filter(round=rnd).values_list("id", flat=True))
+    assert len(own) == 3 and set(RankingTask.objects.filter(round=rnd).values_list("priority", flat=True)) == {7}
+    assert all(task.round_id is None and task.priority == 0 for task in RankingTask.objects.filter(pk__in=[t.pk for t in backlog]))
+
+    served = []
+    for _ in range(4):
+        lease = task_claim(project=project, user=annotator, queue=Queue.RANK)
+        served.append(lease.ranking_task_id)
+        rank_all(lease, annotator)
+    assert set(served[:3]) == own  # the round's tasks first, in spite of the older backlog
+    assert served[3] == backlog[0].pk  # then the backlog, oldest first
+    assert round_rankings(rnd) == 3  # the backlog ranking is not one of this round's
+
+    round_cancel(round_id=rnd.pk, user=admin)
+    assert set(RankingTask.objects.filter(round=rnd).values_list("priority", flat=True)) == {0}
+
+
+@pytest.mark.parametrize("priority", ["high", 1.5, True, 5000, None])
+def test_a_bad_priority_is_refused_and_nothing_is_created(sent, priority):
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    with pytest.raises(ValidationError, match="'priority' must be a whole number"):
+        round_start(project=project, user=admin, params={"priority": priority})
+    assert not Round.objects.exists() and not TrainingRun.objects.exists() and sent == []
