@@ -80,7 +80,8 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
         rnd.evaluation_text = evaluation_text(summaries[rnd.pk])
         rnd.evaluation_warning = evaluation_warning(summaries[rnd.pk])
         rnd.evaluation_categories = category_rows(summaries[rnd.pk])
-        rnd.waiting_text = waiting_text(rnd)
+        rnd.ranking = round_ranking(rnd)
+        rnd.waiting_text = waiting_text(rnd, rnd.ranking)
     return rounds
 
 
@@ -263,24 +264,39 @@ def run_length_watch(run: TrainingRun) -> dict:
     return data
 
 
-def waiting_text(rnd: Round) -> str:
-    """While a round waits for people: how many of the rankings it needs are in."""
+def round_ranking(rnd: Round, now: datetime | None = None) -> dict | None:
+    """While a round waits for people: rankings of its own tasks (RankingTask.round) against
+    `min_rankings`, and who holds a lease on one of them now; None at any other stage."""
     if rnd.stage != Round.Stage.RANKING:
-        return ""
+        return None
     from labelapp.services.rounds import round_rankings
 
     needed = (rnd.params or {}).get("min_rankings")
     done = round_rankings(rnd)
-    return f"{done} / {needed} rankings of this round's tasks" if needed else f"{done} rankings of this round's tasks"
+    leases = Assignment.objects.filter(live_lease(now or timezone.now()), ranking_task__round=rnd)
+    working = sorted(set(leases.values_list("user__username", flat=True)))
+    text = f"{done} / {needed} rankings of this round's tasks" if needed else f"{done} rankings of this round's tasks"
+    return {"done": done, "needed": needed, "text": text, "working": [{"username": name} for name in working]}
+
+
+def waiting_text(rnd: Round, ranking: dict | None = None) -> str:
+    """The waiting stage's line: "k / n rankings of this round's tasks", and who is on them now."""
+    ranking = ranking or round_ranking(rnd)
+    if ranking is None:
+        return ""
+    names = [w["username"] for w in ranking["working"]]
+    return ranking["text"] + (f" · working on them now: {', '.join(names)}" if names else "")
 
 
 def round_status(rnd: Round) -> dict:
     if not hasattr(rnd, "evaluation_text"):
         summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)
         rnd.evaluation_text, rnd.evaluation_warning = evaluation_text(summary), evaluation_warning(summary)
+    if not hasattr(rnd, "ranking"):
+        rnd.ranking = round_ranking(rnd)
     return {
         "id": rnd.pk, "number": rnd.number, "method": rnd.method, "method_label": rnd.get_method_display(),
-        "stage": rnd.stage, "waiting_text": getattr(rnd, "waiting_text", None) or waiting_text(rnd),
+        "stage": rnd.stage, "waiting_text": waiting_text(rnd, rnd.ranking), "ranking": rnd.ranking,
         "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
         "steps": getattr(rnd, "steps", None) or round_steps(rnd),
         "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],

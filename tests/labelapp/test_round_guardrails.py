@@ -69,3 +69,39 @@ def test_a_bad_priority_is_refused_and_nothing_is_created(sent, priority):
     with pytest.raises(ValidationError, match="'priority' must be a whole number"):
         round_start(project=project, user=admin, params={"priority": priority})
     assert not Round.objects.exists() and not TrainingRun.objects.exists() and sent == []
+
+
+def test_the_waiting_stage_counts_the_rounds_own_tasks_and_names_who_is_on_them(client, sent):
+    """k / n counts rankings of tasks whose `round` is this round (a backlog ranking made meanwhile
+    does not count), and the line names whoever holds a lease on one of them now."""
+    from django.urls import reverse
+
+    from labelapp.services.projects import ranking_task_create
+
+    project = make_project(k=2, overlap=2)
+    admin = add_member(project, make_user("chief"), role="admin")
+    ann1, ann2 = add_member(project, make_user("ann1")), add_member(project, make_user("ann2"))
+    backlog = make_task(project)
+    rnd = Round.objects.create(project=project, number=1, stage="ranking", params={"min_rankings": 3, "priority": 10})
+    own = [make_task(project) for _ in range(2)]
+    RankingTask.objects.filter(pk__in=[t.pk for t in own]).update(round=rnd, priority=10)
+    other = make_project(k=2)
+    stray = make_task(other)
+    with pytest.raises(ValidationError, match="The round belongs to another project"):
+        ranking_task_create(project=other, prompt=stray.prompt, completions=list(stray.completions.all()), round=rnd)
+
+    first = task_claim(project=project, user=ann1, queue=Queue.RANK)
+    assert first.ranking_task_id == own[0].pk
+    rank_all(first, ann1)
+    held = task_claim(project=project, user=ann2, queue=Queue.RANK)  # ann2 holds the round's task, unranked
+    assert held.ranking_task_id in {t.pk for t in own}
+    RankingTask.objects.filter(pk=backlog.pk).update(ranking_count=1)  # a backlog label: not this round's
+    client.force_login(admin)
+    data = client.get(reverse("studio:status", args=[project.slug])).json()
+    (row,) = data["rounds"]
+    assert row["ranking"] == {"done": 1, "needed": 3, "text": "1 / 3 rankings of this round's tasks",
+                              "working": [{"username": "ann2"}]}
+    assert row["waiting_text"] == "1 / 3 rankings of this round's tasks · working on them now: ann2"
+    page = client.get(reverse("studio:overview", args=[project.slug])).content.decode()
+    assert "1 / 3 rankings of this round&#x27;s tasks · working on them now: ann2" in page
+    assert f'href="{reverse("labelapp:project", args=[project.slug])}" class="round-tasks"' in page
