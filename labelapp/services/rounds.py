@@ -20,7 +20,7 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from labelapp import selectors
+from labelapp import round_settings, selectors
 from labelapp.models import ModelVersion, Project, Ranking, RankingTask, Role, Round, TrainingRun
 from labelapp.services.access import require_role
 from labelapp.services.runs import check_pair_settings, run_create
@@ -37,7 +37,6 @@ DEFAULTS = {
     "sample": {},  # max_new_tokens, temperature
     "evaluation": {},  # prompts (held-out, default 8), max_new_tokens, temperature
 }
-MAX_PRIORITY = 1000
 STAGE_RUN = {
     Stage.SFT: TrainingRun.Kind.SFT,
     Stage.SAMPLING: TrainingRun.Kind.SAMPLE,
@@ -51,23 +50,35 @@ def current_policy(project: Project) -> ModelVersion | None:
     return ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY, is_current=True).first()
 
 
-def _clean_params(params: dict | None) -> dict:
-    params = {**DEFAULTS, **(params or {})}
-    unknown = sorted(set(params) - set(DEFAULTS))
+def _clean_params(params: dict | None, method: str = Round.Method.PPO) -> dict:
+    """Every setting of the round (labelapp.round_settings): the given ones over the defaults, all checked;
+    every problem is reported at once, each with its path."""
+    given = params or {}
+    if not isinstance(given, dict):
+        raise ValidationError("Round settings must be an object, like {\"prompts\": 8}.")
+    unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ValidationError(f"Unknown round settings {unknown}; use {sorted(DEFAULTS)}.")
+    params = {**DEFAULTS, **given}
+    errors: list[str] = []
     for key in ("prompts", "min_rankings"):
-        if not isinstance(params[key], int) or params[key] < 1:
-            raise ValidationError(f"'{key}' must be a whole number of at least 1.")
+        if isinstance(params[key], bool) or not isinstance(params[key], int) or params[key] < 1:
+            errors.append(f"'{key}' must be a whole number of at least 1.")
+    k = params["k"]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 9):
+        errors.append(f"'k' must be null (the project's K) or a whole number from 2 to 9; got {k!r}.")
     priority = params["priority"]
-    if isinstance(priority, bool) or not isinstance(priority, int) or not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
-        raise ValidationError(f"'priority' must be a whole number from {-MAX_PRIORITY} to {MAX_PRIORITY} "
-                              f"(higher is served first; the backlog has 0); got {priority!r}.")
-    for key in ("sft", "reward", "policy", "sample", "evaluation"):
-        if not isinstance(params[key], dict):
-            raise ValidationError(f"'{key}' must be an object of settings, e.g. {{}}.")
-    check_pair_settings(params["reward"], "reward settings")
-    check_pair_settings(params["policy"], "policy settings")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -round_settings.MAX_PRIORITY <= priority <= round_settings.MAX_PRIORITY:
+        errors.append(f"'priority' must be a whole number from {-round_settings.MAX_PRIORITY} to {round_settings.MAX_PRIORITY} "
+                      f"(higher is served first; the backlog has 0); got {priority!r}.")
+    for section in round_settings.SECTIONS:
+        params[section] = round_settings.check_section(section, method, params[section], errors)
+    for section, what in (("reward", "reward settings"), ("policy", "policy settings")):
+        try:
+            check_pair_settings(params[section], what)
+        except ValidationError as exc:
+            errors.extend(exc.messages)
+    round_settings.raise_if(errors)
     return params
 
 
@@ -78,13 +89,14 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
     Project.objects.select_for_update().get(pk=project.pk)  # one round start at a time
     if method not in Round.Method.values:
         raise ValidationError(f"Unknown method {method!r}: use ppo or dpo.")
+    params = _clean_params(params, method)  # checked before anything is written
     running = Round.objects.filter(project=project).exclude(stage__in=[Stage.DONE, Stage.FAILED, Stage.CANCELLED])
     if running.exists():
         raise ValidationError(f"Round {running.first().number} is still in progress; finish or cancel it first.")
     number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
     policy = current_policy(project)
     rnd = Round.objects.create(
-        project=project, number=number, method=method, params=_clean_params(params), base_policy=policy,
+        project=project, number=number, method=method, params=params, base_policy=policy,
         created_by=user,
     )
     snapshot = selectors.demonstration_snapshot(project=project)
@@ -95,6 +107,11 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
         rnd.sft_policy = policy
         _enter(rnd, Stage.SAMPLING, input_model=policy)
     return rnd
+
+
+def _set(section: dict) -> dict:
+    """A studio section's settings less the unset ones (a null seed: the run draws its own)."""
+    return {k: v for k, v in section.items() if v is not None}
 
 
 def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> None:
@@ -109,13 +126,13 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
     if stage == Stage.SFT:
         run_create(project=rnd.project, kind=TrainingRun.Kind.SFT, params=p["sft"], input_model=input_model, round=rnd)
     elif stage in (Stage.SAMPLING, Stage.RESAMPLING):
-        sample = {**p["sample"], "prompts": p["prompts"], "k": p["k"] or rnd.project.k}
+        sample = {**_set(p["sample"]), "prompts": p["prompts"], "k": p["k"] or rnd.project.k}
         run_create(project=rnd.project, kind=TrainingRun.Kind.SAMPLE, params=sample, input_model=input_model, round=rnd)
     elif stage == Stage.REWARD:
         run_create(project=rnd.project, kind=TrainingRun.Kind.REWARD, params=p["reward"], input_model=input_model, round=rnd)
     elif stage == Stage.EVALUATION:
         baseline = rnd.sft_policy or rnd.base_policy
-        params = {**p["evaluation"], "baseline_id": baseline.pk if baseline else None}
+        params = {**_set(p["evaluation"]), "baseline_id": baseline.pk if baseline else None}
         run_create(project=rnd.project, kind=TrainingRun.Kind.EVALUATE, params=params, input_model=input_model, round=rnd)
     elif stage == Stage.POLICY:
         kind = TrainingRun.Kind.PPO if rnd.method == Round.Method.PPO else TrainingRun.Kind.DPO

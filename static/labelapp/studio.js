@@ -501,8 +501,30 @@
     });
   }
 
+  // The round form's settings show the policy defaults of the selected method: switching the method
+  // puts the other method's defaults in `policy` (the rest of the JSON is kept as typed).
+  function roundForm(form) {
+    const method = $("#round-method", form);
+    const box = $("#round-settings", form);
+    if (!method || !box || !box.dataset.policyDefaults) return;
+    const defaults = JSON.parse(box.dataset.policyDefaults);
+    method.addEventListener("change", () => {
+      let settings;
+      try {
+        settings = JSON.parse(box.value || "{}");
+      } catch (err) {
+        return;  // the server names the JSON error on submit
+      }
+      if (!settings || typeof settings !== "object" || Array.isArray(settings) || !defaults[method.value]) return;
+      settings.policy = defaults[method.value];
+      box.value = JSON.stringify(settings, null, 2);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     const overview = $("#studio");
+    const form = $("#round-form");
+    if (form) roundForm(form);
     if (overview) studioOverview(overview);
     const run = $("#run");
     if (run) runDetail(run);

@@ -105,3 +105,92 @@ def test_the_waiting_stage_counts_the_rounds_own_tasks_and_names_who_is_on_them(
     page = client.get(reverse("studio:overview", args=[project.slug])).content.decode()
     assert "1 / 3 rankings of this round&#x27;s tasks · working on them now: ann2" in page
     assert f'href="{reverse("labelapp:project", args=[project.slug])}" class="round-tasks"' in page
+
+
+# ---- effective settings ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, method, message", [
+    ({"reward": {"lerning_rate": 1e-4}}, "ppo", "reward.lerning_rate is not a setting (did you mean reward.learning_rate?)."),
+    ({"sft": {"learning_rate": "fast"}}, "ppo", "sft.learning_rate must be a number (got 'fast')."),
+    ({"sft": {"learning_rate": -1}}, "ppo", "sft.learning_rate must be a number greater than 0 (got -1)."),
+    ({"sft": {"max_steps": 0}}, "ppo", "sft.max_steps must be -1 (use num_train_epochs) or a whole number of at least 1"),
+    ({"sft": {"output_dir": "/tmp/x"}}, "ppo", "sft.output_dir is not a setting"),  # the worker decides paths
+    ({"policy": {"beta": 0.1}}, "ppo", "policy.beta is not a setting"),  # a DPO setting on a PPO round
+    ({"policy": {"rollout_batch_size": 16}}, "dpo", "policy.rollout_batch_size is not a setting"),
+    ({"policy": {"mini_batch_size": 3}}, "ppo", "policy: mini_batch_size (3) must divide rollout_batch_size (16)."),
+    ({"policy": {"ld_alpha": 2.0}}, "dpo", "policy: ld_alpha must lie in [0, 1] (got 2.0)."),
+    ({"reward": {"length_control": "magic"}}, "ppo", "reward: length_control must be one of"),
+    ({"sample": {"temperature": 0}}, "ppo", "sample.temperature must be a number greater than 0 (got 0)."),
+    ({"evaluation": {"prompts": True}}, "ppo", "evaluation.prompts must be a whole number (got True)."),
+    ({"k": 12}, "ppo", "'k' must be null (the project's K) or a whole number from 2 to 9"),
+    ({"sft": []}, "ppo", "'sft' must be an object of settings"),
+])
+def test_bad_settings_are_refused_with_their_path_and_nothing_is_created(sent, params, method, message):
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    with pytest.raises(ValidationError) as caught:
+        round_start(project=project, user=admin, method=method, params=params)
+    assert any(m.startswith(message) for m in caught.value.messages), caught.value.messages
+    assert not Round.objects.exists() and not TrainingRun.objects.exists() and sent == []
+
+
+def test_every_problem_is_reported_at_once():
+    from labelapp.services.rounds import _clean_params
+
+    with pytest.raises(ValidationError) as caught:
+        _clean_params({"prompts": 0, "reward": {"lerning_rate": 1}, "policy": {"kl_coef": "x"}}, "ppo")
+    assert len(caught.value.messages) == 3
+
+
+def test_a_round_keeps_the_effective_settings_and_its_runs_get_them(sent):
+    from labelapp.round_settings import effective_defaults
+
+    project = make_project(k=3)
+    admin = add_member(project, make_user(), role="admin")
+    rnd = round_start(project=project, user=admin, method="dpo",
+                      params={"policy": {"beta": 0.2}, "sample": {"max_new_tokens": 16}})
+    defaults = effective_defaults("dpo")
+    assert rnd.params["policy"] == {**defaults["policy"], "beta": 0.2}
+    assert rnd.params["sft"] == defaults["sft"] and rnd.params["reward"]["min_rank_gap"] == 1
+    run = rnd.runs.get()  # no demonstrations: sampling first
+    assert run.params == {"max_new_tokens": 16, "temperature": 1.0, "prompts": 8, "k": 3}  # a null seed: drawn per run
+    assert effective_defaults("ppo", project)["k"] == 3
+
+
+def test_the_form_shows_every_default_and_refuses_bad_settings_by_name(client, sent):
+    import json
+
+    from django.urls import reverse
+
+    project = make_project(k=3)
+    admin = add_member(project, make_user("lead"), role="admin")
+    client.force_login(admin)
+    page = client.get(reverse("studio:overview", args=[project.slug])).content.decode()
+    box = page.split('id="round-settings"')[1].split(">", 1)[1].split("</textarea>")[0]
+    import html
+
+    shown = json.loads(html.unescape(box))
+    assert shown["sft"]["learning_rate"] == 2e-4 and shown["reward"]["learning_rate"] == 1e-4
+    assert shown["policy"]["kl_coef"] == 0.05 and shown["k"] == 3 and shown["priority"] == 10
+    assert shown["evaluation"] == {"prompts": 8, "max_new_tokens": 64, "temperature": 0.7, "seed": 0}
+    assert "output_dir" not in shown["sft"] and "reward_model" not in shown["policy"]
+    swap = json.loads(html.unescape(page.split('data-policy-defaults="')[1].split('"')[0]))
+    assert swap["dpo"]["beta"] == 0.1 and swap["ppo"]["rollout_batch_size"] == 16
+
+    shown["reward"]["lerning_rate"] = 1e-4
+    shown["sft"]["learning_rate"] = "fast"
+    response = client.post(reverse("studio:round_start", args=[project.slug]), {
+        "method": "ppo", "prompts": "4", "min_rankings": "2", "settings": json.dumps(shown)})
+    errors = html.unescape(response.content.decode().split('id="errors"')[1].split("</div>")[0])
+    assert response.status_code == 400
+    assert "reward.lerning_rate is not a setting (did you mean reward.learning_rate?)." in errors
+    assert "sft.learning_rate must be a number (got 'fast')." in errors
+    assert not Round.objects.exists() and not TrainingRun.objects.exists() and sent == []
+
+    del shown["reward"]["lerning_rate"]
+    shown["sft"]["learning_rate"] = 3e-4
+    response = client.post(reverse("studio:round_start", args=[project.slug]), {
+        "method": "ppo", "prompts": "4", "min_rankings": "2", "settings": json.dumps(shown)})
+    assert response.status_code == 302
+    assert Round.objects.get().params["sft"]["learning_rate"] == 3e-4

@@ -172,7 +172,8 @@ def test_start_round_goes_through_the_service_and_queues_its_first_run(
                                {"method": "dpo", "prompts": "3", "min_rankings": "2", "settings": settings}, follow=True)
     rnd = Round.objects.get()
     assert (rnd.number, rnd.method, rnd.created_by) == (1, "dpo", admin)
-    assert rnd.params["prompts"] == 3 and rnd.params["sft"] == {"max_steps": 30}
+    assert rnd.params["prompts"] == 3 and rnd.params["sft"]["max_steps"] == 30
+    assert rnd.params["sft"]["learning_rate"] == 2e-4  # the round keeps the effective settings, defaults included
     run = rnd.runs.get()
     assert run.kind == "sample" and sent == [run.pk]  # no demonstrations yet: straight to sampling
     assert "Round 1 started" in response.content.decode()
