@@ -180,7 +180,7 @@ def main() -> None:
     from labelapp.services.projects import membership_set, project_create, prompt_create
     from labelapp.services.rounds import round_advance, round_start
     from labelapp.stats import evaluation_summary
-    from workers.simulate import simulate
+    from workers.simulate import approve_demonstrations, simulate
     from workers.tasks import run_execute
 
     call_command("migrate", verbosity=0)
@@ -204,6 +204,7 @@ def main() -> None:
 
     seeded = {} if args.seed is None else {"seed": args.seed}  # simulate() and every run take a `seed`
     timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle, **seeded))
+    approve_demonstrations(project)  # a simulated reviewer: SFT trains on approved demonstrations
     training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, **seeded}  # fp32: bf16 autocast is slower on this CPU
     if args.method == "ppo":
         policy = {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,

@@ -29,9 +29,12 @@ from rlhf.config import (
 WORKER_FIELDS = frozenset({"output_dir", "model", "data", "data_format", "resume", "reward_model", "value_model",
                            "ptx_data"})
 MAX_PRIORITY = 1000
+FEW_DEMONSTRATIONS = 8  # the studio warns when a project has fewer approved demonstrations than this
 
 # The studio's own keys per section: name -> (default, kind, help). kind as in _check_value.
 STUDIO_KEYS: dict[str, dict[str, tuple[Any, str, str]]] = {
+    "sft": {"include_pending": (False, "bool", "Also train on demonstrations still pending review (default: approved "
+                                               "ones only; rejected ones never).")},
     "reward": {"min_rank_gap": (1, "Any", "Train on completions at least this many places apart (1 = every pair).")},
     "dpo": {"min_rank_gap": (1, "Any", "Train on completions at least this many places apart (1 = every pair).")},
 }

@@ -387,6 +387,30 @@ def version_for(*, project: Project, version_id: int) -> ModelVersion | None:
 # ---- queues and people ----------------------------------------------------------------------
 
 
+def demonstration_warning(*, project: Project) -> str:
+    """A line for the round form when SFT would train on few approved demonstrations ("" otherwise)."""
+    from labelapp.models import Prompt
+    from labelapp.round_settings import FEW_DEMONSTRATIONS
+
+    counts = dict(
+        Demonstration.objects.filter(prompt__project=project, prompt__split=Prompt.Split.TRAIN)
+        .order_by().values_list("review_status").annotate(n=Count("id")).values_list("review_status", "n")
+    )
+    approved, pending = counts.get(Demonstration.Review.APPROVED, 0), counts.get(Demonstration.Review.PENDING, 0)
+    if approved >= FEW_DEMONSTRATIONS:
+        return ""
+    what = "no approved demonstrations" if not approved else (
+        f"only {approved} approved demonstration{'s' if approved != 1 else ''}")
+    return (f"SFT trains on approved demonstrations only, and there {'is' if approved == 1 else 'are'} {what} "
+            f"(fewer than {FEW_DEMONSTRATIONS}); {pending} {'is' if pending == 1 else 'are'} pending review. "
+            + ("Review them first, or set sft.include_pending to train on pending ones too."
+               if pending else "Write and approve more before relying on SFT.")
+            + (" With none (and sft.include_pending off) a round skips SFT and samples from the current policy."
+               if not approved else ""))
+
+
+
+
 def queue_depths(*, project: Project, now: datetime | None = None) -> list[dict]:
     """Items waiting per queue (below their capacity), live leases, and demonstrations to review."""
     now = now or timezone.now()

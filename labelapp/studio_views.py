@@ -79,6 +79,7 @@ def _overview(request: HttpRequest, project: Project, form: dict | None = None, 
         "status": _with_urls(project, studio.studio_status(project=project)),
         "poll_idle_max_ms": settings.STUDIO_POLL_IDLE_MAX_MS,
         "policy_defaults": _policy_defaults(),
+        "demonstration_warning": studio.demonstration_warning(project=project),
     }
     return _render(request, "labelapp/studio/overview.html", "studio", context, status=status)
 

@@ -78,18 +78,21 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.data import Demonstration
     from rlhf.sft import SFTRunConfig
 
-    snapshot = selectors.demonstration_snapshot(project=run.project)
+    pending = bool(run.params.get("include_pending", False))  # default: approved demonstrations only
+    snapshot = selectors.demonstration_snapshot(project=run.project, include_pending=pending)
     if not snapshot["count"]:
-        raise ValidationError("There are no demonstrations to train on yet.")
-    demos = [Demonstration(prompt=turns, response=text) for _, turns, text in selectors.training_demonstrations(project=run.project)]
-    config = make_config(SFTRunConfig, run, model=model_ref(run))
+        raise ValidationError("There are no approved demonstrations to train on yet" + (
+            "." if pending else " (review them first, or set sft.include_pending to also use pending ones)."))
+    rows = selectors.training_demonstrations(project=run.project, include_pending=pending)
+    demos = [Demonstration(prompt=turns, response=text) for _, turns, text in rows]
+    config = make_config(SFTRunConfig, run, exclude=("include_pending",), model=model_ref(run))
     artifacts = launch.train("sft", config, demos, progress)
     _cancelled(artifacts)
     version = model_version_register(
         project=run.project, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-        parent=run.input_model, training_data={"demonstrations": snapshot}, metrics=artifacts.metrics, make_current=True,
+        parent=run.input_model, training_data={"demonstrations": {**snapshot, "include_pending": pending}}, metrics=artifacts.metrics, make_current=True,
     )
-    return Outcome({"demonstrations": snapshot["count"], **artifacts.metrics}, version)
+    return Outcome({"demonstrations": snapshot["count"], "include_pending": pending, **artifacts.metrics}, version)
 
 
 def run_reward(run: TrainingRun, progress: Progress) -> Outcome:

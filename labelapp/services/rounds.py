@@ -99,7 +99,7 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
         project=project, number=number, method=method, params=params, base_policy=policy,
         created_by=user,
     )
-    snapshot = selectors.demonstration_snapshot(project=project)
+    snapshot = selectors.demonstration_snapshot(project=project, include_pending=params["sft"]["include_pending"])
     trained_on = (policy.training_data.get("demonstrations") or {}).get("hash") if policy else None
     if snapshot["count"] and snapshot["hash"] != trained_on:
         _enter(rnd, Stage.SFT, input_model=policy)

@@ -194,3 +194,73 @@ def test_the_form_shows_every_default_and_refuses_bad_settings_by_name(client, s
         "method": "ppo", "prompts": "4", "min_rankings": "2", "settings": json.dumps(shown)})
     assert response.status_code == 302
     assert Round.objects.get().params["sft"]["learning_rate"] == 3e-4
+
+
+# ---- SFT on approved demonstrations ----------------------------------------------------------
+
+
+def _demonstrations(project, approved: int, pending: int, rejected: int = 0):
+    from labelapp.models import Demonstration
+
+    author = add_member(project)
+    made = []
+    for status, count in (("approved", approved), ("pending", pending), ("rejected", rejected)):
+        for _ in range(count):
+            prompt = make_prompt(project)
+            made.append(Demonstration.objects.create(prompt=prompt, author=author, text=f"An answer ({status}).",
+                                                     review_status=status))
+    return made
+
+
+def test_sft_trains_on_approved_demonstrations_unless_the_round_allows_pending_ones(sent):
+    from labelapp import selectors
+
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    _demonstrations(project, approved=0, pending=2, rejected=1)
+    assert selectors.training_demonstrations(project=project) == []
+    assert len(selectors.training_demonstrations(project=project, include_pending=True)) == 2  # never the rejected
+
+    first = round_start(project=project, user=admin)  # only pending ones: no SFT, straight to sampling
+    assert first.stage == "sampling" and not first.runs.filter(kind="sft").exists()
+    round_cancel(round_id=first.pk, user=admin)
+    second = round_start(project=project, user=admin, params={"sft": {"include_pending": True, "max_steps": 3}})
+    run = second.runs.get()
+    assert second.stage == "sft" and run.kind == "sft"
+    assert run.params["include_pending"] is True and run.params["max_steps"] == 3
+
+
+def test_run_sft_uses_approved_demonstrations_and_records_it(tmp_path, settings, tiny_dir):
+    from workers import executors
+
+    settings.DATA_DIR = tmp_path
+    project = make_project(base_model=tiny_dir)
+    approved = _demonstrations(project, approved=2, pending=3)[:2]
+    tiny = {"max_steps": 1, "per_device_batch_size": 2, "save_steps": 0, "max_length": 256}
+    run = TrainingRun.objects.create(project=project, kind="sft", status="running", params=tiny)
+    outcome = executors.run_sft(run, lambda *a: None)
+    assert outcome.result["demonstrations"] == 2 and outcome.result["include_pending"] is False
+    assert outcome.model.training_data["demonstrations"]["ids"] == sorted(d.pk for d in approved)
+
+    empty = make_project(base_model=tiny_dir)
+    _demonstrations(empty, approved=0, pending=2)
+    run = TrainingRun.objects.create(project=empty, kind="sft", status="running", params=tiny)
+    with pytest.raises(ValidationError, match="no approved demonstrations to train on yet .review them first"):
+        executors.run_sft(run, lambda *a: None)
+
+
+def test_the_round_form_warns_when_few_demonstrations_are_approved(client):
+    from django.urls import reverse
+
+    project = make_project()
+    admin = add_member(project, make_user("head"), role="admin")
+    client.force_login(admin)
+    made = _demonstrations(project, approved=3, pending=5)
+    page = client.get(reverse("studio:overview", args=[project.slug])).content.decode()
+    warning = page.split('id="demonstration-warning">')[1].split("</p>")[0]
+    assert "there are only 3 approved demonstrations (fewer than 8); 5 are pending review" in warning
+    assert "sft.include_pending" in warning
+    from labelapp.models import Demonstration
+
+    Demonstration.objects.filter(pk__in=[d.pk for d in made]).update(review_status="approved")
+    assert 'id="demonstration-warning"' not in client.get(reverse("studio:overview", args=[project.slug])).content.decode()

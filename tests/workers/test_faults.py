@@ -8,7 +8,7 @@ from labelapp.models import TrainingRun
 from labelapp.services.runs import enqueue, run_create, runs_reconcile
 from tests.conftest import add_member, make_project, make_prompt
 from tests.workers.conftest import wait_for
-from workers.simulate import simulate
+from workers.simulate import approve_demonstrations, simulate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,6 +24,7 @@ def sft_project(tmp_path):
     for i in range(4):
         make_prompt(project, text=f"Tell me about cats ({i}).", reference="Cats purr when they are happy.")
     simulate(project=project, annotators=2, queues=["write"])
+    approve_demonstrations(project)  # SFT trains on approved demonstrations
     return project
 
 
