@@ -240,8 +240,10 @@ def main() -> None:
             round_advance(round_id=rnd.pk)
         elif not queued:
             round_advance(round_id=rnd.pk)
-    if rnd.stage != Round.Stage.DONE:
+    if rnd.stage not in (Round.Stage.DONE, Round.Stage.HELD):  # held: the promotion gate kept the parent current
         sys.exit(f"the round ended {rnd.stage}: {rnd.error}")
+    if rnd.gate.get("text"):
+        print(rnd.gate["text"])
     timed("simulated comparisons", lambda: simulate(project=project, annotators=max(3, args.overlap), queues=["compare"], oracle=args.oracle, **seeded))
     summary = evaluation_summary(project=project, round_id=rnd.pk)
     policy_run = TrainingRun.objects.get(round=rnd, kind=args.method)

@@ -4,8 +4,9 @@ The stage sections map onto rlhf's run configs (rlhf.config, torch-free): `sft` 
 `reward` → RewardRunConfig, `policy` → PPOConfig or DPORunConfig (by the round's method). Each
 section shows every field an admin may set, with its default; the fields the worker decides (paths:
 `output_dir`, `model`, `reward_model`, …) and the ones PPO ignores are left out. The studio adds a
-few keys of its own (`min_rank_gap` of reward and DPO runs, see labelapp.services.runs; the
-`sample` and `evaluation` sections the executors read; `gate`, the promotion gate).
+few keys of its own (`min_rank_gap` of reward and DPO runs, see labelapp.services.runs;
+`sft.include_pending`; the `sample` and `evaluation` sections the executors read; `gate`, the
+promotion gate).
 
 `effective_settings(params, method)` merges what was given over the defaults and checks all of it:
 an unknown key is refused with its path (`reward.lerning_rate`, with the nearest known name), a bad
@@ -50,6 +51,13 @@ EVALUATION = {  # what workers.executors.run_evaluate reads
     "seed": (0, "int", "Sampling seed."),
 }
 
+GATE = {  # the promotion gate (labelapp.services.rounds.gate_verdict): null switches a check off
+    "min_reward_win_rate": (0.5, "float | None", "The new policy becomes current only if the round's reward model "
+                            "prefers its answers to its parent's on at least this share of held-out prompts."),
+    "min_human_win_rate": (None, "float | None", "Also require this blind human win-rate over the parent (null: off)."),
+    "min_judgments": (8, "int", "With min_human_win_rate: blind judgments needed before the gate decides."),
+}
+
 # Ranges checked beyond the type (numbers only): name -> (test, "must be …").
 AT_LEAST_1 = ("per_device_batch_size", "gradient_accumulation_steps", "max_length", "max_new_tokens",
               "rollout_batch_size", "mini_batch_size", "ppo_epochs", "lora_r", "lora_alpha", "eval_batch_size",
@@ -69,6 +77,9 @@ RANGES: dict[str, tuple] = {
     "gamma": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "lam": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     "load_in_bits": (lambda v: v in (4, 8), "4, 8 or null"),
+    "min_reward_win_rate": (lambda v: 0 <= v <= 1, "null (off) or a number in [0, 1]"),
+    "min_human_win_rate": (lambda v: 0 <= v <= 1, "null (off) or a number in [0, 1]"),
+    "min_judgments": (lambda v: v >= 1, "a whole number of at least 1"),
 }
 
 
@@ -82,7 +93,7 @@ def stage_config(section: str, method: str):
 def _studio_keys(section: str, method: str) -> dict[str, tuple]:
     if section == "policy":
         return STUDIO_KEYS.get(method, {})
-    return {"sample": SAMPLE, "evaluation": EVALUATION}.get(section, STUDIO_KEYS.get(section, {}))
+    return {"sample": SAMPLE, "evaluation": EVALUATION, "gate": GATE}.get(section, STUDIO_KEYS.get(section, {}))
 
 
 def section_fields(section: str, method: str) -> dict[str, tuple[Any, str, str]]:
@@ -100,7 +111,7 @@ def section_fields(section: str, method: str) -> dict[str, tuple[Any, str, str]]
     return fields
 
 
-SECTIONS = ("sft", "reward", "policy", "sample", "evaluation")
+SECTIONS = ("sft", "reward", "policy", "sample", "evaluation", "gate")
 
 
 def section_defaults(section: str, method: str) -> dict[str, Any]:

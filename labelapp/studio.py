@@ -34,7 +34,10 @@ PREFERRED_METRICS = ("loss/train", "objective/reward", "objective/response_lengt
 
 def round_steps(rnd: Round) -> list[dict]:
     """The round's stages in order, each marked done / current / todo (or failed / cancelled)."""
-    order = [s for s in Round.Stage if s not in (Round.Stage.FAILED, Round.Stage.CANCELLED)]
+    order = [s for s in Round.Stage if s not in (Round.Stage.FAILED, Round.Stage.CANCELLED, Round.Stage.HELD)]
+    if rnd.stage == Round.Stage.HELD:  # every stage ran; the gate held the new policy
+        steps = [{"stage": s.value, "label": s.label, "state": "done"} for s in order if s != Round.Stage.DONE]
+        return steps + [{"stage": rnd.stage, "label": rnd.get_stage_display(), "state": rnd.stage}]
     if rnd.stage in order:
         here = order.index(rnd.stage)
 
@@ -302,7 +305,17 @@ def round_status(rnd: Round) -> dict:
         "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],
         "evaluation_text": rnd.evaluation_text,
         "evaluation_warning": rnd.evaluation_warning,
+        "gate": round_gate(rnd),
     }
+
+
+def round_gate(rnd: Round) -> dict | None:
+    """The promotion gate's line and state for the studio ({text, state, held, decision}), None before it ran."""
+    gate = rnd.gate or {}
+    if not gate.get("text"):
+        return None
+    return {"text": gate["text"], "state": gate.get("state"), "held": rnd.stage == Round.Stage.HELD,
+            "decision": gate.get("decision", "")}
 
 
 def studio_status(*, project: Project, now: datetime | None = None) -> dict:
@@ -315,7 +328,8 @@ def studio_status(*, project: Project, now: datetime | None = None) -> dict:
     runs = [run_status(run, now=now) for run in recent_runs(project=project)]
     rounds = [round_status(rnd) for rnd in rounds_timeline(project=project)]
     active = any(not r["finished"] for r in runs) or any(
-        not r["finished"] and r["stage"] not in WAITING_STAGES for r in rounds
+        not r["finished"] and r["stage"] not in WAITING_STAGES and (r["gate"] or {}).get("state") != "waiting"
+        for r in rounds
     )
     return {
         "active": active,

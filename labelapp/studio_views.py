@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_POST
 from labelapp import round_settings, studio
 from labelapp.models import Project, Role, Round, TrainingRun
 from labelapp.services.access import has_role
-from labelapp.services.rounds import round_advance, round_cancel, round_start
+from labelapp.services.rounds import round_advance, round_cancel, round_discard, round_promote, round_start
 from labelapp.services.runs import model_version_make_current, run_cancel, run_retry
 from labelapp.services.text import NUL_REASON, has_nul
 from labelapp.views import _render
@@ -91,7 +91,8 @@ def _with_urls(project: Project, payload: dict) -> dict:
     for rnd in payload["rounds"]:
         for run in rnd["runs"]:
             run["url"] = reverse("studio:run", args=[project.slug, run["id"]])
-        rnd["urls"] = {name: reverse(f"studio:round_{name}", args=[project.slug, rnd["id"]]) for name in ("advance", "cancel")}
+        rnd["urls"] = {name: reverse(f"studio:round_{name}", args=[project.slug, rnd["id"]])
+                       for name in ("advance", "cancel", "promote", "discard")}
     for version in payload.get("models", []):
         version["make_current_url"] = reverse("studio:make_current", args=[project.slug, version["id"]])
     return payload
@@ -198,6 +199,24 @@ def round_cancel_view(request: HttpRequest, slug: str, round_id: int) -> HttpRes
     rnd = _round(project, round_id)
     return _act(request, project, lambda: round_cancel(round_id=rnd.pk, user=request.user),
                 f"Round {rnd.number} cancelled; its running work stops at the next step.")
+
+
+@login_required
+@require_POST
+def round_promote_view(request: HttpRequest, slug: str, round_id: int) -> HttpResponse:
+    project = _project(request, slug)
+    rnd = _round(project, round_id)
+    return _act(request, project, lambda: round_promote(round_id=rnd.pk, user=request.user),
+                f"Round {rnd.number}: the new policy is now current.")
+
+
+@login_required
+@require_POST
+def round_discard_view(request: HttpRequest, slug: str, round_id: int) -> HttpResponse:
+    project = _project(request, slug)
+    rnd = _round(project, round_id)
+    return _act(request, project, lambda: round_discard(round_id=rnd.pk, user=request.user),
+                f"Round {rnd.number}: the new policy was discarded; the previous one stays current.")
 
 
 @login_required

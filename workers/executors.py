@@ -130,7 +130,7 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
         project=run.project, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
         parent=run.input_model,
         training_data={"rankings": selectors.label_set(ids), "pairs": len(pairs), "min_rank_gap": gap},
-        metrics=artifacts.metrics, make_current=True,
+        metrics=artifacts.metrics, make_current=run.round_id is None,  # a round's policy: its promotion gate decides
     )
     return Outcome({"pairs": len(pairs), **artifacts.metrics}, version)
 
@@ -152,7 +152,7 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     version = model_version_register(
         project=run.project, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
         parent=run.input_model, training_data={"prompts": len(prompts), "reward_model_id": reward.pk},
-        metrics=artifacts.metrics, make_current=True,
+        metrics=artifacts.metrics, make_current=run.round_id is None,  # a round's policy: its promotion gate decides
     )
     return Outcome({"prompts": len(prompts), **artifacts.metrics}, version)
 

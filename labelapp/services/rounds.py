@@ -8,7 +8,11 @@
       → RESAMPLING (the new policy's samples become new ranking tasks)
       → EVALUATION (blind A/B tasks: new policy vs its parent on held-out prompts, plus the
                     reward model's automatic win-rate)
-      → DONE
+      → the promotion gate (`gate_verdict`): the new policy becomes the project's current policy
+        only if it passes (default: reward-model win-rate over its parent ≥ 0.5 on held-out
+        prompts; optionally a blind human win-rate after `min_judgments` judgments, which the
+        round waits for) → DONE; otherwise → HELD ("held for review"): the parent stays current
+        and an admin promotes (`round_promote`) or discards (`round_discard`) it with one click.
 
 `round_advance` is called by the worker when a round's run ends, by the periodic
 `studio.rounds_advance` task (for the RANKING wait) and from the studio page; it is idempotent.
@@ -36,6 +40,7 @@ DEFAULTS = {
     "policy": {},  # PPO or DPO settings (DPO: min_rank_gap too)
     "sample": {},  # max_new_tokens, temperature
     "evaluation": {},  # prompts (held-out, default 8), max_new_tokens, temperature
+    "gate": {},  # the promotion gate: min_reward_win_rate, min_human_win_rate, min_judgments
 }
 STAGE_RUN = {
     Stage.SFT: TrainingRun.Kind.SFT,
@@ -90,7 +95,7 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
     if method not in Round.Method.values:
         raise ValidationError(f"Unknown method {method!r}: use ppo or dpo.")
     params = _clean_params(params, method)  # checked before anything is written
-    running = Round.objects.filter(project=project).exclude(stage__in=[Stage.DONE, Stage.FAILED, Stage.CANCELLED])
+    running = Round.objects.filter(project=project).exclude(stage__in=Round.ENDED)
     if running.exists():
         raise ValidationError(f"Round {running.first().number} is still in progress; finish or cancel it first.")
     number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
@@ -117,7 +122,7 @@ def _set(section: dict) -> dict:
 def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> None:
     """Move the round to `stage` and queue that stage's run, if it has one."""
     rnd.stage = stage
-    if stage in (Stage.DONE, Stage.FAILED, Stage.CANCELLED):
+    if stage in Round.ENDED:
         rnd.finished_at = timezone.now()
         # its tasks join the backlog, so they never outrank the next round's own samples
         RankingTask.objects.filter(round=rnd).exclude(priority=0).update(priority=0)
@@ -195,8 +200,116 @@ def round_advance(*, round_id: int) -> Round:
     elif rnd.stage == Stage.RESAMPLING:
         _enter(rnd, Stage.EVALUATION, input_model=rnd.new_policy)
     elif rnd.stage == Stage.EVALUATION:
-        _enter(rnd, Stage.DONE)
+        verdict = gate_verdict(rnd)
+        rnd.gate = verdict
+        if verdict["state"] == "waiting":  # for blind judgments; beat's rounds_advance looks again
+            rnd.save(update_fields=["gate"])
+        elif verdict["state"] == "passed":
+            _make_current(rnd.new_policy)
+            _enter(rnd, Stage.DONE)
+        else:
+            _enter(rnd, Stage.HELD)
     return rnd
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def gate_verdict(rnd: Round) -> dict:
+    """The promotion gate of a round whose evaluation has run: {state: waiting / passed / held, checks, text}.
+
+    The reward-model check reads the round's own evaluation (its reward model's scores of the new
+    policy's and the parent's answers on held-out prompts, labelapp.stats); prompts that are not
+    held out (a project without validation prompts) cannot pass it. The human check waits until
+    `min_judgments` blind judgments are in (unless another check has already failed)."""
+    from labelapp.models import EvaluationTask, Prompt
+    from labelapp.stats import evaluation_summary
+
+    settings = {**round_settings.section_defaults("gate", rnd.method), **((rnd.params or {}).get("gate") or {})}
+    summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)
+    tasks = EvaluationTask.objects.filter(round=rnd)
+    held_out = tasks.exists() and not tasks.exclude(prompt__split=Prompt.Split.VALIDATION).exists()
+    checks, waiting = [], False
+    need = settings["min_reward_win_rate"]
+    if need is not None:
+        auto = summary["reward_model"]
+        if not auto["n"]:
+            checks.append({"name": "reward_model", "passed": False, "text": "no reward-model scores of the evaluation"})
+        elif not held_out:
+            checks.append({"name": "reward_model", "passed": False, "win_rate": auto["win_rate"],
+                           "text": "the evaluation had no held-out (validation) prompts to judge on"})
+        else:
+            checks.append({"name": "reward_model", "passed": auto["win_rate"] >= need, "win_rate": auto["win_rate"],
+                           "n": auto["n"], "text": f"reward-model win-rate {_pct(auto['win_rate'])} over the parent "
+                                                   f"on {auto['n']} held-out prompts (needs ≥ {_pct(need)})"})
+    need = settings["min_human_win_rate"]
+    if need is not None:
+        human, judgments = summary["human"], settings["min_judgments"]
+        if human["n"] < judgments:
+            waiting = True
+            checks.append({"name": "human", "passed": None, "n": human["n"],
+                           "text": f"{human['n']} / {judgments} blind judgments in (needs a win-rate ≥ {_pct(need)})"})
+        else:
+            checks.append({"name": "human", "passed": human["win_rate"] >= need, "win_rate": human["win_rate"],
+                           "n": human["n"], "text": f"blind human win-rate {_pct(human['win_rate'])} over "
+                                                    f"{human['n']} judgments (needs ≥ {_pct(need)})"})
+    failed = any(c["passed"] is False for c in checks)
+    state = "held" if failed else "waiting" if waiting else "passed"
+    said = "; ".join(c["text"] for c in checks) or "no checks set"
+    text = {
+        "held": f"Promotion gate: held for review — {said}. The previous policy stays current until an admin "
+                "promotes or discards the new one.",
+        "waiting": f"Promotion gate: waiting — {said}.",
+        "passed": f"Promotion gate: passed — {said}; the new policy is now current.",
+    }[state]
+    return {"state": state, "checks": checks, "summary": said, "text": text}
+
+
+def _make_current(version: ModelVersion) -> None:
+    ModelVersion.objects.filter(project=version.project_id, kind=version.kind, is_current=True).update(is_current=False)
+    ModelVersion.objects.filter(pk=version.pk).update(is_current=True)
+
+
+def _held(round_id: int, user) -> Round:
+    rnd = Round.objects.select_for_update(of=("self",)).select_related("project", "new_policy").get(pk=round_id)
+    require_role(project=rnd.project, user=user, role=Role.ADMIN)
+    if rnd.stage != Stage.HELD:
+        raise ValidationError(f"Round {rnd.number} is not held for review ({rnd.get_stage_display().lower()}).")
+    return rnd
+
+
+def _decide(rnd: Round, user, decision: str, text: str) -> Round:
+    rnd.gate = {**(rnd.gate or {}), "decision": decision, "decided_by": user.get_username(),
+                "decided_at": timezone.now().isoformat(), "text": text}
+    _enter(rnd, Stage.DONE)
+    return rnd
+
+
+@transaction.atomic
+def round_promote(*, round_id: int, user) -> Round:
+    """An admin overrides the gate: the held round's new policy becomes current, the round is done."""
+    rnd = _held(round_id, user)
+    policy, parent = rnd.new_policy, rnd.new_policy.parent if rnd.new_policy else None
+    current = current_policy(rnd.project)
+    if current is not None and parent is not None and current.pk != parent.pk:
+        raise ValidationError(f"The current policy is now {current.name}, not {parent.name} (this round's starting "
+                              "point): promoting would drop that newer work. Discard this round or start a new one.")
+    _make_current(policy)
+    return _decide(rnd, user, "promoted", f"Promotion gate: held for review — {_said(rnd)}. Promoted by "
+                                          f"{user.get_username()}: {policy.name} is now the current policy.")
+
+
+@transaction.atomic
+def round_discard(*, round_id: int, user) -> Round:
+    """An admin agrees with the gate: the held policy stays registered but never becomes current."""
+    rnd = _held(round_id, user)
+    return _decide(rnd, user, "discarded", f"Promotion gate: held for review — {_said(rnd)}. Discarded by "
+                                           f"{user.get_username()}: the previous policy stays current.")
+
+
+def _said(rnd: Round) -> str:
+    return (rnd.gate or {}).get("summary") or "no verdict recorded"
 
 
 @transaction.atomic
@@ -217,7 +330,7 @@ def round_cancel(*, round_id: int, user) -> Round:
 def rounds_advance_all() -> int:
     """Advance every unfinished round (the periodic task); returns how many moved."""
     moved = 0
-    for rnd in Round.objects.exclude(stage__in=[Stage.DONE, Stage.FAILED, Stage.CANCELLED]):
+    for rnd in Round.objects.exclude(stage__in=Round.ENDED):
         before = rnd.stage
         if round_advance(round_id=rnd.pk).stage != before:
             moved += 1

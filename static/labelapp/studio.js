@@ -157,6 +157,14 @@
     showTexts(article, round, $(".round-notes", article), ["evaluation_text", "waiting_text"]);
     const actions = $(".round-actions", article);
     if (actions) actions.hidden = round.finished;
+    const held = $(".round-held", article);  // the promotion gate held the new policy: promote or discard
+    if (held) {
+      held.hidden = !(round.gate && round.gate.held);
+      if (round.urls && round.urls.promote) {
+        $(".round-promote", held).action = round.urls.promote;
+        $(".round-discard", held).action = round.urls.discard;
+      }
+    }
     if (round.urls) {
       const advance = $(".round-advance", article);
       if (advance) advance.action = round.urls.advance;

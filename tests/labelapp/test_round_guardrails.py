@@ -264,3 +264,172 @@ def test_the_round_form_warns_when_few_demonstrations_are_approved(client):
 
     Demonstration.objects.filter(pk__in=[d.pk for d in made]).update(review_status="approved")
     assert 'id="demonstration-warning"' not in client.get(reverse("studio:overview", args=[project.slug])).content.decode()
+
+
+# ---- the promotion gate ----------------------------------------------------------------------
+
+
+def evaluated_round(project, wins: int, losses: int, gate: dict | None = None, split: str = "validation"):
+    """A PPO round whose evaluation run has finished: its new policy (not current) beat its parent (current)
+    on `wins` held-out prompts and lost on `losses`, as scored by the round's reward model."""
+    from django.utils import timezone
+
+    from labelapp.round_settings import effective_defaults
+    from labelapp.services.projects import evaluation_task_create
+    from labelapp.services.runs import model_version_register
+
+    parent = model_version_register(project=project, name="sft-1", kind="policy", artifact_path="/m/sft",
+                                    make_current=True)
+    new = model_version_register(project=project, name="ppo-2", kind="policy", artifact_path="/m/ppo", parent=parent)
+    params = effective_defaults("ppo")
+    params["gate"].update(gate or {})
+    rnd = Round.objects.create(project=project, number=Round.objects.filter(project=project).count() + 1,
+                               stage="evaluation", params=params, sft_policy=parent, new_policy=new)
+    for i in range(wins + losses):
+        prompt = make_prompt(project, split=split)
+        evaluation_task_create(project=project, prompt=prompt, model_a=new, model_b=parent, text_a=f"new {i}",
+                               text_b=f"old {i}", round=rnd, reward_a=1.0 if i < wins else -1.0, reward_b=0.0)
+    TrainingRun.objects.create(project=project, round=rnd, kind="evaluate", status="succeeded",
+                               input_model=new, finished_at=timezone.now())
+    return rnd, parent, new
+
+
+def current(project):
+    from labelapp.models import ModelVersion
+
+    return ModelVersion.objects.get(project=project, kind="policy", is_current=True)
+
+
+def test_a_policy_that_loses_to_its_parent_is_held_and_the_parent_stays_current(sent):
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    rnd, parent, new = evaluated_round(project, wins=1, losses=3)  # 25%, as in the issue
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "held" and rnd.finished and current(project) == parent
+    assert rnd.gate["state"] == "held" and rnd.gate["checks"][0]["win_rate"] == 0.25
+    assert rnd.gate["text"].startswith("Promotion gate: held for review — reward-model win-rate 25.0% over the parent "
+                                       "on 4 held-out prompts (needs ≥ 50.0%)")
+    assert round_advance(round_id=rnd.pk).stage == "held"  # idempotent: nothing moves a held round
+    # a held round has ended: the next round may start (from the parent, still current)
+    admin = add_member(project, make_user(), role="admin")
+    assert round_start(project=project, user=admin).base_policy == parent
+
+
+def test_a_policy_that_wins_becomes_current(sent):
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    rnd, parent, new = evaluated_round(project, wins=2, losses=2)  # 50% passes ≥ 0.5
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "done" and current(project) == new
+    assert rnd.gate["state"] == "passed" and "the new policy is now current" in rnd.gate["text"]
+
+
+def test_training_prompts_cannot_pass_the_gate(sent):
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    rnd, parent, _ = evaluated_round(project, wins=4, losses=0, split="train")
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "held" and current(project) == parent
+    assert "no held-out (validation) prompts" in rnd.gate["text"]
+
+
+def test_the_human_check_waits_for_its_judgments_then_decides(sent):
+    from labelapp.models import Comparison, EvaluationTask
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    judge = add_member(project)
+    rnd, parent, new = evaluated_round(project, wins=3, losses=1, gate={"min_human_win_rate": 0.5, "min_judgments": 2})
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "evaluation" and rnd.gate["state"] == "waiting" and current(project) == parent
+    assert "0 / 2 blind judgments in" in rnd.gate["text"]
+    for task in EvaluationTask.objects.filter(round=rnd)[:2]:  # the parent wins both blind judgments
+        Comparison.objects.create(task=task, annotator=judge, winner="b", a_shown_left=True)
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "held" and current(project) == parent
+    assert "blind human win-rate 0.0% over 2 judgments (needs ≥ 50.0%)" in rnd.gate["text"]
+
+
+def test_promote_makes_the_held_policy_current_and_discard_keeps_the_old(sent):
+    from labelapp.services.rounds import round_advance, round_discard, round_promote
+
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    annotator = add_member(project)
+    rnd, parent, new = evaluated_round(project, wins=0, losses=2)
+    round_advance(round_id=rnd.pk)
+    with pytest.raises(Exception, match="admin"):
+        round_promote(round_id=rnd.pk, user=annotator)
+    assert current(project) == parent and Round.objects.get(pk=rnd.pk).stage == "held"
+    rnd = round_promote(round_id=rnd.pk, user=admin)
+    assert rnd.stage == "done" and current(project) == new
+    assert rnd.gate["decision"] == "promoted" and rnd.gate["decided_by"] == admin.username
+    with pytest.raises(ValidationError, match="not held for review"):
+        round_discard(round_id=rnd.pk, user=admin)
+
+    other = make_project()
+    admin2 = add_member(other, make_user(), role="admin")
+    rnd2, parent2, new2 = evaluated_round(other, wins=0, losses=2)
+    round_advance(round_id=rnd2.pk)
+    rnd2 = round_discard(round_id=rnd2.pk, user=admin2)
+    assert rnd2.stage == "done" and current(other) == parent2 and rnd2.gate["decision"] == "discarded"
+    assert "Discarded by" in rnd2.gate["text"] and "the previous policy stays current" in rnd2.gate["text"]
+
+
+def test_promote_is_refused_when_the_current_policy_moved_on(sent):
+    from labelapp.services.rounds import round_advance, round_promote
+    from labelapp.services.runs import model_version_register
+
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    rnd, parent, new = evaluated_round(project, wins=0, losses=2)
+    round_advance(round_id=rnd.pk)
+    newer = model_version_register(project=project, name="dpo-9", kind="policy", artifact_path="/m/dpo",
+                                   make_current=True)
+    with pytest.raises(ValidationError, match="The current policy is now dpo-9"):
+        round_promote(round_id=rnd.pk, user=admin)
+    assert current(project) == newer and Round.objects.get(pk=rnd.pk).stage == "held"
+
+
+@pytest.mark.parametrize("gate, message", [
+    ({"min_reward_win_rate": 1.5}, "gate.min_reward_win_rate must be null (off) or a number in [0, 1] (got 1.5)."),
+    ({"min_judgments": 0}, "gate.min_judgments must be a whole number of at least 1 (got 0)."),
+    ({"min_human_winrate": 0.5}, "gate.min_human_winrate is not a setting (did you mean gate.min_human_win_rate?)."),
+])
+def test_bad_gate_settings_are_refused(sent, gate, message):
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    with pytest.raises(ValidationError) as caught:
+        round_start(project=project, user=admin, params={"gate": gate})
+    assert message in caught.value.messages and not Round.objects.exists()
+
+
+def test_promote_and_discard_are_admin_only_csrf_checked_posts(client, sent):
+    from django.test import Client
+    from django.urls import reverse
+
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    admin = add_member(project, make_user("owner"), role="admin")
+    reviewer = add_member(project, make_user("rev"), role="reviewer")
+    rnd, parent, new = evaluated_round(project, wins=0, losses=2)
+    round_advance(round_id=rnd.pk)
+    promote = reverse("studio:round_promote", args=[project.slug, rnd.pk])
+    client.force_login(reviewer)
+    assert client.post(promote).status_code == 404  # the studio does not exist below admin
+    client.force_login(admin)
+    assert client.get(promote).status_code == 405
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(admin)
+    assert strict.post(promote).status_code == 403
+    assert Round.objects.get(pk=rnd.pk).stage == "held" and current(project) == parent
+    page = client.get(reverse("studio:overview", args=[project.slug])).content.decode()
+    assert f'action="{promote}" class="inline round-promote"' in page
+    response = client.post(promote, follow=True)
+    assert "Round 1: the new policy is now current." in response.content.decode() and current(project) == new
+    again = client.post(promote, follow=True)
+    assert "is not held for review" in again.content.decode()

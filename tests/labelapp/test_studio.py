@@ -312,7 +312,7 @@ def test_the_polling_json_carries_models_queues_throughput_and_a_waiting_rounds_
     assert data["active"] is False and data["open"] is True
     (row,) = data["rounds"]
     assert row["waiting_text"] == "1 / 8 rankings of this round's tasks" and row["method_label"] == "DPO"
-    assert row["urls"] == {"advance": url("round_advance", project, rnd.pk), "cancel": url("round_cancel", project, rnd.pk)}
+    assert row["urls"] == {name: url(f"round_{name}", project, rnd.pk) for name in ("advance", "cancel", "promote", "discard")}
     (model,) = data["models"]
     assert model["name"] == "sft-3" and model["is_current"] and model["metrics"] == [["loss/train", "1.2500"]]
     assert model["make_current_url"] == url("make_current", project, sft.pk)
