@@ -80,6 +80,7 @@ def _overview(request: HttpRequest, project: Project, form: dict | None = None, 
         "poll_idle_max_ms": settings.STUDIO_POLL_IDLE_MAX_MS,
         "policy_defaults": _policy_defaults(),
         "demonstration_warning": studio.demonstration_warning(project=project),
+        "metric_legend": list(studio.METRIC_HELP.items()),
     }
     return _render(request, "labelapp/studio/overview.html", "studio", context, status=status)
 

@@ -253,6 +253,7 @@
         const span = document.createElement("span");
         span.className = "metric";
         span.textContent = `${key} ${value}`;
+        if (version.metric_help && version.metric_help[key]) span.title = version.metric_help[key];
         metrics.append(span);
       });
       if (version.length_text) {  // a reward model's length diagnostics (labelapp/length_watch.py)

@@ -433,3 +433,40 @@ def test_promote_and_discard_are_admin_only_csrf_checked_posts(client, sent):
     assert "Round 1: the new policy is now current." in response.content.decode() and current(project) == new
     again = client.post(promote, follow=True)
     assert "is not held for review" in again.content.decode()
+
+
+# ---- held-out figures in the model table -----------------------------------------------------
+
+
+def test_the_model_table_shows_held_out_figures_with_their_meaning(client, sent):
+    import html
+
+    from django.urls import reverse
+
+    from labelapp.services.rounds import round_advance
+    from labelapp.services.runs import model_version_register
+
+    project = make_project()
+    admin = add_member(project, make_user("metrics"), role="admin")
+    rnd, parent, new = evaluated_round(project, wins=1, losses=3)
+    round_advance(round_id=rnd.pk)
+    reward = model_version_register(project=project, name="reward-7", kind="reward", artifact_path="/m/rm", metrics={
+        "accuracy": 0.0, "margin": -0.2, "loss/train": 0.71, "loss/train_mean": 0.69, "eval/pairwise_accuracy": 0.636,
+        "eval/pairs": 11, "global_step": 3})
+    sft = model_version_register(project=project, name="sft-8", kind="policy", artifact_path="/m/s",
+                                 metrics={"loss/train": 2.5, "loss/train_mean": 2.9, "train/learning_rate": 1e-4})
+    client.force_login(admin)
+    models = {m["name"]: m for m in client.get(reverse("studio:status", args=[project.slug])).json()["models"]}
+    assert models["reward-7"]["metrics"] == [["eval/pairwise_accuracy", "0.6360"], ["eval/pairs", "11.0000"]]
+    assert models["reward-7"]["metric_help"]["eval/pairwise_accuracy"].startswith("Held out: share of held-out")
+    assert models["ppo-2"]["metrics"][0] == ["eval/rm_win_rate", "0.2500"]  # the round's held-out verdict
+    assert models["sft-8"]["metrics"] == [["loss/train_mean", "2.9000"], ["loss/train", "2.5000"]]
+    assert models["sft-8"]["metric_help"]["loss/train"].startswith("Last logged training batch only")
+
+    page = html.unescape(client.get(reverse("studio:overview", args=[project.slug])).content.decode())
+    row = page.split(f'data-version-id="{reward.pk}"')[1].split("</tr>")[0]
+    assert "eval/pairwise_accuracy 0.6360" in row and "accuracy 0.0000" not in row
+    assert 'title="Held out: share of held-out preference pairs the reward model orders' in row
+    legend = page.split('id="metric-legend"')[1].split("</details>")[0]
+    assert "<code>eval/pairwise_accuracy</code>" in legend and "<code>accuracy</code>" in legend
+    assert sft.pk and parent.pk
