@@ -180,7 +180,7 @@ def main() -> None:
     from labelapp.services.projects import membership_set, project_create, prompt_create
     from labelapp.services.rounds import round_advance, round_start
     from labelapp.stats import evaluation_summary
-    from workers.simulate import simulate
+    from workers.simulate import approve_demonstrations, simulate
     from workers.tasks import run_execute
 
     call_command("migrate", verbosity=0)
@@ -204,6 +204,7 @@ def main() -> None:
 
     seeded = {} if args.seed is None else {"seed": args.seed}  # simulate() and every run take a `seed`
     timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle, **seeded))
+    approve_demonstrations(project)  # a simulated reviewer: SFT trains on approved demonstrations
     training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, **seeded}  # fp32: bf16 autocast is slower on this CPU
     if args.method == "ppo":
         policy = {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
@@ -239,8 +240,10 @@ def main() -> None:
             round_advance(round_id=rnd.pk)
         elif not queued:
             round_advance(round_id=rnd.pk)
-    if rnd.stage != Round.Stage.DONE:
+    if rnd.stage not in (Round.Stage.DONE, Round.Stage.HELD):  # held: the promotion gate kept the parent current
         sys.exit(f"the round ended {rnd.stage}: {rnd.error}")
+    if rnd.gate.get("text"):
+        print(rnd.gate["text"])
     timed("simulated comparisons", lambda: simulate(project=project, annotators=max(3, args.overlap), queues=["compare"], oracle=args.oracle, **seeded))
     summary = evaluation_summary(project=project, round_id=rnd.pk)
     policy_run = TrainingRun.objects.get(round=rnd, kind=args.method)

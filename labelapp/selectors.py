@@ -293,12 +293,14 @@ def visible_rankings(user) -> QuerySet[Ranking]:
 # ---- training data snapshots (read by the workers) ----------------------------------------
 
 
-def training_demonstrations(*, project: Project) -> list[tuple[int, list[dict], str]]:
-    """(id, prompt turns, text) of the training split's demonstrations not rejected in review,
-    oldest first (validation prompts stay held out for evaluation)."""
+def training_demonstrations(*, project: Project, include_pending: bool = False) -> list[tuple[int, list[dict], str]]:
+    """(id, prompt turns, text) of the training split's approved demonstrations (and, with
+    `include_pending`, those still waiting for review; rejected ones never), oldest first
+    (validation prompts stay held out for evaluation)."""
+    statuses = [Demonstration.Review.APPROVED] + ([Demonstration.Review.PENDING] if include_pending else [])
     rows = (
-        Demonstration.objects.filter(prompt__project=project, prompt__split=Prompt.Split.TRAIN)
-        .exclude(review_status=Demonstration.Review.REJECTED)
+        Demonstration.objects.filter(prompt__project=project, prompt__split=Prompt.Split.TRAIN,
+                                     review_status__in=statuses)
         .order_by("id")
         .values_list("id", "prompt__text", "prompt__messages", "text")
     )
@@ -312,10 +314,10 @@ def label_set(ids: list[int]) -> dict:
     return {"ids": ordered, "count": len(ordered), "hash": digest}
 
 
-def demonstration_snapshot(*, project: Project) -> dict:
+def demonstration_snapshot(*, project: Project, include_pending: bool = False) -> dict:
     """Label set of the current training demonstrations; its hash changes when any is added,
-    edited away by review, or rejected — the round uses it to decide whether to run SFT."""
-    rows = training_demonstrations(project=project)
+    edited away by review, approved or rejected — the round uses it to decide whether to run SFT."""
+    rows = training_demonstrations(project=project, include_pending=include_pending)
     snapshot = label_set([i for i, _, _ in rows])
     content = hashlib.sha256("\x00".join(text for _, _, text in rows).encode()).hexdigest()
     return {**snapshot, "hash": hashlib.sha256((snapshot["hash"] + content).encode()).hexdigest()}

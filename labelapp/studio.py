@@ -12,7 +12,7 @@ from numbers import Real
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from labelapp.length_watch import reward_length_text
@@ -34,7 +34,10 @@ PREFERRED_METRICS = ("loss/train", "objective/reward", "objective/response_lengt
 
 def round_steps(rnd: Round) -> list[dict]:
     """The round's stages in order, each marked done / current / todo (or failed / cancelled)."""
-    order = [s for s in Round.Stage if s not in (Round.Stage.FAILED, Round.Stage.CANCELLED)]
+    order = [s for s in Round.Stage if s not in (Round.Stage.FAILED, Round.Stage.CANCELLED, Round.Stage.HELD)]
+    if rnd.stage == Round.Stage.HELD:  # every stage ran; the gate held the new policy
+        steps = [{"stage": s.value, "label": s.label, "state": "done"} for s in order if s != Round.Stage.DONE]
+        return steps + [{"stage": rnd.stage, "label": rnd.get_stage_display(), "state": rnd.stage}]
     if rnd.stage in order:
         here = order.index(rnd.stage)
 
@@ -80,7 +83,8 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
         rnd.evaluation_text = evaluation_text(summaries[rnd.pk])
         rnd.evaluation_warning = evaluation_warning(summaries[rnd.pk])
         rnd.evaluation_categories = category_rows(summaries[rnd.pk])
-        rnd.waiting_text = waiting_text(rnd)
+        rnd.ranking = round_ranking(rnd)
+        rnd.waiting_text = waiting_text(rnd, rnd.ranking)
     return rounds
 
 
@@ -263,30 +267,55 @@ def run_length_watch(run: TrainingRun) -> dict:
     return data
 
 
-def waiting_text(rnd: Round) -> str:
-    """While a round waits for people: how many of the rankings it needs are in."""
+def round_ranking(rnd: Round, now: datetime | None = None) -> dict | None:
+    """While a round waits for people: rankings of its own tasks (RankingTask.round) against
+    `min_rankings`, and who holds a lease on one of them now; None at any other stage."""
     if rnd.stage != Round.Stage.RANKING:
-        return ""
+        return None
     from labelapp.services.rounds import round_rankings
 
     needed = (rnd.params or {}).get("min_rankings")
     done = round_rankings(rnd)
-    return f"{done} / {needed} rankings of this round's tasks" if needed else f"{done} rankings of this round's tasks"
+    leases = Assignment.objects.filter(live_lease(now or timezone.now()), ranking_task__round=rnd)
+    working = sorted(set(leases.values_list("user__username", flat=True)))
+    text = f"{done} / {needed} rankings of this round's tasks" if needed else f"{done} rankings of this round's tasks"
+    return {"done": done, "needed": needed, "text": text, "working": [{"username": name} for name in working]}
+
+
+def waiting_text(rnd: Round, ranking: dict | None = None) -> str:
+    """The waiting stage's line: "k / n rankings of this round's tasks", and who is on them now."""
+    ranking = ranking or round_ranking(rnd)
+    if ranking is None:
+        return ""
+    names = [w["username"] for w in ranking["working"]]
+    return ranking["text"] + (f" · working on them now: {', '.join(names)}" if names else "")
 
 
 def round_status(rnd: Round) -> dict:
     if not hasattr(rnd, "evaluation_text"):
         summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)
         rnd.evaluation_text, rnd.evaluation_warning = evaluation_text(summary), evaluation_warning(summary)
+    if not hasattr(rnd, "ranking"):
+        rnd.ranking = round_ranking(rnd)
     return {
         "id": rnd.pk, "number": rnd.number, "method": rnd.method, "method_label": rnd.get_method_display(),
-        "stage": rnd.stage, "waiting_text": getattr(rnd, "waiting_text", None) or waiting_text(rnd),
+        "stage": rnd.stage, "waiting_text": waiting_text(rnd, rnd.ranking), "ranking": rnd.ranking,
         "stage_label": rnd.get_stage_display(), "finished": rnd.finished, "error": rnd.error[:500],
         "steps": getattr(rnd, "steps", None) or round_steps(rnd),
         "runs": [{"id": run.pk, "kind_label": run.get_kind_display(), "status": run.status} for run in rnd.runs.all()],
         "evaluation_text": rnd.evaluation_text,
         "evaluation_warning": rnd.evaluation_warning,
+        "gate": round_gate(rnd),
     }
+
+
+def round_gate(rnd: Round) -> dict | None:
+    """The promotion gate's line and state for the studio ({text, state, held, decision}), None before it ran."""
+    gate = rnd.gate or {}
+    if not gate.get("text"):
+        return None
+    return {"text": gate["text"], "state": gate.get("state"), "held": rnd.stage == Round.Stage.HELD,
+            "decision": gate.get("decision", "")}
 
 
 def studio_status(*, project: Project, now: datetime | None = None) -> dict:
@@ -299,7 +328,8 @@ def studio_status(*, project: Project, now: datetime | None = None) -> dict:
     runs = [run_status(run, now=now) for run in recent_runs(project=project)]
     rounds = [round_status(rnd) for rnd in rounds_timeline(project=project)]
     active = any(not r["finished"] for r in runs) or any(
-        not r["finished"] and r["stage"] not in WAITING_STAGES for r in rounds
+        not r["finished"] and r["stage"] not in WAITING_STAGES and (r["gate"] or {}).get("state") != "waiting"
+        for r in rounds
     )
     return {
         "active": active,
@@ -323,11 +353,56 @@ class VersionRow:
     key_metrics: list[tuple[str, float]] = field(default_factory=list)
     length_text: str = ""  # reward models: labelapp.length_watch.reward_length_text
 
+    @property
+    def metric_cells(self) -> list[tuple[str, float, str]]:
+        """(name, value, what it means) for the template."""
+        return [(key, value, metric_help(key)) for key, value in self.key_metrics]
+
+
+# The model table shows held-out figures (measured on data the model did not train on) when a model
+# has them; otherwise whole-run summaries, and last-batch values only as a last resort, each with
+# its meaning (METRIC_HELP: the cell's title and the legend under the table).
+HELD_OUT_METRICS = ("eval/rm_win_rate", "eval/pairwise_accuracy", "loss/eval", "eval/pairs")
+RUN_SUMMARY_METRICS = ("loss/train_mean",)
+BATCH_METRICS = ("objective/reward", "objective/kl", "loss/train", "accuracy")
+NOT_SHOWN = frozenset({"global_step", "epoch", "perf/steps_per_s", "train/learning_rate", "grad_norm", "num_tokens",
+                       "resumed_from", "total_flos", "train_runtime"})
+METRIC_HELP = {
+    "eval/rm_win_rate": "Held out: the round's reward model prefers this policy's answer to its parent's on this "
+                        "share of held-out prompts (ties count half) — the promotion gate's figure.",
+    "eval/pairwise_accuracy": "Held out: share of held-out preference pairs the reward model orders as the "
+                              "annotators did (ties count half).",
+    "loss/eval": "Held out: loss on held-out examples.",
+    "eval/pairs": "Held out: how many held-out pairs the accuracy was measured on.",
+    "loss/train_mean": "Training loss averaged over the whole run (not one batch).",
+    "objective/reward": "Last PPO update only: mean reward-model score of that rollout batch (training prompts).",
+    "objective/kl": "Last PPO update only: KL divergence from the starting policy, summed over a response.",
+    "loss/train": "Last logged training batch only (noisy): training loss.",
+    "accuracy": "Last training batch only (noisy; a handful of pairs): share ordered correctly. See "
+                "eval/pairwise_accuracy for the held-out figure.",
+    "margin": "Last training batch only: mean reward difference, chosen minus rejected.",
+}
+
+
+def metric_help(key: str) -> str:
+    if key in METRIC_HELP:
+        return METRIC_HELP[key]
+    if key.startswith("eval/"):
+        return "Held out: measured on data the model did not train on."
+    return "Last logged training value (one batch or update)."
+
 
 def key_metrics(metrics: dict, limit: int = 4) -> list[tuple[str, float]]:
-    numeric = {k: v for k, v in (metrics or {}).items() if _numeric(v)}
-    first = [k for k in PREFERRED_METRICS if k in numeric]
-    keys = first + sorted(set(numeric) - set(first))
+    """The figures the model table shows: held-out ones when there are any, else the whole-run mean, else
+    the last batch's (labelled as such by metric_help)."""
+    numeric = {k: v for k, v in (metrics or {}).items() if _numeric(v) and k not in NOT_SHOWN}
+    held_out = [k for k in HELD_OUT_METRICS if k in numeric]
+    if held_out:
+        keys = held_out
+    else:
+        first = [k for k in RUN_SUMMARY_METRICS + BATCH_METRICS if k in numeric]
+        rest = sorted(k for k in set(numeric) - set(first) if not k.startswith("eval/"))  # eval/*: length_text
+        keys = first + rest
     return [(k, numeric[k]) for k in keys[:limit]]
 
 
@@ -340,15 +415,34 @@ def model_versions(*, project: Project, limit: int = 50) -> list[VersionRow]:
         more = list(ModelVersion.objects.filter(pk__in=missing))
         known.update({v.pk: v for v in more})
         missing = {v.parent_id for v in more if v.parent_id and v.parent_id not in known}
+    win_rates = _policy_win_rates(project, versions)
     rows = []
     for version in versions:
+        metrics = version.metrics or {}
+        if version.pk in win_rates:
+            metrics = {"eval/rm_win_rate": win_rates[version.pk], **metrics}
         chain, node = [], version
         while node is not None and len(chain) < LINEAGE_DEPTH:
             chain.append(node)
             node = known.get(node.parent_id) if node.parent_id else None
-        rows.append(VersionRow(version, list(reversed(chain)), key_metrics(version.metrics),
+        rows.append(VersionRow(version, list(reversed(chain)), key_metrics(metrics),
                                reward_length_text(version.metrics)))
     return rows
+
+
+def _policy_win_rates(project: Project, versions: list[ModelVersion]) -> dict[int, float]:
+    """{policy id: the reward-model win-rate over its parent from the blind evaluation of the round that made it}."""
+    from labelapp.models import EvaluationTask
+
+    policies = [v.pk for v in versions if v.kind == ModelVersion.Kind.POLICY]
+    outcomes: dict[int, list[float]] = {}
+    rows = EvaluationTask.objects.filter(
+        project=project, round__new_policy_id__in=policies, model_a_id=F("round__new_policy_id"),
+        reward_a__isnull=False, reward_b__isnull=False,
+    ).values_list("model_a_id", "reward_a", "reward_b")
+    for policy, a, b in rows:  # as labelapp.stats scores the reward model's verdicts
+        outcomes.setdefault(policy, []).append(1.0 if a > b else 0.5 if a == b else 0.0)
+    return {policy: sum(values) / len(values) for policy, values in outcomes.items()}
 
 
 def version_status(row: VersionRow) -> dict:
@@ -359,6 +453,7 @@ def version_status(row: VersionRow) -> dict:
         "created_text": timezone.localtime(version.created_at).strftime("%Y-%m-%d %H:%M"),
         "lineage": [{"id": v.pk, "name": v.name} for v in row.lineage],
         "metrics": [[key, f"{value:.4f}"] for key, value in row.key_metrics],
+        "metric_help": {key: metric_help(key) for key, _ in row.key_metrics},
         "length_text": row.length_text,
         "is_current": version.is_current,
     }
@@ -369,6 +464,30 @@ def version_for(*, project: Project, version_id: int) -> ModelVersion | None:
 
 
 # ---- queues and people ----------------------------------------------------------------------
+
+
+def demonstration_warning(*, project: Project) -> str:
+    """A line for the round form when SFT would train on few approved demonstrations ("" otherwise)."""
+    from labelapp.models import Prompt
+    from labelapp.round_settings import FEW_DEMONSTRATIONS
+
+    counts = dict(
+        Demonstration.objects.filter(prompt__project=project, prompt__split=Prompt.Split.TRAIN)
+        .order_by().values_list("review_status").annotate(n=Count("id")).values_list("review_status", "n")
+    )
+    approved, pending = counts.get(Demonstration.Review.APPROVED, 0), counts.get(Demonstration.Review.PENDING, 0)
+    if approved >= FEW_DEMONSTRATIONS:
+        return ""
+    what = "no approved demonstrations" if not approved else (
+        f"only {approved} approved demonstration{'s' if approved != 1 else ''}")
+    return (f"SFT trains on approved demonstrations only, and there {'is' if approved == 1 else 'are'} {what} "
+            f"(fewer than {FEW_DEMONSTRATIONS}); {pending} {'is' if pending == 1 else 'are'} pending review. "
+            + ("Review them first, or set sft.include_pending to train on pending ones too."
+               if pending else "Write and approve more before relying on SFT.")
+            + (" With none (and sft.include_pending off) a round skips SFT and samples from the current policy."
+               if not approved else ""))
+
+
 
 
 def queue_depths(*, project: Project, now: datetime | None = None) -> list[dict]:

@@ -20,10 +20,10 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from labelapp import studio
+from labelapp import round_settings, studio
 from labelapp.models import Project, Role, Round, TrainingRun
 from labelapp.services.access import has_role
-from labelapp.services.rounds import DEFAULTS, round_advance, round_cancel, round_start
+from labelapp.services.rounds import round_advance, round_cancel, round_discard, round_promote, round_start
 from labelapp.services.runs import model_version_make_current, run_cancel, run_retry
 from labelapp.services.text import NUL_REASON, has_nul
 from labelapp.views import _render
@@ -39,16 +39,28 @@ def _project(request: HttpRequest, slug: str) -> Project:
 
 
 def _default_form(project: Project) -> dict:
-    """The start form starts from the last round's settings (or the defaults)."""
+    """The start form shows the settings that will run: every default (labelapp.round_settings), with the
+    last round's settings over them, so the next round starts from those."""
     last = Round.objects.filter(project=project).order_by("-number").first()
-    params = {**DEFAULTS, **(last.params if last else {})}
+    method = last.method if last else Round.Method.PPO
+    params = round_settings.effective_defaults(method, project)
+    for key, value in (last.params if last else {}).items():
+        if isinstance(value, dict) and isinstance(params.get(key), dict):
+            params[key] = {**params[key], **value}
+        elif key in params:
+            params[key] = value
     advanced = {k: v for k, v in params.items() if k not in SCALAR_FIELDS}
     return {
-        "method": last.method if last else Round.Method.PPO,
+        "method": method,
         "prompts": str(params["prompts"]),
         "min_rankings": str(params["min_rankings"]),
-        "settings": json.dumps(advanced, indent=2, sort_keys=True),
+        "settings": json.dumps(advanced, indent=2),
     }
+
+
+def _policy_defaults() -> str:
+    """Each method's policy defaults, for the form to swap in when the method changes."""
+    return json.dumps({method: round_settings.section_defaults("policy", method) for method in Round.Method.values})
 
 
 def _overview(request: HttpRequest, project: Project, form: dict | None = None, errors: list[str] | None = None,
@@ -66,6 +78,9 @@ def _overview(request: HttpRequest, project: Project, form: dict | None = None, 
         "throughput": studio.annotator_throughput(project=project),
         "status": _with_urls(project, studio.studio_status(project=project)),
         "poll_idle_max_ms": settings.STUDIO_POLL_IDLE_MAX_MS,
+        "policy_defaults": _policy_defaults(),
+        "demonstration_warning": studio.demonstration_warning(project=project),
+        "metric_legend": list(studio.METRIC_HELP.items()),
     }
     return _render(request, "labelapp/studio/overview.html", "studio", context, status=status)
 
@@ -77,7 +92,8 @@ def _with_urls(project: Project, payload: dict) -> dict:
     for rnd in payload["rounds"]:
         for run in rnd["runs"]:
             run["url"] = reverse("studio:run", args=[project.slug, run["id"]])
-        rnd["urls"] = {name: reverse(f"studio:round_{name}", args=[project.slug, rnd["id"]]) for name in ("advance", "cancel")}
+        rnd["urls"] = {name: reverse(f"studio:round_{name}", args=[project.slug, rnd["id"]])
+                       for name in ("advance", "cancel", "promote", "discard")}
     for version in payload.get("models", []):
         version["make_current_url"] = reverse("studio:make_current", args=[project.slug, version["id"]])
     return payload
@@ -184,6 +200,24 @@ def round_cancel_view(request: HttpRequest, slug: str, round_id: int) -> HttpRes
     rnd = _round(project, round_id)
     return _act(request, project, lambda: round_cancel(round_id=rnd.pk, user=request.user),
                 f"Round {rnd.number} cancelled; its running work stops at the next step.")
+
+
+@login_required
+@require_POST
+def round_promote_view(request: HttpRequest, slug: str, round_id: int) -> HttpResponse:
+    project = _project(request, slug)
+    rnd = _round(project, round_id)
+    return _act(request, project, lambda: round_promote(round_id=rnd.pk, user=request.user),
+                f"Round {rnd.number}: the new policy is now current.")
+
+
+@login_required
+@require_POST
+def round_discard_view(request: HttpRequest, slug: str, round_id: int) -> HttpResponse:
+    project = _project(request, slug)
+    rnd = _round(project, round_id)
+    return _act(request, project, lambda: round_discard(round_id=rnd.pk, user=request.user),
+                f"Round {rnd.number}: the new policy was discarded; the previous one stays current.")
 
 
 @login_required

@@ -23,6 +23,7 @@ from django.core.exceptions import ValidationError
 from labelapp import selectors
 from labelapp.models import Completion, ModelVersion, Project, Prompt, RankingTask, TrainingRun
 from labelapp.services.projects import completion_create, ranking_task_create
+from labelapp.services.rounds import task_priority
 from labelapp.services.runs import model_version_register
 from workers import launch
 
@@ -38,10 +39,10 @@ class Outcome:
     store: Callable[[TrainingRun, dict], ModelVersion | None] | None = None
 
 
-def register(run: TrainingRun, **fields) -> Callable[[TrainingRun, dict], ModelVersion]:
-    """A store that registers the run's model as the project's current one of its kind."""
+def register(run: TrainingRun, *, make_current: bool = True, **fields) -> Callable[[TrainingRun, dict], ModelVersion]:
+    """A store that registers the run's model (as the project's current one of its kind unless told not to)."""
     return lambda locked, result: model_version_register(project=run.project, parent=run.input_model,
-                                                         make_current=True, run=locked, **fields)
+                                                         make_current=make_current, run=locked, **fields)
 
 
 def model_ref(run: TrainingRun, version: ModelVersion | None = None) -> str:
@@ -111,16 +112,20 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.data import Demonstration
     from rlhf.sft import SFTRunConfig
 
-    snapshot = selectors.demonstration_snapshot(project=run.project)
+    pending = bool(run.params.get("include_pending", False))  # default: approved demonstrations only
+    snapshot = selectors.demonstration_snapshot(project=run.project, include_pending=pending)
     if not snapshot["count"]:
-        raise ValidationError("There are no demonstrations to train on yet.")
-    demos = [Demonstration(prompt=turns, response=text) for _, turns, text in selectors.training_demonstrations(project=run.project)]
-    config = make_config(SFTRunConfig, run, model=model_ref(run))
+        raise ValidationError("There are no approved demonstrations to train on yet" + (
+            "." if pending else " (review them first, or set sft.include_pending to also use pending ones)."))
+    rows = selectors.training_demonstrations(project=run.project, include_pending=pending)
+    demos = [Demonstration(prompt=turns, response=text) for _, turns, text in rows]
+    config = make_config(SFTRunConfig, run, exclude=("include_pending",), model=model_ref(run))
     artifacts = launch.train("sft", config, demos, progress)
     _cancelled(artifacts)
     store = register(run, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-                     training_data={"demonstrations": snapshot}, metrics=artifacts.metrics)
-    return Outcome({"demonstrations": snapshot["count"], **artifacts.metrics}, store=store)
+                     training_data={"demonstrations": {**snapshot, "include_pending": pending}},
+                     metrics=artifacts.metrics)
+    return Outcome({"demonstrations": snapshot["count"], "include_pending": pending, **artifacts.metrics}, store=store)
 
 
 def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
@@ -181,6 +186,7 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
     store = register(
         run, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
         training_data=pairs_lineage(selected, pairs, gap, artifacts), metrics=artifacts.metrics,
+        make_current=run.round_id is None,  # a round's policy: its promotion gate decides
     )
     return Outcome({"pairs": len(pairs), **artifacts.metrics}, store=store)
 
@@ -200,7 +206,8 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     artifacts = train(config, prompts, progress=progress)
     _cancelled(artifacts)
     store = register(run, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
-                     training_data={"prompts": len(prompts), "reward_model_id": reward.pk}, metrics=artifacts.metrics)
+                     training_data={"prompts": len(prompts), "reward_model_id": reward.pk}, metrics=artifacts.metrics,
+                     make_current=run.round_id is None)  # a round's policy: its promotion gate decides
     return Outcome({"prompts": len(prompts), **artifacts.metrics}, store=store)
 
 
@@ -255,7 +262,8 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
                 for item in sorted(by_prompt.get(index, []), key=lambda s: s.sample_index)
             ]
             if len(completions) >= 2:
-                ranking_task_create(project=project, prompt=prompt, completions=completions, run=locked)
+                ranking_task_create(project=project, prompt=prompt, completions=completions, run=locked,
+                                    round=run.round, priority=task_priority(run.round))
                 tasks += 1
         result["tasks"] = tasks
 

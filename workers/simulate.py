@@ -232,3 +232,22 @@ def simulate(
                 if not interleave:
                     break  # the same annotator again, until their queue is empty
     return report
+
+
+def approve_demonstrations(project: Project) -> int:
+    """A simulated reviewer approves every pending demonstration (through the review service), as a
+    person would before SFT, which trains on approved demonstrations only; returns how many."""
+    from labelapp.models import Demonstration
+    from labelapp.services.labels import demonstration_review
+
+    User = get_user_model()
+    reviewer, created = User.objects.get_or_create(username=f"sim-reviewer-{project.slug}"[:150])
+    if created:
+        reviewer.set_unusable_password()
+        reviewer.save(update_fields=["password"])
+    membership_set(project=project, user=reviewer, role=Role.REVIEWER)
+    pending = Demonstration.objects.filter(prompt__project=project, review_status=Demonstration.Review.PENDING)
+    ids = list(pending.exclude(author=reviewer).values_list("id", flat=True))
+    for demonstration_id in ids:
+        demonstration_review(demonstration_id=demonstration_id, reviewer=reviewer, approve=True)
+    return len(ids)

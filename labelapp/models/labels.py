@@ -328,11 +328,21 @@ class RankingTask(models.Model):
         "labelapp.TrainingRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="ranking_tasks",
         help_text="The sampling run that wrote it (one task per prompt per run).",
     )
+    round = models.ForeignKey(
+        "labelapp.Round", on_delete=models.SET_NULL, null=True, blank=True, related_name="ranking_tasks",
+        help_text="The round whose sampling created this task (none for imported or hand-made tasks).",
+    )
+    priority = models.IntegerField(
+        default=0,
+        help_text="The rank queue serves higher priorities first, then fewest rankings, then oldest. A round's "
+                  "own tasks get the round's `priority` setting while the round runs and drop back to 0 when it ends.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["project", "ranking_count", "created_at", "id"], name="rankingtask_queue")]
+        indexes = [models.Index(fields=["project", "-priority", "ranking_count", "created_at", "id"],
+                                name="rankingtask_queue_priority")]
         constraints = [
             models.UniqueConstraint(
                 fields=["run", "prompt"], condition=Q(run__isnull=False), name="rankingtask_once_per_run_prompt"

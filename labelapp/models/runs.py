@@ -15,7 +15,7 @@ from labelapp.models.labels import ModelVersion, Project
 
 class Round(models.Model):
     """One turn of the loop: SFT (when demonstrations changed) → samples to rank → reward model
-    → PPO or DPO → new samples and a blind evaluation."""
+    → PPO or DPO → new samples and a blind evaluation → the promotion gate (done, or held for review)."""
 
     class Method(models.TextChoices):
         PPO = "ppo", "PPO"
@@ -30,6 +30,7 @@ class Round(models.Model):
         RESAMPLING = "resampling", "Sampling from the new policy"
         EVALUATION = "evaluation", "Blind evaluation"
         DONE = "done", "Done"
+        HELD = "held", "Held for review"  # the promotion gate failed: an admin promotes or discards
         FAILED = "failed", "Failed"
         CANCELLED = "cancelled", "Cancelled"
 
@@ -43,9 +44,16 @@ class Round(models.Model):
     reward_model = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     new_policy = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+")
     error = models.TextField(blank=True)
+    gate = models.JSONField(
+        default=dict, blank=True,
+        help_text="The promotion gate's verdict: state (waiting / passed / held), checks, text, and an admin's "
+                  "decision on a held round (promoted / discarded, by whom, when).",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    ENDED = ("done", "held", "failed", "cancelled")  # stages after which nothing runs
 
     class Meta:
         ordering = ["-number"]
@@ -56,7 +64,7 @@ class Round(models.Model):
 
     @property
     def finished(self) -> bool:
-        return self.stage in (self.Stage.DONE, self.Stage.FAILED, self.Stage.CANCELLED)
+        return self.stage in self.ENDED
 
 
 class TrainingRun(models.Model):

@@ -201,8 +201,10 @@ def completion_create(
 
 
 @transaction.atomic
-def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequence[Completion], run=None) -> RankingTask:
-    """A task asking annotators to rank 2–9 distinct completions of one prompt (one per prompt per `run`)."""
+def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequence[Completion], run=None, round=None,
+                        priority: int = 0) -> RankingTask:
+    """A task asking annotators to rank 2–9 distinct completions of one prompt (one per prompt per `run`);
+    `round` is the round whose sampling made it, `priority` its place in the rank queue (higher first)."""
     ids = {c.pk for c in completions}
     if not 2 <= len(ids) <= 9 or len(ids) != len(completions):
         raise ValidationError(f"A ranking task needs 2 to 9 distinct completions; got {len(completions)}.")
@@ -210,7 +212,11 @@ def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequen
         raise ValidationError("The prompt belongs to another project.")
     if any(c.prompt_id != prompt.pk for c in completions):
         raise ValidationError("Every completion of a ranking task must answer the task's prompt.")
-    task = RankingTask.objects.create(project=project, prompt=prompt, run=run)
+    if round is not None and round.project_id != project.pk:
+        raise ValidationError("The round belongs to another project.")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValidationError(f"A task's priority is a whole number; got {priority!r}.")
+    task = RankingTask.objects.create(project=project, prompt=prompt, run=run, round=round, priority=priority)
     task.completions.set(completions)
     return task
 

@@ -7,10 +7,11 @@ evaluation tasks that still need comparisons. An item is *available* to a user w
     submitted labels + live leases held by others < capacity      (capacity = overlap)
     and the user has not already submitted or skipped it.
 
-Order: fewest submitted labels, then oldest. In the rank queue of a project with
-`active_learning` on, the ranking tasks the current reward model is least sure of come first
-(`RankingTask.uncertainty`, highest first; tasks not scored yet after every scored one), then
-that order.
+Order: highest priority first (only ranking tasks have one: a round's own samples carry the
+round's `priority` setting while it runs, see labelapp.services.rounds); then, in the rank queue
+of a project with `active_learning` on, the tasks the current reward model is least sure of
+(`RankingTask.uncertainty`, highest first; tasks not scored yet after every scored one); then
+fewest submitted labels, then oldest.
 
 Locking: the candidate is read with one `SELECT … FOR UPDATE SKIP LOCKED` in that order. Under READ COMMITTED that statement's view of *other*
 rows (the leases) may be older than the locked row, so once the row is ours the live leases
@@ -59,11 +60,13 @@ class QueueSpec:
     count_field: str  # item field counting submitted labels
     capacity_field: str  # project field giving the capacity
     gold: Q | None = None  # items of this queue that are gold (none for the write queue)
+    priority_field: str | None = None  # item field served highest first, before the fewest-labels order
 
 
 SPECS = {
     Queue.WRITE: QueueSpec(Prompt, "prompt", "demonstration_count", "demonstrations_per_prompt"),
-    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap", Q(gold_order__isnull=False)),
+    Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap", Q(gold_order__isnull=False),
+                          priority_field="priority"),
     Queue.COMPARE: QueueSpec(EvaluationTask, "evaluation_task", "comparison_count", "overlap", ~Q(gold_winner="")),
 }
 
@@ -103,16 +106,18 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
         items.annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
         .filter(live_leases__lt=Value(capacity) - F(spec.count_field))
         .exclude(Exists(done_by_user))
-        .order_by(*item_order(project, queue, spec))
+        .order_by(*queue_order(spec, project))
     )
 
 
-def item_order(project: Project, queue: str, spec: QueueSpec) -> list:
-    """The order the queue serves items in (module docstring)."""
-    order = [spec.count_field, "created_at", "id"]
-    if queue == Queue.RANK and project.active_learning:
-        order.insert(0, F("uncertainty").desc(nulls_last=True))
-    return order
+def queue_order(spec: QueueSpec, project: Project | None = None) -> tuple:
+    """Serving order (module docstring): highest priority first (ranking tasks: a round's own samples
+    before the backlog), the least certain first when the project learns actively, then fewest
+    submitted labels, then oldest."""
+    first = (f"-{spec.priority_field}",) if spec.priority_field else ()
+    if project is not None and project.active_learning and spec.model is RankingTask:
+        first = (*first, F("uncertainty").desc(nulls_last=True))
+    return (*first, spec.count_field, "created_at", "id")
 
 
 def _done_by(user, spec: QueueSpec, now: datetime):

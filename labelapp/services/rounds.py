@@ -8,7 +8,11 @@
       → RESAMPLING (the new policy's samples become new ranking tasks)
       → EVALUATION (blind A/B tasks: new policy vs its parent on held-out prompts, plus the
                     reward model's automatic win-rate)
-      → DONE
+      → the promotion gate (`gate_verdict`): the new policy becomes the project's current policy
+        only if it passes (default: reward-model win-rate over its parent ≥ 0.5 on held-out
+        prompts; optionally a blind human win-rate after `min_judgments` judgments, which the
+        round waits for) → DONE; otherwise → HELD ("held for review"): the parent stays current
+        and an admin promotes (`round_promote`) or discards (`round_discard`) it with one click.
 
 `round_advance` is called by the worker when a round's run ends, by the periodic
 `studio.rounds_advance` task (for the RANKING wait) and from the studio page; it is idempotent.
@@ -20,8 +24,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from labelapp import selectors
-from labelapp.models import ModelVersion, Project, Ranking, Role, Round, TrainingRun
+from labelapp import round_settings, selectors
+from labelapp.models import ModelVersion, Project, Ranking, RankingTask, Role, Round, TrainingRun
 from labelapp.services.access import require_role
 from labelapp.services.runs import check_pair_settings, run_create
 
@@ -30,11 +34,13 @@ DEFAULTS = {
     "prompts": 8,  # prompts sampled per round
     "k": None,  # completions per prompt (None: the project's K)
     "min_rankings": 8,  # rankings of this round's tasks needed before the reward model
+    "priority": 10,  # rank-queue priority of this round's own tasks while it runs (the backlog has 0)
     "sft": {},  # rlhf SFT settings (max_steps, learning_rate, …)
     "reward": {},  # … and min_rank_gap: which pairs of each ranking to train on (1 = all)
     "policy": {},  # PPO or DPO settings (DPO: min_rank_gap too)
     "sample": {},  # max_new_tokens, temperature
     "evaluation": {},  # prompts (held-out, default 8), max_new_tokens, temperature
+    "gate": {},  # the promotion gate: min_reward_win_rate, min_human_win_rate, min_judgments
 }
 STAGE_RUN = {
     Stage.SFT: TrainingRun.Kind.SFT,
@@ -49,19 +55,35 @@ def current_policy(project: Project) -> ModelVersion | None:
     return ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY, is_current=True).first()
 
 
-def _clean_params(params: dict | None) -> dict:
-    params = {**DEFAULTS, **(params or {})}
-    unknown = sorted(set(params) - set(DEFAULTS))
+def _clean_params(params: dict | None, method: str = Round.Method.PPO) -> dict:
+    """Every setting of the round (labelapp.round_settings): the given ones over the defaults, all checked;
+    every problem is reported at once, each with its path."""
+    given = params or {}
+    if not isinstance(given, dict):
+        raise ValidationError("Round settings must be an object, like {\"prompts\": 8}.")
+    unknown = sorted(set(given) - set(DEFAULTS))
     if unknown:
         raise ValidationError(f"Unknown round settings {unknown}; use {sorted(DEFAULTS)}.")
+    params = {**DEFAULTS, **given}
+    errors: list[str] = []
     for key in ("prompts", "min_rankings"):
-        if not isinstance(params[key], int) or params[key] < 1:
-            raise ValidationError(f"'{key}' must be a whole number of at least 1.")
-    for key in ("sft", "reward", "policy", "sample", "evaluation"):
-        if not isinstance(params[key], dict):
-            raise ValidationError(f"'{key}' must be an object of settings, e.g. {{}}.")
-    check_pair_settings(params["reward"], "reward settings")
-    check_pair_settings(params["policy"], "policy settings")
+        if isinstance(params[key], bool) or not isinstance(params[key], int) or params[key] < 1:
+            errors.append(f"'{key}' must be a whole number of at least 1.")
+    k = params["k"]
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= 9):
+        errors.append(f"'k' must be null (the project's K) or a whole number from 2 to 9; got {k!r}.")
+    priority = params["priority"]
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -round_settings.MAX_PRIORITY <= priority <= round_settings.MAX_PRIORITY:
+        errors.append(f"'priority' must be a whole number from {-round_settings.MAX_PRIORITY} to {round_settings.MAX_PRIORITY} "
+                      f"(higher is served first; the backlog has 0); got {priority!r}.")
+    for section in round_settings.SECTIONS:
+        params[section] = round_settings.check_section(section, method, params[section], errors)
+    for section, what in (("reward", "reward settings"), ("policy", "policy settings")):
+        try:
+            check_pair_settings(params[section], what)
+        except ValidationError as exc:
+            errors.extend(exc.messages)
+    round_settings.raise_if(errors)
     return params
 
 
@@ -72,16 +94,17 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
     Project.objects.select_for_update().get(pk=project.pk)  # one round start at a time
     if method not in Round.Method.values:
         raise ValidationError(f"Unknown method {method!r}: use ppo or dpo.")
-    running = Round.objects.filter(project=project).exclude(stage__in=[Stage.DONE, Stage.FAILED, Stage.CANCELLED])
+    params = _clean_params(params, method)  # checked before anything is written
+    running = Round.objects.filter(project=project).exclude(stage__in=Round.ENDED)
     if running.exists():
         raise ValidationError(f"Round {running.first().number} is still in progress; finish or cancel it first.")
     number = (Round.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
     policy = current_policy(project)
     rnd = Round.objects.create(
-        project=project, number=number, method=method, params=_clean_params(params), base_policy=policy,
+        project=project, number=number, method=method, params=params, base_policy=policy,
         created_by=user,
     )
-    snapshot = selectors.demonstration_snapshot(project=project)
+    snapshot = selectors.demonstration_snapshot(project=project, include_pending=params["sft"]["include_pending"])
     trained_on = (policy.training_data.get("demonstrations") or {}).get("hash") if policy else None
     if snapshot["count"] and snapshot["hash"] != trained_on:
         _enter(rnd, Stage.SFT, input_model=policy)
@@ -91,23 +114,30 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
     return rnd
 
 
+def _set(section: dict) -> dict:
+    """A studio section's settings less the unset ones (a null seed: the run draws its own)."""
+    return {k: v for k, v in section.items() if v is not None}
+
+
 def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> None:
     """Move the round to `stage` and queue that stage's run, if it has one."""
     rnd.stage = stage
-    if stage in (Stage.DONE, Stage.FAILED, Stage.CANCELLED):
+    if stage in Round.ENDED:
         rnd.finished_at = timezone.now()
+        # its tasks join the backlog, so they never outrank the next round's own samples
+        RankingTask.objects.filter(round=rnd).exclude(priority=0).update(priority=0)
     rnd.save()
     p = rnd.params
     if stage == Stage.SFT:
         run_create(project=rnd.project, kind=TrainingRun.Kind.SFT, params=p["sft"], input_model=input_model, round=rnd)
     elif stage in (Stage.SAMPLING, Stage.RESAMPLING):
-        sample = {**p["sample"], "prompts": p["prompts"], "k": p["k"] or rnd.project.k}
+        sample = {**_set(p["sample"]), "prompts": p["prompts"], "k": p["k"] or rnd.project.k}
         run_create(project=rnd.project, kind=TrainingRun.Kind.SAMPLE, params=sample, input_model=input_model, round=rnd)
     elif stage == Stage.REWARD:
         run_create(project=rnd.project, kind=TrainingRun.Kind.REWARD, params=p["reward"], input_model=input_model, round=rnd)
     elif stage == Stage.EVALUATION:
         baseline = rnd.sft_policy or rnd.base_policy
-        params = {**p["evaluation"], "baseline_id": baseline.pk if baseline else None}
+        params = {**_set(p["evaluation"]), "baseline_id": baseline.pk if baseline else None}
         run_create(project=rnd.project, kind=TrainingRun.Kind.EVALUATE, params=params, input_model=input_model, round=rnd)
     elif stage == Stage.POLICY:
         kind = TrainingRun.Kind.PPO if rnd.method == Round.Method.PPO else TrainingRun.Kind.DPO
@@ -117,8 +147,18 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
         run_create(project=rnd.project, kind=kind, params=params, input_model=input_model, round=rnd)
 
 
+def task_priority(rnd: Round | None) -> int:
+    """The rank-queue priority of a task a round's sampling creates now (0 outside a running round)."""
+    if rnd is None or rnd.finished:
+        return 0
+    return int((rnd.params or {}).get("priority", DEFAULTS["priority"]))
+
+
 def round_rankings(rnd: Round) -> int:
-    """Rankings submitted on the tasks this round sampled."""
+    """Rankings submitted on the tasks this round sampled (RankingTask.round; gold tasks are never a round's)."""
+    if RankingTask.objects.filter(round=rnd).exists():
+        return Ranking.objects.filter(task__round=rnd).count()
+    # rounds sampled before tasks named their round: the project's tasks created since its first sampling
     sample_runs = rnd.runs.filter(kind=TrainingRun.Kind.SAMPLE, status=TrainingRun.Status.SUCCEEDED)
     first = sample_runs.order_by("finished_at").first()
     if first is None:
@@ -160,8 +200,116 @@ def round_advance(*, round_id: int) -> Round:
     elif rnd.stage == Stage.RESAMPLING:
         _enter(rnd, Stage.EVALUATION, input_model=rnd.new_policy)
     elif rnd.stage == Stage.EVALUATION:
-        _enter(rnd, Stage.DONE)
+        verdict = gate_verdict(rnd)
+        rnd.gate = verdict
+        if verdict["state"] == "waiting":  # for blind judgments; beat's rounds_advance looks again
+            rnd.save(update_fields=["gate"])
+        elif verdict["state"] == "passed":
+            _make_current(rnd.new_policy)
+            _enter(rnd, Stage.DONE)
+        else:
+            _enter(rnd, Stage.HELD)
     return rnd
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def gate_verdict(rnd: Round) -> dict:
+    """The promotion gate of a round whose evaluation has run: {state: waiting / passed / held, checks, text}.
+
+    The reward-model check reads the round's own evaluation (its reward model's scores of the new
+    policy's and the parent's answers on held-out prompts, labelapp.stats); prompts that are not
+    held out (a project without validation prompts) cannot pass it. The human check waits until
+    `min_judgments` blind judgments are in (unless another check has already failed)."""
+    from labelapp.models import EvaluationTask, Prompt
+    from labelapp.stats import evaluation_summary
+
+    settings = {**round_settings.section_defaults("gate", rnd.method), **((rnd.params or {}).get("gate") or {})}
+    summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)
+    tasks = EvaluationTask.objects.filter(round=rnd)
+    held_out = tasks.exists() and not tasks.exclude(prompt__split=Prompt.Split.VALIDATION).exists()
+    checks, waiting = [], False
+    need = settings["min_reward_win_rate"]
+    if need is not None:
+        auto = summary["reward_model"]
+        if not auto["n"]:
+            checks.append({"name": "reward_model", "passed": False, "text": "no reward-model scores of the evaluation"})
+        elif not held_out:
+            checks.append({"name": "reward_model", "passed": False, "win_rate": auto["win_rate"],
+                           "text": "the evaluation had no held-out (validation) prompts to judge on"})
+        else:
+            checks.append({"name": "reward_model", "passed": auto["win_rate"] >= need, "win_rate": auto["win_rate"],
+                           "n": auto["n"], "text": f"reward-model win-rate {_pct(auto['win_rate'])} over the parent "
+                                                   f"on {auto['n']} held-out prompts (needs ≥ {_pct(need)})"})
+    need = settings["min_human_win_rate"]
+    if need is not None:
+        human, judgments = summary["human"], settings["min_judgments"]
+        if human["n"] < judgments:
+            waiting = True
+            checks.append({"name": "human", "passed": None, "n": human["n"],
+                           "text": f"{human['n']} / {judgments} blind judgments in (needs a win-rate ≥ {_pct(need)})"})
+        else:
+            checks.append({"name": "human", "passed": human["win_rate"] >= need, "win_rate": human["win_rate"],
+                           "n": human["n"], "text": f"blind human win-rate {_pct(human['win_rate'])} over "
+                                                    f"{human['n']} judgments (needs ≥ {_pct(need)})"})
+    failed = any(c["passed"] is False for c in checks)
+    state = "held" if failed else "waiting" if waiting else "passed"
+    said = "; ".join(c["text"] for c in checks) or "no checks set"
+    text = {
+        "held": f"Promotion gate: held for review — {said}. The previous policy stays current until an admin "
+                "promotes or discards the new one.",
+        "waiting": f"Promotion gate: waiting — {said}.",
+        "passed": f"Promotion gate: passed — {said}; the new policy is now current.",
+    }[state]
+    return {"state": state, "checks": checks, "summary": said, "text": text}
+
+
+def _make_current(version: ModelVersion) -> None:
+    ModelVersion.objects.filter(project=version.project_id, kind=version.kind, is_current=True).update(is_current=False)
+    ModelVersion.objects.filter(pk=version.pk).update(is_current=True)
+
+
+def _held(round_id: int, user) -> Round:
+    rnd = Round.objects.select_for_update(of=("self",)).select_related("project", "new_policy").get(pk=round_id)
+    require_role(project=rnd.project, user=user, role=Role.ADMIN)
+    if rnd.stage != Stage.HELD:
+        raise ValidationError(f"Round {rnd.number} is not held for review ({rnd.get_stage_display().lower()}).")
+    return rnd
+
+
+def _decide(rnd: Round, user, decision: str, text: str) -> Round:
+    rnd.gate = {**(rnd.gate or {}), "decision": decision, "decided_by": user.get_username(),
+                "decided_at": timezone.now().isoformat(), "text": text}
+    _enter(rnd, Stage.DONE)
+    return rnd
+
+
+@transaction.atomic
+def round_promote(*, round_id: int, user) -> Round:
+    """An admin overrides the gate: the held round's new policy becomes current, the round is done."""
+    rnd = _held(round_id, user)
+    policy, parent = rnd.new_policy, rnd.new_policy.parent if rnd.new_policy else None
+    current = current_policy(rnd.project)
+    if current is not None and parent is not None and current.pk != parent.pk:
+        raise ValidationError(f"The current policy is now {current.name}, not {parent.name} (this round's starting "
+                              "point): promoting would drop that newer work. Discard this round or start a new one.")
+    _make_current(policy)
+    return _decide(rnd, user, "promoted", f"Promotion gate: held for review — {_said(rnd)}. Promoted by "
+                                          f"{user.get_username()}: {policy.name} is now the current policy.")
+
+
+@transaction.atomic
+def round_discard(*, round_id: int, user) -> Round:
+    """An admin agrees with the gate: the held policy stays registered but never becomes current."""
+    rnd = _held(round_id, user)
+    return _decide(rnd, user, "discarded", f"Promotion gate: held for review — {_said(rnd)}. Discarded by "
+                                           f"{user.get_username()}: the previous policy stays current.")
+
+
+def _said(rnd: Round) -> str:
+    return (rnd.gate or {}).get("summary") or "no verdict recorded"
 
 
 @transaction.atomic
@@ -182,7 +330,7 @@ def round_cancel(*, round_id: int, user) -> Round:
 def rounds_advance_all() -> int:
     """Advance every unfinished round (the periodic task); returns how many moved."""
     moved = 0
-    for rnd in Round.objects.exclude(stage__in=[Stage.DONE, Stage.FAILED, Stage.CANCELLED]):
+    for rnd in Round.objects.exclude(stage__in=Round.ENDED):
         before = rnd.stage
         if round_advance(round_id=rnd.pk).stage != before:
             moved += 1

@@ -157,6 +157,14 @@
     showTexts(article, round, $(".round-notes", article), ["evaluation_text", "waiting_text"]);
     const actions = $(".round-actions", article);
     if (actions) actions.hidden = round.finished;
+    const held = $(".round-held", article);  // the promotion gate held the new policy: promote or discard
+    if (held) {
+      held.hidden = !(round.gate && round.gate.held);
+      if (round.urls && round.urls.promote) {
+        $(".round-promote", held).action = round.urls.promote;
+        $(".round-discard", held).action = round.urls.discard;
+      }
+    }
     if (round.urls) {
       const advance = $(".round-advance", article);
       if (advance) advance.action = round.urls.advance;
@@ -245,6 +253,7 @@
         const span = document.createElement("span");
         span.className = "metric";
         span.textContent = `${key} ${value}`;
+        if (version.metric_help && version.metric_help[key]) span.title = version.metric_help[key];
         metrics.append(span);
       });
       if (version.length_text) {  // a reward model's length diagnostics (labelapp/length_watch.py)
@@ -501,8 +510,30 @@
     });
   }
 
+  // The round form's settings show the policy defaults of the selected method: switching the method
+  // puts the other method's defaults in `policy` (the rest of the JSON is kept as typed).
+  function roundForm(form) {
+    const method = $("#round-method", form);
+    const box = $("#round-settings", form);
+    if (!method || !box || !box.dataset.policyDefaults) return;
+    const defaults = JSON.parse(box.dataset.policyDefaults);
+    method.addEventListener("change", () => {
+      let settings;
+      try {
+        settings = JSON.parse(box.value || "{}");
+      } catch (err) {
+        return;  // the server names the JSON error on submit
+      }
+      if (!settings || typeof settings !== "object" || Array.isArray(settings) || !defaults[method.value]) return;
+      settings.policy = defaults[method.value];
+      box.value = JSON.stringify(settings, null, 2);
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     const overview = $("#studio");
+    const form = $("#round-form");
+    if (form) roundForm(form);
     if (overview) studioOverview(overview);
     const run = $("#run");
     if (run) runDetail(run);

@@ -11,7 +11,7 @@ from labelapp.services.rounds import round_advance, round_start
 from tests.conftest import add_member, make_project, make_prompt, make_user
 from tests.e2e.conftest import login
 from tests.workers.conftest import broker, start_worker, wait_for  # noqa: F401  (fixtures)
-from workers.simulate import simulate
+from workers.simulate import approve_demonstrations, simulate
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -34,6 +34,7 @@ def tiny_project(tmp_path):
         make_prompt(project, text=f"Held-out question {i} about cats?", split="validation",
                     reference="Cats purr when they are happy.")
     simulate(project=project, annotators=2, queues=["write"])
+    approve_demonstrations(project)  # SFT trains on approved demonstrations
     return project, boss
 
 
@@ -50,6 +51,7 @@ def test_a_tab_opened_before_the_round_follows_it_to_the_win_rate(page, live_ser
     rnd = round_start(project=project, user=boss, method="ppo", params={
         "prompts": 2, "min_rankings": 2, "sft": TINY, "reward": TINY, "policy": PPO,
         "sample": {"max_new_tokens": 8}, "evaluation": {"max_new_tokens": 8},
+        "gate": {"min_reward_win_rate": None},  # tiny random models: promote whatever the win-rate (gate: its own tests)
     })
     article = page.locator(f'article[data-round-id="{rnd.pk}"]')
     seen_stages, waiting_texts = [], set()

@@ -21,7 +21,7 @@ SFT = {"max_steps": 60, "per_device_batch_size": 2, "save_steps": 0, "max_length
 
 def tiny_project(tmp_path):
     from rlhf.testing import tiny_checkpoint
-    from workers.simulate import simulate
+    from workers.simulate import approve_demonstrations, simulate
 
     project = make_project(name="Loop", k=2, overlap=1)
     project.base_model = tiny_checkpoint(tmp_path / "tiny")
@@ -31,6 +31,7 @@ def tiny_project(tmp_path):
         make_prompt(project, text=f"Tell me a fact about cats, number {i}.", category="open_qa",
                     reference="Cats sleep for most of the day and purr when they are happy.")
     simulate(project=project, queues=["write"])  # demonstrations, so the round starts with SFT
+    approve_demonstrations(project)  # SFT trains on approved demonstrations
     return project
 
 
@@ -56,7 +57,7 @@ def test_admin_starts_a_round_and_watches_its_progress_bar_move_without_reloadin
     assert "Round 1 started" in page.locator(".messages").inner_text()
     rnd = Round.objects.get(project=project)
     run = rnd.runs.get(kind=TrainingRun.Kind.SFT)
-    assert run.params == SFT
+    assert {key: run.params[key] for key in SFT} == SFT  # over the defaults the form showed
 
     # From here on the page must update itself: mark the window, then watch the bar.
     page.evaluate("window.studioMarker = 'no reload'")

@@ -172,7 +172,8 @@ def test_start_round_goes_through_the_service_and_queues_its_first_run(
                                {"method": "dpo", "prompts": "3", "min_rankings": "2", "settings": settings}, follow=True)
     rnd = Round.objects.get()
     assert (rnd.number, rnd.method, rnd.created_by) == (1, "dpo", admin)
-    assert rnd.params["prompts"] == 3 and rnd.params["sft"] == {"max_steps": 30}
+    assert rnd.params["prompts"] == 3 and rnd.params["sft"]["max_steps"] == 30
+    assert rnd.params["sft"]["learning_rate"] == 2e-4  # the round keeps the effective settings, defaults included
     run = rnd.runs.get()
     assert run.kind == "sample" and sent == [run.pk]  # no demonstrations yet: straight to sampling
     assert "Round 1 started" in response.content.decode()
@@ -311,7 +312,7 @@ def test_the_polling_json_carries_models_queues_throughput_and_a_waiting_rounds_
     assert data["active"] is False and data["open"] is True
     (row,) = data["rounds"]
     assert row["waiting_text"] == "1 / 8 rankings of this round's tasks" and row["method_label"] == "DPO"
-    assert row["urls"] == {"advance": url("round_advance", project, rnd.pk), "cancel": url("round_cancel", project, rnd.pk)}
+    assert row["urls"] == {name: url(f"round_{name}", project, rnd.pk) for name in ("advance", "cancel", "promote", "discard")}
     (model,) = data["models"]
     assert model["name"] == "sft-3" and model["is_current"] and model["metrics"] == [["loss/train", "1.2500"]]
     assert model["make_current_url"] == url("make_current", project, sft.pk)

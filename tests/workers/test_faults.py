@@ -12,7 +12,7 @@ from labelapp.services.runs import enqueue, model_version_register, run_create, 
 from tests.conftest import add_member, make_project, make_prompt
 from tests.webclient import database_url
 from tests.workers.conftest import wait_for
-from workers.simulate import simulate
+from workers.simulate import approve_demonstrations, simulate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 APP = "studio-worker-faults"  # the application_name of the worker's database connections
@@ -29,6 +29,7 @@ def sft_project(tmp_path):
     for i in range(4):
         make_prompt(project, text=f"Tell me about cats ({i}).", reference="Cats purr when they are happy.")
     simulate(project=project, annotators=2, queues=["write"])
+    approve_demonstrations(project)  # SFT trains on approved demonstrations
     return project
 
 

@@ -105,7 +105,7 @@ def test_a_killed_worker_leaves_no_training_process_behind(tmp_path, tiny_dir, s
     """The worker (a real Celery process) launches the run; SIGKILL it: the launcher and the rank die too."""
     from labelapp.services.runs import run_create
     from tests.conftest import add_member, make_project, make_prompt
-    from workers.simulate import simulate
+    from workers.simulate import approve_demonstrations, simulate
 
     project = make_project()
     project.base_model = tiny_dir
@@ -114,6 +114,7 @@ def test_a_killed_worker_leaves_no_training_process_behind(tmp_path, tiny_dir, s
     for i in range(4):
         make_prompt(project, text=f"Tell me about cats ({i}).", reference="Cats purr when they are happy.")
     simulate(project=project, annotators=2, queues=["write"])
+    approve_demonstrations(project)  # SFT trains on approved demonstrations
     run = run_create(project=project, kind="sft", params={"max_steps": 400, "per_device_batch_size": 2,
                                                             "max_length": 512, "save_steps": 0})
     worker = start_worker(RUN_LAUNCH="accelerate")

@@ -7,7 +7,7 @@ from labelapp.models import Completion, EvaluationTask, ModelVersion, RankingTas
 from labelapp.services.rounds import round_advance, round_start
 from tests.conftest import add_member, make_project, make_prompt
 from tests.workers.conftest import wait_for
-from workers.simulate import simulate
+from workers.simulate import approve_demonstrations, simulate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,10 +40,12 @@ def stage(rnd):
 def test_a_round_runs_end_to_end(tiny_project, start_worker):
     project, admin = tiny_project
     simulate(project=project, annotators=2, queues=["write"])
+    approve_demonstrations(project)  # SFT trains on approved demonstrations
     worker = start_worker()
     rnd = round_start(project=project, user=admin, method="ppo", params={
         "prompts": 2, "min_rankings": 2, "sft": TINY_TRAINING, "reward": TINY_TRAINING, "policy": PPO,
         "sample": {"max_new_tokens": 8}, "evaluation": {"max_new_tokens": 8},
+        "gate": {"min_reward_win_rate": None},  # tiny random models: promote whatever the win-rate (gate: its own tests)
     })
     assert rnd.stage == Round.Stage.SFT
     wait_for(lambda: stage(rnd) in ("ranking", "failed"), 240, "SFT and sampling", worker)
