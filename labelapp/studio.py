@@ -351,6 +351,13 @@ def model_versions(*, project: Project, limit: int = 50) -> list[VersionRow]:
     return rows
 
 
+def disk_text(n: int | None) -> str:
+    """A version's artifact size as the studio shows it (stored when its run finished: no disk access here)."""
+    from django.template.defaultfilters import filesizeformat
+
+    return "—" if n is None else filesizeformat(n)
+
+
 def version_status(row: VersionRow) -> dict:
     """One row of the model versions table, as the overview polls it."""
     version = row.version
@@ -361,6 +368,7 @@ def version_status(row: VersionRow) -> dict:
         "metrics": [[key, f"{value:.4f}"] for key, value in row.key_metrics],
         "length_text": row.length_text,
         "is_current": version.is_current,
+        "disk_text": disk_text(version.disk_bytes),
     }
 
 

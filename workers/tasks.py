@@ -93,9 +93,22 @@ def run_execute(run_id: int) -> str:
         run_finish(run_id=run.pk, token=token, status=status, result=result, error=error, output_model=model)
     except RunLost:
         return "lost"
+    if status == TrainingRun.Status.SUCCEEDED:
+        _after_success(run.pk)
     if run.round_id:
         round_advance(round_id=run.round_id)
     return status
+
+
+def _after_success(run_id: int) -> None:
+    """Delete the run's checkpoints (kept until now: a restarted run resumes from them) and record
+    disk use (labelapp.disk). Housekeeping: a failure here is logged, never the run's."""
+    from labelapp.disk import after_run_success
+
+    try:
+        after_run_success(run_id)
+    except Exception:
+        log.warning("disk housekeeping after run %s failed", run_id, exc_info=True)
 
 
 @shared_task(name="studio.runs_reconcile")

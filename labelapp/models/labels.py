@@ -228,6 +228,10 @@ class ModelVersion(models.Model):
     training_data = models.JSONField(default=dict, blank=True, help_text="The label snapshot: ids, counts, hash.")
     metrics = models.JSONField(default=dict, blank=True)
     is_current = models.BooleanField(default=False, help_text="The project's current policy / reward model.")
+    disk_bytes = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="Bytes its artifact takes in DATA_DIR (a LoRA adapter: the adapter alone); measured when its run "
+                  "finished or by `manage.py disk_usage`.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
