@@ -78,3 +78,117 @@ class RankingAdmin(admin.ModelAdmin):
     list_display = ("id", "task", "annotator", "none_acceptable", "time_spent_ms", "created_at")
     list_filter = ("none_acceptable", "task__project")
     raw_id_fields = ("task", "annotator", "assignment")
+
+
+# --- rows written only by services (runs, rounds, evaluation, quality): shown, not edited ----------
+# Their counters, state machines and label snapshots are kept by labelapp.services; an edit or a
+# delete here would bypass them, so these admins are read-only (use the studio or the API to act).
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(models.Round)
+class RoundAdmin(ReadOnlyAdmin):
+    list_display = ("id", "project", "number", "method", "stage", "new_policy", "created_by", "created_at", "finished_at")
+    list_filter = ("stage", "method", "project")
+    search_fields = ("project__slug", "project__name", "error")
+    date_hierarchy = "created_at"
+
+
+@admin.register(models.TrainingRun)
+class TrainingRunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "status", "project", "round", "step", "total", "attempts", "output_model", "disk", "created_at", "finished_at")
+    list_filter = ("status", "kind", "project")
+    search_fields = ("id", "celery_task_id", "error", "project__slug")
+    date_hierarchy = "created_at"
+    actions = ["cancel_runs"]
+
+    @admin.display(description="disk (MB)")
+    def disk(self, obj):
+        value = (obj.result or {}).get("disk_bytes")
+        return "" if value is None else f"{value / 1e6:.1f}"
+
+    @admin.action(description="Cancel selected runs (queued: at once; running: at the next step)")
+    def cancel_runs(self, request, queryset):
+        from django.contrib import messages
+        from django.core.exceptions import PermissionDenied, ValidationError
+
+        from labelapp.services.runs import run_cancel
+
+        done = 0
+        for run in queryset:
+            try:
+                run_cancel(run_id=run.pk, user=request.user)
+                done += 1
+            except (ValidationError, PermissionDenied) as exc:
+                self.message_user(request, f"Run {run.pk}: {'; '.join(getattr(exc, 'messages', [str(exc)]))}", messages.WARNING)
+        self.message_user(request, f"Cancel requested for {done} run(s).")
+
+
+@admin.register(models.EvaluationTask)
+class EvaluationTaskAdmin(ReadOnlyAdmin):
+    list_display = ("id", "project", "round", "model_a", "model_b", "comparison_count", "reward_a", "reward_b", "gold_winner", "created_at")
+    list_filter = ("project", "gold_winner")
+    search_fields = ("prompt__text",)
+
+
+@admin.register(models.Comparison)
+class ComparisonAdmin(ReadOnlyAdmin):
+    list_display = ("id", "task", "annotator", "winner", "a_shown_left", "gold_correct", "time_spent_ms", "created_at")
+    list_filter = ("winner", "a_shown_left", "task__project")
+    search_fields = ("annotator__username",)
+
+
+@admin.register(models.ReliabilityFit)
+class ReliabilityFitAdmin(ReadOnlyAdmin):
+    list_display = ("id", "project", "units", "gold_units", "iterations", "converged", "seconds", "created_at")
+    list_filter = ("converged", "project")
+
+
+@admin.register(models.Adjudication)
+class AdjudicationAdmin(ReadOnlyAdmin):
+    list_display = ("id", "task", "reviewer", "confidence_before", "created_at")
+    list_filter = ("task__project",)
+    search_fields = ("reviewer__username", "comment")
+
+
+@admin.register(models.AILabel)
+class AILabelAdmin(ReadOnlyAdmin):
+    list_display = ("id", "task", "source", "model_version", "created_at")
+    list_filter = ("source", "task__project")
+
+
+@admin.register(models.ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Keys are created with `manage.py api_token_create` or the API (the key is shown once there);
+    here a token can be renamed or revoked. The digest is never editable and only its start is shown."""
+
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("revoked_at",)
+    search_fields = ("name", "prefix", "user__username")
+    fields = ("user", "name", "prefix", "digest_start", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = ("user", "prefix", "digest_start", "created_at", "last_used_at", "revoked_at")
+    actions = ["revoke"]
+
+    @admin.display(description="digest (SHA-256, start)")
+    def digest_start(self, obj):
+        return f"{obj.digest[:8]}…" if obj and obj.digest else ""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected tokens")
+    def revoke(self, request, queryset):
+        from django.utils import timezone
+
+        n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {n} token(s).")

@@ -445,6 +445,13 @@ def _policy_win_rates(project: Project, versions: list[ModelVersion]) -> dict[in
     return {policy: sum(values) / len(values) for policy, values in outcomes.items()}
 
 
+def disk_text(n: int | None) -> str:
+    """A version's artifact size as the studio shows it (stored when its run finished: no disk access here)."""
+    from django.template.defaultfilters import filesizeformat
+
+    return "—" if n is None else filesizeformat(n)
+
+
 def version_status(row: VersionRow) -> dict:
     """One row of the model versions table, as the overview polls it."""
     version = row.version
@@ -456,6 +463,7 @@ def version_status(row: VersionRow) -> dict:
         "metric_help": {key: metric_help(key) for key, _ in row.key_metrics},
         "length_text": row.length_text,
         "is_current": version.is_current,
+        "disk_text": disk_text(version.disk_bytes),
     }
 
 

@@ -54,7 +54,8 @@ class TrainerConfig:
     lora_alpha: int = _help("LoRA alpha.", 32)
     lora_dropout: float = _help("LoRA dropout.", 0.05)
     lora_target_modules: str | list[str] = _help("Modules LoRA wraps ('all-linear' or a list of names).", "all-linear")
-    merge: bool = _help("After LoRA training save the merged model (true) or only the adapter (false).", True)
+    merge: bool = _help("After LoRA training save the merged model (true) or only the adapter (false; the studio's "
+                        "default: an adapter on an adapter loads through its chain).", True)
     load_in_bits: int | None = _help("4 or 8: load the base model with bitsandbytes (CUDA only; QLoRA).")
     optim: str = _help("Optimizer name as in transformers TrainingArguments ('adamw_torch', 'adamw_torch_fused').", "adamw_torch")
     extra_args: dict[str, Any] = _help("Extra keyword arguments for the TRL config (advanced).", factory=dict)

@@ -7,7 +7,9 @@ Model references accepted everywhere a config says ``model``:
   plain safetensors checkpoint under ``DATA_DIR/models/smollm2-135m-instruct/`` (written to a temporary
   directory, then renamed, so a crash never leaves a half-written model behind).
 * a local directory holding a Hugging Face checkpoint (``config.json`` + ``*.safetensors``) or a LoRA
-  adapter (``adapter_config.json``; its base model is loaded and the adapter applied).
+  adapter (``adapter_config.json``; its base model is loaded, the adapter applied and folded in). An
+  adapter's base may itself be an adapter directory (a PPO policy trained on an SFT adapter): the chain
+  is followed down to full weights, so a run saves only its own adapter (a few MB, not a full copy).
 * a hub id (``org/name``), only when the network allows it.
 
 Safety: only safetensors are loaded (``use_safetensors=True``) and ``trust_remote_code`` is always off.
@@ -169,8 +171,8 @@ def load_tokenizer(ref: str | os.PathLike | None, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
     path = resolve_model(ref)
-    if (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
-        path = resolve_model(_adapter_base(path))
+    while (Path(path) / "adapter_config.json").is_file() and not (Path(path) / "tokenizer_config.json").is_file():
+        path = resolve_model(_adapter_base(path))  # an adapter saved without its tokenizer: its base's
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = "<|endoftext|>" if "<|endoftext|>" in tok.get_vocab() else tok.eos_token
@@ -190,10 +192,7 @@ def _load(auto_cls, ref, device: str, dtype: str | torch.dtype, load_in_bits: in
     if qconf is not None:
         kwargs.update(quantization_config=qconf, device_map={"": dev.index or 0})
     if (Path(path) / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = auto_cls.from_pretrained(resolve_model(_adapter_base(path)), **kwargs)
-        model = PeftModel.from_pretrained(base, path, is_trainable=False)
+        model = _load_adapter(auto_cls, path, kwargs, merge=qconf is None)
     else:
         model = auto_cls.from_pretrained(path, **kwargs)
     if qconf is None:
@@ -201,8 +200,45 @@ def _load(auto_cls, ref, device: str, dtype: str | torch.dtype, load_in_bits: in
     return model
 
 
+def _load_adapter(auto_cls, path: str, kwargs: dict, merge: bool, depth: int = 0):
+    """An adapter dir on its base, which may itself be an adapter dir (followed down to full weights;
+    each level is folded into the weights before the next is applied). ``merge``: fold the last one too
+    (a plain model); otherwise a ``PeftModel`` (4/8-bit bases cannot be merged exactly)."""
+    from peft import PeftConfig, PeftModel
+
+    if depth > 64:
+        raise ValueError(f"adapter chain under {path} is longer than 64 (a cycle?)")
+    base_ref = _adapter_base(path)
+    if os.path.isabs(base_ref) and not Path(base_ref).exists():
+        raise FileNotFoundError(f"the adapter {path} applies to {base_ref}, which is missing (deleted or moved?)")
+    base_path = resolve_model(base_ref)
+    if (Path(base_path) / "adapter_config.json").is_file():
+        base = _load_adapter(auto_cls, base_path, kwargs, merge=True, depth=depth + 1)
+    else:
+        base = auto_cls.from_pretrained(base_path, **kwargs)
+    config = PeftConfig.from_pretrained(path)
+    if config.task_type == "CAUSAL_LM" and auto_cls.__name__ != "AutoModelForCausalLM":
+        config.task_type = None  # a policy adapter under a reward model (RM trained from an SFT adapter)
+    with torch.random.fork_rng(devices=[]):  # LoRA's throwaway init must not shift a seeded run's RNG
+        model = PeftModel.from_pretrained(base, path, config=config, is_trainable=False)
+    return model.merge_and_unload() if merge else model
+
+
+def save_adapter(model, out_dir: str | os.PathLike, base_ref, tokenizer=None) -> str:
+    """Save a LoRA-wrapped model as its adapter only, recording ``base_ref`` (the checkpoint training
+    started from, which may itself be an adapter dir) as the base it applies to."""
+    base = resolve_model(base_ref)
+    for adapter in model.peft_config.values():
+        adapter.base_model_name_or_path = base
+    model.save_pretrained(out_dir, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
 def load_causal_lm(ref=None, device: str = "auto", dtype: str | torch.dtype = "auto", load_in_bits: int | None = None):
-    """Load a causal LM (policy). Adapter dirs come back as a ``PeftModel``; call ``merge_lora`` to fold them."""
+    """Load a causal LM (policy). Adapter dirs come back with the adapter folded in (a ``PeftModel`` only on a
+    4/8-bit base)."""
     from transformers import AutoModelForCausalLM
 
     return _load(AutoModelForCausalLM, ref, device, dtype, load_in_bits)

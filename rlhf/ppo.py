@@ -565,6 +565,10 @@ def save_policy(models: Models, config: PPOConfig) -> str:
     if config.use_lora and config.merge and hasattr(policy, "merge_and_unload"):
         policy = policy.merge_and_unload()
         models.policy = policy
+    if hasattr(policy, "peft_config"):  # the adapter alone, on the checkpoint PPO started from
+        from .models import save_adapter
+
+        return save_adapter(policy, out, config.model, models.tokenizer)
     policy.save_pretrained(out, safe_serialization=True)
     models.tokenizer.save_pretrained(out)
     return str(out)

@@ -17,7 +17,7 @@ from .contract import (
     make_hf_callback,
     write_metadata,
 )
-from .models import bf16_capable, lora_config, pick_device
+from .models import bf16_capable, lora_config, pick_device, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,11 @@ def save_final_model(trainer, config: TrainerConfig, tokenizer) -> str:
         model = model.merge_and_unload()
         trainer.model = model
     if trainer.accelerator.is_main_process:  # several processes (accelerate launch): one writer
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+        if hasattr(model, "peft_config"):  # the adapter alone, on the checkpoint training started from
+            save_adapter(model, out, config.model, tokenizer)
+        else:
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
     trainer.accelerator.wait_for_everyone()
     return str(out)
 

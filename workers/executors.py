@@ -56,9 +56,12 @@ def model_ref(run: TrainingRun, version: ModelVersion | None = None) -> str:
 PAIR_SETTINGS = ("min_rank_gap",)  # how rankings become pairs: the studio's business, not rlhf's
 
 
+STUDIO_DEFAULTS = {"merge": False}  # LoRA runs keep their adapter only (MBs, not a full copy; see OPERATIONS.md)
+
+
 def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):
-    """The rlhf config: defaults < the run's params (less the studio's own `exclude`) < what the worker
-    decides (paths)."""
+    """The rlhf config: defaults < the studio's defaults < the run's params (less the studio's own
+    `exclude`) < what the worker decides (paths)."""
     from rlhf.contract import load_config
 
     params = {k: v for k, v in run.params.items() if k not in exclude}
@@ -66,7 +69,7 @@ def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValidationError(f"Unknown {cls.__name__} settings: {unknown}.")
-    return load_config(cls, {**params, **fixed, "output_dir": run.output_dir})
+    return load_config(cls, {**STUDIO_DEFAULTS, **params, **fixed, "output_dir": run.output_dir})
 
 
 def _cancelled(artifacts) -> bool:

@@ -156,6 +156,7 @@ def run_execute(run_id: int) -> str:
     if not finished:
         return "lost"
     if finished.status == TrainingRun.Status.SUCCEEDED:
+        _after_success(run.pk)
         from workers.executors import after_finish
 
         after_finish(finished)
@@ -188,6 +189,17 @@ def finish(run_id: int, token: str, deadline: float, **outcome) -> TrainingRun |
     except DatabaseUnreachable:
         log.error("run %s: the database stayed unreachable; the reconciler will resume or fail it", run_id)
         return None
+
+
+def _after_success(run_id: int) -> None:
+    """Delete the run's checkpoints (kept until now: a restarted run resumes from them) and record
+    disk use (labelapp.disk). Housekeeping: a failure here is logged, never the run's."""
+    from labelapp.disk import after_run_success
+
+    try:
+        after_run_success(run_id)
+    except Exception:
+        log.warning("disk housekeeping after run %s failed", run_id, exc_info=True)
 
 
 @shared_task(name="studio.runs_reconcile")

@@ -242,6 +242,10 @@ class ModelVersion(models.Model):
         "labelapp.TrainingRun", on_delete=models.SET_NULL, null=True, blank=True, related_name="registered_models",
         help_text="The training run that registered it (at most one model per run).",
     )
+    disk_bytes = models.BigIntegerField(
+        null=True, blank=True,
+        help_text="Bytes its artifact takes in DATA_DIR (a LoRA adapter: the adapter alone); measured when its run "
+                  "finished or by `manage.py disk_usage`.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

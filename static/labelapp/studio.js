@@ -274,7 +274,9 @@
         form.action = version.make_current_url;
         current.append(form);
       }
-      tr.append(name, cell(version.kind_label), lineage, metrics, current);
+      const disk = cell(version.disk_text || "—");
+      disk.dataset.field = "disk_text";
+      tr.append(name, cell(version.kind_label), lineage, metrics, disk, current);
       return tr;
     });
     body.replaceChildren(...rows);
