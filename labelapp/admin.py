@@ -78,3 +78,19 @@ class RankingAdmin(admin.ModelAdmin):
     list_display = ("id", "task", "annotator", "none_acceptable", "time_spent_ms", "created_at")
     list_filter = ("none_acceptable", "task__project")
     raw_id_fields = ("task", "annotator", "assignment")
+
+
+# ---- prompt templates (issue 19) ----
+@admin.register(models.PromptTemplate)
+class PromptTemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "project", "version", "mode", "few_shot", "updated_at")
+    list_filter = ("project", "mode")
+    search_fields = ("name", "text")
+    readonly_fields = ("version",)  # edits through the studio or the API bump it
+
+    def save_model(self, request, obj, form, change):
+        from labelapp.models.templates import RENDERED_FIELDS
+
+        if change and set(form.changed_data) & set(RENDERED_FIELDS):
+            obj.version += 1
+        super().save_model(request, obj, form, change)

@@ -229,3 +229,33 @@ def test_manage_py_creates_edits_previews_and_imports(project, tmp_path, capsys)
     with pytest.raises(CommandError, match="no {placeholder}"):
         call_command("prompt_templates", "save", project.slug, str(spec))
     assert Prompt.objects.count() == 10 and not PromptTemplate.objects.filter(name="broken").exists()
+
+
+def test_studio_page_is_for_admins_and_previews_and_saves_without_script(project):
+    from django.test import Client
+
+    from tests.conftest import add_member
+
+    annotator, admin = add_member(project, role="annotator"), add_member(project, role="admin")
+    url = f"/studio/p/{project.slug}/templates/"
+    client = Client()
+    client.force_login(annotator)
+    assert client.get(url).status_code == 404
+    assert client.post(url + "preview/", {"text": "{a}"}).status_code == 404
+    client.force_login(admin)
+    assert client.get(url).status_code == 200
+    sample = "\n".join(json.dumps(r) for r in ROWS[:4])
+    form = {"name": "nli", "text": NLI, "few_shot": "2", "seed": "0", "mode": "chat", "sample": sample, "row": "1"}
+    shown = client.post(url, {**form, "action": "preview"})
+    assert shown.status_code == 200 and b"hypothesis 1?" in shown.content and not PromptTemplate.objects.exists()
+    fragment = client.post(url + "preview/", form)
+    assert b'data-testid="prompt"' in fragment.content and b"hypothesis 1?" in fragment.content
+    refused = client.post(url, {**form, "text": "nothing to fill", "action": "save"})
+    assert refused.status_code == 400 and b"no {placeholder}" in refused.content
+    assert not PromptTemplate.objects.exists()
+    saved = client.post(url, {**form, "action": "save"})
+    template = PromptTemplate.objects.get()
+    assert saved.status_code == 302 and saved["Location"].endswith(f"/templates/{template.pk}/")
+    other = make_project()
+    foreign = make_template(other, name="foreign")
+    assert client.get(f"/studio/p/{project.slug}/templates/{foreign.pk}/").status_code == 404
