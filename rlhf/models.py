@@ -233,6 +233,41 @@ def lora_config(task_type: str = "CAUSAL_LM", r: int = 16, alpha: int = 32, drop
                       target_modules=target_modules, **extra)
 
 
+def peft_config(method: str, task_type: str = "CAUSAL_LM", *, lora: dict | None = None, num_virtual_tokens: int = 20,
+                encoder_hidden_size: int = 128, prefix_projection: bool = False, init_text: str | None = None,
+                tokenizer_path: str | None = None):
+    """The peft config of a method (rlhf.config.PEFT_METHODS) for `task_type` ('CAUSAL_LM' or 'SEQ_CLS'), or
+    None for full fine-tuning. `lora` holds lora_config's keyword arguments (LoRA and QLoRA)."""
+    import peft
+
+    if method == "none":
+        return None
+    if method in ("lora", "qlora"):
+        return lora_config(task_type, **(lora or {}))
+    if method == "ia3":
+        return peft.IA3Config(task_type=task_type)  # peft's defaults: keys, values and the MLP's down projection
+    if method == "prefix_tuning":
+        return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
+                                       prefix_projection=prefix_projection)
+    if method == "p_tuning":
+        return peft.PromptEncoderConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
+                                        encoder_hidden_size=encoder_hidden_size)
+    if method == "prompt_tuning":
+        if init_text:
+            return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
+                                           prompt_tuning_init=peft.PromptTuningInit.TEXT, prompt_tuning_init_text=init_text,
+                                           tokenizer_name_or_path=tokenizer_path)
+        return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens)
+    raise ValueError(f"unknown peft method {method!r}")
+
+
+def is_prompt_learning(model) -> bool:
+    """A peft model whose adapter is virtual tokens (prefix, p- or prompt tuning): it cannot be merged, and
+    it decodes through ``generate`` (its forward prepends the virtual tokens to every call)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
 def merge_lora(model, out_dir: str | os.PathLike | None = None, tokenizer=None):
     """Fold a LoRA adapter into its base weights; optionally save the merged safetensors checkpoint."""
     if hasattr(model, "merge_and_unload"):
