@@ -259,3 +259,48 @@ def test_studio_page_is_for_admins_and_previews_and_saves_without_script(project
     other = make_project()
     foreign = make_template(other, name="foreign")
     assert client.get(f"/studio/p/{project.slug}/templates/{foreign.pk}/").status_code == 404
+
+
+def test_per_template_win_rates_in_the_blind_evaluation_equal_a_hand_computation(project):
+    """A template's prompts rendered zero-shot and three-shot (choice "all"), then a blind evaluation:
+    the round's summary has a win-rate per template and few-shot count, equal to counting by hand."""
+    from django.test import Client
+
+    from labelapp.models import Comparison, EvaluationTask, ModelVersion, Round
+    from labelapp.services.projects import evaluation_task_create
+    from labelapp.stats import evaluation_summary
+    from tests.conftest import add_member
+
+    zero = make_template(project, name="nli")
+    few = make_template(project, name="nli-fs", few_shot=3, seed=2)
+    templated_import(project=project, data=jsonl(ROWS[:6]), fmt="jsonl", template_ids=[zero.pk, few.pk], choice="all")
+    rnd = Round.objects.create(project=project, number=1, method="dpo", stage="done", params={})
+    new = ModelVersion.objects.create(project=project, name="policy r1")
+    old = ModelVersion.objects.create(project=project, name="sft r1")
+    judges = [add_member(project, role="annotator") for _ in range(2)]
+    # zero-shot prompts: the candidate wins 5 of 6 judgments on 3 prompts; few-shot: 1 win, 1 tie, 4 losses
+    verdicts = {"nli": [("a", "a"), ("a", "tie"), ("a", "a")], "nli-fs": [("a", "tie"), ("b", "b"), ("b", "b")]}
+    rewards = {"nli": [(1.0, 0.0), (1.0, 0.0), (0.0, 1.0)], "nli-fs": [(0.0, 1.0), (0.0, 1.0), (0.5, 0.5)]}
+    for name in ("nli", "nli-fs"):
+        prompts = Prompt.objects.filter(metadata__template__name=name).order_by("id")[:3]
+        for prompt, pair, (ra, rb) in zip(prompts, verdicts[name], rewards[name], strict=True):
+            task = evaluation_task_create(project=project, round=rnd, prompt=prompt, model_a=new, model_b=old,
+                                          text_a="new answer", text_b="old answer", reward_a=ra, reward_b=rb)
+            for judge, winner in zip(judges, pair, strict=True):
+                Comparison.objects.create(task=task, annotator=judge, winner=winner, a_shown_left=True)
+    assert EvaluationTask.objects.count() == 6
+    templates = evaluation_summary(project=project, round_id=rnd.pk)["templates"]
+    assert set(templates) == {"nli · 0-shot", "nli-fs · 3-shot"}
+    zero_shot, three_shot = templates["nli · 0-shot"], templates["nli-fs · 3-shot"]
+    assert zero_shot["human"]["win_rate"] == pytest.approx((1 + 1 + 1 + 0.5 + 1 + 1) / 6)
+    assert three_shot["human"]["win_rate"] == pytest.approx((1 + 0.5 + 0 + 0 + 0 + 0) / 6)
+    assert zero_shot["human"]["items"] == 3 and zero_shot["human"]["low"] <= zero_shot["human"]["win_rate"]
+    assert zero_shot["reward_model"]["win_rate"] == pytest.approx(2 / 3)
+    assert three_shot["reward_model"]["win_rate"] == pytest.approx((0 + 0 + 0.5) / 3)
+    # the studio's round shows the same, per template
+    admin = add_member(project, role="admin")
+    client = Client()
+    client.force_login(admin)
+    page = client.get(f"/studio/p/{project.slug}/").content.decode()
+    row = page.split('data-template="nli · 0-shot"', 1)[1].split("</tr>", 1)[0]
+    assert "<td>3</td><td>91.7% [95% CI" in row
