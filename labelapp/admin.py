@@ -192,3 +192,19 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
         n = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {n} token(s).")
+
+
+# ---- prompt templates (issue 19) ----
+@admin.register(models.PromptTemplate)
+class PromptTemplateAdmin(admin.ModelAdmin):
+    list_display = ("name", "project", "version", "mode", "few_shot", "updated_at")
+    list_filter = ("project", "mode")
+    search_fields = ("name", "text")
+    readonly_fields = ("version",)  # edits through the studio or the API bump it
+
+    def save_model(self, request, obj, form, change):
+        from labelapp.models.templates import RENDERED_FIELDS
+
+        if change and set(form.changed_data) & set(RENDERED_FIELDS):
+            obj.version += 1
+        super().save_model(request, obj, form, change)

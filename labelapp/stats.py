@@ -101,7 +101,8 @@ def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> di
     Each summary holds the raw win-rates (`human`, `reward_model`), the length-controlled ones
     (`length_controlled`: labelapp.length_control, read at equal answer length), the mean answer
     lengths in characters (`lengths`: candidate, baseline, references), the same per prompt
-    category when the evaluation's prompts have two or more (`categories`), and the over-optimisation
+    category when the evaluation's prompts have two or more (`categories`), the same per prompt
+    template and few-shot count (`templates`: "<name> · <k>-shot"), and the over-optimisation
     warnings of labelapp.length_watch.held_out_warnings (`warnings`)."""
     from django.db.models import Q
     from django.db.models.functions import Length
@@ -116,7 +117,8 @@ def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> di
     rows: dict = defaultdict(list)
     for task in (tasks.annotate(len_a=Length("completion_a__text"), len_b=Length("completion_b__text"),
                                 len_ref=Length("prompt__reference"))
-                 .values("id", "round_id", "reward_a", "reward_b", "len_a", "len_b", "len_ref", "prompt__category")
+                 .values("id", "round_id", "reward_a", "reward_b", "len_a", "len_b", "len_ref", "prompt__category",
+                         "prompt__metadata__template__name", "prompt__metadata__template__few_shot")
                  .order_by("id")):
         rows[task["round_id"]].append(task)
     judged: dict = defaultdict(list)
@@ -130,9 +132,26 @@ def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> di
             category: _evaluation_block([t for t in rows[round_id] if t["prompt__category"] == category], judged)
             for category in categories
         }
+        summary["templates"] = template_blocks(rows[round_id], judged)
         summary["warnings"] = held_out_warnings(summary)
         summaries[round_id] = summary
     return summaries
+
+
+def template_key(task: dict) -> str | None:
+    """"<template> · <k>-shot" for a task whose prompt was rendered from a prompt template, else None."""
+    name = task.get("prompt__metadata__template__name")
+    if not isinstance(name, str) or not name:
+        return None
+    shots = task.get("prompt__metadata__template__few_shot")
+    return f"{name} · {shots if isinstance(shots, int) else 0}-shot"
+
+
+def template_blocks(tasks: list[dict], judged: dict) -> dict:
+    """Win-rates per prompt template and few-shot count (labelapp.templating metadata), so a template's
+    zero-shot and few-shot prompts are compared side by side; {} when no prompt came from a template."""
+    keys = sorted({key for t in tasks if (key := template_key(t)) is not None})
+    return {key: _evaluation_block([t for t in tasks if template_key(t) == key], judged) for key in keys}
 
 
 def _evaluation_block(tasks: list[dict], judged: dict) -> dict:

@@ -85,6 +85,7 @@ def rounds_timeline(*, project: Project, limit: int = 10) -> list[Round]:
         rnd.evaluation_categories = category_rows(summaries[rnd.pk])
         rnd.ranking = round_ranking(rnd)
         rnd.waiting_text = waiting_text(rnd, rnd.ranking)
+        rnd.evaluation_templates = category_rows(summaries[rnd.pk], key="templates")
     return rounds
 
 
@@ -132,10 +133,11 @@ def evaluation_warning(summary: dict) -> str:
     return " ".join(w["text"] for w in summary.get("warnings", []))
 
 
-def category_rows(summary: dict) -> list[dict]:
-    """Per prompt category: tasks, raw and length-controlled win-rates (human, reward model), mean lengths."""
+def category_rows(summary: dict, key: str = "categories") -> list[dict]:
+    """Per prompt category (or per prompt template and few-shot count, key="templates"): tasks, raw and
+    length-controlled win-rates (human, reward model), mean lengths."""
     rows = []
-    for category, block in (summary.get("categories") or {}).items():
+    for category, block in (summary.get(key) or {}).items():
         cells = {"category": category or "(no category)", "tasks": block["tasks"]}
         for side in ("human", "reward_model"):
             raw, lc = block[side], block["length_controlled"][side]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from labelapp import quality_views
+from labelapp import quality_views, template_views
 from labelapp import studio_views as views
 
 app_name = "studio"
@@ -23,4 +23,8 @@ urlpatterns = [
     path("p/<slug:slug>/quality/gold/", quality_views.gold_mark, name="gold_mark"),
     path("p/<slug:slug>/quality/ai-labels/", quality_views.ai_label_start, name="ai_label_start"),
     path("p/<slug:slug>/quality/active-learning/", quality_views.active_learning, name="active_learning"),
+    path("p/<slug:slug>/templates/", template_views.templates_page, name="templates"),
+    path("p/<slug:slug>/templates/<int:template_id>/", template_views.template_page, name="template"),
+    path("p/<slug:slug>/templates/preview/", template_views.template_preview_fragment, name="template_preview"),
+    path("p/<slug:slug>/templates/import/", template_views.template_import, name="template_import"),
 ]

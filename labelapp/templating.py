@@ -53,6 +53,7 @@ class Template:
     answer_prefix: str = "Answer: "
     ident: int | None = None  # database id, when stored
     version: int = 1
+    seed: int | None = None  # the few-shot draws' seed; None: the seed render_rows is given
 
     @property
     def placeholders(self) -> tuple[str, ...]:
@@ -166,7 +167,8 @@ def render_rows(
     for index, template in plan:
         check_row(template, index + 1, rows[index], extra_fields=extra_fields)
     with_target = [i for i, row in enumerate(rows) if str(row.get(TARGET) or "").strip()]
-    return [render_one(template, rows, index, with_target=with_target, seed=seed) for index, template in plan]
+    return [render_one(template, rows, index, with_target=with_target, seed=seed if template.seed is None else template.seed)
+            for index, template in plan]
 
 
 def _usable_example(template: Template, row: Mapping) -> bool:

@@ -57,8 +57,84 @@ class TrainerConfig:
     merge: bool = _help("After LoRA training save the merged model (true) or only the adapter (false; the studio's "
                         "default: an adapter on an adapter loads through its chain).", True)
     load_in_bits: int | None = _help("4 or 8: load the base model with bitsandbytes (CUDA only; QLoRA).")
+    peft: str | None = _help("Parameter-efficient method: 'lora', 'qlora' (LoRA on a 4-bit base; CUDA + bitsandbytes), "
+                             "'ia3', 'prefix_tuning', 'p_tuning', 'prompt_tuning', or 'none' (full fine-tuning). "
+                             "null: 'lora' when use_lora is true, else 'none'. Which trainers take which: "
+                             "PEFT_SUPPORT and docs/RLHF.md.")
+    num_virtual_tokens: int = _help("prefix_tuning, p_tuning, prompt_tuning: virtual tokens learned.", 20)
+    prompt_encoder_hidden_size: int = _help("p_tuning: hidden size of the prompt encoder (an MLP).", 128)
+    prefix_projection: bool = _help("prefix_tuning: learn the prefix through a two-layer MLP (more parameters, "
+                                    "often steadier) instead of directly.", False)
+    prompt_tuning_init_text: str | None = _help("prompt_tuning: start the virtual tokens from the embeddings of this "
+                                                "text (e.g. 'Answer the question helpfully:'); null: random.")
     optim: str = _help("Optimizer name as in transformers TrainingArguments ('adamw_torch', 'adamw_torch_fused').", "adamw_torch")
     extra_args: dict[str, Any] = _help("Extra keyword arguments for the TRL config (advanced).", factory=dict)
+
+    def __post_init__(self):
+        if self.peft is not None:  # `peft` names the method; `use_lora` follows it (older code reads use_lora)
+            if self.peft not in PEFT_METHODS:
+                raise ValueError(f"peft must be one of {list(PEFT_METHODS)} or null (got {self.peft!r}).")
+            self.use_lora = self.peft in ("lora", "qlora")
+            if self.peft == "qlora" and self.load_in_bits is None:
+                self.load_in_bits = 4  # QLoRA is LoRA on a 4-bit base
+
+
+# --------------------------------------------------------------------------------------- PEFT
+PEFT_METHODS = ("none", "lora", "qlora", "ia3", "prefix_tuning", "p_tuning", "prompt_tuning")
+PROMPT_LEARNING = ("prefix_tuning", "p_tuning", "prompt_tuning")  # virtual tokens; nothing to merge
+MERGEABLE = ("lora", "qlora", "ia3")  # folded into the base weights by merge_and_unload
+
+_PREFIX_RM = ("peft's prefix-tuning needs a model that takes past key values; a sequence-classification reward "
+              "model does not (peft refuses it when the model loads)")
+_PROMPT_RM = ("peft's prompt-learning methods feed the sequence classifier embeddings instead of token ids, so it "
+              "reads the score at the last position, which is padding for the shorter answers of a right-padded "
+              "batch: their scores would change with what they are batched with")
+# trainer kind -> method -> why it is refused (methods not listed are supported)
+PEFT_UNSUPPORTED: dict[str, dict[str, str]] = {
+    "sft": {},
+    "dpo": {},
+    "reward": {"prefix_tuning": _PREFIX_RM, "p_tuning": _PROMPT_RM, "prompt_tuning": _PROMPT_RM},
+    "ppo": {m: "rlhf's PPO trains LoRA adapters or all weights (its value model shares the LoRA machinery)"
+            for m in ("ia3", "prefix_tuning", "p_tuning", "prompt_tuning")},
+}
+PEFT_SUPPORT = {kind: [m for m in PEFT_METHODS if m not in refused] for kind, refused in PEFT_UNSUPPORTED.items()}
+
+
+def peft_method(config) -> str:
+    """The PEFT method a config trains with: `peft`, or 'lora'/'none' from `use_lora` when `peft` is null."""
+    return config.peft if config.peft is not None else ("lora" if config.use_lora else "none")
+
+
+def check_peft(config, kind: str, *, cuda_available: bool | None = None, hardware: bool = True) -> str:
+    """The config's PEFT method, or ValueError (with the reason) when `kind` ('sft', 'reward', 'dpo', 'ppo')
+    cannot train with it or this host cannot run it. Torch-free: call it before any model loads;
+    `cuda_available` (None: unknown, e.g. in the web process) decides about 4/8-bit loading;
+    `hardware=False` checks only that the trainer takes the method."""
+    method = peft_method(config)
+    why = PEFT_UNSUPPORTED[kind].get(method)
+    if why:
+        raise ValueError(f"peft {method!r} is not supported for the {kind} trainer: {why}. "
+                         f"Supported: {', '.join(PEFT_SUPPORT[kind])}.")
+    if not hardware:
+        return method
+    bits = config.load_in_bits
+    if bits not in (None, 4, 8):
+        raise ValueError(f"load_in_bits must be 4, 8 or null (got {bits!r}).")
+    if method == "qlora" and bits != 4:
+        raise ValueError(f"peft 'qlora' loads the base model in 4 bits; load_in_bits {config.load_in_bits} "
+                         "contradicts it (leave it null).")
+    if bits and method == "none":
+        raise ValueError(f"a {bits}-bit base model cannot be fully fine-tuned (its weights are frozen integers); "
+                         "train an adapter (peft 'lora' or 'qlora').")
+    if bits and (str(config.device).startswith("cpu") or cuda_available is False):
+        what = "QLoRA (peft 'qlora')" if method == "qlora" else f"{bits}-bit loading (load_in_bits)"
+        raise ValueError(f"{what} needs a CUDA GPU and the bitsandbytes package; this run is on the CPU. "
+                         "Use peft 'lora' (same adapter, full-precision base) on the CPU.")
+    if method in PROMPT_LEARNING and config.num_virtual_tokens < 1:
+        raise ValueError(f"num_virtual_tokens must be at least 1 (got {config.num_virtual_tokens}).")
+    if method == "p_tuning" and config.prompt_encoder_hidden_size < 1:
+        raise ValueError(f"prompt_encoder_hidden_size must be at least 1 (got {config.prompt_encoder_hidden_size}).")
+    return method
 
 
 def config_to_dict(config) -> dict[str, Any]:
@@ -233,6 +309,10 @@ class PPOConfig(TrainerConfig):
     logging_steps: int = _help("Ignored by PPO: metrics are reported after every update (and metrics.jsonl).", 1)
     extra_args: dict[str, Any] = _help("Ignored by PPO (there is no TRL config underneath).", factory=dict)
     save_steps: int = _help("Save a checkpoint every N PPO updates (0: none; the final model is still saved).", 20)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_peft(self, "ppo", hardware=False)  # before any model loads: PPO trains LoRA or all weights
 
 
 # ------------------------------------------------------------------------------------- sampling

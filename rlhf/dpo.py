@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from .config import DPORunConfig, check_dpo_config  # noqa: F401 (they live in rlhf.config; importable from here too)
+from .config import DPORunConfig, check_dpo_config, peft_method  # noqa: F401 (they live in rlhf.config; importable from here too)
 from .contract import Artifacts, data_hash, seed_everything
 from .data import PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_causal_lm, load_tokenizer
-from .runner import attach_progress, peft_config_for, run_trainer, trl_args
+from .runner import attach_progress, check_peft_here, peft_config_for, run_trainer, trl_args
 from .weighting import select_pairs
 from .weighting import summary as weighting_summary
 
@@ -29,11 +29,13 @@ def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
     from trl import DPOConfig, DPOTrainer
 
     check_dpo_config(config)
+    check_peft_here(config, "dpo")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
     load = dict(device=config.device, dtype=config.dtype, load_in_bits=config.load_in_bits)
     model = model or load_causal_lm(config.model, **load)
-    ref_model = None if config.use_lora else load_causal_lm(config.model, **load).eval()
+    # an adapter (any peft method) switched off is the reference; full fine-tuning needs a frozen copy
+    ref_model = None if peft_method(config) != "none" else load_causal_lm(config.model, **load).eval()
     losses = {"loss_type": [config.loss_type]}
     if config.sft_weight:
         losses = {"loss_type": [config.loss_type, "sft"], "loss_weights": [1.0, config.sft_weight]}

@@ -221,6 +221,11 @@ def _load_adapter(auto_cls, path: str, kwargs: dict, merge: bool, depth: int = 0
         config.task_type = None  # a policy adapter under a reward model (RM trained from an SFT adapter)
     with torch.random.fork_rng(devices=[]):  # LoRA's throwaway init must not shift a seeded run's RNG
         model = PeftModel.from_pretrained(base, path, config=config, is_trainable=False)
+    if getattr(config, "is_prompt_learning", False):  # virtual tokens: nothing to fold into the weights
+        if depth:
+            raise ValueError(f"{path} is a prompt-learning adapter ({config.peft_type}); another adapter cannot be "
+                             "trained on top of it: start that run from its base model instead")
+        return model
     return model.merge_and_unload() if merge else model
 
 
@@ -237,8 +242,8 @@ def save_adapter(model, out_dir: str | os.PathLike, base_ref, tokenizer=None) ->
 
 
 def load_causal_lm(ref=None, device: str = "auto", dtype: str | torch.dtype = "auto", load_in_bits: int | None = None):
-    """Load a causal LM (policy). Adapter dirs come back with the adapter folded in (a ``PeftModel`` only on a
-    4/8-bit base)."""
+    """Load a causal LM (policy). LoRA/IA3 adapter dirs come back with the adapter folded in (a ``PeftModel``
+    only on a 4/8-bit base); prompt-learning adapters (prefix, P-tuning, prompt tuning) as a ``PeftModel``."""
     from transformers import AutoModelForCausalLM
 
     return _load(AutoModelForCausalLM, ref, device, dtype, load_in_bits)
@@ -267,6 +272,41 @@ def lora_config(task_type: str = "CAUSAL_LM", r: int = 16, alpha: int = 32, drop
             target_modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     return LoraConfig(task_type=task_type, r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=target_modules, **extra)
+
+
+def peft_config(method: str, task_type: str = "CAUSAL_LM", *, lora: dict | None = None, num_virtual_tokens: int = 20,
+                encoder_hidden_size: int = 128, prefix_projection: bool = False, init_text: str | None = None,
+                tokenizer_path: str | None = None):
+    """The peft config of a method (rlhf.config.PEFT_METHODS) for `task_type` ('CAUSAL_LM' or 'SEQ_CLS'), or
+    None for full fine-tuning. `lora` holds lora_config's keyword arguments (LoRA and QLoRA)."""
+    import peft
+
+    if method == "none":
+        return None
+    if method in ("lora", "qlora"):
+        return lora_config(task_type, **(lora or {}))
+    if method == "ia3":
+        return peft.IA3Config(task_type=task_type)  # peft's defaults: keys, values and the MLP's down projection
+    if method == "prefix_tuning":
+        return peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
+                                       prefix_projection=prefix_projection)
+    if method == "p_tuning":
+        return peft.PromptEncoderConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
+                                        encoder_hidden_size=encoder_hidden_size)
+    if method == "prompt_tuning":
+        if init_text:
+            return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens,
+                                           prompt_tuning_init=peft.PromptTuningInit.TEXT, prompt_tuning_init_text=init_text,
+                                           tokenizer_name_or_path=tokenizer_path)
+        return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=num_virtual_tokens)
+    raise ValueError(f"unknown peft method {method!r}")
+
+
+def is_prompt_learning(model) -> bool:
+    """A peft model whose adapter is virtual tokens (prefix, p- or prompt tuning): it cannot be merged, and
+    it decodes through ``generate`` (its forward prepends the virtual tokens to every call)."""
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
 
 
 def merge_lora(model, out_dir: str | os.PathLike | None = None, tokenizer=None):

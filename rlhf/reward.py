@@ -35,7 +35,7 @@ from .config import (  # noqa: F401 (they live in rlhf.config; importable from h
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_reward_model, load_tokenizer
-from .runner import attach_progress, peft_config_for, run_trainer, trl_args
+from .runner import attach_progress, check_peft_here, peft_config_for, run_trainer, trl_args
 from .weighting import select_pairs
 from .weighting import summary as weighting_summary
 
@@ -161,6 +161,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     from trl import RewardConfig, RewardTrainer
 
     check_reward_config(config)
+    check_peft_here(config, "reward")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)  # the score head is initialised at load time
     tokenizer = tokenizer or load_tokenizer(config.model)
     model = model or load_reward_model(config.model, device=config.device, dtype=config.dtype,

@@ -17,7 +17,8 @@ from .contract import (
     make_hf_callback,
     write_metadata,
 )
-from .models import bf16_capable, lora_config, pick_device, save_adapter
+from .config import MERGEABLE, check_peft, peft_method
+from .models import bf16_capable, peft_config, pick_device, resolve_model, save_adapter
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,29 @@ def trl_args(config: TrainerConfig, trl_config_cls, **specific: Any):
 
 
 def peft_config_for(config: TrainerConfig, task_type: str):
-    if not config.use_lora:
-        return None
-    return lora_config(task_type, r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-                       target_modules=config.lora_target_modules, layers=getattr(config, "lora_layers", None))
+    """The peft config of the config's method (`peft`, or LoRA/none from `use_lora`); None: full fine-tuning."""
+    method = peft_method(config)
+    lora = dict(r=config.lora_r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules, layers=getattr(config, "lora_layers", None))
+    init_text = config.prompt_tuning_init_text
+    return peft_config(method, task_type, lora=lora, num_virtual_tokens=config.num_virtual_tokens,
+                       encoder_hidden_size=config.prompt_encoder_hidden_size, prefix_projection=config.prefix_projection,
+                       init_text=init_text, tokenizer_path=resolve_model(config.model) if init_text else None)
+
+
+def check_peft_here(config: TrainerConfig, kind: str) -> str:
+    """rlhf.config.check_peft with this host's CUDA: refuses before any model loads."""
+    import torch
+
+    return check_peft(config, kind, cuda_available=torch.cuda.is_available())
 
 
 def save_final_model(trainer, config: TrainerConfig, tokenizer) -> str:
-    """``output_dir/model``: merged safetensors when LoRA + ``merge``, the adapter alone otherwise."""
+    """``output_dir/model``: merged safetensors when LoRA/IA3 + ``merge``, the adapter alone otherwise
+    (prompt-learning adapters have nothing to merge)."""
     out = Path(config.output_dir) / MODEL_SUBDIR
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if config.use_lora and config.merge and hasattr(model, "merge_and_unload"):
+    if peft_method(config) in MERGEABLE and config.merge and hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
         trainer.model = model
     if trainer.accelerator.is_main_process:  # several processes (accelerate launch): one writer

@@ -106,6 +106,12 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
+def _prompt_learning(model) -> bool:
+    from .models import is_prompt_learning
+
+    return is_prompt_learning(model)
+
+
 def draw(probs: torch.Tensor) -> torch.Tensor:
     """One token per row of ``probs`` (B, V), with those probabilities (zero-probability tokens never):
     the first token whose cumulative probability reaches u, with u uniform on (0, row total]."""
@@ -189,7 +195,12 @@ def generate_ids(model, tokenizer, prompts: Sequence[str | Messages], max_new_to
     kwargs = {k: v for k, v in decoding.items() if k != "max_new_tokens"}
     if not kwargs.get("do_sample", True):
         kwargs = {"do_sample": False, "repetition_penalty": kwargs.get("repetition_penalty", 1.0)}
-    if cache_implementation:
+    if _prompt_learning(model):  # prefix/P-/prompt tuning: the virtual tokens go in once (rlhf.virtual_tokens)
+        from .virtual_tokens import decode_virtual
+
+        response = decode_virtual(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos,
+                                  tokenizer.pad_token_id, **kwargs)
+    elif cache_implementation:
         generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
                                    pad_token_id=tokenizer.pad_token_id, cache_implementation=cache_implementation,
                                    **kwargs)

@@ -20,7 +20,7 @@ from .config import SFTRunConfig  # noqa: F401 (the config lives in rlhf.config;
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Demonstration, demonstrations_to_dataset, load_demonstrations
 from .models import describe_model, load_causal_lm, load_tokenizer
-from .runner import attach_progress, peft_config_for, run_trainer, trl_args
+from .runner import attach_progress, check_peft_here, peft_config_for, run_trainer, trl_args
 
 
 def build_sft_trainer(config: SFTRunConfig, demonstrations: Sequence[Demonstration],
@@ -28,6 +28,7 @@ def build_sft_trainer(config: SFTRunConfig, demonstrations: Sequence[Demonstrati
     """An ``SFTTrainer`` ready to ``train()``; pass ``model``/``tokenizer`` to skip loading ``config.model``."""
     from trl import SFTConfig, SFTTrainer
 
+    check_peft_here(config, "sft")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
     model = model or load_causal_lm(config.model, device=config.device, dtype=config.dtype,
@@ -45,6 +46,7 @@ def build_sft_trainer(config: SFTRunConfig, demonstrations: Sequence[Demonstrati
 def train_sft(config: SFTRunConfig, demonstrations: Sequence[Demonstration] | None = None,
               progress: Callable[[int, int, dict], None] | None = None) -> Artifacts:
     """Run SFT; ``demonstrations`` default to ``load_demonstrations(config.data, config.data_format)``."""
+    check_peft_here(config, "sft")
     if demonstrations is None:
         demonstrations = load_demonstrations(config.data, config.data_format)
     tokenizer = load_tokenizer(config.model)

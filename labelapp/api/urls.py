@@ -6,6 +6,7 @@ from labelapp.api.errors import not_found
 from labelapp.api.schema import SchemaView, SwaggerView
 from labelapp.api.label_imports import LabelImportView
 from labelapp.api.quality import AnnotatorReportView, GoldView, ReliabilityRefitView
+from labelapp.api import templates as prompt_templates
 from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
 
 router = SimpleRouter()
@@ -26,6 +27,13 @@ urlpatterns = [
     *router.urls,
     path("projects/<str:project_id>/imports/prompts/", views.PromptImportView.as_view(), name="import-prompts"),
     path("projects/<str:project_id>/imports/labels/", LabelImportView.as_view(), name="import-labels"),
+    path("projects/<str:project_id>/imports/templated/", prompt_templates.TemplatedImportView.as_view(),
+         name="import-templated"),
+    path("projects/<str:project_id>/templates/", prompt_templates.TemplateListView.as_view(), name="template-list"),
+    path("projects/<str:project_id>/templates/preview/", prompt_templates.TemplatePreviewView.as_view(),
+         name="template-preview"),
+    path("projects/<str:project_id>/templates/<int:template_id>/", prompt_templates.TemplateDetailView.as_view(),
+         name="template-detail"),
     path("projects/<str:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
     path("projects/<str:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
     path("projects/<str:project_id>/statistics/annotators/", AnnotatorReportView.as_view(), name="annotators"),

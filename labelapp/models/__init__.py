@@ -18,3 +18,4 @@ from labelapp.models.labels import (  # noqa: F401
 from labelapp.models.runs import Round, TrainingRun  # noqa: F401
 from labelapp.models.evaluation import Comparison, EvaluationTask  # noqa: F401  (after runs: it uses Round)
 from labelapp.models.quality import AILabel, Adjudication, ReliabilityFit  # noqa: F401
+from labelapp.models.templates import PromptTemplate  # noqa: F401

@@ -48,6 +48,9 @@ def one_of_each(project):
     m.ReliabilityFit.objects.create(project=project, labels_hash="h" * 64)
     m.Adjudication.objects.create(task=task, reviewer=user, order=[[c1.pk], [c2.pk]])
     m.AILabel.objects.create(task=task, source="reward_model", model_version=policy, order=[[c1.pk], [c2.pk]])
+    from labelapp.services.templates import prompt_template_create
+
+    prompt_template_create(project=project, name="qa", text="Question: {question}")
     token, key = api_token_create(user=user, name="box")
     return token, key
 

@@ -7,11 +7,12 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from labelapp.models import (
-    ApiToken, Assignment, Completion, Demonstration, ModelVersion, Project, Queue, Round, TrainingRun,
+    ApiToken, Assignment, Completion, Demonstration, ModelVersion, Project, PromptTemplate, Queue, Round, TrainingRun,
 )
 from labelapp.services.labels import demonstration_submit, ranking_submit
 from labelapp.services.projects import completion_create, evaluation_task_create, ranking_task_create
 from labelapp.services.queue import task_claim
+from labelapp.services.templates import prompt_template_create
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
 
 pytestmark = pytest.mark.django_db
@@ -49,6 +50,7 @@ def world(tag):
     token = ApiToken.objects.create(user=admin, name="t", prefix=f"rs_{tag}", digest=tag * 64)
     rnd = Round.objects.create(project=project, number=1)
     run = TrainingRun.objects.create(project=project, round=rnd, kind="sft", status="failed")
+    template = prompt_template_create(project=project, name=f"t-{tag}", text="{question}")
     return {
         "user": admin,
         "project": project.pk,
@@ -62,6 +64,7 @@ def world(tag):
         "round": rnd.pk,
         "run": run.pk,
         "assignment": lease.pk,
+        "template": template.pk,
     }
 
 
@@ -77,6 +80,10 @@ OBJECTS = {
     "token-detail": ("token", {}),
     "import-prompts": ("project", {}),
     "import-labels": ("project", {}),
+    "import-templated": ("project", {}),
+    "template-list": ("project", {}),
+    "template-preview": ("project", {}),
+    "template-detail": ("template", {"project_id": "@project"}),  # "@x": the world's object x
     "export": ("project", {"kind": "pairs"}),
     "agreement": ("project", {}),
     "annotators": ("project", {}),
@@ -109,7 +116,7 @@ def url_for(name, world_objects):
     from django.urls import reverse
 
     key, extra = OBJECTS[name]
-    kwargs = dict(extra)
+    kwargs = {k: world_objects[v[1:]] if isinstance(v, str) and v.startswith("@") else v for k, v in extra.items()}
     for arg in dict(api_routes())[name]:
         if arg not in kwargs:
             kwargs[arg] = world_objects[key]
@@ -133,6 +140,7 @@ def test_foreign_objects_are_404_on_every_method(name):
     assert Round.objects.get(pk=theirs["round"]).stage == "sft"  # not cancelled
     assert Assignment.objects.get(pk=theirs["assignment"]).status == "submitted"  # not skipped
     assert Demonstration.objects.get(pk=theirs["demonstration"]).review_status == "pending"  # not reviewed
+    assert PromptTemplate.objects.get(pk=theirs["template"]).version == 1  # neither edited nor deleted
 
 
 # ---- roles inside one project: what an annotator may not see ---------------------------------
