@@ -1,4 +1,7 @@
-"""Proximal Policy Optimization from human feedback (InstructGPT step 3), in one readable module.
+"""The PPO update as it stood before issue 15 (commit 518151e), kept only as the baseline of
+``bench/engine_counts.py`` and of the equivalence test in tests/rlhf/test_ppo_engine.py. Use ``rlhf.ppo``.
+
+Proximal Policy Optimization from human feedback (InstructGPT step 3), in one readable module.
 
     python -m rlhf ppo --config ppo.json            # or: python -m rlhf.ppo --config ppo.json
 
