@@ -1013,6 +1013,9 @@ def update_metrics(ro: Rollout, upd: dict[str, float], beta: float, seconds: flo
         "perf/generation_share": ro.generation_s / seconds,
         "perf/tokens_per_s": s["tokens"] / seconds,
     }
+    if not has_value:  # RLOO/GRPO: no value model, no value metrics (not NaNs: JSON stores refuse them)
+        for key in ("loss/value", "val/explained_variance", "val/clipfrac", "val/mean"):
+            del metrics[key]
     if "ptx_loss" in upd:
         metrics["loss/ptx"] = upd["ptx_loss"]
     if "kl_loss" in upd:

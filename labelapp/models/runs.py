@@ -15,11 +15,13 @@ from labelapp.models.labels import ModelVersion, Project
 
 class Round(models.Model):
     """One turn of the loop: SFT (when demonstrations changed) → samples to rank → reward model
-    → PPO or DPO → new samples and a blind evaluation."""
+    → PPO, DPO, RLOO or GRPO → new samples and a blind evaluation."""
 
     class Method(models.TextChoices):
         PPO = "ppo", "PPO"
         DPO = "dpo", "DPO"
+        RLOO = "rloo", "RLOO"
+        GRPO = "grpo", "GRPO"
 
     class Stage(models.TextChoices):
         SFT = "sft", "Supervised fine-tuning"
@@ -65,6 +67,8 @@ class TrainingRun(models.Model):
         REWARD = "reward", "Reward model"
         PPO = "ppo", "PPO"
         DPO = "dpo", "DPO"
+        RLOO = "rloo", "RLOO"
+        GRPO = "grpo", "GRPO"
         SAMPLE = "sample", "Sampling"
         EVALUATE = "evaluate", "Evaluation"
 

@@ -130,7 +130,7 @@ def test_toy_reward_rises(tmp_path, tiny_dir, cls, extra):
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last >= first + 0.15, rewards
     assert max(m["objective/kl"] for m in history) < 8.0
-    assert math.isnan(history[-1]["loss/value"])  # no value model
+    assert not {"loss/value", "val/mean", "val/explained_variance"} & set(history[-1])  # no value model
     if cls is GRPOConfig:
         assert history[-1]["loss/kl"] >= 0
     meta = read_metadata(cfg.output_dir)
