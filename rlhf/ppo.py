@@ -44,6 +44,21 @@ Where this differs from the paper (Schulman et al.) and why:
 * The learning rate has a linear warm-up (``warmup_ratio``) and decays linearly to 0 over the updates.
 * Adam epsilon is 1e-5 (CleanRL, TRL).
 
+How an update is computed (issue 15; the previous implementation is kept in rlhf/ppo_legacy.py for the
+equivalence test and bench/engine_counts.py):
+
+* Log-probs and entropy come from the trunk's hidden states at the response positions, through the output
+  head a chunk of positions at a time (``token_logprobs_from_hidden``): no (B, R, V) fp32 tensor; in
+  training a custom autograd function recomputes each chunk's logits in backward instead of saving them.
+* The reward model scores token ids built on the device (query + answer + the chat template's closing ids)
+  when it shares the policy's tokenizer and template (``reward_token_suffix`` checks), else the text path.
+* Statistics stay on the device and are read once per update; micro-batches keep the rollout's width (no
+  sync to trim padding); GAE is one product with a discount matrix; boolean indexing is avoided.
+* AdamW runs fused on CUDA and with foreach kernels elsewhere; parameters that are not fp32 (full
+  fine-tuning in bf16) get fp32 master weights (``MasterAdamW``); autocast is used only over fp32 weights.
+* RLOO and GRPO (``RLOOConfig``, ``GRPOConfig``) use the same rollout, loss and checkpoint code with K answers
+  per prompt, group baselines instead of a value model, and the KL as a reward penalty or a k3 loss term.
+
 Reproducibility and resume: every update reseeds from ``seed + update``, and the prompt order is a
 function of ``seed`` and the update index, so a resumed run continues exactly where it stopped.
 """
