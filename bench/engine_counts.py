@@ -19,8 +19,9 @@ counted as device syncs.
 
 Part 2 (135M): one PPO update on the bundled SmolLM2-135M-Instruct (policy with LoRA r16, the same
 checkpoint as reward model with a fresh head, value model = reward model + a second adapter), batch 8,
-32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU: wall time of updates 1 and 2 and the
-process's peak RSS, each path in its own process.
+32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU: wall time of updates 1 and 2, the
+process's peak RSS (``ru_maxrss``, model loading included) and the peak RSS during update 2 (VmHWM reset
+through /proc/self/clear_refs at the end of update 1), each path in its own process.
 """
 
 from __future__ import annotations
@@ -115,6 +116,22 @@ class Counter:
         return sum(n for k, n in self.reads.items() if not any(s in k.split("@")[1] for s in HOST_ONLY_SITES))
 
 
+def vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM) in MB, since start or since the last ``reset_peak_rss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 # ------------------------------------------------------------------------------------------- fixtures
 def narrow_360m(tokenizer, for_reward: bool = False):
     import torch
@@ -176,6 +193,8 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
 
     def progress(step, total, metrics):
         marks.append(time.perf_counter())
+        counts[f"hwm_after_update_{step}_mb"] = vm_hwm_mb()
+        reset_peak_rss()  # the next update's peak RSS starts from the current RSS
         if counter is not None and step == count_update:
             counter.__exit__(None, None, None)
             counts.update(ops=counter.ops, syncs=counter.syncs(), reads=dict(counter.reads))
@@ -233,7 +252,8 @@ def part_smollm(tmp: Path) -> list[dict]:
         row = json.loads(out.read_text())
         rows.append(row)
         print(f"[135M]   {path}: update 1 {row['walls'][0]:.1f} s, update 2 {row['walls'][1]:.1f} s, "
-              f"peak RSS {row['peak_rss_mb']:.0f} MB", flush=True)
+              f"peak RSS of the process {row['peak_rss_mb']:.0f} MB (model loading included), "
+              f"during update 2 {row['hwm_after_update_2_mb']:.0f} MB", flush=True)
     return rows
 
 
@@ -269,8 +289,10 @@ def main() -> None:
         for i in (0, 1):
             print(f"| SmolLM2-135M: update {i + 1} wall (s) | {old['walls'][i]:.1f} | {new['walls'][i]:.1f} | "
                   f"{old['walls'][i] / new['walls'][i]:.2f}x |")
-        print(f"| SmolLM2-135M: peak RSS (MB) | {old['peak_rss_mb']:.0f} | {new['peak_rss_mb']:.0f} | "
+        print(f"| SmolLM2-135M: peak RSS of the process (MB) | {old['peak_rss_mb']:.0f} | {new['peak_rss_mb']:.0f} | "
               f"new = {new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x old |")
+        o, n = old["hwm_after_update_2_mb"], new["hwm_after_update_2_mb"]
+        print(f"| SmolLM2-135M: peak RSS during update 2 (MB) | {o:.0f} | {n:.0f} | new = {n / o:.2f}x old |")
 
 
 if __name__ == "__main__":
