@@ -19,9 +19,10 @@ counted as device syncs.
 
 Part 2 (135M): one PPO update on the bundled SmolLM2-135M-Instruct (policy with LoRA r16, the same
 checkpoint as reward model with a fresh head, value model = reward model + a second adapter), batch 8,
-32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU: wall time of updates 1 and 2, the
-process's peak RSS (``ru_maxrss``, model loading included) and the peak RSS during update 2 (VmHWM reset
-through /proc/self/clear_refs at the end of update 1), each path in its own process.
+32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU, ``--updates`` updates (default 1): wall
+time and peak RSS of each update (VmHWM reset through /proc/self/clear_refs once the models are loaded and
+after each update) and the process's peak RSS (``ru_maxrss``, model loading included), each path in its
+own process. Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``.
 """
 
 from __future__ import annotations
@@ -167,6 +168,8 @@ def fake_generate_ids(new_tokens: int):
                             return_tensors="pt").to(device)
         finally:
             tokenizer.padding_side = side
+        if calls["n"] == 0:
+            reset_peak_rss()  # models are loaded: from here the peak RSS is the update's
         g = torch.Generator().manual_seed(1000 + calls["n"])
         calls["n"] += 1
         response = torch.randint(200, len(tokenizer) - 1, (len(prompts), new_tokens), generator=g).to(device)
@@ -233,27 +236,29 @@ def part_counts(tmp: Path) -> list[dict]:
     return rows
 
 
-def child(path: str, out: str) -> None:
-    """One path on SmolLM2-135M in this process: two updates, then the peak RSS."""
+def child(path: str, out: str, updates: int) -> None:
+    """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
     from rlhf.models import convert_bundled_model
 
     ckpt = str(convert_bundled_model())
     with tempfile.TemporaryDirectory() as tmp:
-        row = run_path(path, ckpt, ckpt, tmp, updates=2, count_update=None)
+        row = run_path(path, ckpt, ckpt, tmp, updates=updates, count_update=None)
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out).write_text(json.dumps(row))
 
 
-def part_smollm(tmp: Path) -> list[dict]:
+def part_smollm(tmp: Path, updates: int) -> list[dict]:
     rows = []
     for path in ("old", "new"):
         out = tmp / f"smollm_{path}.json"
-        subprocess.run([sys.executable, __file__, "--child", path, "--out", str(out)], check=True, cwd=REPO)
+        subprocess.run([sys.executable, __file__, "--child", path, "--out", str(out), "--updates", str(updates)],
+                       check=True, cwd=REPO)
         row = json.loads(out.read_text())
         rows.append(row)
-        print(f"[135M]   {path}: update 1 {row['walls'][0]:.1f} s, update 2 {row['walls'][1]:.1f} s, "
-              f"peak RSS of the process {row['peak_rss_mb']:.0f} MB (model loading included), "
-              f"during update 2 {row['hwm_after_update_2_mb']:.0f} MB", flush=True)
+        print(f"[135M]   {path}: " + ", ".join(f"update {i + 1} {w:.1f} s (peak RSS during it "
+                                               f"{row[f'hwm_after_update_{i + 1}_mb']:.0f} MB)"
+                                               for i, w in enumerate(row["walls"]))
+              + f"; peak RSS of the process {row['peak_rss_mb']:.0f} MB (model loading included)", flush=True)
     return rows
 
 
@@ -262,12 +267,13 @@ def main() -> None:
     parser.add_argument("--part", choices=["counts", "smollm", "all"], default="all")
     parser.add_argument("--child", choices=["old", "new"])
     parser.add_argument("--out")
+    parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if args.child:
-        child(args.child, args.out)
+        child(args.child, args.out, args.updates)
         return
     import transformers
 
@@ -275,7 +281,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         counts = part_counts(tmp) if args.part in ("counts", "all") else None
-        smollm = part_smollm(tmp) if args.part in ("smollm", "all") else None
+        smollm = part_smollm(tmp, args.updates) if args.part in ("smollm", "all") else None
     print("\n| measure | old | new | old / new |\n|---|---|---|---|")
     if counts:
         old, new = counts
@@ -286,13 +292,13 @@ def main() -> None:
         print(f"| narrow 32-layer: wall per update (ms, mean of 3) | {1000 * wo:.0f} | {1000 * wn:.0f} | {wo / wn:.2f}x |")
     if smollm:
         old, new = smollm
-        for i in (0, 1):
+        for i in range(len(old["walls"])):
             print(f"| SmolLM2-135M: update {i + 1} wall (s) | {old['walls'][i]:.1f} | {new['walls'][i]:.1f} | "
                   f"{old['walls'][i] / new['walls'][i]:.2f}x |")
+            o, n = old[f"hwm_after_update_{i + 1}_mb"], new[f"hwm_after_update_{i + 1}_mb"]
+            print(f"| SmolLM2-135M: peak RSS during update {i + 1} (MB) | {o:.0f} | {n:.0f} | new = {n / o:.2f}x old |")
         print(f"| SmolLM2-135M: peak RSS of the process (MB) | {old['peak_rss_mb']:.0f} | {new['peak_rss_mb']:.0f} | "
               f"new = {new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x old |")
-        o, n = old["hwm_after_update_2_mb"], new["hwm_after_update_2_mb"]
-        print(f"| SmolLM2-135M: peak RSS during update 2 (MB) | {o:.0f} | {n:.0f} | new = {n / o:.2f}x old |")
 
 
 if __name__ == "__main__":
