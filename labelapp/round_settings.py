@@ -1,7 +1,8 @@
 """A round's effective settings: every default of each stage, and the check that runs before a round starts.
 
 The stage sections map onto rlhf's run configs (rlhf.config, torch-free): `sft` → SFTRunConfig,
-`reward` → RewardRunConfig, `policy` → PPOConfig or DPORunConfig (by the round's method). Each
+`reward` → RewardRunConfig, `policy` → PPOConfig, DPORunConfig, RLOOConfig or GRPOConfig (by the round's
+method). Each
 section shows every field an admin may set, with its default; the fields the worker decides (paths:
 `output_dir`, `model`, `reward_model`, …) and the ones PPO ignores are left out. The studio adds a
 few keys of its own (`min_rank_gap` of reward and DPO runs, see labelapp.services.runs;
@@ -23,8 +24,11 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from rlhf.config import (
-    DPORunConfig, PPOConfig, RewardRunConfig, SFTRunConfig, check_dpo_config, check_reward_config,
+    DPORunConfig, GRPOConfig, PPOConfig, RewardRunConfig, RLOOConfig, SFTRunConfig, check_dpo_config,
+    check_policy_config, check_reward_config,
 )
+
+POLICY_CONFIGS = {"ppo": PPOConfig, "dpo": DPORunConfig, "rloo": RLOOConfig, "grpo": GRPOConfig}
 
 # Decided by the worker for every run (paths and the data it is given), never by the round.
 WORKER_FIELDS = frozenset({"output_dir", "model", "data", "data_format", "resume", "reward_model", "value_model",
@@ -86,7 +90,7 @@ RANGES: dict[str, tuple] = {
 def stage_config(section: str, method: str):
     """The rlhf config class behind a section, or None for the studio's own sections."""
     if section == "policy":
-        return PPOConfig if method == "ppo" else DPORunConfig
+        return POLICY_CONFIGS[method]
     return {"sft": SFTRunConfig, "reward": RewardRunConfig}.get(section)
 
 
@@ -172,10 +176,11 @@ def _cross_checks(section: str, method: str, values: dict) -> list[str]:
             check_reward_config(config)
         elif cls is DPORunConfig:
             check_dpo_config(config)
-        elif cls is PPOConfig:
+        elif issubclass(cls, PPOConfig):  # PPO, RLOO, GRPO
             if config.rollout_batch_size % config.mini_batch_size:
                 raise ValueError(f"mini_batch_size ({config.mini_batch_size}) must divide rollout_batch_size "
                                  f"({config.rollout_batch_size}).")
+            check_policy_config(config)
             if config.merged_generation and not config.use_lora:
                 raise ValueError("merged_generation needs use_lora (it folds the LoRA adapter into a copy).")
     except (TypeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m rlhf <sample|sft|reward|dpo|ppo> --config FILE.json|yaml [--set key=value ...]``.
+"""Command line: ``python -m rlhf <sample|sft|reward|dpo|ppo|rloo|grpo> --config FILE.json|yaml [--set key=value ...]``.
 
 Prints one JSON line per progress report and a final JSON summary; exit status 0 on success,
 3 when cancelled (Ctrl-C, or ``--stop-file`` appearing, is turned into a clean cancel after the
@@ -28,6 +28,8 @@ COMMANDS = {
     "reward": ("rlhf.reward", "RewardRunConfig", "train_reward"),
     "dpo": ("rlhf.dpo", "DPORunConfig", "train_dpo"),
     "ppo": ("rlhf.ppo", "PPOConfig", "train"),  # its fields and example: docs/PPO.md
+    "rloo": ("rlhf.ppo", "RLOOConfig", "train"),  # RLOO and GRPO: docs/RLHF.md (Policy methods)
+    "grpo": ("rlhf.ppo", "GRPOConfig", "train"),
 }
 
 

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 
 def _help(text: str, default: Any = None, factory: Any = dataclasses.MISSING):
@@ -262,6 +262,7 @@ def check_dpo_config(config: DPORunConfig) -> None:
 # ------------------------------------------------------------------------------------------ PPO
 @dataclass
 class PPOConfig(TrainerConfig):
+    method: ClassVar[str] = "ppo"  # the policy method rlhf.ppo.train runs for this config class
     output_dir: str = _help("Directory for checkpoints, the final policy and metadata.json.", "runs/ppo")
     model: str | None = _help("The SFT policy PPO starts from and stays close to (null/'bundled': SmolLM2-135M-Instruct).")
     data: str | None = _help("Prompt file (CLI only; workers pass prompts directly).")
@@ -305,10 +306,75 @@ class PPOConfig(TrainerConfig):
     ptx_data: str | None = _help("Demonstrations for PPO-ptx (CLI; rlhf.data JSONL). Workers pass them directly.", None)
     ptx_batch_size: int = _help("Demonstrations per minibatch for PPO-ptx.", 4)
     lora_dropout: float = _help("Ignored by PPO: dropout is switched off in every model.", 0.0)
-    optim: str = _help("'adamw_torch' or 'adamw_torch_fused' (fused kernels on CUDA); AdamW with eps 1e-5.", "adamw_torch")
+    optim: str = _help("Ignored by PPO/RLOO/GRPO: AdamW with eps 1e-5, fused kernels on CUDA and foreach kernels "
+                       "elsewhere; fp32 master weights for parameters that are not fp32.", "adamw_torch")
     logging_steps: int = _help("Ignored by PPO: metrics are reported after every update (and metrics.jsonl).", 1)
     extra_args: dict[str, Any] = _help("Ignored by PPO (there is no TRL config underneath).", factory=dict)
     save_steps: int = _help("Save a checkpoint every N PPO updates (0: none; the final model is still saved).", 20)
+    reward_from_ids: bool = _help("Score rollouts with the reward model from the policy's token ids (built on the "
+                                  "device) when both share a tokenizer and chat template; false, or other "
+                                  "tokenizers: decode, chat template, re-tokenize (the text path).", True)
+
+
+# --------------------------------------------------------------------------------- RLOO and GRPO
+POLICY_METHODS = ("ppo", "rloo", "grpo")
+KL_PENALTIES = ("reward", "loss")
+LOSS_AGGREGATIONS = ("token", "sequence")
+
+
+@dataclass
+class RLOOConfig(PPOConfig):
+    """RLOO (Ahmadian et al. 2024): K answers per prompt, each answer's baseline is the mean reward of the other
+    K-1; no value model. Same rollout, clipped loss and checkpoints as PPO (rlhf.ppo.train)."""
+
+    method: ClassVar[str] = "rloo"
+    output_dir: str = _help("Directory for checkpoints, the final policy and metadata.json.", "runs/rloo")
+    num_samples: int = _help("K: answers sampled per prompt (>= 2); rollout_batch_size counts answers, so "
+                             "rollout_batch_size / K prompts per update.", 4)
+    rollout_batch_size: int = _help("Answers per update (prompts x num_samples); a multiple of num_samples.", 16)
+    kl_penalty: str = _help("'reward': subtract kl_coef x the answer's summed k1 KL to the reference from its "
+                            "reward before the baseline; 'loss': add kl_coef x the per-token k3 KL to the loss.",
+                            "reward")
+    loss_aggregation: str = _help("'token': mean over all answer tokens of a minibatch; 'sequence': mean over "
+                                  "answers of each answer's token mean.", "token")
+    whiten_advantages: bool = _help("Normalise advantages to mean 0, std 1 over the batch's valid tokens.", False)
+    ppo_epochs: int = _help("Passes over each rollout batch (1: on-policy; more reuse it with the clipped ratio).", 1)
+    value_model: str | None = _help("Ignored by RLOO and GRPO (no value model).")
+
+
+@dataclass
+class GRPOConfig(RLOOConfig):
+    """GRPO (Shao et al. 2024, DeepSeekMath): advantages are each answer's reward normalised within its group
+    of K; KL to the reference as a k3 loss term by default; no value model."""
+
+    method: ClassVar[str] = "grpo"
+    output_dir: str = _help("Directory for checkpoints, the final policy and metadata.json.", "runs/grpo")
+    kl_penalty: str = _help("'loss' (GRPO): add kl_coef x the per-token k3 KL to the reference to the loss; "
+                            "'reward': subtract kl_coef x summed k1 KL from each answer's reward.", "loss")
+    kl_coef: float = _help("Coefficient beta of the KL to the reference.", 0.04)
+    loss_aggregation: str = _help("'sequence' (GRPO's paper): mean over answers of each answer's token mean; "
+                                  "'token' (token-level, DAPO): mean over all answer tokens of a minibatch.",
+                                  "sequence")
+    scale_rewards: bool = _help("Divide each group's centred rewards by the group's std (+1e-4); false: centre "
+                                "only (Dr. GRPO).", True)
+
+
+def check_policy_config(config: PPOConfig) -> None:
+    """Raise ``ValueError`` for bad PPO/RLOO/GRPO settings before any model loads."""
+    if config.mini_batch_size > config.rollout_batch_size or config.rollout_batch_size % config.mini_batch_size:
+        raise ValueError("mini_batch_size must divide rollout_batch_size")
+    if isinstance(config, RLOOConfig):
+        if config.num_samples < 2:
+            raise ValueError(f"num_samples must be 2 or more for {config.method} (got {config.num_samples}): the "
+                             "baseline comes from the other answers to the same prompt.")
+        if config.rollout_batch_size % config.num_samples:
+            raise ValueError(f"rollout_batch_size ({config.rollout_batch_size}) must be a multiple of num_samples "
+                             f"({config.num_samples}).")
+        if config.kl_penalty not in KL_PENALTIES:
+            raise ValueError(f"kl_penalty must be one of {list(KL_PENALTIES)} (got {config.kl_penalty!r}).")
+        if config.loss_aggregation not in LOSS_AGGREGATIONS:
+            raise ValueError(f"loss_aggregation must be one of {list(LOSS_AGGREGATIONS)} "
+                             f"(got {config.loss_aggregation!r}).")
 
     def __post_init__(self):
         super().__post_init__()

@@ -44,6 +44,21 @@ Where this differs from the paper (Schulman et al.) and why:
 * The learning rate has a linear warm-up (``warmup_ratio``) and decays linearly to 0 over the updates.
 * Adam epsilon is 1e-5 (CleanRL, TRL).
 
+How an update is computed (issue 15; the previous implementation is kept in rlhf/ppo_legacy.py for the
+equivalence test and bench/engine_counts.py):
+
+* Log-probs and entropy come from the trunk's hidden states at the response positions, through the output
+  head a chunk of positions at a time (``token_logprobs_from_hidden``): no (B, R, V) fp32 tensor; in
+  training a custom autograd function recomputes each chunk's logits in backward instead of saving them.
+* The reward model scores token ids built on the device (query + answer + the chat template's closing ids)
+  when it shares the policy's tokenizer and template (``reward_token_suffix`` checks), else the text path.
+* Statistics stay on the device and are read once per update; micro-batches keep the rollout's width (no
+  sync to trim padding); GAE is one product with a discount matrix; boolean indexing is avoided.
+* AdamW runs fused on CUDA and with foreach kernels elsewhere; parameters that are not fp32 (full
+  fine-tuning in bf16) get fp32 master weights (``MasterAdamW``); autocast is used only over fp32 weights.
+* RLOO and GRPO (``RLOOConfig``, ``GRPOConfig``) use the same rollout, loss and checkpoint code with K answers
+  per prompt, group baselines instead of a value model, and the KL as a reward penalty or a k3 loss term.
+
 Reproducibility and resume: every update reseeds from ``seed + update``, and the prompt order is a
 function of ``seed`` and the update index, so a resumed run continues exactly where it stopped.
 """
@@ -65,7 +80,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import PPOConfig  # the config lives in rlhf.config (torch-free); importable from here too
+from .config import GRPOConfig, PPOConfig, RLOOConfig  # configs live in rlhf.config (torch-free); importable here
 from .contract import MODEL_SUBDIR, Artifacts, Cancelled, data_hash, last_checkpoint, seed_everything, write_metadata
 from .data import Demonstration, Messages, as_messages
 from .sampling import decoding_settings, generate_ids, render_prompts
@@ -90,8 +105,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask)
-    n = mask.sum()
-    return var * n / (n - 1) if unbiased and n > 1 else var
+    if not unbiased:
+        return var
+    n = mask.to(x.dtype).sum()
+    return torch.where(n > 1, var * n / (n - 1).clamp(min=1), var)  # no host sync on the count
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -103,12 +120,32 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return out * mask
 
 
+def discount_matrix(length: int, factor: float, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(R, R) upper-triangular D with D[t, s] = factor ** (s - t) for s >= t, 0 below the diagonal."""
+    idx = torch.arange(length, device=device)
+    gap = (idx[None, :] - idx[:, None]).to(dtype)  # s - t
+    return torch.where(gap >= 0, torch.full_like(gap, factor).pow(gap.clamp(min=0)), torch.zeros_like(gap))
+
+
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
-    """Generalized advantage estimation over right-padded responses.
+    """Generalized advantage estimation over right-padded responses, without a loop over positions.
 
     rewards, values, mask: (B, R). delta_t = r_t + gamma * V_{t+1} - V_t, A_t = delta_t + gamma*lam*A_{t+1},
-    with V = 0 after the last valid token. Returns ``(advantages, returns)``, both (B, R), 0 where masked.
+    with V = 0 after the last valid token. In closed form A_t = sum_{s>=t} (gamma*lam)^(s-t) delta_s, i.e.
+    ``A = delta @ D.T`` with the discount matrix ``D`` (one small GEMM; exact for right padding, where the
+    valid positions are a prefix of each row). Returns ``(advantages, returns)``, both (B, R), 0 where masked.
     """
+    mask = mask.to(values.dtype)
+    rewards, values = rewards * mask, values * mask
+    next_values = F.pad(values[:, 1:], (0, 1))  # V_{t+1}, 0 after the last position
+    delta = (rewards + gamma * next_values - values) * mask
+    D = discount_matrix(rewards.shape[1], gamma * lam, values.dtype, values.device)
+    advantages = (delta @ D.T) * mask
+    return advantages, (advantages + values) * mask
+
+
+def compute_gae_loop(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """The per-position reference loop of ``compute_gae`` (kept for the equivalence test)."""
     mask = mask.to(values.dtype)
     rewards, values = rewards * mask, values * mask
     B, R = rewards.shape
@@ -134,24 +171,50 @@ def per_token_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs
     return rewards * mask, kl
 
 
-def ppo_losses(new_logprobs, old_logprobs, advantages, vpred, old_values, returns, mask,
-               cliprange: float, cliprange_value: float) -> dict[str, torch.Tensor]:
-    """Clipped surrogate and clipped value losses (token means over ``mask``); all inputs (b, R)."""
+def aggregate(x: torch.Tensor, mask: torch.Tensor, aggregation: str = "token") -> torch.Tensor:
+    """Loss over (b, R) per-token terms: 'token' = mean over all valid tokens of the batch (long answers weigh
+    more; PPO's token mean, DAPO), 'sequence' = mean over answers of each answer's token mean (GRPO's paper)."""
+    if aggregation == "sequence":
+        return masked_mean(x, mask, dim=1).mean()
+    return masked_mean(x, mask)
+
+
+def policy_gradient_losses(new_logprobs, old_logprobs, advantages, mask, cliprange: float,
+                           aggregation: str = "token") -> dict[str, torch.Tensor]:
+    """Clipped surrogate loss and its diagnostics; all inputs (b, R)."""
     logratio = new_logprobs - old_logprobs
     ratio = torch.exp(logratio)
     pg_losses = -advantages * ratio
     pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
-    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    pg_loss = aggregate(torch.max(pg_losses, pg_losses2), mask, aggregation)
+    with torch.no_grad():
+        clipfrac = masked_mean(((ratio - 1.0).abs() > cliprange).float(), mask)
+        approx_kl = masked_mean((ratio - 1.0) - logratio, mask)  # k3, always >= 0
+    return {"pg_loss": pg_loss, "clipfrac": clipfrac, "approx_kl": approx_kl}
+
+
+def value_losses(vpred, old_values, returns, mask, cliprange_value: float) -> dict[str, torch.Tensor]:
+    """0.5 * max(clipped, unclipped) squared error (token mean) and the clipped fraction; inputs (b, R)."""
     vpred_clipped = old_values + torch.clamp(vpred - old_values, -cliprange_value, cliprange_value)
     vf_losses = (vpred - returns) ** 2
     vf_losses2 = (vpred_clipped - returns) ** 2
     vf_loss = 0.5 * masked_mean(torch.max(vf_losses, vf_losses2), mask)
     with torch.no_grad():
-        clipfrac = masked_mean(((ratio - 1.0).abs() > cliprange).float(), mask)
-        approx_kl = masked_mean((ratio - 1.0) - logratio, mask)  # k3, always >= 0
         vf_clipfrac = masked_mean((vf_losses2 > vf_losses).float(), mask)
-    return {"pg_loss": pg_loss, "vf_loss": vf_loss, "clipfrac": clipfrac, "approx_kl": approx_kl,
-            "vf_clipfrac": vf_clipfrac}
+    return {"vf_loss": vf_loss, "vf_clipfrac": vf_clipfrac}
+
+
+def ppo_losses(new_logprobs, old_logprobs, advantages, vpred, old_values, returns, mask,
+               cliprange: float, cliprange_value: float) -> dict[str, torch.Tensor]:
+    """Clipped surrogate and clipped value losses (token means over ``mask``); all inputs (b, R)."""
+    return {**policy_gradient_losses(new_logprobs, old_logprobs, advantages, mask, cliprange),
+            **value_losses(vpred, old_values, returns, mask, cliprange_value)}
+
+
+def reference_kl_k3(new_logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(pi || pi_ref): exp(ref - new) - (ref - new) - 1 (>= 0; GRPO's loss term)."""
+    d = ref_logprobs - new_logprobs
+    return torch.exp(d) - d - 1.0
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
@@ -193,8 +256,8 @@ def process_scores(scores: torch.Tensor, has_eos: torch.Tensor, config: PPOConfi
                    moments: RunningMoments | None = None) -> torch.Tensor:
     """(B,) raw scores -> scores used as the final reward: missing-EOS penalty, normalisation, clipping."""
     scores = scores.float().clone()
-    if config.missing_eos_penalty is not None:
-        scores[~has_eos] -= config.missing_eos_penalty
+    if config.missing_eos_penalty is not None:  # torch.where: no boolean indexing (a device sync)
+        scores = scores - config.missing_eos_penalty * (~has_eos.to(scores.device)).float()
     if config.normalize_reward and moments is not None:
         moments.update(scores)
         scores = (scores - moments.mean) / (moments.std + 1e-8)
@@ -214,9 +277,129 @@ def position_ids_from(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)  # left padding safe
 
 
+# Log-probs and entropy straight from the final hidden states, a chunk of positions at a time: the logits of
+# one chunk (rows x V, fp32) are the largest tensor, never B x R x V. Chunk size in logits elements.
+LOGITS_CHUNK_ELEMENTS = 1 << 24  # 64 MiB of fp32 logits per chunk
+
+
+def _chunk_rows(vocab: int, rows: int, elements: int | None = None) -> int:
+    return max(1, min(rows, (elements or LOGITS_CHUNK_ELEMENTS) // max(vocab, 1)))
+
+
+class _ChunkedTokenLogProb(torch.autograd.Function):
+    """log softmax(h W^T / T)[y] for rows of ``hidden``, computed and differentiated a chunk at a time.
+
+    Forward keeps only the per-row logsumexp; backward recomputes each chunk's logits (one more matmul) so
+    that no (N, V) tensor is saved for autograd. d logp / d z = (onehot(y) - softmax(z / T)) / T."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk):
+        n = hidden.shape[0]
+        out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        for s in range(0, n, chunk):
+            z = F.linear(hidden[s:s + chunk], weight, bias).float() / temperature  # (c, V)
+            lse[s:s + chunk] = torch.logsumexp(z, -1)
+            out[s:s + chunk] = z.gather(1, targets[s:s + chunk, None]).squeeze(1) - lse[s:s + chunk]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        T, chunk, n = ctx.temperature, ctx.chunk, hidden.shape[0]
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        for s in range(0, n, chunk):
+            h, g = hidden[s:s + chunk], grad_out[s:s + chunk].float()
+            z = F.linear(h, weight, bias).float() / T
+            gz = torch.exp(z - lse[s:s + chunk, None]).mul_(-g[:, None])  # -g * softmax
+            gz.scatter_add_(1, targets[s:s + chunk, None], g[:, None]).div_(T)  # (c, V)
+            if need_h:
+                grad_h[s:s + chunk] = (gz.to(weight.dtype) @ weight).to(hidden.dtype)
+            if need_w:
+                grad_w += gz.T @ h.float()
+            if need_b:
+                grad_b += gz.sum(0)
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None, None, None, None)
+
+
+def token_logprobs_from_hidden(hidden: torch.Tensor, head: torch.nn.Linear, targets: torch.Tensor,
+                               temperature: float = 1.0, with_entropy: bool = False,
+                               chunk_elements: int | None = None):
+    """Log-probs of ``targets`` (and the entropy) under softmax(head(hidden) / temperature), in chunks.
+
+    hidden (..., H), targets (...) -> logprobs (...) fp32 [, entropy (...) fp32, not differentiated].
+    With gradients on, the log-probs go through ``_ChunkedTokenLogProb`` (no saved (N, V) tensor)."""
+    shape = targets.shape
+    h, t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    weight, bias = head.weight, head.bias
+    chunk = _chunk_rows(weight.shape[0], h.shape[0], chunk_elements)
+    grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    entropy = None
+    if grad:
+        logprobs = _ChunkedTokenLogProb.apply(h, weight, bias, t, float(temperature), chunk)
+    if not grad or with_entropy:
+        with torch.no_grad():
+            lp = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+            entropy = torch.empty_like(lp) if with_entropy else None
+            for s in range(0, h.shape[0], chunk):
+                z = F.linear(h[s:s + chunk], weight, bias).float() / temperature  # (c, V)
+                lse = torch.logsumexp(z, -1)
+                lp[s:s + chunk] = z.gather(1, t[s:s + chunk, None]).squeeze(1) - lse
+                if with_entropy:  # H = lse - sum softmax(z) z
+                    entropy[s:s + chunk] = lse - (torch.softmax(z, -1) * z).sum(-1)
+        if not grad:
+            logprobs = lp
+    logprobs = logprobs.reshape(shape)
+    return (logprobs, entropy.reshape(shape)) if with_entropy else logprobs
+
+
+def causal_lm_parts(model):
+    """(backbone, lm_head) of a causal LM (through a PeftModel), or None when the chunked path does not apply
+    (no plain Linear output head, e.g. LoRA on lm_head, or a final logit soft-capping)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text_config, "final_logit_softcapping", None):
+        return None
+    backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if backbone is None or type(head) is not torch.nn.Linear:
+        return None
+    return backbone, head
+
+
 def policy_forward(model, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
-                   with_entropy: bool = False):
-    """Response log-probs (B, R) (and per-token entropy (B, R)); logits only for the response positions."""
+                   with_entropy: bool = False, chunk_elements: int | None = None):
+    """Response log-probs (B, R) (and per-token entropy (B, R)) at ``temperature``.
+
+    The trunk runs over query + response minus the last token; the output head is applied in chunks to the
+    hidden states of the R response positions only (see ``token_logprobs_from_hidden``). Models without a
+    plain output head fall back to ``policy_forward_full``."""
+    parts = causal_lm_parts(model)
+    if parts is None:
+        return policy_forward_full(model, query_ids, query_mask, response_ids, response_mask, temperature,
+                                   with_entropy)
+    backbone, head = parts
+    ids = torch.cat([query_ids, response_ids], 1)[:, :-1]  # (B, Q+R-1): the last token predicts nothing
+    mask = torch.cat([query_mask, response_mask], 1)[:, :-1].long()
+    Q = query_ids.shape[1]
+    hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_from(mask),
+                      use_cache=False).last_hidden_state[:, Q - 1:]  # (B, R, H): the states predicting y_t
+    out = token_logprobs_from_hidden(hidden, head, response_ids, temperature, with_entropy, chunk_elements)
+    m = response_mask.to(torch.float32)
+    return (out[0] * m, out[1] * m) if with_entropy else out * m
+
+
+def policy_forward_full(model, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
+                        with_entropy: bool = False):
+    """The reference computation: full-vocabulary fp32 logits (B, R, V) for the response positions."""
     ids = torch.cat([query_ids, response_ids], 1)  # (B, Q+R)
     mask = torch.cat([query_mask, response_mask], 1).long()
     R = response_ids.shape[1]
@@ -258,16 +441,20 @@ def _unwrap_adapter(model):
 class Models:
     policy: Any                 # PeftModel (LoRA) or the full model being trained
     ref: Any | None             # None with LoRA (policy with adapter off); a frozen copy otherwise
-    value: Any                  # PeftModel on the reward model's weights (LoRA) or a full trainable copy
+    value: Any | None           # PeftModel on the reward model's weights (LoRA) or a full trainable copy;
+                                # None for RLOO/GRPO (no value model)
     reward: Any | None          # None when value shares the reward model's weights, or when reward_fn is used
     reward_shares_value: bool   # score with value model's adapter off
     tokenizer: Any
     reward_tokenizer: Any | None
     generator: Any | None = None  # merged_generation: a plain copy of the policy that only samples
+    reward_suffix: list[int] | None = None  # reward scored from token ids (see reward_token_suffix), else text
 
 
-def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
-    """Load policy, reference, value and reward model as described in the module docstring."""
+def build_models(config: PPOConfig, use_reward_model: bool = True, with_value: bool = True) -> Models:
+    """Load policy, reference, value and reward model as described in the module docstring.
+
+    ``with_value=False`` (RLOO, GRPO): no value model; the reward model is loaded frozen on its own."""
     from peft import get_peft_model
 
     from .models import load_causal_lm, load_reward_model, load_tokenizer, lora_config
@@ -289,16 +476,16 @@ def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
     else:
         ref = _unwrap_adapter(load_causal_lm(config.model, **load)).eval().requires_grad_(False)
     rm_ref = config.reward_model if use_reward_model else None
-    value_ref = config.value_model or rm_ref or config.model
-    value = _unwrap_adapter(load_reward_model(value_ref, **load))
-    shares = config.use_lora and rm_ref is not None and value_ref == rm_ref
+    value_ref = (config.value_model or rm_ref or config.model) if with_value else None
+    value = _unwrap_adapter(load_reward_model(value_ref, **load)) if with_value else None
+    shares = with_value and config.use_lora and rm_ref is not None and value_ref == rm_ref
     reward = None
-    if config.use_lora:
+    if config.use_lora and value is not None:
         value = get_peft_model(value, lora_config("SEQ_CLS", **lora))
     if rm_ref is not None and not shares:
         reward = _unwrap_adapter(load_reward_model(rm_ref, **load)).eval().requires_grad_(False)
     reward_tokenizer = load_tokenizer(rm_ref) if rm_ref is not None else None
-    if value_ref == rm_ref and reward_tokenizer is not None and reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+    if with_value and value_ref == rm_ref and reward_tokenizer is not None and reward_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise ValueError("the value model (initialised from the reward model) reads the policy's tokens: "
                          "policy and reward model must share a tokenizer, or set value_model")
     for m in (policy, ref, value):
@@ -310,13 +497,15 @@ def build_models(config: PPOConfig, use_reward_model: bool = True) -> Models:
         reward.config.pad_token_id = reward_tokenizer.pad_token_id
     if config.gradient_checkpointing:
         for m in (policy, value):
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if m is not None:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     generator = None
     if config.merged_generation and config.use_lora:
         generator = _unwrap_adapter(load_causal_lm(config.model, **load)).eval().requires_grad_(False)
         disable_dropout(generator)
         generator.config.pad_token_id = tokenizer.pad_token_id
-    return Models(policy, ref, value, reward, shares, tokenizer, reward_tokenizer, generator)
+    suffix = reward_token_suffix(tokenizer, reward_tokenizer) if config.reward_from_ids else None
+    return Models(policy, ref, value, reward, shares, tokenizer, reward_tokenizer, generator, suffix)
 
 
 @torch.no_grad()
@@ -336,7 +525,8 @@ def sync_generator(models: Models) -> None:
 
 def trainable_parameters(models: Models) -> dict[str, torch.nn.Parameter]:
     out = {f"policy.{n}": p for n, p in models.policy.named_parameters() if p.requires_grad}
-    out.update({f"value.{n}": p for n, p in models.value.named_parameters() if p.requires_grad})
+    if models.value is not None:
+        out.update({f"value.{n}": p for n, p in models.value.named_parameters() if p.requires_grad})
     return out
 
 
@@ -368,24 +558,86 @@ def _chunks(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
+def reward_token_suffix(policy_tokenizer, reward_tokenizer) -> list[int] | None:
+    """The ids the reward model's chat template puts after an assistant answer (e.g. ``<|im_end|>\\n``), when a
+    conversation's ids are exactly ``prompt-with-generation-prompt ids + answer ids + suffix`` for both
+    tokenizers (same vocabulary and template); None when scoring must go through text.
+
+    Checked on probe conversations: the text path (decode, chat template, re-tokenize) must give the same ids."""
+    from .reward import conversation, encode_for_reward
+
+    if reward_tokenizer is None or reward_tokenizer.get_vocab() != policy_tokenizer.get_vocab():
+        return None
+    if getattr(reward_tokenizer, "chat_template", None) != getattr(policy_tokenizer, "chat_template", None):
+        return None
+    try:
+        probes = [("What is the capital of France?", "The capital of France is Paris."),
+                  ("Tell me a fact about cats.", " Cats sleep a lot, 12 hours!\nYes.")]
+        suffix = None
+        for prompt, answer in probes:
+            query = policy_tokenizer(render_prompts(policy_tokenizer, [prompt])[0],
+                                     add_special_tokens=False)["input_ids"]
+            body = policy_tokenizer(answer, add_special_tokens=False)["input_ids"]
+            full = encode_for_reward(reward_tokenizer, conversation(prompt, answer))
+            if full[:len(query) + len(body)] != query + body:
+                return None
+            tail = full[len(query) + len(body):]
+            if suffix is not None and tail != suffix:
+                return None
+            suffix = tail
+        return suffix if suffix else None
+    except Exception:  # a template that cannot render the probes: keep the text path
+        return None
+
+
+def reward_from_token_ids(rm, query_ids, query_mask, response_ids, response_mask, has_eos, suffix: list[int],
+                          pad_token_id: int, batch_size: int) -> torch.Tensor:
+    """(B,) reward-model scores of query + response (its EOS dropped) + the template's ``suffix`` ids, built on
+    the device (no decode, no re-tokenizing); the score is read at the last suffix token, as RewardTrainer's
+    classifier reads it at the last token of the formatted conversation."""
+    clf = rm.get_base_model() if hasattr(rm, "get_base_model") else rm
+    backbone = getattr(clf, clf.base_model_prefix)
+    B, R = response_ids.shape
+    S = len(suffix)
+    device = response_ids.device
+    n = response_mask.long().sum(1) - has_eos.long()  # (B,) answer tokens without the EOS
+    pos = torch.arange(R + S, device=device)
+    ext = torch.full((B, R + S), pad_token_id, dtype=response_ids.dtype, device=device)
+    ext[:, :R] = torch.where(pos[None, :R] < n[:, None], response_ids, ext[:, :R])
+    tail = torch.tensor(suffix, dtype=response_ids.dtype, device=device).expand(B, S)
+    ext.scatter_(1, n[:, None] + torch.arange(S, device=device), tail)
+    ids = torch.cat([query_ids, ext], 1)  # (B, Q+R+S)
+    mask = torch.cat([query_mask.long(), (pos[None] < (n + S)[:, None]).long()], 1)
+    last = query_ids.shape[1] + n + S - 1  # (B,) the last suffix token
+    out = torch.empty(B, dtype=torch.float32, device=device)
+    for s in _chunks(B, batch_size):
+        hidden = backbone(input_ids=ids[s], attention_mask=mask[s], position_ids=position_ids_from(mask[s]),
+                          use_cache=False).last_hidden_state  # (b, T, H)
+        at = hidden[torch.arange(hidden.shape[0], device=device), last[s]]  # (b, H)
+        out[s] = clf.score(at)[:, 0].float()
+    return out
+
+
 def score_rollout(models: Models, prompts, completions, response_ids, response_mask, batch_size: int,
-                  reward_fn: RewardFn | None) -> torch.Tensor:
-    """(B,) scores: ``reward_fn`` or the reward model over the chat-formatted conversation (as trained)."""
+                  reward_fn: RewardFn | None, query_ids=None, query_mask=None, has_eos=None) -> torch.Tensor:
+    """(B,) scores: ``reward_fn``, or the reward model from token ids (``models.reward_suffix`` set: same
+    tokenizer and template) or over the chat-formatted conversation text (as trained)."""
     if reward_fn is not None:
         return torch.as_tensor(reward_fn(prompts, completions, response_ids, response_mask), dtype=torch.float32)
     from .reward import conversation, score
 
-    items = [conversation(p, c) for p, c in zip(prompts, completions)]
-    if models.reward_shares_value:
-        with adapter_disabled(models.value) as rm:
-            return score(rm, models.reward_tokenizer, items, batch_size)
-    return score(models.reward, models.reward_tokenizer, items, batch_size)
+    with (adapter_disabled(models.value) if models.reward_shares_value else nullcontext(models.reward)) as rm:
+        if models.reward_suffix is not None and query_ids is not None:
+            return reward_from_token_ids(rm, query_ids, query_mask, response_ids, response_mask, has_eos,
+                                         models.reward_suffix, models.reward_tokenizer.pad_token_id, batch_size)
+        items = [conversation(p, c) for p, c in zip(prompts, completions)]
+        return score(rm, models.reward_tokenizer, items, batch_size)
 
 
 @torch.no_grad()
 def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConfig, moments: RunningMoments | None,
                     reward_fn: RewardFn | None = None, autocast=nullcontext) -> Rollout:
-    """Steps 1-2: sample, then log-probs, reference log-probs, entropy, values and processed scores."""
+    """Steps 1-2: sample, then log-probs, reference log-probs, entropy, values (PPO) and processed scores."""
     tok, policy = models.tokenizer, models.policy
     policy.eval()
     t0 = time.time()
@@ -396,7 +648,7 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
                            **decoding_settings(config.max_new_tokens, True, config.temperature, config.top_p,
                                                config.top_k))
     generation_s = time.time() - t0
-    q, qm, r, rm = gen["query_ids"], gen["query_mask"], gen["response_ids"], gen["response_mask"]
+    q, qm, r, rm, has_eos = gen["query_ids"], gen["query_mask"], gen["response_ids"], gen["response_mask"], gen["has_eos"]
     B = len(prompts)
     logprobs, ref_logprobs, entropy, values = (torch.zeros(r.shape, device=r.device) for _ in range(4))
     for s in _chunks(B, config.per_device_batch_size):
@@ -408,25 +660,51 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
                     ref_logprobs[s] = policy_forward(policy, *args, config.temperature)
             else:
                 ref_logprobs[s] = policy_forward(models.ref, *args, config.temperature)
-            values[s] = value_forward(models.value, *args)
-    completions = []
-    for row in range(B):
-        n = int(rm[row].sum())
-        ids = r[row, :n - 1] if bool(gen["has_eos"][row]) else r[row, :n]
-        completions.append(tok.decode(ids, skip_special_tokens=True))
+            if models.value is not None:
+                values[s] = value_forward(models.value, *args)
+    # one device->host copy for the texts (the answer without its EOS)
+    lengths = (rm.long().sum(1) - has_eos.long()).tolist()
+    rows = r.tolist()
+    completions = tok.batch_decode([row[:n] for row, n in zip(rows, lengths)], skip_special_tokens=True)
     with autocast():
-        raw = score_rollout(models, list(prompts), completions, r, rm, config.per_device_batch_size, reward_fn)
+        raw = score_rollout(models, list(prompts), completions, r, rm, config.per_device_batch_size, reward_fn,
+                            q, qm, has_eos)
     raw = raw.to(r.device).float()
-    return Rollout(list(prompts), completions, q, qm, r, rm, gen["has_eos"], raw,
-                   process_scores(raw, gen["has_eos"], config, moments), logprobs, ref_logprobs, entropy, values,
+    return Rollout(list(prompts), completions, q, qm, r, rm, has_eos, raw,
+                   process_scores(raw, has_eos, config, moments), logprobs, ref_logprobs, entropy, values,
                    generation_s=generation_s)
 
 
+def group_advantages(rewards: torch.Tensor, k: int, method: str, scale_rewards: bool = True,
+                     eps: float = 1e-4) -> torch.Tensor:
+    """(B,) rewards of B = prompts x k answers (each prompt's k answers consecutive) -> (B,) advantages.
+
+    'rloo': r_i minus the mean of the other k-1 rewards of its prompt (leave-one-out baseline).
+    'grpo': (r_i - group mean) / (group std + eps) (unbiased std), or only centred when ``scale_rewards`` is off."""
+    r = rewards.reshape(-1, k)
+    if method == "rloo":
+        adv = r - (r.sum(1, keepdim=True) - r) / (k - 1)
+    elif method == "grpo":
+        adv = r - r.mean(1, keepdim=True)
+        if scale_rewards:
+            adv = adv / (r.std(1, keepdim=True) + eps)
+    else:
+        raise ValueError(f"unknown group method {method!r}: 'rloo' or 'grpo'")
+    return adv.reshape(-1)
+
+
 def compute_advantages(ro: Rollout, kl_coef: float, config: PPOConfig) -> Rollout:
-    """Steps 3-4: per-token rewards with the KL penalty, GAE, whitening."""
+    """Steps 3-4. PPO: per-token rewards with the KL penalty, GAE, whitening. RLOO/GRPO: one reward per answer
+    (minus kl_coef x its summed k1 KL when ``kl_penalty`` is 'reward'), the group baseline, the advantage
+    broadcast over the answer's tokens; no values, no returns."""
     mask = ro.response_mask.float()
     ro.rewards, ro.kl = per_token_rewards(ro.scores, ro.logprobs, ro.ref_logprobs, mask, kl_coef)
-    ro.advantages, ro.returns = compute_gae(ro.rewards, ro.values, mask, config.gamma, config.lam)
+    if config.method == "ppo":
+        ro.advantages, ro.returns = compute_gae(ro.rewards, ro.values, mask, config.gamma, config.lam)
+    else:
+        seq_reward = ro.scores - kl_coef * ro.kl.sum(1) if config.kl_penalty == "reward" else ro.scores
+        adv = group_advantages(seq_reward, config.num_samples, config.method, getattr(config, "scale_rewards", True))
+        ro.advantages, ro.returns = adv[:, None] * mask, torch.zeros_like(mask)
     if config.whiten_advantages:
         ro.advantages = masked_whiten(ro.advantages, mask)
     return ro
@@ -461,62 +739,156 @@ def ptx_loss(policy, encoded: list[tuple[list[int], int]], pad_token_id: int, de
 
 
 # ============================================================================================== 5. update
+def training_settings(device: torch.device, weight_dtype: torch.dtype, bf16: bool | None) -> dict[str, bool]:
+    """How the update runs on ``device`` with weights of ``weight_dtype``:
+
+    * ``fused``: fused AdamW kernels on CUDA (``foreach`` elsewhere: one op per tensor list, not per tensor);
+    * ``autocast``: bf16 autocast only over fp32 weights (with bf16 weights it only recasts the fp32 LoRA
+      adapters, +35-100% host cost, see ENGINE_NOTES); ``bf16`` null = on when the GPU supports it."""
+    from .models import bf16_capable
+
+    want_bf16 = bf16 if bf16 is not None else bf16_capable(device)
+    return {"fused": device.type == "cuda", "autocast": bool(want_bf16) and weight_dtype == torch.float32}
+
+
+def clip_grad_norm(tensors: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``clip_grad_norm_`` with foreach kernels on every device (CPU included) and no host sync."""
+    grads = [t.grad for t in tensors if t.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).float())
+    torch._foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp(max=1.0).to(grads[0].dtype))
+    return total
+
+
+class MasterAdamW:
+    """AdamW (eps 1e-5) over the trainable parameters, with fp32 master weights for those that are not fp32.
+
+    Full fine-tuning in bf16: each step copies the bf16 gradients into fp32 masters, clips, steps AdamW on the
+    masters and writes them back rounded to bf16, so updates far below bf16's resolution accumulate in the
+    masters instead of rounding to zero (pure bf16 AdamW at lr 1e-5 leaves most weights unchanged). fp32
+    parameters (fp32 models, peft's fp32 LoRA adapters) are their own masters: no copy."""
+
+    def __init__(self, params: Sequence[torch.nn.Parameter], lr: float, eps: float = 1e-5, fused: bool = False):
+        self.params = list(params)
+        self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone().requires_grad_(True)
+                        for p in self.params]
+        self.has_masters = any(m is not p for m, p in zip(self.masters, self.params))
+        kwargs = {"fused": True} if fused else {"foreach": True}
+        self.inner = torch.optim.AdamW(self.masters, lr=lr, eps=eps, **kwargs)
+
+    @property
+    def param_groups(self):
+        return self.inner.param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p, m in zip(self.params, self.masters):
+            p.grad = None
+            m.grad = None
+
+    def step(self, max_grad_norm: float | None = None) -> None:
+        if self.has_masters:
+            for p, m in zip(self.params, self.masters):
+                if m is not p:
+                    m.grad = None if p.grad is None else p.grad.float()
+        if max_grad_norm is not None:
+            clip_grad_norm(self.masters, max_grad_norm)
+        self.inner.step()
+        if self.has_masters:
+            with torch.no_grad():
+                for p, m in zip(self.params, self.masters):
+                    if m is not p:
+                        p.copy_(m)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+    @torch.no_grad()
+    def set_masters(self, values: Sequence[torch.Tensor]) -> None:
+        """Restore the fp32 masters (a checkpoint's trainable weights) and the parameters from them."""
+        for p, m, v in zip(self.params, self.masters, values):
+            m.copy_(v.to(m.device, m.dtype))
+            if m is not p:
+                p.copy_(m)
+
+
+STAT_KEYS = ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac", "ptx_loss", "kl_loss")
+
+
 def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params: list, generator: torch.Generator,
-               ptx_data: list | None = None, autocast=nullcontext) -> dict[str, float]:
-    """Step 5: ppo_epochs over shuffled minibatches; returns the mean of the logged statistics."""
+               ptx_data: list | None = None, autocast=nullcontext, kl_coef: float = 0.0) -> dict[str, float]:
+    """Step 5: ppo_epochs over shuffled minibatches; returns the mean of the logged statistics.
+
+    The same loop trains PPO (clipped surrogate + value loss) and RLOO/GRPO (no value model; with
+    ``config.kl_penalty == 'loss'`` a k3 KL-to-reference term weighted by ``kl_coef``). Statistics stay on the
+    device and are read once at the end (and once per optimizer step only when ``target_kl`` is set); the
+    micro-batches keep the rollout's full width (no sync to trim padding columns)."""
     policy, value = models.policy, models.value
-    policy.train(), value.train()  # dropout is off; train() only matters for gradient checkpointing
+    policy.train()  # dropout is off; train() only matters for gradient checkpointing
+    if value is not None:
+        value.train()
     B = ro.response_ids.shape[0]
     mini = min(config.mini_batch_size, B)
     micro = max(mini // max(config.gradient_accumulation_steps, 1), 1)
-    stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac",
-                                                       "ptx_loss")}
+    aggregation = getattr(config, "loss_aggregation", "token")
+    kl_term = getattr(config, "kl_penalty", "reward") == "loss" and kl_coef > 0
+    use_ptx = bool(ptx_data) and config.ptx_coef > 0
     device = ro.response_ids.device
-    epochs_run, stop = 0, False
+    n_steps = config.ppo_epochs * (B // mini)
+    acc = torch.zeros(max(n_steps, 1), len(STAT_KEYS), device=device)  # one row per optimizer step
+    zero = torch.zeros((), device=device)
+    approx_col = STAT_KEYS.index("approx_kl")
+    epochs_run, steps, stop = 0, 0, False
     for epoch in range(config.ppo_epochs):
         order = torch.randperm(B, generator=generator).to(device)
         for start in range(0, B - mini + 1, mini):
             optimizer.zero_grad(set_to_none=True)
-            mb_stats: dict[str, list[float]] = {k: [] for k in stats}
             mb_idx = order[start:start + mini]
             n_micro = math.ceil(len(mb_idx) / micro)
             for m_start in range(0, len(mb_idx), micro):
                 i = mb_idx[m_start:m_start + micro]
-                r, rm = ro.response_ids[i], ro.response_mask[i]
-                width = int(rm.sum(1).max())  # drop columns that are padding for the whole micro-batch
-                r, rm = r[:, :width], rm[:, :width]
-                args = (ro.query_ids[i], ro.query_mask[i], r, rm)
+                rm = ro.response_mask[i]
+                args = (ro.query_ids[i], ro.query_mask[i], ro.response_ids[i], rm)
+                mask = rm.float()
                 with autocast():
                     new_logprobs = policy_forward(policy, *args, config.temperature)  # (b, R)
-                    vpred = value_forward(value, *args)  # (b, R)
-                out = ppo_losses(new_logprobs, ro.logprobs[i, :width], ro.advantages[i, :width], vpred,
-                                 ro.values[i, :width], ro.returns[i, :width], rm.float(),
-                                 config.cliprange, config.cliprange_value)
-                loss = out["pg_loss"] + config.vf_coef * out["vf_loss"]
-                if ptx_data and config.ptx_coef > 0:
+                    vpred = value_forward(value, *args) if value is not None else None  # (b, R)
+                out = policy_gradient_losses(new_logprobs, ro.logprobs[i], ro.advantages[i], mask, config.cliprange,
+                                             aggregation)
+                loss = out["pg_loss"]
+                if vpred is not None:
+                    out.update(value_losses(vpred, ro.values[i], ro.returns[i], mask, config.cliprange_value))
+                    loss = loss + config.vf_coef * out["vf_loss"]
+                if kl_term:
+                    out["kl_loss"] = aggregate(reference_kl_k3(new_logprobs, ro.ref_logprobs[i]), mask, aggregation)
+                    loss = loss + kl_coef * out["kl_loss"]
+                if use_ptx:
                     picks = torch.randint(len(ptx_data), (config.ptx_batch_size,), generator=generator).tolist()
                     with autocast():
                         out["ptx_loss"] = ptx_loss(policy, [ptx_data[j] for j in picks],
                                                    models.tokenizer.pad_token_id, device)
                     loss = loss + config.ptx_coef * out["ptx_loss"]
                 (loss / n_micro).backward()
-                for k in mb_stats:
-                    if k in out:
-                        mb_stats[k].append(float(out[k].detach()))
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            for k, v in mb_stats.items():
-                if v:
-                    stats[k].append(sum(v) / len(v))
-            if config.target_kl is not None and stats["approx_kl"][-1] > config.target_kl:
+                acc[steps] += torch.stack([out[k].detach().float() if k in out else zero for k in STAT_KEYS]) / n_micro
+            optimizer.step(config.max_grad_norm)
+            steps += 1
+            if config.target_kl is not None and float(acc[steps - 1, approx_col]) > config.target_kl:
                 stop = True
                 break
         epochs_run = epoch + 1
         if stop:
             break
     optimizer.zero_grad(set_to_none=True)
-    policy.eval(), value.eval()
-    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    policy.eval()
+    if value is not None:
+        value.eval()
+    means = acc[:max(steps, 1)].mean(0).tolist()  # the one read of the update's statistics
+    present = {"pg_loss", "clipfrac", "approx_kl"} | ({"vf_loss", "vf_clipfrac"} if value is not None else set()) \
+        | ({"ptx_loss"} if use_ptx else set()) | ({"kl_loss"} if kl_term else set())
+    out = {k: v for k, v in zip(STAT_KEYS, means) if k in present and steps}
     out["ppo_epochs_run"] = epochs_run
     return out
 
@@ -530,7 +902,9 @@ def _save_checkpoint(models: Models, optimizer, state: dict, config: PPOConfig) 
     tmp = root / f".tmp-checkpoint-{state['global_step']}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: p.detach().contiguous().cpu() for n, p in trainable_parameters(models).items()},
+    names = list(trainable_parameters(models))
+    masters = getattr(optimizer, "masters", None) or list(trainable_parameters(models).values())
+    save_file({n: p.detach().contiguous().cpu() for n, p in zip(names, masters)},  # fp32 masters when kept
               str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))  # last: marks the checkpoint complete
@@ -554,6 +928,8 @@ def _load_checkpoint(path: str, models: Models, optimizer) -> dict:
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(tensors[name].to(p.device, p.dtype))
+    if hasattr(optimizer, "set_masters"):
+        optimizer.set_masters([tensors[name] for name in params])
     optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location="cpu", weights_only=True))
     return json.loads((Path(path) / STATE_FILE).read_text())
 
@@ -599,10 +975,10 @@ def prompt_order(n_prompts: int, update: int, batch: int, seed: int) -> list[int
     return out
 
 
-def total_updates(config: PPOConfig, n_prompts: int) -> int:
+def total_updates(config: PPOConfig, n_prompts: int, prompts_per_update: int | None = None) -> int:
     if config.max_steps > 0:
         return config.max_steps
-    return max(1, math.ceil(config.num_train_epochs * n_prompts / config.rollout_batch_size))
+    return max(1, math.ceil(config.num_train_epochs * n_prompts / (prompts_per_update or config.rollout_batch_size)))
 
 
 def lr_factor(update: int, total: int, warmup_ratio: float) -> float:
@@ -612,55 +988,79 @@ def lr_factor(update: int, total: int, warmup_ratio: float) -> float:
     return max(0.0, (total - update) / max(total - warmup, 1))
 
 
-def update_metrics(ro: Rollout, upd: dict[str, float], beta: float, seconds: float, lr: float) -> dict[str, float]:
-    """The namespaced metrics of one update (see docs/PPO.md)."""
+def rollout_statistics(ro: Rollout) -> dict[str, float]:
+    """The rollout's device-side numbers of ``update_metrics``, read with one host transfer."""
     mask = ro.response_mask.float()
-    mean_kl = float(ro.kl.sum(1).mean())  # k1 summed over each response, mean over the batch
+    var_returns = masked_var(ro.returns, mask, unbiased=False)
+    ev = torch.where(var_returns > 0, 1.0 - masked_var(ro.returns - ro.values, mask, unbiased=False)
+                     / var_returns.clamp(min=1e-30), torch.full_like(var_returns, float("nan")))
+    names = ("reward", "scores", "kl", "entropy", "eos_fraction", "response_length", "explained_variance",
+             "value_mean", "tokens")
+    values = torch.stack([ro.raw_scores.float().mean(), ro.scores.float().mean(), ro.kl.sum(1).mean(),
+                          ro.entropy.sum(1).mean(), ro.has_eos.float().mean(), mask.sum(1).mean(), ev,
+                          masked_mean(ro.values, mask), mask.sum()]).tolist()
+    return dict(zip(names, values))
+
+
+def update_metrics(ro: Rollout, upd: dict[str, float], beta: float, seconds: float, lr: float,
+                   stats: dict[str, float] | None = None) -> dict[str, float]:
+    """The namespaced metrics of one update (see docs/PPO.md); ``stats`` from ``rollout_statistics``."""
+    s = stats if stats is not None else rollout_statistics(ro)
+    mean_kl = s["kl"]  # k1 summed over each response, mean over the batch
     nan = float("nan")
+    has_value = "vf_loss" in upd
     metrics = {
-        "objective/reward": float(ro.raw_scores.mean()),
-        "objective/scores": float(ro.scores.mean()),
+        "objective/reward": s["reward"],
+        "objective/scores": s["scores"],
         "objective/kl": mean_kl,
-        "objective/entropy": float(ro.entropy.sum(1).mean()),
+        "objective/entropy": s["entropy"],
         "objective/non_score_reward": -beta * mean_kl,
-        "objective/rlhf_reward": float(ro.scores.mean()) - beta * mean_kl,
+        "objective/rlhf_reward": s["scores"] - beta * mean_kl,
         "objective/kl_coef": beta,
         "loss/policy": upd.get("pg_loss", nan),
         "loss/value": upd.get("vf_loss", nan),
         "policy/clipfrac": upd.get("clipfrac", nan),
         "policy/approx_kl": upd.get("approx_kl", nan),
-        "policy/eos_fraction": float(ro.has_eos.float().mean()),
-        "policy/response_length": float(mask.sum(1).mean()),
-        "val/explained_variance": explained_variance(ro.values, ro.returns, mask),
+        "policy/eos_fraction": s["eos_fraction"],
+        "policy/response_length": s["response_length"],
+        "val/explained_variance": s["explained_variance"] if has_value else nan,
         "val/clipfrac": upd.get("vf_clipfrac", nan),
-        "val/mean": float(masked_mean(ro.values, mask)),
+        "val/mean": s["value_mean"] if has_value else nan,
         "ppo/epochs_run": upd["ppo_epochs_run"],
         "train/learning_rate": lr,
         "perf/episodes_per_s": len(ro.prompts) / seconds,
         "perf/generation_share": ro.generation_s / seconds,
-        "perf/tokens_per_s": float(mask.sum()) / seconds,
+        "perf/tokens_per_s": s["tokens"] / seconds,
     }
+    if not has_value:  # RLOO/GRPO: no value model, no value metrics (not NaNs: JSON stores refuse them)
+        for key in ("loss/value", "val/explained_variance", "val/clipfrac", "val/mean"):
+            del metrics[key]
     if "ptx_loss" in upd:
         metrics["loss/ptx"] = upd["ptx_loss"]
+    if "kl_loss" in upd:
+        metrics["loss/kl"] = upd["kl_loss"]
     return metrics
 
 
 def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
           progress: Callable[[int, int, dict], None] | None = None, *, reward_fn: RewardFn | None = None,
           demonstrations: Sequence[Demonstration] | None = None) -> Artifacts:
-    """Run PPO; returns ``Artifacts`` (status ``succeeded`` or ``cancelled``).
+    """Run PPO, RLOO or GRPO (``config.method``: PPOConfig, RLOOConfig, GRPOConfig); returns ``Artifacts``
+    (status ``succeeded`` or ``cancelled``).
 
     ``reward_fn(prompts, completions, response_ids (B, R), response_mask (B, R)) -> (B,)`` replaces the
     reward model (tests, rule-based rewards). ``demonstrations`` feed PPO-ptx (else ``config.ptx_data``).
     """
-    from .models import bf16_capable, describe_model, pick_device
+    from .config import check_policy_config
+    from .models import describe_model
 
-    if config.mini_batch_size > config.rollout_batch_size or config.rollout_batch_size % config.mini_batch_size:
-        raise ValueError("mini_batch_size must divide rollout_batch_size")
+    method = config.method
+    check_policy_config(config)
     if reward_fn is None and not config.reward_model:
-        raise ValueError("PPO needs a reward model (config.reward_model) or a reward_fn")
+        raise ValueError(f"{method.upper()} needs a reward model (config.reward_model) or a reward_fn")
+    k = getattr(config, "num_samples", 1)  # answers per prompt (RLOO/GRPO groups)
     prompts = [as_messages(p) for p in (prompts if prompts is not None else load_ppo_prompts(config))]
-    models = build_models(config, use_reward_model=reward_fn is None)
+    models = build_models(config, use_reward_model=reward_fn is None, with_value=method == "ppo")
     device = next(models.policy.parameters()).device
     tok = models.tokenizer
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in render_prompts(tok, prompts)]
@@ -677,13 +1077,13 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
         if demonstrations and config.ptx_coef > 0 else None
 
     params = list(trainable_parameters(models).values())
-    fused = config.optim.endswith("fused") and device.type == "cuda"
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, eps=1e-5, **({"fused": True} if fused else {}))
-    use_bf16 = config.bf16 if config.bf16 is not None else bf16_capable(device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    settings = training_settings(device, next(models.policy.parameters()).dtype, config.bf16)
+    optimizer = MasterAdamW(params, lr=config.learning_rate, eps=1e-5, fused=settings["fused"])
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if settings["autocast"] else nullcontext
     kl_ctl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
     moments = RunningMoments()
-    total = total_updates(config, len(kept))
+    per_update = config.rollout_batch_size // k  # prompts per update
+    total = total_updates(config, len(kept), per_update)
     start, resumed_from = 0, None
     if config.resume and (ckpt := last_checkpoint(config.output_dir)):
         state = _load_checkpoint(ckpt, models, optimizer)
@@ -707,20 +1107,21 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
         seed_everything(config.seed + update)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * lr_factor(update, total, config.warmup_ratio)
-        batch = [kept[i] for i in prompt_order(len(kept), update, config.rollout_batch_size, config.seed)]
-        # 1-2. rollouts and scores
+        batch = [kept[i] for i in prompt_order(len(kept), update, per_update, config.seed) for _ in range(k)]
+        # 1-2. rollouts and scores (RLOO/GRPO: each prompt's k answers are consecutive rows)
         ro = collect_rollout(models, batch, config, moments, reward_fn, autocast)
-        # 3-4. KL-penalised rewards, values, GAE, whitening
+        # 3-4. KL-penalised rewards; PPO: values, GAE, whitening; RLOO/GRPO: group baselines
         ro = compute_advantages(ro, kl_ctl.value, config)
-        # 5. PPO epochs over minibatches
+        # 5. epochs over minibatches
         gen = torch.Generator().manual_seed(config.seed + update)
-        upd = ppo_update(models, ro, optimizer, config, params, gen, ptx_data, autocast)
-        # 6. adaptive KL coefficient
         beta = kl_ctl.value
-        kl_ctl.update(float(ro.kl.sum(1).mean()), config.rollout_batch_size)
+        upd = ppo_update(models, ro, optimizer, config, params, gen, ptx_data, autocast, kl_coef=beta)
+        stats = rollout_statistics(ro)
+        # 6. adaptive KL coefficient
+        kl_ctl.update(stats["kl"], config.rollout_batch_size)
         seconds = time.time() - t0
         step = update + 1
-        metrics = update_metrics(ro, upd, beta, seconds, optimizer.param_groups[0]["lr"])
+        metrics = update_metrics(ro, upd, beta, seconds, optimizer.param_groups[0]["lr"], stats)
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
         saved = bool(config.save_steps and step % config.save_steps == 0 and step < total)
@@ -736,7 +1137,7 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
                 break
     model_dir = save_policy(models, config) if status == "succeeded" else None
     final = dict(metrics, global_step=step, resumed_from=resumed_from)
-    meta = write_metadata(config.output_dir, kind="ppo", base_model=describe_model(config.model),
+    meta = write_metadata(config.output_dir, kind=method, base_model=describe_model(config.model),
                           data_hash=data_hash(kept), config=config, metrics=final, status=status,
                           extra={"model_dir": model_dir, "last_checkpoint": last_checkpoint(config.output_dir),
                                  "reward_model": describe_model(config.reward_model) if config.reward_model

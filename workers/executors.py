@@ -195,20 +195,24 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
 
 
 def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
-    from rlhf.ppo import PPOConfig, train
+    """PPO, RLOO or GRPO (the run's kind picks the config class) against the round's reward model."""
+    from rlhf.ppo import GRPOConfig, PPOConfig, RLOOConfig, train
+
+    config_class = {TrainingRun.Kind.RLOO: RLOOConfig, TrainingRun.Kind.GRPO: GRPOConfig}.get(run.kind, PPOConfig)
+    method = config_class.method.upper()
 
     reward = ModelVersion.objects.filter(pk=run.params.get("reward_model_id")).first() or ModelVersion.objects.filter(
         project=run.project, kind=ModelVersion.Kind.REWARD, is_current=True
     ).first()
     if reward is None:
-        raise ValidationError("PPO needs a reward model: train one first.")
+        raise ValidationError(f"{method} needs a reward model: train one first.")
     params = {k: v for k, v in run.params.items() if k != "reward_model_id"}
     run.params = params
     prompts = [p.turns for p in Prompt.objects.filter(project=run.project, split=Prompt.Split.TRAIN).order_by("id")]
-    config = make_config(PPOConfig, run, model=model_ref(run), reward_model=reward.artifact_path)
+    config = make_config(config_class, run, model=model_ref(run), reward_model=reward.artifact_path)
     artifacts = train(config, prompts, progress=progress)
     _cancelled(artifacts)
-    store = register(run, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
+    store = register(run, name=f"{run.kind}-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
                      training_data={"prompts": len(prompts), "reward_model_id": reward.pk}, metrics=artifacts.metrics,
                      make_current=run.round_id is None)  # a round's policy: its promotion gate decides
     return Outcome({"prompts": len(prompts), **artifacts.metrics}, store=store)
@@ -353,6 +357,8 @@ EXECUTORS: dict[str, Callable[[TrainingRun, Progress], Outcome]] = {
     TrainingRun.Kind.REWARD: run_reward,
     TrainingRun.Kind.DPO: run_dpo,
     TrainingRun.Kind.PPO: run_ppo,
+    TrainingRun.Kind.RLOO: run_ppo,
+    TrainingRun.Kind.GRPO: run_ppo,
     TrainingRun.Kind.SAMPLE: run_sample,
     TrainingRun.Kind.EVALUATE: run_evaluate,
 }

@@ -15,11 +15,14 @@ from labelapp.models.labels import ModelVersion, Project
 
 class Round(models.Model):
     """One turn of the loop: SFT (when demonstrations changed) → samples to rank → reward model
-    → PPO or DPO → new samples and a blind evaluation → the promotion gate (done, or held for review)."""
+    → PPO, DPO, RLOO or GRPO → new samples and a blind evaluation → the promotion gate (done, or held for
+    review)."""
 
     class Method(models.TextChoices):
         PPO = "ppo", "PPO"
         DPO = "dpo", "DPO"
+        RLOO = "rloo", "RLOO"
+        GRPO = "grpo", "GRPO"
 
     class Stage(models.TextChoices):
         SFT = "sft", "Supervised fine-tuning"
@@ -73,6 +76,8 @@ class TrainingRun(models.Model):
         REWARD = "reward", "Reward model"
         PPO = "ppo", "PPO"
         DPO = "dpo", "DPO"
+        RLOO = "rloo", "RLOO"
+        GRPO = "grpo", "GRPO"
         SAMPLE = "sample", "Sampling"
         EVALUATE = "evaluate", "Evaluation"
 

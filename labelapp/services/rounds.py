@@ -51,6 +51,11 @@ STAGE_RUN = {
 }
 
 
+# The POLICY stage's run kinds (one per Round.Method); those that score rollouts with the round's reward model.
+POLICY_KINDS = [TrainingRun.Kind.PPO, TrainingRun.Kind.DPO, TrainingRun.Kind.RLOO, TrainingRun.Kind.GRPO]
+REWARD_MODEL_KINDS = (TrainingRun.Kind.PPO, TrainingRun.Kind.RLOO, TrainingRun.Kind.GRPO)
+
+
 def current_policy(project: Project) -> ModelVersion | None:
     return ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.POLICY, is_current=True).first()
 
@@ -93,7 +98,7 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
     require_role(project=project, user=user, role=Role.ADMIN)
     Project.objects.select_for_update().get(pk=project.pk)  # one round start at a time
     if method not in Round.Method.values:
-        raise ValidationError(f"Unknown method {method!r}: use ppo or dpo.")
+        raise ValidationError(f"Unknown method {method!r}: use {', '.join(Round.Method.values)}.")
     params = _clean_params(params, method)  # checked before anything is written
     running = Round.objects.filter(project=project).exclude(stage__in=Round.ENDED)
     if running.exists():
@@ -140,9 +145,9 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
         params = {**_set(p["evaluation"]), "baseline_id": baseline.pk if baseline else None}
         run_create(project=rnd.project, kind=TrainingRun.Kind.EVALUATE, params=params, input_model=input_model, round=rnd)
     elif stage == Stage.POLICY:
-        kind = TrainingRun.Kind.PPO if rnd.method == Round.Method.PPO else TrainingRun.Kind.DPO
+        kind = TrainingRun.Kind(rnd.method)  # ppo, dpo, rloo, grpo: a run kind of the same name
         params = dict(p["policy"])
-        if kind == TrainingRun.Kind.PPO:
+        if kind in REWARD_MODEL_KINDS:
             params["reward_model_id"] = rnd.reward_model_id
         run_create(project=rnd.project, kind=kind, params=params, input_model=input_model, round=rnd)
 
@@ -176,7 +181,7 @@ def round_advance(*, round_id: int) -> Round:
         if round_rankings(rnd) >= rnd.params["min_rankings"]:
             _enter(rnd, Stage.REWARD, input_model=rnd.sft_policy)
         return rnd
-    kinds = [TrainingRun.Kind.PPO, TrainingRun.Kind.DPO] if rnd.stage == Stage.POLICY else [STAGE_RUN[rnd.stage]]
+    kinds = POLICY_KINDS if rnd.stage == Stage.POLICY else [STAGE_RUN[rnd.stage]]
     run = rnd.runs.filter(kind__in=kinds).order_by("-created_at", "-id").first()
     if run is None or run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
         return rnd

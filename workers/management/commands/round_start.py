@@ -14,7 +14,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("project", help="project slug")
         parser.add_argument("--as", dest="username", required=True, help="an admin of the project")
-        parser.add_argument("--method", choices=["ppo", "dpo"], default="ppo")
+        parser.add_argument("--method", choices=["ppo", "dpo", "rloo", "grpo"], default="ppo")
         parser.add_argument("--params", default="{}", help='JSON, e.g. \'{"prompts": 16, "min_rankings": 32}\'')
 
     def handle(self, *args, **opts):

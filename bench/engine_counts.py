@@ -1,0 +1,305 @@
+"""Hardware-independent counters of one PPO update, old path (rlhf/ppo_legacy.py) vs new (rlhf/ppo.py).
+
+    flock /work/.heavy.lock nice env OMP_NUM_THREADS=2 timeout 600 .venv/bin/python bench/engine_counts.py
+
+Part 1 (counts): a Llama with SmolLM2-360M's 32 layers and head layout (15 query / 5 KV heads) but hidden
+size 60, its 49,152-token vocabulary (the bundled SmolLM2 tokenizer), a reward model of the same shape (so
+the new path scores from token ids), LoRA r16 on all linear layers, batch 8, 32 new tokens, 2 PPO epochs,
+minibatch 4 (4 micro-steps per update). Compute is negligible, so wall time is host overhead. Decoding is
+not part of this half (rlhf/sampling.py and its decoder are measured apart): both paths get the same
+pre-drawn responses (random ids, no EOS) in place of sampling, so everything else in an update runs as in
+training: scoring forwards, reward, GAE, epochs of micro-steps, optimizer, metrics.
+For each path, in one process: update 1 is a warm-up; update 2 runs under a TorchDispatchMode that counts
+every aten op dispatched (forward, backward, optimizer; eager CPU, nothing compiled) and every read of a
+tensor value by the host: ``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``int()``, ``bool()``),
+``aten::nonzero`` (boolean indexing), and ``.tolist()`` / ``.cpu()`` / ``.numpy()`` calls (wrapped, since
+on CPU they dispatch nothing), each with its call site; updates 3-5 are timed without the counter.
+Host reads of tensors that live on the host on a GPU too (prompt order, ptx picks) are listed but not
+counted as device syncs.
+
+Part 2 (135M): one PPO update on the bundled SmolLM2-135M-Instruct (policy with LoRA r16, the same
+checkpoint as reward model with a fresh head, value model = reward model + a second adapter), batch 8,
+32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU, ``--updates`` updates (default 1): wall
+time and peak RSS of each update (VmHWM reset through /proc/self/clear_refs once the models are loaded and
+after each update) and the process's peak RSS (``ru_maxrss``, model loading included), each path in its
+own process. Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PROMPTS = ["Tell me a fact about cats.", "What is the capital of France?", "Explain how plants grow, briefly.",
+           "Write a short poem about the sea and the sky.", "Why is the sky blue?",
+           "Give me three tips for sleeping better at night.", "What does a reward model do in RLHF?",
+           "Summarise the plot of a heist film in two sentences."]
+# Reads of tensors that are on the host on a GPU too: a CPU generator's permutation (prompt order) and the
+# optimizer's per-parameter step counters (non-fused AdamW keeps them on the CPU; fused AdamW reads none).
+HOST_ONLY_SITES = ("prompt_order", "torch-optim:")
+
+
+# ------------------------------------------------------------------------------------------ counters
+class Counter:
+    """Aten ops dispatched and host reads of tensor values, with their call sites, while active."""
+
+    def __init__(self):
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.ops = 0
+        self.reads: collections.Counter = collections.Counter()
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.ops += 1
+                name = func.overloadpacket.__name__
+                if name in ("_local_scalar_dense", "nonzero"):
+                    counter.read(name)
+                return func(*args, **(kwargs or {}))
+
+        self.mode = Mode()
+        self.torch = torch
+        self.saved = {}
+
+    def read(self, what: str) -> None:
+        site, fallback = None, "?"
+        for frame in reversed(traceback.extract_stack()[:-2]):  # innermost first
+            path = frame.filename
+            if "_python_dispatch" in path or "engine_counts" in path:
+                continue
+            if "/torch/optim/" in path:  # AdamW's per-parameter step counters: host tensors (none when fused)
+                site = f"torch-optim:{Path(path).name}:{frame.name}"
+                break
+            for pkg in ("rlhf", "transformers", "peft"):
+                if f"/{pkg}/" in path:
+                    site = f"{pkg}:{Path(path).name}:{frame.name}"
+                    break
+            if site:
+                break
+            if fallback == "?" and "/torch/" in path:
+                fallback = f"torch:{Path(path).name}:{frame.name}"
+        self.reads[f"{what} @ {site or fallback}"] += 1
+
+    def __enter__(self):
+        T = self.torch.Tensor
+        for name in ("tolist", "cpu", "numpy"):
+            original = getattr(T, name)
+            self.saved[name] = original
+
+            def wrapped(tensor, *a, _original=original, _name=name, **kw):
+                self.read(_name)
+                return _original(tensor, *a, **kw)
+
+            setattr(T, name, wrapped)
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        for name, original in self.saved.items():
+            setattr(self.torch.Tensor, name, original)
+
+    def syncs(self) -> int:
+        return sum(n for k, n in self.reads.items() if not any(s in k.split("@")[1] for s in HOST_ONLY_SITES))
+
+
+def vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM) in MB, since start or since the last ``reset_peak_rss``."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to /proc/self/clear_refs resets VmHWM to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+# ------------------------------------------------------------------------------------------- fixtures
+def narrow_360m(tokenizer, for_reward: bool = False):
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=60, intermediate_size=160, num_hidden_layers=32,
+                         num_attention_heads=15, num_key_value_heads=5, max_position_embeddings=2048,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, num_labels=1)
+    torch.manual_seed(1 if for_reward else 0)
+    model = (LlamaForSequenceClassification if for_reward else LlamaForCausalLM)(config)
+    if not for_reward:
+        model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                                   pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def fake_generate_ids(new_tokens: int):
+    """Stands in for sampling: the prompts tokenized as generate_ids does, responses drawn once per call
+    index from a fixed seed (ids of ordinary tokens, no EOS), identical for both paths."""
+    import torch
+
+    from rlhf.sampling import render_prompts
+
+    calls = {"n": 0}
+
+    def generate_ids(model, tokenizer, prompts, max_new_tokens=128, cache_implementation=None, **decoding):
+        device = next(model.parameters()).device
+        side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        try:
+            enc = tokenizer(render_prompts(tokenizer, prompts), add_special_tokens=False, padding=True,
+                            return_tensors="pt").to(device)
+        finally:
+            tokenizer.padding_side = side
+        if calls["n"] == 0:
+            reset_peak_rss()  # models are loaded: from here the peak RSS is the update's
+        g = torch.Generator().manual_seed(1000 + calls["n"])
+        calls["n"] += 1
+        response = torch.randint(200, len(tokenizer) - 1, (len(prompts), new_tokens), generator=g).to(device)
+        return {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"].bool(),
+                "response_ids": response, "response_mask": torch.ones_like(response, dtype=torch.bool),
+                "has_eos": torch.zeros(len(prompts), dtype=torch.bool, device=device)}
+
+    return generate_ids
+
+
+def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, count_update: int | None,
+             new_tokens: int = 32, batch: int = 8) -> dict:
+    """``updates`` PPO updates of one path; per-update wall times (from the progress callbacks), and the
+    counters of update ``count_update`` (1-based; None: no counting)."""
+    import torch
+
+    module = __import__(f"rlhf.{'ppo' if path == 'new' else 'ppo_legacy'}", fromlist=["train"])
+    module.generate_ids = fake_generate_ids(new_tokens)
+    cfg = module.PPOConfig(output_dir=out_dir, model=model, reward_model=reward, device="cpu", max_steps=updates,
+                           rollout_batch_size=batch, mini_batch_size=4, ppo_epochs=2, max_new_tokens=new_tokens,
+                           per_device_batch_size=batch, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5)
+    marks, counts = [], {}
+    counter = Counter() if count_update else None
+
+    def progress(step, total, metrics):
+        marks.append(time.perf_counter())
+        counts[f"hwm_after_update_{step}_mb"] = vm_hwm_mb()
+        reset_peak_rss()  # the next update's peak RSS starts from the current RSS
+        if counter is not None and step == count_update:
+            counter.__exit__(None, None, None)
+            counts.update(ops=counter.ops, syncs=counter.syncs(), reads=dict(counter.reads))
+        if counter is not None and step == count_update - 1:
+            counter.__enter__()
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    art = module.train(cfg, PROMPTS[:batch] if batch <= len(PROMPTS) else (PROMPTS * batch)[:batch], progress)
+    assert art.status == "succeeded", art.status
+    walls = [b - a for a, b in zip([start] + marks[:-1], marks)]
+    return {"path": path, "walls": walls, "metrics": {k: art.metrics.get(k) for k in ("objective/kl", "loss/policy")},
+            **counts}
+
+
+# ---------------------------------------------------------------------------------------------- parts
+def part_counts(tmp: Path) -> list[dict]:
+    from rlhf.models import convert_bundled_model, load_tokenizer
+
+    tok = load_tokenizer(str(convert_bundled_model()))
+    policy_dir, rm_dir = tmp / "narrow", tmp / "narrow_rm"
+    narrow_360m(tok).save_pretrained(policy_dir, safe_serialization=True)
+    narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
+    for d in (policy_dir, rm_dir):
+        tok.save_pretrained(d)
+    rows = []
+    for path in ("old", "new"):
+        row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"counts_{path}"), updates=5, count_update=2)
+        rows.append(row)
+        timed = row["walls"][2:]
+        print(f"[counts] {path}: ops/update {row['ops']:,}  syncs/update {row['syncs']}  "
+              f"wall/update {1000 * sum(timed) / len(timed):.0f} ms (updates 3-5: "
+              f"{', '.join(f'{1000 * w:.0f}' for w in timed)} ms)", flush=True)
+        for site, n in sorted(row["reads"].items(), key=lambda kv: -kv[1]):
+            print(f"           {n:5d}  {site}", flush=True)
+    return rows
+
+
+def child(path: str, out: str, updates: int) -> None:
+    """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
+    from rlhf.models import convert_bundled_model
+
+    ckpt = str(convert_bundled_model())
+    with tempfile.TemporaryDirectory() as tmp:
+        row = run_path(path, ckpt, ckpt, tmp, updates=updates, count_update=None)
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(out).write_text(json.dumps(row))
+
+
+def part_smollm(tmp: Path, updates: int) -> list[dict]:
+    rows = []
+    for path in ("old", "new"):
+        out = tmp / f"smollm_{path}.json"
+        subprocess.run([sys.executable, __file__, "--child", path, "--out", str(out), "--updates", str(updates)],
+                       check=True, cwd=REPO)
+        row = json.loads(out.read_text())
+        rows.append(row)
+        print(f"[135M]   {path}: " + ", ".join(f"update {i + 1} {w:.1f} s (peak RSS during it "
+                                               f"{row[f'hwm_after_update_{i + 1}_mb']:.0f} MB)"
+                                               for i, w in enumerate(row["walls"]))
+              + f"; peak RSS of the process {row['peak_rss_mb']:.0f} MB (model loading included)", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=["counts", "smollm", "all"], default="all")
+    parser.add_argument("--child", choices=["old", "new"])
+    parser.add_argument("--out")
+    parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    if args.child:
+        child(args.child, args.out, args.updates)
+        return
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        counts = part_counts(tmp) if args.part in ("counts", "all") else None
+        smollm = part_smollm(tmp, args.updates) if args.part in ("smollm", "all") else None
+    print("\n| measure | old | new | old / new |\n|---|---|---|---|")
+    if counts:
+        old, new = counts
+        wo, wn = (sum(r["walls"][2:]) / len(r["walls"][2:]) for r in counts)
+        print(f"| narrow 32-layer: aten ops per update | {old['ops']:,} | {new['ops']:,} | {old['ops'] / new['ops']:.2f}x |")
+        print(f"| narrow 32-layer: device->host syncs per update | {old['syncs']} | {new['syncs']} | "
+              f"{old['syncs'] / max(new['syncs'], 1):.1f}x |")
+        print(f"| narrow 32-layer: wall per update (ms, mean of 3) | {1000 * wo:.0f} | {1000 * wn:.0f} | {wo / wn:.2f}x |")
+    if smollm:
+        old, new = smollm
+        for i in range(len(old["walls"])):
+            print(f"| SmolLM2-135M: update {i + 1} wall (s) | {old['walls'][i]:.1f} | {new['walls'][i]:.1f} | "
+                  f"{old['walls'][i] / new['walls'][i]:.2f}x |")
+            o, n = old[f"hwm_after_update_{i + 1}_mb"], new[f"hwm_after_update_{i + 1}_mb"]
+            print(f"| SmolLM2-135M: peak RSS during update {i + 1} (MB) | {o:.0f} | {n:.0f} | new = {n / o:.2f}x old |")
+        print(f"| SmolLM2-135M: peak RSS of the process (MB) | {old['peak_rss_mb']:.0f} | {new['peak_rss_mb']:.0f} | "
+              f"new = {new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x old |")
+
+
+if __name__ == "__main__":
+    main()
