@@ -254,3 +254,7 @@ class SamplingConfig:
     cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "
                                              "on GPU); null: rlhf's own loop, which drops finished sequences from the "
                                              "batch.")
+    decoder: str = _help("rlhf's decoder engine: 'auto' (static KV cache + compiled step on CUDA for Llama-family "
+                         "models, else eager), 'eager' (the model's forward; on CPU finished rows leave the batch) or "
+                         "'static'. The environment variable RLHF_DECODER sets it where no config reaches "
+                         "(PPO rollouts); RLHF_DECODER_COMPILE=0 turns compilation off.", "auto")

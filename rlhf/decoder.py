@@ -374,6 +374,8 @@ class StaticDecoder(torch.nn.Module):
         if key not in self._steps:
             fn = self._step_select
             if self.compiled:
+                for buf in self.buffers():  # fixed addresses: CUDA graphs read and write them in place
+                    torch._dynamo.mark_static_address(buf)
                 fn = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
             self._steps[key] = fn
         return self._steps[key]

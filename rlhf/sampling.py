@@ -228,8 +228,11 @@ def response_logprobs(model, query_ids, query_mask, response_ids, response_mask,
 def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | None = None,
                  progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
     """Load the model, sample, write ``samples.jsonl`` + ``metadata.json`` to ``config.output_dir``."""
+    from .decoder import ENGINES
     from .models import describe_model, load_causal_lm, load_tokenizer
 
+    if config.decoder not in ENGINES:
+        raise ValueError(f"unknown decoder {config.decoder!r}: choose one of {', '.join(ENGINES)}")
     if prompts is None:
         if not config.prompts:
             raise ValueError("no prompts: set `prompts` in the config or pass them")
@@ -241,6 +244,7 @@ def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | Non
                      do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p,
                      top_k=config.top_k, repetition_penalty=config.repetition_penalty, seed=config.seed,
                      batch_size=config.batch_size, cache_implementation=config.cache_implementation,
+                     engine=config.decoder,
                      progress=progress)
     seconds = time.time() - t0
     out = Path(config.output_dir)

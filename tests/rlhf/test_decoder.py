@@ -49,7 +49,7 @@ def test_greedy_equals_hf_generate(tiny, opts):
     model, tok, ids, mask = tiny
     ref = _hf_greedy(model, tok, ids, mask, 20)
     out = _decode(model, tok, ids, mask, 20, do_sample=False, **opts)
-    assert out.shape[0] == 3 and _same(out, ref, tok.pad_token_id), (out, ref)
+    assert out.shape == (3, 20) and _same(out, ref, tok.pad_token_id), (out, ref)  # random weights: no EOS
 
 
 @pytest.mark.parametrize("opts", [dict(engine="eager"), dict(engine="eager", shrink=False),
@@ -114,10 +114,18 @@ def test_bad_settings_are_refused(tiny, tiny_dir):
         _decode(model, tok, ids, mask, 4, num_samples=0)
     with pytest.raises(ValueError, match="sync_every"):
         _decode(model, tok, ids, mask, 4, sync_every=0)
-    from rlhf.models import load_reward_model
-
     with pytest.raises(ValueError, match="Llama-family"):
         decoder.StaticDecoder(torch.nn.Linear(2, 2), 1, 16, 16)
+
+
+def test_sampling_run_refuses_unknown_decoder_before_writing(tmp_path, tiny_dir):
+    from rlhf.config import SamplingConfig
+    from rlhf.sampling import run_sampling
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="unknown decoder 'fast'"):
+        run_sampling(SamplingConfig(model=tiny_dir, output_dir=str(out), decoder="fast"), prompts=["hi"])
+    assert not out.exists()
 
 
 def test_static_decoder_sees_in_place_weight_refresh(tiny, tiny_dir):
