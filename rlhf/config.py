@@ -248,7 +248,7 @@ class SamplingConfig:
     top_k: int = _help("Top-k sampling (0 = off).", 0)
     repetition_penalty: float = _help("HF repetition penalty (1.0 = off).", 1.0)
     seed: int = _help("Random seed.", 0)
-    batch_size: int = _help("Sequences decoded together (prompts x K are flattened).", 32)
+    batch_size: int = _help("Sequences decoded together: batch_size // k whole prompts (at least one), each prompt's K samples sharing one prefill.", 32)
     device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
     dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
     cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "

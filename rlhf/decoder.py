@@ -163,7 +163,7 @@ def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new
     if max_new_tokens < 1:
         out = torch.full((rows, 0), pad_token_id, dtype=torch.long, device=device)
         return (out, out.float()) if return_logprobs else out
-    eos = torch.tensor(list(eos_token_ids), device=device)
+    eos = torch.tensor(list(eos_token_ids), dtype=torch.long, device=device)
     kind = resolve_engine(engine, model, device, repetition_penalty)
     if kind == "static":
         dec = static_decoder(model, rows, bucket(input_ids.shape[1]), bucket(max_new_tokens),
