@@ -79,10 +79,10 @@ def is_op(name: str) -> bool:
 
 
 def profile_counts(fn):
-    """(launched ops, syncs, graph calls) of one call of ``fn``."""
+    """(launched ops, of which outside compiled code, syncs, compiled-graph calls) of one call of ``fn``."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    launched = syncs = graphs = 0
+    launched = outside = syncs = graphs = 0
     for e in prof.events():
         if e.name in SYNC_OPS:
             syncs += 1
@@ -90,14 +90,16 @@ def profile_counts(fn):
             graphs += 1
         if not is_op(e.name):
             continue
-        parent = e.cpu_parent
+        parent, in_graph = e.cpu_parent, False
         while parent is not None and not is_op(parent.name):
             if "Call CompiledFxGraph" in parent.name:
+                in_graph = True
                 break
             parent = parent.cpu_parent
         if parent is None or not is_op(parent.name):
             launched += 1
-    return launched, syncs, graphs
+            outside += not in_graph
+    return launched, outside, syncs, graphs
 
 
 def narrow_model():
@@ -163,8 +165,8 @@ def part1(batch=8, new_tokens=32, prompt_len=24):
             with Count() as c_one:
                 run(1)
             dispatch = (c_full.n - c_one.n) / steps
-        l_full, s_full, g_full = profile_counts(lambda: run(new_tokens))
-        l_one, s_one, g_one = profile_counts(lambda: run(1))
+        l_full, o_full, s_full, g_full = profile_counts(lambda: run(new_tokens))
+        l_one, o_one, s_one, g_one = profile_counts(lambda: run(1))
         walls = []
         for _ in range(repeats):
             t = time.perf_counter()
@@ -182,6 +184,7 @@ def part1(batch=8, new_tokens=32, prompt_len=24):
                 decoder.decode(model, p_ids, p_mask, new_tokens, eos, pad, engine="static", compile=True)
             recompiles = counters["stats"]["unique_graphs"] - before
         rows.append(dict(path=name, dispatch=dispatch, launched=(l_full - l_one) / steps,
+                         host=(o_full - o_one) / steps + (g_full - g_one) / steps,
                          syncs=(s_full - s_one) / steps, graphs=(g_full - g_one) / steps,
                          ms=1000 * statistics.median(walls) if walls else None, warm_s=warm_s,
                          recompiles=recompiles))
@@ -196,12 +199,13 @@ def _fmt(value, spec=".1f"):
 def print_part1(rows):
     base = rows[0]
     print("\nPart 1: 32-layer Llama, 15/5 heads, hidden 60, vocab 49,152; batch 8, 32 new tokens, sampling (CPU)")
-    print("| path | dispatch ops/step | launched ops/step | vs today | graph calls/step | syncs/step | "
-          "ms/step | recompiles after warm-up | first call s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| path | dispatch ops/step | launched ops/step | vs today | graph calls/step | host launches/step "
+          "with CUDA graphs | vs today | syncs/step | ms/step | recompiles after warm-up | first call s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['path']} | {_fmt(r['dispatch'], '.0f')} | {r['launched']:.0f} | "
-              f"{base['launched'] / max(r['launched'], 1e-9):.1f}x | {r['graphs']:.0f} | {r['syncs']:.3f} | "
+              f"{base['launched'] / max(r['launched'], 1e-9):.1f}x | {r['graphs']:.0f} | {r['host']:.0f} | "
+              f"{base['launched'] / max(r['host'], 1e-9):.1f}x | {r['syncs']:.3f} | "
               f"{_fmt(r['ms'])} | {_fmt(r['recompiles'], 'd')} | {_fmt(r['warm_s'])} |")
 
 

@@ -396,9 +396,12 @@ class StaticDecoder(torch.nn.Module):
         for t in range(1, max_new_tokens):
             if t % sync_every == 0 and bool(finished.all()):
                 break
+            graphs = self.compiled and tokens.device.type == "cuda"
+            if graphs:  # a new CUDA-graph "step": the previous replay's outputs were copied below
+                torch.compiler.cudagraph_mark_step_begin()
             tokens, lp, positions, slot, finished = step(tokens, positions, slot, finished, eos, pad_token_id,
                                                          settings)
-            if self.compiled and tokens.device.type == "cuda":  # CUDA-graph outputs are overwritten by the next replay
+            if graphs:  # CUDA-graph outputs are overwritten by the next replay
                 tokens, lp, positions, slot, finished = (x.clone() for x in (tokens, lp, positions, slot, finished))
             outs.append(tokens)
             lps.append(lp)
