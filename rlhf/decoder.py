@@ -23,8 +23,8 @@ Engines (``engine=`` or the environment variable ``RLHF_DECODER``):
   one bucket reuse the graph. The decoder object (and its compiled step) is kept per model, so a LoRA
   policy's merged copy refreshed in place (``weight.copy_``: same tensors) is decoded with the new
   weights by the same graph.
-* ``"auto"`` (default) - ``static`` on CUDA for Llama-family models without repetition penalty,
-  otherwise ``eager``.
+* ``"auto"`` (default) - ``static`` on CUDA for plain (not peft-wrapped) Llama-family models without
+  repetition penalty, otherwise ``eager``.
 
 No engine ever calls ``.item()`` inside the per-token loop except the shrinking CPU loop and the
 every-``sync_every`` finished check.
@@ -128,8 +128,10 @@ def resolve_engine(engine: str | None, model, device: torch.device, repetition_p
         if repetition_penalty != 1.0:
             raise ValueError("the static decoder has no repetition penalty: use engine 'eager' for it")
     if engine == "auto":
+        # peft models stay eager: their adapter layers are not compiled here; LoRA policies decode static from
+        # the merged copy (``merged_generation``)
         engine = ("static" if device.type == "cuda" and supports_static(model) and repetition_penalty == 1.0
-                  else "eager")
+                  and not hasattr(model, "get_base_model") else "eager")
     return engine
 
 

@@ -174,3 +174,21 @@ def test_compiled_static_step_equals_eager_and_refresh(tiny, tiny_dir):
     out3 = _decode(gen, tok, ids, mask, 12, do_sample=False, engine="static", compile=True)
     assert counters["stats"]["unique_graphs"] == frames
     assert _same(out3, _hf_greedy(gen, tok, ids, mask, 12), tok.pad_token_id) and not _same(out3, out, 0)
+
+
+def test_auto_engine_choice(tiny, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny[0]
+    monkeypatch.delenv("RLHF_DECODER", raising=False)
+    assert decoder.resolve_engine(None, model, torch.device("cpu")) == "eager"
+    assert decoder.resolve_engine(None, model, torch.device("cuda")) == "static"
+    assert decoder.resolve_engine(None, model, torch.device("cuda"), repetition_penalty=1.1) == "eager"
+    monkeypatch.setenv("RLHF_DECODER", "eager")
+    assert decoder.resolve_engine(None, model, torch.device("cuda")) == "eager"
+    monkeypatch.delenv("RLHF_DECODER")
+    from rlhf.models import load_causal_lm
+
+    lora = get_peft_model(load_causal_lm(tiny[0].name_or_path, device="cpu", dtype="float32"),
+                          LoraConfig(r=4, target_modules=["q_proj"]))
+    assert decoder.resolve_engine(None, lora, torch.device("cuda")) == "eager"  # decode from the merged copy
