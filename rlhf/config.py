@@ -315,8 +315,13 @@ class PPOConfig(TrainerConfig):
                                   "device) when both share a tokenizer and chat template; false, or other "
                                   "tokenizers: decode, chat template, re-tokenize (the text path).", True)
 
+    def __post_init__(self):
+        super().__post_init__()
+        check_peft(self, "ppo", hardware=False)  # before any model loads: PPO trains LoRA or all weights
+
 
 # --------------------------------------------------------------------------------- RLOO and GRPO
+
 POLICY_METHODS = ("ppo", "rloo", "grpo")
 KL_PENALTIES = ("reward", "loss")
 LOSS_AGGREGATIONS = ("token", "sequence")
@@ -376,10 +381,6 @@ def check_policy_config(config: PPOConfig) -> None:
             raise ValueError(f"loss_aggregation must be one of {list(LOSS_AGGREGATIONS)} "
                              f"(got {config.loss_aggregation!r}).")
 
-    def __post_init__(self):
-        super().__post_init__()
-        check_peft(self, "ppo", hardware=False)  # before any model loads: PPO trains LoRA or all weights
-
 
 # ------------------------------------------------------------------------------------- sampling
 @dataclass
@@ -395,9 +396,13 @@ class SamplingConfig:
     top_k: int = _help("Top-k sampling (0 = off).", 0)
     repetition_penalty: float = _help("HF repetition penalty (1.0 = off).", 1.0)
     seed: int = _help("Random seed.", 0)
-    batch_size: int = _help("Sequences decoded together (prompts x K are flattened).", 32)
+    batch_size: int = _help("Sequences decoded together: batch_size // k whole prompts (at least one), each prompt's K samples sharing one prefill.", 32)
     device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
     dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
     cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "
                                              "on GPU); null: rlhf's own loop, which drops finished sequences from the "
                                              "batch.")
+    decoder: str = _help("rlhf's decoder engine: 'auto' (static KV cache + compiled step on CUDA for Llama-family "
+                         "models, else eager), 'eager' (the model's forward; on CPU finished rows leave the batch) or "
+                         "'static'. The environment variable RLHF_DECODER sets it where no config reaches "
+                         "(PPO rollouts); RLHF_DECODER_COMPILE=0 turns compilation off.", "auto")

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .config import SamplingConfig  # noqa: F401 (the config lives in rlhf.config; importable from here too)
 from .contract import data_hash, write_metadata
 from .data import Messages, as_messages, load_prompts
+from .decoder import _cache_argument, draw  # noqa: F401 (kept importable from here)
 
 
 @dataclass
@@ -98,91 +99,44 @@ def logits_processors(do_sample: bool = True, temperature: float = 1.0, top_p: f
     return out
 
 
-def _cache_argument(model) -> str:
-    """The forward() argument that takes the KV cache: ``cache`` in newer transformers, ``past_key_values`` before."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the HF model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
-
-
 def _prompt_learning(model) -> bool:
     from .models import is_prompt_learning
 
     return is_prompt_learning(model)
 
 
-def draw(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of ``probs`` (B, V), with those probabilities (zero-probability tokens never):
-    the first token whose cumulative probability reaches u, with u uniform on (0, row total]."""
-    cdf = probs.cumsum(dim=-1)
-    u = (1.0 - torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype)) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[1] - 1)
-
-
 @torch.no_grad()
 def decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
            eos_token_ids: Sequence[int], pad_token_id: int, do_sample: bool = True, temperature: float = 1.0,
-           top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0) -> torch.Tensor:
-    """Autoregressive decoding of a left-padded batch that drops each row from the batch once it has
-    produced EOS: ``(B, Q)`` -> response ids ``(B, R)``, ``pad_token_id`` after each row's EOS.
+           top_p: float = 1.0, top_k: int = 0, repetition_penalty: float = 1.0, **options):
+    """Autoregressive decoding of a left-padded batch ``(B, Q)`` -> response ids ``(B*K, R)``, ``pad_token_id``
+    after each row's EOS: ``rlhf.decoder.decode`` (one prefill per prompt for ``num_samples=K``, log-probs
+    with ``return_logprobs=True``, ``engine='eager'|'static'|'auto'``).
 
-    ``model.generate`` keeps computing finished rows until the longest one ends, so with sampled
-    answers of very different lengths most of a batch's decoding work is padding. Here the
-    batch shrinks as rows finish (their KV-cache rows are dropped), so each step costs what the
-    unfinished rows need. Same logits processors as ``generate``, argmax when ``do_sample`` is false;
-    sampling draws from the same softmax by inverting its cumulative distribution (``draw``), not
-    with ``torch.multinomial``, whose exponential noise over the whole vocabulary cost about 45 ms a
-    step for 32 rows on a 2-core CPU (inverse CDF: about 2 ms).
+    On CPU the default loop drops each row from the batch once it has produced EOS (its KV-cache rows
+    too), so each step costs what the unfinished rows need; ``model.generate`` keeps computing finished
+    rows until the longest ends. Same logits processors as ``generate``, argmax when ``do_sample`` is
+    false; sampling inverts the softmax's cumulative distribution (``draw``) rather than
+    ``torch.multinomial``, whose exponential noise over the vocabulary cost ~45 ms a step for 32 rows on
+    a 2-core CPU (inverse CDF: ~2 ms).
     """
-    from transformers import DynamicCache
+    from . import decoder
 
-    processors = logits_processors(do_sample, temperature, top_p, top_k, repetition_penalty)
-    batch, device = input_ids.shape[0], input_ids.device
-    eos = torch.tensor(list(eos_token_ids), device=device)
-    out = torch.full((batch, max(max_new_tokens, 0)), pad_token_id, dtype=torch.long, device=device)
-    if max_new_tokens < 1:
-        return out
-    rows = torch.arange(batch, device=device)  # which original rows are still decoding
-    mask = attention_mask.long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    seen = input_ids  # what the repetition penalty looks at (prompt + answer so far), alive rows only
-    kv = DynamicCache()
-    cache = {_cache_argument(model): kv}  # forward()'s name for it differs across transformers versions
-    step_ids, step_positions = input_ids, positions
-    for t in range(max_new_tokens):
-        logits = model(input_ids=step_ids, attention_mask=mask, position_ids=step_positions, use_cache=True,
-                       logits_to_keep=1, **cache).logits[:, -1, :].float()
-        scores = processors(seen, logits)
-        if do_sample:
-            tokens = draw(F.softmax(scores, dim=-1))
-        else:
-            tokens = scores.argmax(dim=-1)
-        out[rows, t] = tokens
-        alive = ~torch.isin(tokens, eos)
-        if not alive.any() or t == max_new_tokens - 1:
-            break
-        if not alive.all():  # drop the finished rows from everything that is batched
-            keep = alive.nonzero().squeeze(1)
-            kv.batch_select_indices(keep)
-            rows, tokens, mask, seen = rows[keep], tokens[keep], mask[keep], seen[keep]
-            step_positions = step_positions[keep]
-        if repetition_penalty != 1.0:
-            seen = torch.cat([seen, tokens.unsqueeze(1)], dim=1)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        step_positions = step_positions[:, -1:] + 1
-        step_ids = tokens.unsqueeze(1)
-    return out[:, :t + 1]
+    return decoder.decode(model, input_ids, attention_mask, max_new_tokens, eos_token_ids, pad_token_id, do_sample,
+                   temperature, top_p, top_k, repetition_penalty, **options)
 
 
 @torch.no_grad()
 def generate_ids(model, tokenizer, prompts: Sequence[str | Messages], max_new_tokens: int = 128,
-                 cache_implementation: str | None = None, **decoding) -> dict[str, torch.Tensor]:
-    """One batch over ``prompts``: left-padded ``query_ids``/``query_mask`` (B, Q) and EOS-truncated
-    ``response_ids``/``response_mask`` (B, R), ``has_eos`` (B,).
+                 cache_implementation: str | None = None, num_samples: int = 1, return_logprobs: bool = False,
+                 engine: str | None = None, **decoding) -> dict[str, torch.Tensor]:
+    """One batch over ``prompts`` (each decoded ``num_samples`` times from one prefill): left-padded
+    ``query_ids``/``query_mask`` (B, Q) and EOS-truncated ``response_ids``/``response_mask`` (B, R), ``has_eos``
+    (B,), with B = len(prompts) * num_samples (prompt i's samples in rows i*K .. i*K+K-1), and with
+    ``return_logprobs`` the sampled tokens' ``logprobs`` (B, R) at the sampling temperature (0 off the mask).
 
-    Decodes with ``decode`` (finished rows leave the batch); with a ``cache_implementation`` (e.g.
-    'static', compiled decoding on a GPU) through ``model.generate`` instead."""
+    Decodes with ``rlhf.decoder.decode`` (``engine``: see there); with a ``cache_implementation`` (e.g.
+    'static') through ``model.generate`` instead (no log-probs then)."""
     device = next(model.parameters()).device
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -195,56 +149,72 @@ def generate_ids(model, tokenizer, prompts: Sequence[str | Messages], max_new_to
     kwargs = {k: v for k, v in decoding.items() if k != "max_new_tokens"}
     if not kwargs.get("do_sample", True):
         kwargs = {"do_sample": False, "repetition_penalty": kwargs.get("repetition_penalty", 1.0)}
+    query_ids, query_mask = enc["input_ids"], enc["attention_mask"]
+    if num_samples > 1:
+        query_ids, query_mask = query_ids.repeat_interleave(num_samples, 0), query_mask.repeat_interleave(num_samples, 0)
+    logprobs = None
     if _prompt_learning(model):  # prefix/P-/prompt tuning: the virtual tokens go in once (rlhf.virtual_tokens)
         from .virtual_tokens import decode_virtual
 
-        response = decode_virtual(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos,
-                                  tokenizer.pad_token_id, **kwargs)
+        if return_logprobs:
+            raise ValueError("return_logprobs is not available for prompt-learning adapters (rlhf.virtual_tokens)")
+        response = decode_virtual(model, query_ids, query_mask, max_new_tokens, eos, tokenizer.pad_token_id, **kwargs)
     elif cache_implementation:
-        generated = model.generate(**enc, max_new_tokens=max_new_tokens, eos_token_id=eos,
-                                   pad_token_id=tokenizer.pad_token_id, cache_implementation=cache_implementation,
-                                   **kwargs)
-        response = generated[:, enc["input_ids"].shape[1]:]  # (B, R)
+        if return_logprobs:
+            raise ValueError("return_logprobs needs rlhf's decoder: leave cache_implementation unset")
+        generated = model.generate(input_ids=query_ids, attention_mask=query_mask, max_new_tokens=max_new_tokens,
+                                   eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                                   cache_implementation=cache_implementation, **kwargs)
+        response = generated[:, query_ids.shape[1]:]  # (B, R)
     else:
         response = decode(model, enc["input_ids"], enc["attention_mask"], max_new_tokens, eos,
-                          tokenizer.pad_token_id, **kwargs)
+                          tokenizer.pad_token_id, **kwargs, num_samples=num_samples,
+                          return_logprobs=return_logprobs, engine=engine)
+        if return_logprobs:
+            response, logprobs = response
     response, mask, has_eos = truncate_after_eos(response, eos, tokenizer.pad_token_id)
-    return {"query_ids": enc["input_ids"], "query_mask": enc["attention_mask"].bool(),
-            "response_ids": response, "response_mask": mask, "has_eos": has_eos}
+    out = {"query_ids": query_ids, "query_mask": query_mask.bool(),
+           "response_ids": response, "response_mask": mask, "has_eos": has_eos}
+    if logprobs is not None:
+        out["logprobs"] = logprobs * mask
+    return out
 
 
 def sample(model, tokenizer, prompts: Sequence[str | Messages], k: int = 4, max_new_tokens: int = 128,
            do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
            repetition_penalty: float = 1.0, seed: int = 0, batch_size: int = 32,
-           cache_implementation: str | None = None,
+           cache_implementation: str | None = None, engine: str | None = None,
            progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
-    """K completions for each prompt, in batches of ``batch_size`` sequences (longest prompts first, so a
-    batch's prompts are of similar length); returned in prompt order, then sample order."""
+    """K completions for each prompt, in batches of about ``batch_size`` sequences: whole prompts (their K
+    samples share one prefill), longest prompts first so a batch's prompts are of similar length;
+    returned in prompt order, then sample order."""
     decoding = decoding_settings(max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty)
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
-    # longest prompts first, each prompt's K samples together: batches of similar length pad little
     lengths = [len(ids) for ids in tokenizer(render_prompts(tokenizer, prompts), add_special_tokens=False)["input_ids"]]
-    jobs = sorted(((i, j) for i in range(len(prompts)) for j in range(k)), key=lambda job: (-lengths[job[0]], job))
+    order = sorted(range(len(prompts)), key=lambda i: (-lengths[i], i))
+    per_batch = max(1, batch_size // max(k, 1))  # prompts per batch
     samples: list[Sample] = []
-    eos = None
     t0 = time.time()
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        out = generate_ids(model, tokenizer, [prompts[i] for i, _ in batch],
-                           cache_implementation=cache_implementation, **decoding)
-        eos = eos or eos_ids(model, tokenizer)
-        for row, (i, j) in enumerate(batch):
-            n = int(out["response_mask"][row].sum())
-            ids = out["response_ids"][row, :n].tolist()
-            has_eos = bool(out["has_eos"][row])
-            text = tokenizer.decode(ids[:-1] if has_eos else ids, skip_special_tokens=True)
-            samples.append(Sample(i, j, as_messages(prompts[i]), text, int(out["query_mask"][row].sum()), n,
-                                  "eos" if has_eos else "length", seed, dict(decoding)))
+    for start in range(0, len(order), per_batch):
+        batch = order[start:start + per_batch]
+        out = generate_ids(model, tokenizer, [prompts[i] for i in batch], cache_implementation=cache_implementation,
+                           num_samples=k, engine=engine, **decoding)
+        lens = out["response_mask"].sum(1).tolist()
+        has_eos = out["has_eos"].tolist()
+        qlens = out["query_mask"].sum(1).tolist()
+        ids_all = out["response_ids"].tolist()
+        for row in range(len(batch) * k):
+            i, j = batch[row // k], row % k
+            n = int(lens[row])
+            ids = ids_all[row][:n]
+            text = tokenizer.decode(ids[:-1] if has_eos[row] else ids, skip_special_tokens=True)
+            samples.append(Sample(i, j, as_messages(prompts[i]), text, int(qlens[row]), n,
+                                  "eos" if has_eos[row] else "length", seed, dict(decoding)))
         if progress is not None:
             tokens = sum(s.completion_tokens for s in samples)
-            progress(len(samples), len(jobs), {"perf/tokens_per_s": tokens / max(time.time() - t0, 1e-9)})
+            progress(len(samples), len(prompts) * k, {"perf/tokens_per_s": tokens / max(time.time() - t0, 1e-9)})
     model.train(was_training)
     return sorted(samples, key=lambda s: (s.prompt_index, s.sample_index))
 
@@ -271,8 +241,11 @@ def response_logprobs(model, query_ids, query_mask, response_ids, response_mask,
 def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | None = None,
                  progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
     """Load the model, sample, write ``samples.jsonl`` + ``metadata.json`` to ``config.output_dir``."""
+    from .decoder import ENGINES
     from .models import describe_model, load_causal_lm, load_tokenizer
 
+    if config.decoder not in ENGINES:
+        raise ValueError(f"unknown decoder {config.decoder!r}: choose one of {', '.join(ENGINES)}")
     if prompts is None:
         if not config.prompts:
             raise ValueError("no prompts: set `prompts` in the config or pass them")
@@ -284,6 +257,7 @@ def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | Non
                      do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p,
                      top_k=config.top_k, repetition_penalty=config.repetition_penalty, seed=config.seed,
                      batch_size=config.batch_size, cache_implementation=config.cache_implementation,
+                     engine=config.decoder,
                      progress=progress)
     seconds = time.time() - t0
     out = Path(config.output_dir)

@@ -30,7 +30,8 @@ def decode_virtual(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     from peft import PeftType
     from transformers import DynamicCache
 
-    from .sampling import _cache_argument, draw, logits_processors
+    from .decoder import _cache_argument, draw
+    from .sampling import logits_processors
 
     config = model.active_peft_config
     base = model.get_base_model()
