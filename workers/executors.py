@@ -11,8 +11,13 @@ that commit leaves no outputs, and the retried attempt writes them once.
 """
 from __future__ import annotations
 
+import json
+import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from django.core.exceptions import ValidationError
@@ -24,6 +29,8 @@ from labelapp.services.runs import model_version_register
 from workers import launch
 
 Progress = Callable[[int, int, dict], None]
+log = logging.getLogger(__name__)
+INPUTS_FILE = "inputs.json"  # in a run's directory: the hash of the records it trains on
 
 
 @dataclass
@@ -64,6 +71,42 @@ def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):
     return load_config(cls, {**params, **fixed, "output_dir": run.output_dir})
 
 
+def resume_retried(run: TrainingRun, records) -> dict:
+    """{"resume": True} when this run is the retry (`retry_of`) of a failed run that left a checkpoint and
+    trained on the same records (same data hash): that checkpoint is linked into this run's directory (hard
+    links, a copy across file systems) and training continues from it instead of from step 0. {} otherwise.
+    Records this run's data hash in its directory for a later retry to compare."""
+    from rlhf.contract import data_hash, last_checkpoint
+
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = data_hash(records)
+    (out / INPUTS_FILE).write_text(json.dumps({"data_hash": digest}))
+    old = run.retry_of
+    if old is None or old.status != TrainingRun.Status.FAILED or last_checkpoint(out):
+        return {}  # not a retry, or this run has checkpoints of its own (a re-queued attempt resumes from those)
+    checkpoint = last_checkpoint(old.output_dir)
+    try:
+        same = json.loads((Path(old.output_dir) / INPUTS_FILE).read_text()).get("data_hash") == digest
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if checkpoint is None or not same:
+        log.info("run %s starts from step 0: run %s left %s", run.pk, old.pk,
+                 "no checkpoint" if checkpoint is None else "a checkpoint of other training data")
+        return {}
+    shutil.copytree(checkpoint, out / Path(checkpoint).name, copy_function=_link_or_copy, dirs_exist_ok=True)
+    log.info("run %s resumes from run %s's %s", run.pk, old.pk, Path(checkpoint).name)
+    return {"resume": True}
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
 def _cancelled(artifacts) -> bool:
     if artifacts.status == "cancelled":
         from rlhf import Cancelled
@@ -94,7 +137,7 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
     if not snapshot["count"]:
         raise ValidationError("There are no demonstrations to train on yet.")
     demos = [Demonstration(prompt=turns, response=text) for _, turns, text in selectors.training_demonstrations(project=run.project)]
-    config = make_config(SFTRunConfig, run, model=model_ref(run))
+    config = make_config(SFTRunConfig, run, model=model_ref(run), **resume_retried(run, demos))
     artifacts = launch.train("sft", config, demos, progress)
     _cancelled(artifacts)
     store = register(run, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
@@ -110,7 +153,7 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
     if len(pairs) < 2:
         raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
+    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run), **resume_retried(run, pairs))
     artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
     label_set = selectors.label_set(ids)
@@ -129,7 +172,8 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
     if not pairs:
         raise ValidationError("DPO needs preference pairs; there are none yet"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    artifacts = launch.train("dpo", make_config(DPORunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run)), pairs, progress)
+    config = make_config(DPORunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run), **resume_retried(run, pairs))
+    artifacts = launch.train("dpo", config, pairs, progress)
     _cancelled(artifacts)
     store = register(
         run, name=f"dpo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
@@ -150,7 +194,8 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     params = {k: v for k, v in run.params.items() if k != "reward_model_id"}
     run.params = params
     prompts = [p.turns for p in Prompt.objects.filter(project=run.project, split=Prompt.Split.TRAIN).order_by("id")]
-    config = make_config(PPOConfig, run, model=model_ref(run), reward_model=reward.artifact_path)
+    config = make_config(PPOConfig, run, model=model_ref(run), reward_model=reward.artifact_path,
+                         **resume_retried(run, [*prompts, {"reward_model": reward.artifact_path}]))
     artifacts = train(config, prompts, progress=progress)
     _cancelled(artifacts)
     store = register(run, name=f"ppo-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
