@@ -156,7 +156,12 @@ def run_execute(run_id: int) -> str:
     if not finished:
         return "lost"
     if run.round_id:
-        round_advance(round_id=run.round_id)
+        try:
+            round_advance(round_id=run.round_id)
+        except DATABASE_ERRORS:  # the run is recorded; beat's studio.rounds_advance moves the round on
+            drop_broken_connections()
+            log.warning("run %s: could not advance round %s now; the periodic advance will", run.pk, run.round_id,
+                        exc_info=True)
     return finished.status
 
 

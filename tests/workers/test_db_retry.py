@@ -162,3 +162,20 @@ def test_a_worker_that_lost_the_run_stores_nothing(run, monkeypatch):
     assert not ModelVersion.objects.exists()
     run.refresh_from_db()
     assert run.status == "running" and run.execution == "another-worker"
+
+
+def test_a_round_that_cannot_be_advanced_right_after_the_run_is_left_to_the_periodic_advance(monkeypatch):
+    from labelapp.models import Round
+
+    project = make_project()
+    rnd = Round.objects.create(project=project, number=1)
+    run = run_create(project=project, kind="sft", params={}, round=rnd)
+
+    def broken(**kwargs):
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(tasks, "round_advance", broken)
+    monkeypatch.setitem(EXECUTORS, "sft", trainer(1))
+    assert tasks.run_execute(run.pk) == "succeeded"  # the run's outcome stands; beat advances the round later
+    run.refresh_from_db()
+    assert run.status == "succeeded" and ModelVersion.objects.filter(run=run).count() == 1
