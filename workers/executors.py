@@ -153,7 +153,8 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
     if len(pairs) < 2:
         raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run), **resume_retried(run, pairs))
+    config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run),
+                         **resume_retried(run, pairs))
     artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
     label_set = selectors.label_set(ids)
@@ -260,7 +261,8 @@ def base_version(project) -> ModelVersion:
     """The project's base model as a ModelVersion (so completions sampled from it can name it), registered
     once: the project row's lock serialises two runs registering it at the same time."""
     Project.objects.select_for_update().filter(pk=project.pk).first()
-    return ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first() or model_version_register(
+    existing = ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first()
+    return existing or model_version_register(
         project=project, name=f"base ({project.base_model})", kind=ModelVersion.Kind.POLICY,
         artifact_path=project.base_model,
     )

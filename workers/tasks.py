@@ -114,7 +114,8 @@ class Heartbeat:
             return run_report(run_id=self.run_id, token=self.token, step=step, total=total, metrics=metrics)
 
         try:
-            self.cancel = with_database_retry(report, deadline=self.deadline, what=f"report progress of run {self.run_id}")
+            what = f"report progress of run {self.run_id}"
+            self.cancel = with_database_retry(report, deadline=self.deadline, what=what)
             self.reported_at = time.monotonic()
         except RunLost:
             self.lost = True

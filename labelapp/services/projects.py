@@ -201,7 +201,9 @@ def completion_create(
 
 
 @transaction.atomic
-def ranking_task_create(*, project: Project, prompt: Prompt, completions: Sequence[Completion], run=None) -> RankingTask:
+def ranking_task_create(
+    *, project: Project, prompt: Prompt, completions: Sequence[Completion], run=None
+) -> RankingTask:
     """A task asking annotators to rank 2–9 distinct completions of one prompt (one per prompt per `run`)."""
     ids = {c.pk for c in completions}
     if not 2 <= len(ids) <= 9 or len(ids) != len(completions):
