@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -29,6 +31,7 @@ from workers import launch
 
 Progress = Callable[[int, int, dict], None]
 log = logging.getLogger(__name__)
+INPUTS_FILE = "inputs.json"  # in a run's directory: the hash of the records it trains on
 
 
 @dataclass
@@ -70,6 +73,42 @@ def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):
     if unknown:
         raise ValidationError(f"Unknown {cls.__name__} settings: {unknown}.")
     return load_config(cls, {**STUDIO_DEFAULTS, **params, **fixed, "output_dir": run.output_dir})
+
+
+def resume_retried(run: TrainingRun, records) -> dict:
+    """{"resume": True} when this run is the retry (`retry_of`) of a failed run that left a checkpoint and
+    trained on the same records (same data hash): that checkpoint is linked into this run's directory (hard
+    links, a copy across file systems) and training continues from it instead of from step 0. {} otherwise.
+    Records this run's data hash in its directory for a later retry to compare."""
+    from rlhf.contract import data_hash, last_checkpoint
+
+    out = Path(run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = data_hash(records)
+    (out / INPUTS_FILE).write_text(json.dumps({"data_hash": digest}))
+    old = run.retry_of
+    if old is None or old.status != TrainingRun.Status.FAILED or last_checkpoint(out):
+        return {}  # not a retry, or this run has checkpoints of its own (a re-queued attempt resumes from those)
+    checkpoint = last_checkpoint(old.output_dir)
+    try:
+        same = json.loads((Path(old.output_dir) / INPUTS_FILE).read_text()).get("data_hash") == digest
+    except (OSError, ValueError, AttributeError):
+        same = False
+    if checkpoint is None or not same:
+        log.info("run %s starts from step 0: run %s left %s", run.pk, old.pk,
+                 "no checkpoint" if checkpoint is None else "a checkpoint of other training data")
+        return {}
+    shutil.copytree(checkpoint, out / Path(checkpoint).name, copy_function=_link_or_copy, dirs_exist_ok=True)
+    log.info("run %s resumes from run %s's %s", run.pk, old.pk, Path(checkpoint).name)
+    return {"resume": True}
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def _cancelled(artifacts) -> bool:
@@ -122,7 +161,8 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
             "." if pending else " (review them first, or set sft.include_pending to also use pending ones)."))
     rows = selectors.training_demonstrations(project=run.project, include_pending=pending)
     demos = [Demonstration(prompt=turns, response=text) for _, turns, text in rows]
-    config = make_config(SFTRunConfig, run, exclude=("include_pending",), model=model_ref(run))
+    config = make_config(SFTRunConfig, run, exclude=("include_pending",), model=model_ref(run),
+                         **resume_retried(run, demos))
     artifacts = launch.train("sft", config, demos, progress)
     _cancelled(artifacts)
     store = register(run, name=f"sft-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
@@ -140,7 +180,7 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
     if len(pairs) < 2:
         raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    config = replace(config, label_weights=selected.mode)
+    config = replace(config, label_weights=selected.mode, **resume_retried(run, pairs))
     artifacts = launch.train("reward", config, pairs, progress)
     _cancelled(artifacts)
     store = register(
@@ -183,7 +223,7 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
     if not pairs:
         raise ValidationError("DPO needs preference pairs; there are none yet"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
-    config = replace(config, label_weights=selected.mode)
+    config = replace(config, label_weights=selected.mode, **resume_retried(run, pairs))
     artifacts = launch.train("dpo", config, pairs, progress)
     _cancelled(artifacts)
     store = register(
@@ -209,7 +249,8 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     params = {k: v for k, v in run.params.items() if k != "reward_model_id"}
     run.params = params
     prompts = [p.turns for p in Prompt.objects.filter(project=run.project, split=Prompt.Split.TRAIN).order_by("id")]
-    config = make_config(config_class, run, model=model_ref(run), reward_model=reward.artifact_path)
+    config = make_config(config_class, run, model=model_ref(run), reward_model=reward.artifact_path,
+                         **resume_retried(run, [*prompts, {"reward_model": reward.artifact_path}]))
     artifacts = train(config, prompts, progress=progress)
     _cancelled(artifacts)
     store = register(run, name=f"{run.kind}-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
@@ -281,7 +322,8 @@ def base_version(project) -> ModelVersion:
     """The project's base model as a ModelVersion (so completions sampled from it can name it), registered
     once: the project row's lock serialises two runs registering it at the same time."""
     Project.objects.select_for_update().filter(pk=project.pk).first()
-    return ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first() or model_version_register(
+    existing = ModelVersion.objects.filter(project=project, artifact_path=project.base_model).first()
+    return existing or model_version_register(
         project=project, name=f"base ({project.base_model})", kind=ModelVersion.Kind.POLICY,
         artifact_path=project.base_model,
     )

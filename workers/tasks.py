@@ -114,7 +114,8 @@ class Heartbeat:
             return run_report(run_id=self.run_id, token=self.token, step=step, total=total, metrics=metrics)
 
         try:
-            self.cancel = with_database_retry(report, deadline=self.deadline, what=f"report progress of run {self.run_id}")
+            what = f"report progress of run {self.run_id}"
+            self.cancel = with_database_retry(report, deadline=self.deadline, what=what)
             self.reported_at = time.monotonic()
         except RunLost:
             self.lost = True
@@ -161,7 +162,12 @@ def run_execute(run_id: int) -> str:
 
         after_finish(finished)
     if run.round_id:
-        round_advance(round_id=run.round_id)
+        try:
+            round_advance(round_id=run.round_id)
+        except DATABASE_ERRORS:  # the run is recorded; beat's studio.rounds_advance moves the round on
+            drop_broken_connections()
+            log.warning("run %s: could not advance round %s now; the periodic advance will", run.pk, run.round_id,
+                        exc_info=True)
     return finished.status
 
 

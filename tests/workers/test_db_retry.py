@@ -162,3 +162,43 @@ def test_a_worker_that_lost_the_run_stores_nothing(run, monkeypatch):
     assert not ModelVersion.objects.exists()
     run.refresh_from_db()
     assert run.status == "running" and run.execution == "another-worker"
+
+
+def test_a_round_that_cannot_be_advanced_right_after_the_run_is_left_to_the_periodic_advance(monkeypatch):
+    from labelapp.models import Round
+
+    project = make_project()
+    rnd = Round.objects.create(project=project, number=1)
+    run = run_create(project=project, kind="sft", params={}, round=rnd)
+
+    def broken(**kwargs):
+        raise OperationalError("terminating connection due to administrator command")
+
+    monkeypatch.setattr(tasks, "round_advance", broken)
+    monkeypatch.setitem(EXECUTORS, "sft", trainer(1))
+    assert tasks.run_execute(run.pk) == "succeeded"  # the run's outcome stands; beat advances the round later
+    run.refresh_from_db()
+    assert run.status == "succeeded" and ModelVersion.objects.filter(run=run).count() == 1
+
+
+def test_the_heartbeat_thread_reconnects_after_its_connection_is_terminated(run, monkeypatch):
+    """A phase without progress reports (sampling): only the heartbeat thread writes. Its backend is
+    killed; the next beats fail, drop the connection and reconnect, and the heartbeat moves on."""
+    seen = {}
+
+    def generating(run, progress):
+        main = connection.cursor().connection.info.backend_pid
+        time.sleep(2.5)  # a few beats on the heartbeat thread's connection
+        before = TrainingRun.objects.get(pk=run.pk).heartbeat_at
+        with psycopg.connect(database_url(connection.settings_dict), autocommit=True) as admin:
+            seen["killed"] = admin.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid NOT IN (%s, pg_backend_pid())", [main]).fetchone()[0]
+        time.sleep(4)
+        seen["moved"] = (TrainingRun.objects.get(pk=run.pk).heartbeat_at - before).total_seconds()
+        return Outcome({})
+
+    monkeypatch.setitem(EXECUTORS, "sft", generating)
+    assert tasks.run_execute(run.pk) == "succeeded"
+    assert seen["killed"] >= 1  # the heartbeat thread's backend
+    assert seen["moved"] >= 2, seen  # beats went on after the kill

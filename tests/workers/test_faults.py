@@ -181,7 +181,8 @@ def sampling_case(tiny_dir):
     run = run_create(project=project, kind="sample", params={"prompts": 3, "k": 2, "max_new_tokens": 4})
 
     def outputs():
-        return (RankingTask.objects.filter(project=project).count(), Completion.objects.filter(prompt__project=project).count(),
+        return (RankingTask.objects.filter(project=project).count(),
+                Completion.objects.filter(prompt__project=project).count(),
                 ModelVersion.objects.filter(project=project).count())
 
     block = lambda: RankingTask.objects.create(project=project, prompt=prompts[1], run=run)  # noqa: E731
@@ -197,15 +198,18 @@ def evaluation_case(tiny_dir):
     candidate = model_version_register(project=project, name="candidate", kind="policy", artifact_path=tiny_dir,
                                        parent=baseline)
     prompts = [make_prompt(project, text=f"A held-out question {i}?", split="validation") for i in range(2)]
-    run = run_create(project=project, kind="evaluate", input_model=candidate, params={"prompts": 2, "max_new_tokens": 4})
+    run = run_create(project=project, kind="evaluate", input_model=candidate,
+                     params={"prompts": 2, "max_new_tokens": 4})
 
     def block():
-        a, b = (completion_create(prompt=prompts[1], text=t, model_version=m) for t, m in (("a", candidate), ("b", baseline)))
+        a, b = (completion_create(prompt=prompts[1], text=t, model_version=m)
+                for t, m in (("a", candidate), ("b", baseline)))
         EvaluationTask.objects.create(project=project, prompt=prompts[1], model_a=candidate, model_b=baseline,
                                       completion_a=a, completion_b=b, run=run)
 
     def outputs():
-        return EvaluationTask.objects.filter(project=project).count(), Completion.objects.filter(prompt__project=project).count()
+        return (EvaluationTask.objects.filter(project=project).count(),
+                Completion.objects.filter(prompt__project=project).count())
 
     return run, block, "labelapp_evaluationtask", outputs, (0, 0), (2, 4)
 
