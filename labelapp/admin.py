@@ -28,9 +28,11 @@ class PromptAdmin(admin.ModelAdmin):
 
 @admin.register(models.ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "project", "parent", "created_at")
-    list_filter = ("kind", "project")
+    list_display = ("name", "kind", "project", "parent", "is_current", "disk_bytes", "created_at")
+    list_filter = ("kind", "is_current", "project")
+    search_fields = ("name", "artifact_path")
     raw_id_fields = ("parent",)
+    readonly_fields = ("disk_bytes",)
 
 
 @admin.register(models.Completion)

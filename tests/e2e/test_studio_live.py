@@ -103,6 +103,13 @@ def test_a_tab_opened_before_the_round_follows_it_to_the_win_rate(page, live_ser
     policy = Round.objects.get(pk=rnd.pk).new_policy
     assert page.locator(f'#models-body tr[data-version-id="{policy.pk}"]').is_visible()
     assert ModelVersion.objects.filter(project=project).count() == page.locator("#models-body tr").count()
+    # the disk its adapter takes, measured by the worker when the run succeeded, arrived with the poll
+    from django.template.defaultfilters import filesizeformat
+
+    disk_bytes = ModelVersion.objects.get(pk=policy.pk).disk_bytes
+    assert disk_bytes and disk_bytes < 50_000_000
+    disk = page.locator(f'#models-body tr[data-version-id="{policy.pk}"] td[data-field="disk_text"]').inner_text()
+    assert disk.replace("\xa0", " ") == str(filesizeformat(disk_bytes)).replace("\xa0", " ")
     assert page.evaluate("window.studioMarker") == "no reload"
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
     assert not page.js_errors
