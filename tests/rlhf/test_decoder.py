@@ -114,6 +114,8 @@ def test_bad_settings_are_refused(tiny, tiny_dir):
         _decode(model, tok, ids, mask, 4, num_samples=0)
     with pytest.raises(ValueError, match="sync_every"):
         _decode(model, tok, ids, mask, 4, sync_every=0)
+    with pytest.raises(ValueError, match="return_logprobs needs rlhf's decoder"):
+        generate_ids(model, tok, PROMPTS, max_new_tokens=4, cache_implementation="static", return_logprobs=True)
     with pytest.raises(ValueError, match="Llama-family"):
         decoder.StaticDecoder(torch.nn.Linear(2, 2), 1, 16, 16)
 
