@@ -311,6 +311,12 @@ def test_a_policy_that_loses_to_its_parent_is_held_and_the_parent_stays_current(
     assert rnd.gate["text"].startswith("Promotion gate: held for review — reward-model win-rate 25.0% over the parent "
                                        "on 4 held-out prompts (needs ≥ 50.0%)")
     assert round_advance(round_id=rnd.pk).stage == "held"  # idempotent: nothing moves a held round
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(add_member(project, make_user(), role="reviewer"))
+    body = api.get(f"/api/v1/rounds/{rnd.pk}/").json()
+    assert body["stage"] == "held" and body["gate"]["state"] == "held" and body["gate"]["checks"][0]["passed"] is False
     # a held round has ended: the next round may start (from the parent, still current)
     admin = add_member(project, make_user(), role="admin")
     assert round_start(project=project, user=admin).base_policy == parent
