@@ -24,8 +24,15 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from rlhf.config import (
-    DPORunConfig, GRPOConfig, PPOConfig, RewardRunConfig, RLOOConfig, SFTRunConfig, check_dpo_config,
-    check_policy_config, check_reward_config,
+    DPORunConfig,
+    GRPOConfig,
+    PPOConfig,
+    RewardRunConfig,
+    RLOOConfig,
+    SFTRunConfig,
+    check_dpo_config,
+    check_policy_config,
+    check_reward_config,
 )
 
 POLICY_CONFIGS = {"ppo": PPOConfig, "dpo": DPORunConfig, "rloo": RLOOConfig, "grpo": GRPOConfig}
@@ -38,8 +45,8 @@ FEW_DEMONSTRATIONS = 8  # the studio warns when a project has fewer approved dem
 
 # The studio's own keys per section: name -> (default, kind, help). kind as in _check_value.
 STUDIO_KEYS: dict[str, dict[str, tuple[Any, str, str]]] = {
-    "sft": {"include_pending": (False, "bool", "Also train on demonstrations still pending review (default: approved "
-                                               "ones only; rejected ones never).")},
+    "sft": {"include_pending": (False, "bool", ("Also train on demonstrations still pending review (default: "
+                                                "approved ones only; rejected ones never)."))},
     "reward": {"min_rank_gap": (1, "Any", "Train on completions at least this many places apart (1 = every pair).")},
     "dpo": {"min_rank_gap": (1, "Any", "Train on completions at least this many places apart (1 = every pair).")},
 }
@@ -56,8 +63,9 @@ EVALUATION = {  # what workers.executors.run_evaluate reads
 }
 
 GATE = {  # the promotion gate (labelapp.services.rounds.gate_verdict): null switches a check off
-    "min_reward_win_rate": (0.5, "float | None", "The new policy becomes current only if the round's reward model "
-                            "prefers its answers to its parent's on at least this share of held-out prompts."),
+    "min_reward_win_rate": (0.5, "float | None", ("The new policy becomes current only if the round's reward model "
+                                                  "prefers its answers to its parent's on at least this share of "
+                                                  "held-out prompts.")),
     "min_human_win_rate": (None, "float | None", "Also require this blind human win-rate over the parent (null: off)."),
     "min_judgments": (8, "int", "With min_human_win_rate: blind judgments needed before the gate decides."),
 }

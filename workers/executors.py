@@ -157,8 +157,9 @@ def run_sft(run: TrainingRun, progress: Progress) -> Outcome:
     pending = bool(run.params.get("include_pending", False))  # default: approved demonstrations only
     snapshot = selectors.demonstration_snapshot(project=run.project, include_pending=pending)
     if not snapshot["count"]:
-        raise ValidationError("There are no approved demonstrations to train on yet" + (
-            "." if pending else " (review them first, or set sft.include_pending to also use pending ones)."))
+        raise ValidationError("There are no demonstrations (approved or pending) to train on yet." if pending else
+                              "There are no approved demonstrations to train on yet (review them first, or set "
+                              "sft.include_pending to also use pending ones).")
     rows = selectors.training_demonstrations(project=run.project, include_pending=pending)
     demos = [Demonstration(prompt=turns, response=text) for _, turns, text in rows]
     config = make_config(SFTRunConfig, run, exclude=("include_pending",), model=model_ref(run),

@@ -52,7 +52,7 @@ class RoundSerializer(serializers.ModelSerializer):
     class Meta:
         model = Round
         fields = ["id", "project", "number", "method", "stage", "params", "base_policy", "sft_policy", "reward_model",
-                  "new_policy", "error", "created_at", "finished_at"]
+                  "new_policy", "error", "gate", "created_at", "finished_at"]
 
 
 class RoundStartSerializer(serializers.Serializer):

@@ -304,13 +304,19 @@ def test_a_policy_that_loses_to_its_parent_is_held_and_the_parent_stays_current(
     from labelapp.services.rounds import round_advance
 
     project = make_project()
-    rnd, parent, new = evaluated_round(project, wins=1, losses=3)  # 25%, as in the issue
+    rnd, parent, _new = evaluated_round(project, wins=1, losses=3)  # 25%, as in the issue
     rnd = round_advance(round_id=rnd.pk)
     assert rnd.stage == "held" and rnd.finished and current(project) == parent
     assert rnd.gate["state"] == "held" and rnd.gate["checks"][0]["win_rate"] == 0.25
     assert rnd.gate["text"].startswith("Promotion gate: held for review — reward-model win-rate 25.0% over the parent "
                                        "on 4 held-out prompts (needs ≥ 50.0%)")
     assert round_advance(round_id=rnd.pk).stage == "held"  # idempotent: nothing moves a held round
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.force_authenticate(add_member(project, make_user(), role="reviewer"))
+    body = api.get(f"/api/v1/rounds/{rnd.pk}/").json()
+    assert body["stage"] == "held" and body["gate"]["state"] == "held" and body["gate"]["checks"][0]["passed"] is False
     # a held round has ended: the next round may start (from the parent, still current)
     admin = add_member(project, make_user(), role="admin")
     assert round_start(project=project, user=admin).base_policy == parent
@@ -320,7 +326,7 @@ def test_a_policy_that_wins_becomes_current(sent):
     from labelapp.services.rounds import round_advance
 
     project = make_project()
-    rnd, parent, new = evaluated_round(project, wins=2, losses=2)  # 50% passes ≥ 0.5
+    rnd, _parent, new = evaluated_round(project, wins=2, losses=2)  # 50% passes ≥ 0.5
     rnd = round_advance(round_id=rnd.pk)
     assert rnd.stage == "done" and current(project) == new
     assert rnd.gate["state"] == "passed" and "the new policy is now current" in rnd.gate["text"]
@@ -342,7 +348,7 @@ def test_the_human_check_waits_for_its_judgments_then_decides(sent):
 
     project = make_project()
     judge = add_member(project)
-    rnd, parent, new = evaluated_round(project, wins=3, losses=1, gate={"min_human_win_rate": 0.5, "min_judgments": 2})
+    rnd, parent, _new = evaluated_round(project, wins=3, losses=1, gate={"min_human_win_rate": 0.5, "min_judgments": 2})
     rnd = round_advance(round_id=rnd.pk)
     assert rnd.stage == "evaluation" and rnd.gate["state"] == "waiting" and current(project) == parent
     assert "0 / 2 blind judgments in" in rnd.gate["text"]
@@ -372,7 +378,7 @@ def test_promote_makes_the_held_policy_current_and_discard_keeps_the_old(sent):
 
     other = make_project()
     admin2 = add_member(other, make_user(), role="admin")
-    rnd2, parent2, new2 = evaluated_round(other, wins=0, losses=2)
+    rnd2, parent2, _new2 = evaluated_round(other, wins=0, losses=2)
     round_advance(round_id=rnd2.pk)
     rnd2 = round_discard(round_id=rnd2.pk, user=admin2)
     assert rnd2.stage == "done" and current(other) == parent2 and rnd2.gate["decision"] == "discarded"
@@ -385,7 +391,7 @@ def test_promote_is_refused_when_the_current_policy_moved_on(sent):
 
     project = make_project()
     admin = add_member(project, make_user(), role="admin")
-    rnd, parent, new = evaluated_round(project, wins=0, losses=2)
+    rnd, _parent, _new = evaluated_round(project, wins=0, losses=2)
     round_advance(round_id=rnd.pk)
     newer = model_version_register(project=project, name="dpo-9", kind="policy", artifact_path="/m/dpo",
                                    make_current=True)
@@ -448,7 +454,7 @@ def test_the_model_table_shows_held_out_figures_with_their_meaning(client, sent)
 
     project = make_project()
     admin = add_member(project, make_user("metrics"), role="admin")
-    rnd, parent, new = evaluated_round(project, wins=1, losses=3)
+    rnd, parent, _new = evaluated_round(project, wins=1, losses=3)
     round_advance(round_id=rnd.pk)
     reward = model_version_register(project=project, name="reward-7", kind="reward", artifact_path="/m/rm", metrics={
         "accuracy": 0.0, "margin": -0.2, "loss/train": 0.71, "loss/train_mean": 0.69, "eval/pairwise_accuracy": 0.636,
