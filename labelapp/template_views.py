@@ -72,7 +72,9 @@ def _preview(project, fields: dict, form: dict) -> dict:
     except ValueError:
         index = 0
     try:
-        template = Template(**{k: fields[k] for k in (*TEXT_FIELDS, *NUMBER_FIELDS) if k in fields})
+        values = {k: fields[k] for k in (*TEXT_FIELDS, *NUMBER_FIELDS) if k in fields}
+        values["name"] = (values.get("name") or "").strip() or "new template"  # the preview needs no name yet
+        template = Template(**values)
         rendered = template_preview(template=template, rows=rows, index=min(index, len(rows) - 1))
     except (TemplateError, TypeError) as exc:
         return {"error": str(exc)}

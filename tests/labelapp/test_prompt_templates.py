@@ -250,6 +250,10 @@ def test_studio_page_is_for_admins_and_previews_and_saves_without_script(project
     assert shown.status_code == 200 and b"hypothesis 1?" in shown.content and not PromptTemplate.objects.exists()
     fragment = client.post(url + "preview/", form)
     assert b'data-testid="prompt"' in fragment.content and b"hypothesis 1?" in fragment.content
+    unnamed = client.post(url + "preview/", {**form, "name": ""})  # previewing before naming it
+    assert b"hypothesis 1?" in unnamed.content
+    typo = client.post(url + "preview/", {**form, "text": "{premise} {hypothesys}"})
+    assert b'id="preview-error"' in typo.content and b"field &#x27;hypothesis&#x27; is not a placeholder" in typo.content
     refused = client.post(url, {**form, "text": "nothing to fill", "action": "save"})
     assert refused.status_code == 400 and b"no {placeholder}" in refused.content
     assert not PromptTemplate.objects.exists()
