@@ -20,7 +20,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 from labelapp.importing import detect_format
 from labelapp.models import Prompt, PromptTemplate
 from labelapp.services.templates import (
-    prompt_template_create, prompt_template_update, template_preview, templated_import,
+    prompt_template_create,
+    prompt_template_update,
+    template_preview,
+    templated_import,
 )
 from labelapp.studio_views import _project
 from labelapp.templating import CHOICES, MODES, Template, TemplateError

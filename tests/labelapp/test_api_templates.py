@@ -148,7 +148,7 @@ def test_the_admin_curl_example_in_the_api_docs_runs(live_server):
     from labelapp.services.tokens import api_token_create
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text()
-    [script] = re.findall(r"<!-- admin-example -->\n```sh\n(.*?)```", doc, flags=re.S)
+    [script] = re.findall(r"<!-- admin-example -->\n```sh\n(.*?)```", doc, flags=re.DOTALL)
     project = make_project()
     _, key = api_token_create(user=add_member(project, role="admin"), name="docs")
     env = {**os.environ, "STUDIO": live_server.url, "TOKEN": key, "PROJECT": str(project.pk)}

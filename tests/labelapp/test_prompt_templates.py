@@ -14,7 +14,11 @@ from labelapp import exports
 from labelapp.models import Prompt, PromptTemplate
 from labelapp.services.projects import ImportRejected
 from labelapp.services.templates import (
-    prompt_template_create, prompt_template_delete, prompt_template_update, template_preview, templated_import,
+    prompt_template_create,
+    prompt_template_delete,
+    prompt_template_update,
+    template_preview,
+    templated_import,
 )
 from labelapp.templating import TemplateError
 from tests.conftest import make_project
@@ -143,9 +147,9 @@ def test_round_robin_random_and_all_templates(project):
 
 def test_csv_rows_with_category_and_split_columns(project):
     template = make_template(project)
-    data = ("premise,hypothesis,target,category,split\n"
-            "\"A cat, asleep.\",the cat sleeps,yes,classification,validation\n"
-            "A dog barks.,the dog is quiet,no,,\n").encode()
+    data = (b"premise,hypothesis,target,category,split\n"
+            b"\"A cat, asleep.\",the cat sleeps,yes,classification,validation\n"
+            b"A dog barks.,the dog is quiet,no,,\n")
     result = templated_import(project=project, data=gzip.compress(data), fmt="csv", template_ids=[template.pk])
     assert result.created == 2
     cat, dog = Prompt.objects.order_by("id")
