@@ -27,10 +27,12 @@ from rlhf.config import (
     DPORunConfig,
     GRPOConfig,
     PPOConfig,
+    QUANTIZE_METHODS,
     RewardRunConfig,
     RLOOConfig,
     SFTRunConfig,
     check_dpo_config,
+    check_peft,
     check_policy_config,
     check_reward_config,
 )
@@ -54,12 +56,16 @@ SAMPLE = {  # what workers.executors.run_sample reads
     "max_new_tokens": (64, "int", "Max tokens per sampled completion."),
     "temperature": (1.0, "float", "Sampling temperature."),
     "seed": (None, "int | None", "Seed of the prompt choice and the samples (null: a fresh one per run)."),
+    "quantize": (None, "str | None", "'int8': sample from an int8 copy of the policy (CPU workers only; "
+                 "docs/RLHF.md); null: the weights as trained."),
 }
 EVALUATION = {  # what workers.executors.run_evaluate reads
     "prompts": (8, "int", "Held-out (validation) prompts answered by the new policy and its parent."),
     "max_new_tokens": (64, "int", "Max tokens per answer."),
     "temperature": (0.7, "float", "Sampling temperature."),
     "seed": (0, "int", "Sampling seed."),
+    "quantize": (None, "str | None", "'int8': answer with int8 copies of both policies (CPU workers only); null: "
+                 "the weights as trained."),
 }
 
 GATE = {  # the promotion gate (labelapp.services.rounds.gate_verdict): null switches a check off
@@ -160,6 +166,8 @@ def _matches(value, part: str) -> bool:
 def _check_value(path: str, name: str, value, kind: str) -> str | None:
     if not any(_matches(value, part.strip()) for part in kind.split("|")):
         return f"{path} must be {_describe(kind)} (got {value!r})."
+    if name == "quantize" and value is not None and value not in QUANTIZE_METHODS:
+        return f"{path} must be null or one of {', '.join(QUANTIZE_METHODS)} (got {value!r})."
     rule = RANGES.get(name)
     if rule is not None and value is not None and not isinstance(value, bool) and isinstance(value, (int, float)):
         test, what = rule
@@ -180,6 +188,8 @@ def _cross_checks(section: str, method: str, values: dict) -> list[str]:
         return []
     try:
         config = cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(cls)}})
+        kind = {SFTRunConfig: "sft", RewardRunConfig: "reward", DPORunConfig: "dpo"}.get(cls, "ppo")
+        check_peft(config, kind, hardware=False)  # the trainer takes the method (the worker checks its hardware)
         if cls is RewardRunConfig:
             check_reward_config(config)
         elif cls is DPORunConfig:

@@ -20,7 +20,10 @@ from django.views.decorators.http import require_http_methods, require_POST
 from labelapp.importing import detect_format
 from labelapp.models import Prompt, PromptTemplate
 from labelapp.services.templates import (
-    prompt_template_create, prompt_template_update, template_preview, templated_import,
+    prompt_template_create,
+    prompt_template_update,
+    template_preview,
+    templated_import,
 )
 from labelapp.studio_views import _project
 from labelapp.templating import CHOICES, MODES, Template, TemplateError
@@ -72,7 +75,9 @@ def _preview(project, fields: dict, form: dict) -> dict:
     except ValueError:
         index = 0
     try:
-        template = Template(**{k: fields[k] for k in (*TEXT_FIELDS, *NUMBER_FIELDS) if k in fields})
+        values = {k: fields[k] for k in (*TEXT_FIELDS, *NUMBER_FIELDS) if k in fields}
+        values["name"] = (values.get("name") or "").strip() or "new template"  # the preview needs no name yet
+        template = Template(**values)
         rendered = template_preview(template=template, rows=rows, index=min(index, len(rows) - 1))
     except (TemplateError, TypeError) as exc:
         return {"error": str(exc)}

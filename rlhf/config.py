@@ -399,6 +399,9 @@ class SamplingConfig:
     batch_size: int = _help("Sequences decoded together: batch_size // k whole prompts (at least one), each prompt's K samples sharing one prefill.", 32)
     device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
     dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
+    quantize: str | None = _help("'int8': dynamic int8 quantization of the policy's linear layers for sampling (CPU "
+                                 "only; torch.ao, weights int8 per output channel, activations quantized on the fly; "
+                                 "a LoRA/IA3 adapter is merged first). null: the weights as loaded.", None)
     cache_implementation: str | None = _help("Decode with HF generate() and this cache, e.g. 'static' (compiled decode "
                                              "on GPU); null: rlhf's own loop, which drops finished sequences from the "
                                              "batch.")
@@ -406,3 +409,17 @@ class SamplingConfig:
                          "models, else eager), 'eager' (the model's forward; on CPU finished rows leave the batch) or "
                          "'static'. The environment variable RLHF_DECODER sets it where no config reaches "
                          "(PPO rollouts); RLHF_DECODER_COMPILE=0 turns compilation off.", "auto")
+
+
+QUANTIZE_METHODS = ("int8",)
+
+
+def check_quantize(quantize: str | None, device: str = "cpu", *, cuda_available: bool | None = None) -> None:
+    """ValueError when `quantize` (a sampling/evaluation option) is unknown or cannot run on `device`. Torch-free."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_METHODS:
+        raise ValueError(f"quantize must be one of {list(QUANTIZE_METHODS)} or null (got {quantize!r}).")
+    if str(device).startswith("cuda") or (device == "auto" and cuda_available):
+        raise ValueError("quantize 'int8' is dynamic quantization for CPU inference (torch.ao has no CUDA kernels "
+                         "for it); sample on the CPU (device 'cpu') or leave quantize null on a GPU.")

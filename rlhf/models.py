@@ -309,6 +309,33 @@ def is_prompt_learning(model) -> bool:
     return bool(getattr(config, "is_prompt_learning", False))
 
 
+def quantize_int8(model):
+    """The model with every ``nn.Linear`` replaced by a dynamically quantized int8 one, for CPU inference
+    (``torch.ao.quantization.quantize_dynamic``: weights int8 per output channel, activations quantized per
+    batch on the fly, accumulation in int32, output fp32). Embeddings and norms stay fp32; a tied LM head
+    becomes its own int8 copy. A mergeable adapter (LoRA, IA3) is folded in first; a prompt-learning adapter
+    keeps its virtual tokens in fp32 over the quantized base. In place; the model is put in eval mode."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        raise ValueError("int8 dynamic quantization runs on the CPU only: load the model with device='cpu'")
+    if hasattr(model, "peft_config") and not is_prompt_learning(model):
+        model = model.merge_and_unload()
+    model.eval()
+    return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+
+
+def load_for_sampling(ref=None, quantize: str | None = None, device: str = "auto", dtype: str | torch.dtype = "auto"):
+    """A policy for sampling or evaluation: ``load_causal_lm``, then int8 dynamic quantization when
+    ``quantize == "int8"`` (CPU, fp32 weights). A bad ``quantize`` is refused before the model loads."""
+    from .config import check_quantize
+
+    check_quantize(quantize, str(device), cuda_available=torch.cuda.is_available())
+    if not quantize:
+        return load_causal_lm(ref, device=device, dtype=dtype)
+    return quantize_int8(load_causal_lm(ref, device="cpu", dtype="float32"))
+
+
 def merge_lora(model, out_dir: str | os.PathLike | None = None, tokenizer=None):
     """Fold a LoRA adapter into its base weights; optionally save the merged safetensors checkpoint."""
     if hasattr(model, "merge_and_unload"):

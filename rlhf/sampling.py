@@ -242,7 +242,7 @@ def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | Non
                  progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
     """Load the model, sample, write ``samples.jsonl`` + ``metadata.json`` to ``config.output_dir``."""
     from .decoder import ENGINES
-    from .models import describe_model, load_causal_lm, load_tokenizer
+    from .models import describe_model, load_tokenizer
 
     if config.decoder not in ENGINES:
         raise ValueError(f"unknown decoder {config.decoder!r}: choose one of {', '.join(ENGINES)}")
@@ -251,7 +251,9 @@ def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | Non
             raise ValueError("no prompts: set `prompts` in the config or pass them")
         prompts = load_prompts(config.prompts)
     tokenizer = load_tokenizer(config.model)
-    model = load_causal_lm(config.model, device=config.device, dtype=config.dtype)
+    from .models import load_for_sampling
+
+    model = load_for_sampling(config.model, quantize=config.quantize, device=config.device, dtype=config.dtype)
     t0 = time.time()
     samples = sample(model, tokenizer, prompts, k=config.k, max_new_tokens=config.max_new_tokens,
                      do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p,

@@ -262,7 +262,7 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
 
 def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
     """K completions for N prompts from the run's input policy, stored as ranking tasks."""
-    from rlhf.models import load_causal_lm, load_tokenizer
+    from rlhf.models import load_for_sampling, load_tokenizer
     from rlhf.sampling import sample
 
     project = run.project
@@ -287,7 +287,7 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
         return Outcome({"prompts": 0, "tasks": 0})
     path = version.artifact_path if version else project.base_model
     tokenizer = load_tokenizer(path, padding_side="left")
-    model = load_causal_lm(path)
+    model = load_for_sampling(path, quantize=run.params.get("quantize"))  # "int8": CPU int8
     samples = sample(
         model, tokenizer, [p.turns for p in prompts], k=k, max_new_tokens=int(run.params.get("max_new_tokens", 64)),
         temperature=float(run.params.get("temperature", 1.0)), seed=seed, progress=progress,
@@ -333,7 +333,7 @@ def base_version(project) -> ModelVersion:
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     """One answer per held-out prompt from the candidate (the run's input model) and the
     baseline; both scored by the current reward model; stored as blind A/B tasks."""
-    from rlhf.models import load_causal_lm, load_reward_model, load_tokenizer
+    from rlhf.models import load_for_sampling, load_reward_model, load_tokenizer
     from rlhf.reward import conversation, score
     from rlhf.sampling import sample
 
@@ -354,7 +354,7 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
                 "temperature": float(run.params.get("temperature", 0.7)), "seed": int(run.params.get("seed", 0))}
     answers, finish = {}, {}
     for step, version in enumerate((candidate, baseline), start=1):
-        model = load_causal_lm(version.artifact_path)
+        model = load_for_sampling(version.artifact_path, quantize=run.params.get("quantize"))  # "int8": CPU int8
         tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
         samples = sample(model, tokenizer, [p.turns for p in prompts], k=1, **settings)
         answers[version.pk] = [s.completion.strip() for s in samples]

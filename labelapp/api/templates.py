@@ -27,7 +27,11 @@ from labelapp.importing import detect_format
 from labelapp.models import Prompt, PromptTemplate, Role
 from labelapp.models.templates import template_error_field
 from labelapp.services.templates import (
-    prompt_template_create, prompt_template_delete, prompt_template_update, template_preview, templated_import,
+    prompt_template_create,
+    prompt_template_delete,
+    prompt_template_update,
+    template_preview,
+    templated_import,
 )
 from labelapp.templating import CHOICES, MODES, Template, TemplateError
 
@@ -203,4 +207,4 @@ class TemplatedImportView(LimitedUploadMixin, APIView):
         return Response(TemplatedImportOutput(result).data, status=status.HTTP_201_CREATED)
 
 
-__all__ = ["TemplateListView", "TemplateDetailView", "TemplatePreviewView", "TemplatedImportView", "NON_FIELD"]
+__all__ = ["NON_FIELD", "TemplateDetailView", "TemplateListView", "TemplatePreviewView", "TemplatedImportView"]

@@ -24,13 +24,29 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from labelapp.importing import (
-    ParseReport, category_error, category_for, json_line, metadata_error, open_upload, prompt_hash, upload_lines,
+    ParseReport,
+    category_error,
+    category_for,
+    json_line,
+    metadata_error,
+    open_upload,
+    prompt_hash,
+    upload_lines,
 )
 from labelapp.models import Project, Prompt, PromptTemplate
 from labelapp.models.templates import RENDERED_FIELDS, template_error_field
 from labelapp.services.projects import ImportRejected, ImportResult, lock_project
 from labelapp.services.text import refuse_nul
-from labelapp.templating import CHOICES, TARGET, Rendered, Template, TemplateError, check_row, render_one, render_rows
+from labelapp.templating import (
+    CHOICES,
+    TARGET,
+    Rendered,
+    Template,
+    TemplateError,
+    check_row,
+    render_one,
+    render_rows,
+)
 
 CONTROL_FIELDS = ("category", "split")  # fields of a row that set the prompt's category and split, not rendered
 EDITABLE = ("name", *RENDERED_FIELDS)
@@ -289,6 +305,11 @@ def _render_and_write(*, project: Project, rows: list[dict], lines: list[int], t
 
 
 __all__ = [
-    "prompt_template_create", "prompt_template_update", "prompt_template_delete", "template_preview",
-    "templated_import", "parse_field_rows", "template_error_field",
+    "parse_field_rows",
+    "prompt_template_create",
+    "prompt_template_delete",
+    "prompt_template_update",
+    "template_error_field",
+    "template_preview",
+    "templated_import",
 ]

@@ -136,3 +136,24 @@ def test_templated_import_over_the_api(project):
     assert got.status_code == 400 and "choice" in got.json()["errors"]
     annotator = client_for(add_member(project, role="annotator"))
     assert annotator.post(url, {"file": rows_file(ROWS), "templates": "t"}).status_code == 403
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_curl_example_in_the_api_docs_runs(live_server):
+    import os
+    import re
+    import subprocess
+    from pathlib import Path
+
+    from labelapp.services.tokens import api_token_create
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "API.md").read_text()
+    [script] = re.findall(r"<!-- admin-example -->\n```sh\n(.*?)```", doc, flags=re.DOTALL)
+    project = make_project()
+    _, key = api_token_create(user=add_member(project, role="admin"), name="docs")
+    env = {**os.environ, "STUDIO": live_server.url, "TOKEN": key, "PROJECT": str(project.pk)}
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert '"created":2' in run.stdout.replace(" ", "")
+    assert Prompt.objects.filter(project=project, metadata__template__name="nli").count() == 2

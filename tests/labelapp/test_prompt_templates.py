@@ -14,7 +14,11 @@ from labelapp import exports
 from labelapp.models import Prompt, PromptTemplate
 from labelapp.services.projects import ImportRejected
 from labelapp.services.templates import (
-    prompt_template_create, prompt_template_delete, prompt_template_update, template_preview, templated_import,
+    prompt_template_create,
+    prompt_template_delete,
+    prompt_template_update,
+    template_preview,
+    templated_import,
 )
 from labelapp.templating import TemplateError
 from tests.conftest import make_project
@@ -143,9 +147,9 @@ def test_round_robin_random_and_all_templates(project):
 
 def test_csv_rows_with_category_and_split_columns(project):
     template = make_template(project)
-    data = ("premise,hypothesis,target,category,split\n"
-            "\"A cat, asleep.\",the cat sleeps,yes,classification,validation\n"
-            "A dog barks.,the dog is quiet,no,,\n").encode()
+    data = (b"premise,hypothesis,target,category,split\n"
+            b"\"A cat, asleep.\",the cat sleeps,yes,classification,validation\n"
+            b"A dog barks.,the dog is quiet,no,,\n")
     result = templated_import(project=project, data=gzip.compress(data), fmt="csv", template_ids=[template.pk])
     assert result.created == 2
     cat, dog = Prompt.objects.order_by("id")
@@ -250,6 +254,10 @@ def test_studio_page_is_for_admins_and_previews_and_saves_without_script(project
     assert shown.status_code == 200 and b"hypothesis 1?" in shown.content and not PromptTemplate.objects.exists()
     fragment = client.post(url + "preview/", form)
     assert b'data-testid="prompt"' in fragment.content and b"hypothesis 1?" in fragment.content
+    unnamed = client.post(url + "preview/", {**form, "name": ""})  # previewing before naming it
+    assert b"hypothesis 1?" in unnamed.content
+    typo = client.post(url + "preview/", {**form, "text": "{premise} {hypothesys}"})
+    assert b'id="preview-error"' in typo.content and b"field &#x27;hypothesis&#x27; is not a placeholder" in typo.content
     refused = client.post(url, {**form, "text": "nothing to fill", "action": "save"})
     assert refused.status_code == 400 and b"no {placeholder}" in refused.content
     assert not PromptTemplate.objects.exists()

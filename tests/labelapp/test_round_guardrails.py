@@ -122,6 +122,11 @@ def test_the_waiting_stage_counts_the_rounds_own_tasks_and_names_who_is_on_them(
     ({"reward": {"length_control": "magic"}}, "ppo", "reward: length_control must be one of"),
     ({"sample": {"temperature": 0}}, "ppo", "sample.temperature must be a number greater than 0 (got 0)."),
     ({"evaluation": {"prompts": True}}, "ppo", "evaluation.prompts must be a whole number (got True)."),
+    ({"sample": {"quantize": "int4"}}, "ppo", "sample.quantize must be null or one of int8 (got 'int4')."),
+    ({"sft": {"peft": "prefix_tuning"}, "reward": {"peft": "prompt_tuning"}}, "ppo",
+     "reward: peft 'prompt_tuning' is not supported for the reward trainer"),
+    ({"policy": {"peft": "ia3"}}, "ppo", "policy: peft 'ia3' is not supported for the ppo trainer"),
+    ({"policy": {"num_samples": 1}}, "rloo", "policy: num_samples must be 2 or more for rloo"),
     ({"k": 12}, "ppo", "'k' must be null (the project's K) or a whole number from 2 to 9"),
     ({"sft": []}, "ppo", "'sft' must be an object of settings"),
 ])
@@ -172,7 +177,7 @@ def test_the_form_shows_every_default_and_refuses_bad_settings_by_name(client, s
     shown = json.loads(html.unescape(box))
     assert shown["sft"]["learning_rate"] == 2e-4 and shown["reward"]["learning_rate"] == 1e-4
     assert shown["policy"]["kl_coef"] == 0.05 and shown["k"] == 3 and shown["priority"] == 10
-    assert shown["evaluation"] == {"prompts": 8, "max_new_tokens": 64, "temperature": 0.7, "seed": 0}
+    assert shown["evaluation"] == {"prompts": 8, "max_new_tokens": 64, "temperature": 0.7, "seed": 0, "quantize": None}
     assert "output_dir" not in shown["sft"] and "reward_model" not in shown["policy"]
     swap = json.loads(html.unescape(page.split('data-policy-defaults="')[1].split('"')[0]))
     assert swap["dpo"]["beta"] == 0.1 and swap["ppo"]["rollout_batch_size"] == 16

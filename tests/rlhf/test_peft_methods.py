@@ -9,7 +9,15 @@ from unittest import mock
 import pytest
 import torch
 
-from rlhf.config import PEFT_SUPPORT, DPORunConfig, PPOConfig, RewardRunConfig, SFTRunConfig, check_peft, peft_method
+from rlhf.config import (
+    PEFT_SUPPORT,
+    DPORunConfig,
+    PPOConfig,
+    RewardRunConfig,
+    SFTRunConfig,
+    check_peft,
+    peft_method,
+)
 from rlhf.contract import last_checkpoint, read_metadata
 from rlhf.data import Demonstration, PreferencePair
 

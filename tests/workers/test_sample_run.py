@@ -28,3 +28,27 @@ def test_the_seed_fixes_the_prompts_a_sampling_run_picks(tmp_path, settings, tin
     assert len(first) == 4 and all(text.startswith("Name an animal") for text in first)
     assert picked(5) == first
     assert any(picked(seed) != first for seed in (6, 7, 8))  # other seeds, other prompts (deterministic)
+
+
+def test_a_sampling_run_can_sample_through_int8_weights(tmp_path, settings, tiny_dir):
+    """params {"quantize": "int8"}: the policy's linear layers are quantized before sampling (CPU);
+    an unknown value fails the run before any model loads, and nothing is written."""
+    from unittest import mock
+
+    from rlhf import models
+
+    settings.DATA_DIR = tmp_path
+    project = make_project(k=2, base_model=tiny_dir)
+    for i in range(3):
+        make_prompt(project, text=f"Name a colour, number {i}.")
+    run = TrainingRun.objects.create(project=project, kind="sample",
+                                     params={"prompts": 2, "max_new_tokens": 3, "seed": 1, "quantize": "int8"})
+    with mock.patch.object(models, "quantize_int8", wraps=models.quantize_int8) as quantized:
+        finished = execute(executors.run_sample, run)  # as the worker does: outputs stored with run_finish
+    assert quantized.call_count == 1 and finished.result["tasks"] == 2
+    bad = TrainingRun.objects.create(project=project, kind="sample", status=TrainingRun.Status.RUNNING,
+                                     params={"prompts": 1, "max_new_tokens": 3, "seed": 2, "quantize": "int4"})
+    with mock.patch.object(models, "load_causal_lm", side_effect=AssertionError("loaded")), \
+            pytest.raises(ValueError, match="quantize must be one of"):
+        executors.run_sample(bad, lambda *a: None)
+    assert RankingTask.objects.count() == 2

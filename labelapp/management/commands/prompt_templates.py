@@ -7,7 +7,11 @@ from django.core.management.base import BaseCommand, CommandError
 from labelapp.importing import detect_format
 from labelapp.models import Project, PromptTemplate
 from labelapp.services.templates import (
-    parse_field_rows, prompt_template_create, prompt_template_update, template_preview, templated_import,
+    parse_field_rows,
+    prompt_template_create,
+    prompt_template_update,
+    template_preview,
+    templated_import,
 )
 from labelapp.templating import CHOICES, TemplateError
 
