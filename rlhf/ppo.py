@@ -80,7 +80,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .config import GRPOConfig, PPOConfig, RLOOConfig  # configs live in rlhf.config (torch-free); importable here
+from .config import GRPOConfig, PPOConfig, RLOOConfig  # noqa: F401  (torch-free rlhf.config; importable here)
 from .contract import MODEL_SUBDIR, Artifacts, Cancelled, data_hash, last_checkpoint, seed_everything, write_metadata
 from .data import Demonstration, Messages, as_messages
 from .sampling import decoding_settings, generate_ids, render_prompts
