@@ -13,7 +13,7 @@ For each path, in one process: update 1 is a warm-up; update 2 runs under a Torc
 every aten op dispatched (forward, backward, optimizer; eager CPU, nothing compiled) and every read of a
 tensor value by the host: ``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``int()``, ``bool()``),
 ``aten::nonzero`` (boolean indexing), and ``.tolist()`` / ``.cpu()`` / ``.numpy()`` calls (wrapped, since
-on CPU they dispatch nothing), each with its call site; updates 3-5 are timed without the counter.
+on CPU they dispatch nothing), each with its call site; updates 3-4 are timed without the counter.
 Host reads of tensors that live on the host on a GPU too (prompt order, ptx picks) are listed but not
 counted as device syncs.
 
@@ -225,11 +225,11 @@ def part_counts(tmp: Path) -> list[dict]:
         tok.save_pretrained(d)
     rows = []
     for path in ("old", "new"):
-        row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"counts_{path}"), updates=5, count_update=2)
+        row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"counts_{path}"), updates=4, count_update=2)
         rows.append(row)
         timed = row["walls"][2:]
         print(f"[counts] {path}: ops/update {row['ops']:,}  syncs/update {row['syncs']}  "
-              f"wall/update {1000 * sum(timed) / len(timed):.0f} ms (updates 3-5: "
+              f"wall/update {1000 * sum(timed) / len(timed):.0f} ms (updates 3-4: "
               f"{', '.join(f'{1000 * w:.0f}' for w in timed)} ms)", flush=True)
         for site, n in sorted(row["reads"].items(), key=lambda kv: -kv[1]):
             print(f"           {n:5d}  {site}", flush=True)
@@ -289,7 +289,7 @@ def main() -> None:
         print(f"| narrow 32-layer: aten ops per update | {old['ops']:,} | {new['ops']:,} | {old['ops'] / new['ops']:.2f}x |")
         print(f"| narrow 32-layer: device->host syncs per update | {old['syncs']} | {new['syncs']} | "
               f"{old['syncs'] / max(new['syncs'], 1):.1f}x |")
-        print(f"| narrow 32-layer: wall per update (ms, mean of 3) | {1000 * wo:.0f} | {1000 * wn:.0f} | {wo / wn:.2f}x |")
+        print(f"| narrow 32-layer: wall per update (ms, mean of updates 3-4) | {1000 * wo:.0f} | {1000 * wn:.0f} | {wo / wn:.2f}x |")
     if smollm:
         old, new = smollm
         for i in range(len(old["walls"])):
