@@ -5,7 +5,8 @@
 Part 1 (counts): a Llama with SmolLM2-360M's 32 layers and head layout (15 query / 5 KV heads) but hidden
 size 60, its 49,152-token vocabulary (the bundled SmolLM2 tokenizer), a reward model of the same shape (so
 the new path scores from token ids), LoRA r16 on all linear layers, batch 8, 32 new tokens, 2 PPO epochs,
-minibatch 4 (4 micro-steps per update). Compute is negligible, so wall time is host overhead. Decoding is
+minibatch 4 (4 micro-steps per update). The 32 layers' compute is negligible; the 49,152-wide output head
+is not (vocabulary-sized matmuls and softmaxes dominate the wall time on a 2-core CPU). Decoding is
 not part of this half (rlhf/sampling.py and its decoder are measured apart): both paths get the same
 pre-drawn responses (random ids, no EOS) in place of sampling, so everything else in an update runs as in
 training: scoring forwards, reward, GAE, epochs of micro-steps, optimizer, metrics.
@@ -14,8 +15,8 @@ every aten op dispatched (forward, backward, optimizer; eager CPU, nothing compi
 tensor value by the host: ``aten::_local_scalar_dense`` (``.item()``, ``float()``, ``int()``, ``bool()``),
 ``aten::nonzero`` (boolean indexing), and ``.tolist()`` / ``.cpu()`` / ``.numpy()`` calls (wrapped, since
 on CPU they dispatch nothing), each with its call site; updates 3-4 are timed without the counter.
-Host reads of tensors that live on the host on a GPU too (prompt order, ptx picks) are listed but not
-counted as device syncs.
+Host reads of tensors that live on the host on a GPU too (the prompt order's permutation, non-fused AdamW's
+per-parameter step counters) are listed but not counted as device syncs.
 
 Part 2 (135M): one PPO update on the bundled SmolLM2-135M-Instruct (policy with LoRA r16, the same
 checkpoint as reward model with a fresh head, value model = reward model + a second adapter), batch 8,
