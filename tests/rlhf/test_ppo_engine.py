@@ -56,21 +56,24 @@ def test_chunked_logprobs_and_entropy_equal_the_full_computation(tmp_path, tiny_
     # gradients through the chunked autograd function equal autograd through the full logits
     weights = torch.randn(r.shape)
     grads = []
-    for fn, kw in ((policy_forward_full, {}), (policy_forward, {"chunk_elements": 1000})):
+    for fn, kw in ((policy_forward_full, {}), (policy_forward, {"chunk_elements": 1000}), (policy_forward, {})):
         policy.zero_grad(set_to_none=True)
         (fn(policy, q, qm, r, rm, 0.7, **kw) * weights).sum().backward()
         grads.append({n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for name in grads[0]:
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys() and grads[0]
+    for name in grads[0]:  # several chunks (logits recomputed in backward) and one chunk (softmax kept)
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
+        assert torch.allclose(grads[0][name], grads[2][name], atol=1e-5, rtol=1e-4), name
 
 
-def test_chunked_head_with_a_bias_matches_log_softmax():
+@pytest.mark.parametrize("chunk_elements", [120, None])  # 2 rows per chunk (recomputed in backward); one chunk
+def test_chunked_head_with_a_bias_matches_log_softmax(chunk_elements):
     torch.manual_seed(0)
     head = torch.nn.Linear(8, 50, bias=True)
     hidden = torch.randn(2, 6, 8, requires_grad=True)
     targets = torch.randint(0, 50, (2, 6))
-    lp, ent = token_logprobs_from_hidden(hidden, head, targets, 1.3, with_entropy=True, chunk_elements=120)
+    lp, ent = token_logprobs_from_hidden(hidden, head, targets, 1.3, with_entropy=True,
+                                         chunk_elements=chunk_elements)
     ref = torch.log_softmax(head(hidden) / 1.3, -1)
     assert torch.allclose(lp, ref.gather(-1, targets[..., None]).squeeze(-1), atol=1e-6)
     assert torch.allclose(ent, -(ref.exp() * ref).sum(-1), atol=1e-5)
