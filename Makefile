@@ -35,7 +35,8 @@ migrate: $(VENV)/.web-installed
 demo: $(VENV)/.worker-installed
 	bash scripts/demo.sh
 
-## Every test: services against PostgreSQL, pages in headless Chromium, rlhf/ on tiny models.
+## Every test: lint (ruff), services against PostgreSQL, pages in headless Chromium, rlhf/ on tiny models.
 test: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check .
 	bash scripts/test-prereqs.sh
 	DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) $(PY) -m pytest $(PYTEST_ARGS)

@@ -58,12 +58,12 @@ def recreate_database(url: str) -> None:
 
 
 def seed(tasks: int, annotators: int, overlap: int) -> tuple[int, list[int]]:
+    from django.contrib.auth import get_user_model
     from django.core.management import call_command
     from django.db import connection
 
     from labelapp.models import Completion, Prompt, RankingTask
     from labelapp.services.projects import completion_create, membership_set, project_create, prompt_create
-    from django.contrib.auth import get_user_model
 
     call_command("migrate", verbosity=0)
     project = project_create(name="Load", slug="load", k=2, overlap=overlap)

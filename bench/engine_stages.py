@@ -15,6 +15,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import engine_counts as ec  # noqa: E402
+
 from rlhf.models import convert_bundled_model, load_tokenizer  # noqa: E402
 
 

@@ -149,7 +149,7 @@ def main() -> None:
         import requests
 
         requests.get(f"http://127.0.0.1:{port}/api/v1/projects/", headers={"Authorization": f"Token {projects[0][2]}"})
-        for pairs, project_id, key in projects:
+        for _pairs, project_id, key in projects:
             r = download(f"http://127.0.0.1:{port}/api/v1/projects/{project_id}/exports/pairs/", key, server.pid)
             print(
                 f"pairs {r['records']:>9,}  {r['records'] / r['seconds']:>9,.0f} records/s  "

@@ -44,7 +44,7 @@ def dir_size(path: str | os.PathLike) -> int:
     if p.is_file():
         return p.stat().st_size
     total = 0
-    for root, dirs, files in os.walk(p):
+    for root, _dirs, files in os.walk(p):
         for name in files:
             f = Path(root) / name
             try:

@@ -40,8 +40,18 @@ from functools import cached_property
 from django.conf import settings
 
 from labelapp.importing import (
-    MAX_REPORTED_ERRORS, ROLES, ParseReport, read_errors, category_error, category_for, json_line, metadata_error,
-    open_upload, prompt_hash, upload_lines, upload_text,
+    MAX_REPORTED_ERRORS,
+    ROLES,
+    ParseReport,
+    category_error,
+    category_for,
+    json_line,
+    metadata_error,
+    open_upload,
+    prompt_hash,
+    read_errors,
+    upload_lines,
+    upload_text,
 )
 from labelapp.models import Category, Flag, Prompt
 from labelapp.services.labels import MAX_TIME_SPENT_MS

@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Q, Sum
 
 from labelapp.agreement import annotator_consensus_agreement, annotator_pairwise_agreement
-from labelapp.models import AILabel, Adjudication, Comparison, Project, Ranking, RankingTask, ReliabilityFit
+from labelapp.models import AILabel, Comparison, Project, Ranking, RankingTask, ReliabilityFit
 from labelapp.reliability import AnnotatorFit, FlagRules, flags_for
 from labelapp.stats import project_rankings
 
@@ -27,7 +27,7 @@ def _median_times(project: Project) -> dict[int, float]:
     return {a: median(v) for a, v in times.items()}
 
 
-def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dict:
+def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dict:  # noqa: B008 (frozen)
     """One row per annotator who ranked anything in the project, best reliability first."""
     fit = latest_fit(project=project)
     rankings = project_rankings(project=project)

@@ -152,7 +152,7 @@ def fit(
     params: dict[Hashable, tuple[float, float, float]] = {}
     converged = False
     iteration = 0
-    for iteration in range(1, max_iterations + 1):
+    for iteration in range(1, max_iterations + 1):  # noqa: B007 (read after the loop)
         # M step: expected (correct, tie, wrong) counts per annotator over informative units.
         counts = {a: list(prior) for a in annotators}
         for u in informative:

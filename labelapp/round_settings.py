@@ -24,10 +24,10 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from rlhf.config import (
+    QUANTIZE_METHODS,
     DPORunConfig,
     GRPOConfig,
     PPOConfig,
-    QUANTIZE_METHODS,
     RewardRunConfig,
     RLOOConfig,
     SFTRunConfig,

@@ -22,6 +22,7 @@ from labelapp import selectors
 from labelapp.keymap import bindings_for
 from labelapp.models import Assignment, Demonstration, Flag, Project, Queue, Role
 from labelapp.services.access import has_role
+from labelapp.services.label_changes import demonstration_edit, demonstration_withdraw, ranking_edit, ranking_withdraw
 from labelapp.services.labels import (
     comparison_submit,
     demonstration_review,
@@ -29,7 +30,6 @@ from labelapp.services.labels import (
     order_from_ranks,
     ranking_submit,
 )
-from labelapp.services.label_changes import demonstration_edit, demonstration_withdraw, ranking_edit, ranking_withdraw
 from labelapp.services.queue import assignment_skip, task_claim
 
 logger = logging.getLogger(__name__)

@@ -652,7 +652,7 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
     ``reward_fn(prompts, completions, response_ids (B, R), response_mask (B, R)) -> (B,)`` replaces the
     reward model (tests, rule-based rewards). ``demonstrations`` feed PPO-ptx (else ``config.ptx_data``).
     """
-    from .models import bf16_capable, describe_model, pick_device
+    from .models import bf16_capable, describe_model
 
     if config.mini_batch_size > config.rollout_batch_size or config.rollout_batch_size % config.mini_batch_size:
         raise ValueError("mini_batch_size must divide rollout_batch_size")

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import MERGEABLE, check_peft, peft_method
 from .contract import (
     METADATA_FILE,
     MODEL_SUBDIR,
@@ -17,7 +18,6 @@ from .contract import (
     make_hf_callback,
     write_metadata,
 )
-from .config import MERGEABLE, check_peft, peft_method
 from .models import bf16_capable, peft_config, pick_device, resolve_model, save_adapter
 
 log = logging.getLogger(__name__)

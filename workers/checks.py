@@ -102,7 +102,6 @@ def score_uncertainty(*, project_id: int, model_version_id: int, model=None, tok
     store it (labelapp.services.quality.uncertainty_record). A caller that already holds the model passes
     it. Returns how many tasks were scored."""
     import torch
-
     from django.db.models import Case, IntegerField, Value, When
 
     from labelapp.models import ModelVersion, Project, RankingTask

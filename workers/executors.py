@@ -124,9 +124,8 @@ def preference_pairs(project, min_gap: int = 1, mode: str = "none"):
     people's rankings with gold left out and disputes adjudicated, reliability weights and confidences for
     `label_weights` `mode`, AI labels at the project's `ai_label_weight`), and the selection itself (its
     ids, the mode to train with and the lineage)."""
-    from rlhf.data import PreferencePair
-
     from labelapp.quality import training_pairs
+    from rlhf.data import PreferencePair
 
     selected = training_pairs(project=project, min_gap=min_gap, mode=mode)
     pairs = [PreferencePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, margin=p.margin,
@@ -333,12 +332,11 @@ def base_version(project) -> ModelVersion:
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     """One answer per held-out prompt from the candidate (the run's input model) and the
     baseline; both scored by the current reward model; stored as blind A/B tasks."""
+    from labelapp.services.projects import evaluation_task_create
+    from labelapp.stats import evaluation_summary
     from rlhf.models import load_for_sampling, load_reward_model, load_tokenizer
     from rlhf.reward import conversation, score
     from rlhf.sampling import sample
-
-    from labelapp.services.projects import evaluation_task_create
-    from labelapp.stats import evaluation_summary
 
     project, candidate = run.project, run.input_model
     baseline = ModelVersion.objects.filter(pk=run.params.get("baseline_id")).first() or (candidate and candidate.parent)

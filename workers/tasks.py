@@ -126,7 +126,6 @@ class Heartbeat:
 @shared_task(name="studio.run_execute", acks_late=True, reject_on_worker_lost=True)
 def run_execute(run_id: int) -> str:
     from rlhf import Cancelled
-
     from workers.executors import EXECUTORS
 
     close_old_connections()

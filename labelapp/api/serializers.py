@@ -12,7 +12,17 @@ from rest_framework import serializers
 
 from labelapp import selectors
 from labelapp.exports import pseudonym
-from labelapp.models import ApiToken, Completion, Demonstration, ModelVersion, Project, Prompt, Ranking, RankingTask, Role
+from labelapp.models import (
+    ApiToken,
+    Completion,
+    Demonstration,
+    ModelVersion,
+    Project,
+    Prompt,
+    Ranking,
+    RankingTask,
+    Role,
+)
 
 # schema component → fields only reviewers and admins receive (see config.settings' schema hook)
 REVIEWER_ONLY_FIELDS = {

@@ -2,12 +2,12 @@ from django.urls import path, re_path
 from rest_framework.routers import SimpleRouter
 
 from labelapp.api import annotate, views
-from labelapp.api.errors import not_found
-from labelapp.api.schema import SchemaView, SwaggerView
-from labelapp.api.label_imports import LabelImportView
-from labelapp.api.quality import AnnotatorReportView, GoldView, ReliabilityRefitView
 from labelapp.api import templates as prompt_templates
+from labelapp.api.errors import not_found
+from labelapp.api.label_imports import LabelImportView
 from labelapp.api.loop import MakeCurrentView, RoundStartView, RoundViewSet, TrainingRunViewSet
+from labelapp.api.quality import AnnotatorReportView, GoldView, ReliabilityRefitView
+from labelapp.api.schema import SchemaView, SwaggerView
 
 router = SimpleRouter()
 router.register("projects", views.ProjectViewSet, basename="project")

@@ -1,8 +1,9 @@
-import labelapp.models.labels
 import hashlib
 import json
 
 from django.db import migrations, models
+
+import labelapp.models.labels
 
 
 def rehash_prompts(apps, schema_editor):

@@ -1,4 +1,5 @@
 """The studio's data model: labels (labels.py) and the training loop (runs.py)."""
+from labelapp.models.evaluation import Comparison, EvaluationTask  # noqa: F401  (after runs: it uses Round)
 from labelapp.models.labels import (  # noqa: F401
     ApiToken,
     Assignment,
@@ -15,7 +16,6 @@ from labelapp.models.labels import (  # noqa: F401
     RankingTask,
     Role,
 )
+from labelapp.models.quality import Adjudication, AILabel, ReliabilityFit  # noqa: F401
 from labelapp.models.runs import Round, TrainingRun  # noqa: F401
-from labelapp.models.evaluation import Comparison, EvaluationTask  # noqa: F401  (after runs: it uses Round)
-from labelapp.models.quality import AILabel, Adjudication, ReliabilityFit  # noqa: F401
 from labelapp.models.templates import PromptTemplate  # noqa: F401

@@ -34,7 +34,14 @@ from django.utils import timezone
 from labelapp.exports import pseudonym
 from labelapp.label_formats import ImportedPrompt, LabelReport, parse_labels
 from labelapp.models import (
-    Completion, Demonstration, Membership, Project, Prompt, Ranking, RankingTask, Role,
+    Completion,
+    Demonstration,
+    Membership,
+    Project,
+    Prompt,
+    Ranking,
+    RankingTask,
+    Role,
 )
 from labelapp.services.projects import ImportRejected, lock_project
 
@@ -197,7 +204,7 @@ class _Run:
         for chunk in _chunks(task_ids):
             done.update(Ranking.objects.filter(task_id__in=chunk).values_list("task_id", "annotator_id"))
         new = []
-        for r, pid, ids, key in keyed:
+        for r, _pid, ids, key in keyed:
             tid, uid = task_of[key], self.users[r.annotator]
             if (tid, uid) in done:
                 continue

@@ -21,8 +21,8 @@ from django.db.models import Q
 
 from labelapp import reliability
 from labelapp.models import (
-    AILabel,
     Adjudication,
+    AILabel,
     Comparison,
     EvaluationTask,
     Project,

@@ -29,7 +29,7 @@ def project_with_work():
 
 
 def test_write_page_progress_help_from_the_text_field_guidelines_and_local_lease_time(browser, live_server):
-    project = project_with_work()
+    project_with_work()
     context = browser.new_context(timezone_id="Australia/Adelaide", locale="en-GB")
     page = context.new_page()
     page.set_default_timeout(10_000)

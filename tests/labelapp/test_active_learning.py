@@ -10,8 +10,8 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 
 from labelapp.models import ModelVersion, Prompt, Queue, RankingTask, TrainingRun
-from labelapp.services.queue import task_claim
 from labelapp.services.quality import active_learning_set, uncertainty_record, uncertainty_score_enqueue
+from labelapp.services.queue import task_claim
 from rlhf.judge import pairwise_entropy
 from tests.conftest import add_member, make_project, make_prompt, make_task
 

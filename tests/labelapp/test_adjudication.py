@@ -12,7 +12,7 @@ from labelapp.exports import ExportFilter, export_pairs, export_rankings
 from labelapp.models import Adjudication, Queue
 from labelapp.quality import disputed_tasks, item_confidences
 from labelapp.services.labels import ranking_submit
-from labelapp.services.quality import ranking_task_adjudicate, reliability_refit, reliability_inputs
+from labelapp.services.quality import ranking_task_adjudicate, reliability_inputs, reliability_refit
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_task
 

@@ -14,7 +14,15 @@ from rest_framework.test import APIClient
 
 from labelapp import selectors
 from labelapp.models import (
-    Assignment, Comparison, Demonstration, EvaluationTask, ModelVersion, Prompt, Queue, Ranking, RankingTask,
+    Assignment,
+    Comparison,
+    Demonstration,
+    EvaluationTask,
+    ModelVersion,
+    Prompt,
+    Queue,
+    Ranking,
+    RankingTask,
 )
 from labelapp.services.labels import demonstration_submit
 from labelapp.services.projects import evaluation_task_create

@@ -7,7 +7,16 @@ from django.urls import URLPattern, URLResolver, get_resolver
 from rest_framework.test import APIClient
 
 from labelapp.models import (
-    ApiToken, Assignment, Completion, Demonstration, ModelVersion, Project, PromptTemplate, Queue, Round, TrainingRun,
+    ApiToken,
+    Assignment,
+    Completion,
+    Demonstration,
+    ModelVersion,
+    Project,
+    PromptTemplate,
+    Queue,
+    Round,
+    TrainingRun,
 )
 from labelapp.services.labels import demonstration_submit, ranking_submit
 from labelapp.services.projects import completion_create, evaluation_task_create, ranking_task_create

@@ -7,7 +7,6 @@ import pytest
 from django.core.exceptions import ValidationError
 from rest_framework.test import APIClient
 
-from labelapp import exports
 from labelapp.models import Demonstration, Prompt, Queue
 from labelapp.services.label_imports import labels_import
 from labelapp.services.labels import demonstration_submit, ranking_submit

@@ -1,5 +1,4 @@
 """Markdown rendering of untrusted text: what renders, and what never passes either fence."""
-import re
 from html.parser import HTMLParser
 
 import pytest

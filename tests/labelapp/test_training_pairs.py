@@ -12,7 +12,10 @@ from labelapp.models import ModelVersion, Queue
 from labelapp.quality import PairWeights, training_pairs
 from labelapp.services.labels import ranking_submit
 from labelapp.services.quality import (
-    ai_label_record, ranking_task_adjudicate, ranking_task_set_gold, reliability_refit,
+    ai_label_record,
+    ranking_task_adjudicate,
+    ranking_task_set_gold,
+    reliability_refit,
 )
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_task

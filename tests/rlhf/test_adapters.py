@@ -2,7 +2,6 @@
 adapter, not a full copy; an adapter trained on an adapter (SFT → reward model, SFT → PPO / DPO)
 loads through its chain and gives exactly what the same run saved merged gives."""
 
-import dataclasses
 import json
 from pathlib import Path
 

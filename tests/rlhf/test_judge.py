@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rlhf.judge import order_from_scores, preference_matrix, judge_order, reward_order
+from rlhf.judge import judge_order, order_from_scores, preference_matrix, reward_order
 
 
 def test_order_from_scores_ties_equal_scores():

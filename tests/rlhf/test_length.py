@@ -190,8 +190,7 @@ def test_length_controlled_model_is_saved_as_its_quality_head(tmp_path, tiny_dir
 
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.ppo import PPOConfig, build_models, score_rollout
-    from rlhf.reward import (build_reward_trainer, conversation, encode_for_reward, held_out_report, score,
-                             train_reward)
+    from rlhf.reward import build_reward_trainer, conversation, encode_for_reward, held_out_report, score, train_reward
 
     config = _config(tmp_path, tiny_dir, length_control=control, merge=merge)
     art = train_reward(config, PAIRS)

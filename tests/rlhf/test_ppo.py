@@ -15,9 +15,21 @@ import torch
 
 from rlhf import Cancelled, load_config
 from rlhf.contract import read_metadata
-from rlhf.ppo import (KLController, PPOConfig, RunningMoments, adapter_disabled, build_models, collect_rollout,
-                      compute_gae, masked_whiten, policy_forward, ppo_losses, per_token_rewards,
-                      process_scores, train)
+from rlhf.ppo import (
+    KLController,
+    PPOConfig,
+    RunningMoments,
+    adapter_disabled,
+    build_models,
+    collect_rollout,
+    compute_gae,
+    masked_whiten,
+    per_token_rewards,
+    policy_forward,
+    ppo_losses,
+    process_scores,
+    train,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["Tell me a fact about cats.", "What is the capital of France?", "Explain how plants grow.",
@@ -143,8 +155,8 @@ def test_score_processing_and_kl_controller():
 @pytest.fixture(scope="module")
 def tiny_rm_dir(tmp_path_factory, tiny_dir):
     """A tiny random reward model checkpoint (sequence classifier with one label)."""
-    from rlhf.testing import build_tiny_llama
     from rlhf.models import load_tokenizer
+    from rlhf.testing import build_tiny_llama
 
     path = tmp_path_factory.mktemp("rm") / "model"
     tok = load_tokenizer(tiny_dir)

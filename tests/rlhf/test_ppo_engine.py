@@ -8,9 +8,21 @@ import dataclasses
 import pytest
 import torch
 
-from rlhf.ppo import (MasterAdamW, build_models, compute_gae, compute_gae_loop, masked_var, policy_forward,
-                      policy_forward_full, reward_from_token_ids, reward_token_suffix, score_rollout,
-                      token_logprobs_from_hidden, training_settings, train)
+from rlhf.ppo import (
+    MasterAdamW,
+    build_models,
+    compute_gae,
+    compute_gae_loop,
+    masked_var,
+    policy_forward,
+    policy_forward_full,
+    reward_from_token_ids,
+    reward_token_suffix,
+    score_rollout,
+    token_logprobs_from_hidden,
+    train,
+    training_settings,
+)
 from tests.rlhf.test_ppo import PROMPTS, share_reward, small_config, tiny_rm_dir  # noqa: F401 (fixture)
 
 
@@ -167,7 +179,7 @@ def test_bf16_full_fine_tuning_step_with_fp32_masters_matches_fp32_adamw(tiny_di
     plain_opt = torch.optim.AdamW(plain.parameters(), lr=1e-5, eps=1e-5)
     ids = torch.randint(3, 300, (2, 12), generator=torch.Generator().manual_seed(0))
     start = [p.detach().float().clone() for p in p16s]
-    for step in range(3):
+    for _step in range(3):
         ref.zero_grad(), ours.zero_grad(), plain_opt.zero_grad()
         fp32(input_ids=ids, labels=ids).loss.backward()
         for p32, p16, pp in zip(p32s, p16s, plain.parameters()):  # the same (bf16-rounded) gradient for all
