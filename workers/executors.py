@@ -236,7 +236,7 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
 
 def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     """PPO, RLOO or GRPO (the run's kind picks the config class) against the round's reward model."""
-    from rlhf.ppo import GRPOConfig, PPOConfig, RLOOConfig, train
+    from rlhf.ppo import GRPOConfig, PPOConfig, RLOOConfig
 
     config_class = {TrainingRun.Kind.RLOO: RLOOConfig, TrainingRun.Kind.GRPO: GRPOConfig}.get(run.kind, PPOConfig)
     method = config_class.method.upper()
@@ -251,7 +251,7 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
     prompts = [p.turns for p in Prompt.objects.filter(project=run.project, split=Prompt.Split.TRAIN).order_by("id")]
     config = make_config(config_class, run, model=model_ref(run), reward_model=reward.artifact_path,
                          **resume_retried(run, [*prompts, {"reward_model": reward.artifact_path}]))
-    artifacts = train(config, prompts, progress=progress)
+    artifacts = launch.train("ppo", config, prompts, progress)  # PPO, RLOO or GRPO by the config's class
     _cancelled(artifacts)
     store = register(run, name=f"{run.kind}-{run.pk}", kind=ModelVersion.Kind.POLICY, artifact_path=artifacts.model_dir,
                      training_data={"prompts": len(prompts), "reward_model_id": reward.pk}, metrics=artifacts.metrics,

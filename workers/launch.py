@@ -41,7 +41,10 @@ LAUNCHABLE = {
     "sft": ("rlhf.sft", "train_sft"),
     "reward": ("rlhf.reward", "train_reward"),
     "dpo": ("rlhf.dpo", "train_dpo"),
+    # rlhf's own PPO loop (also RLOO and GRPO, by the config's class) is one process: always in the worker's
+    "ppo": ("rlhf.ppo", "train"),
 }
+IN_PROCESS_ONLY = frozenset({"ppo"})
 TAIL_LINES = 40
 
 
@@ -58,11 +61,16 @@ def processes() -> int:
 
 
 def train(kind: str, config, records: Sequence, progress: Callable[[int, int, dict], None]):
-    """Train ``kind`` on ``records`` (Demonstrations or PreferencePairs) in-process or launched."""
+    """Train ``kind`` on ``records`` (Demonstrations, PreferencePairs, or prompts for PPO/RLOO/GRPO) in-process
+    or launched. The policy-gradient loop has no multi-process mode, so it always runs in the worker's process
+    (one GPU), whatever RUN_PROCESSES says."""
     import importlib
 
     module, function = LAUNCHABLE[kind]
     n = processes()
+    if n and kind in IN_PROCESS_ONLY:
+        log.info("%s runs in the worker's process (RUN_PROCESSES=%s applies to SFT, reward and DPO runs)", kind, n)
+        n = 0
     if n == 0:
         return getattr(importlib.import_module(module), function)(config, list(records), progress=progress)
     return launched(kind, config, records, progress, n)

@@ -169,3 +169,17 @@ def test_parent_death_signal_takes_the_child_down(tmp_path, how):
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(pid), f"the child ({how}) outlived its parent"
+
+
+def test_policy_gradient_runs_stay_in_the_workers_process(settings, monkeypatch):
+    """PPO (and RLOO/GRPO, by their config class) has no multi-process mode: launch.train runs it in the
+    worker's process even where SFT, reward and DPO runs are launched over several processes."""
+    from rlhf import ppo
+
+    settings.RUN_LAUNCH, settings.RUN_PROCESSES = "accelerate", 2
+    prompts = [[{"role": "user", "content": "Tell me about cats."}]]
+    calls = []
+    monkeypatch.setattr(ppo, "train", lambda config, records, progress=None: calls.append((config, records)) or "done")
+    monkeypatch.setattr(launch, "launched", lambda *a, **k: pytest.fail("a PPO run was launched"))
+    assert launch.train("ppo", "the config", prompts, lambda *a: None) == "done"
+    assert calls == [("the config", prompts)]
