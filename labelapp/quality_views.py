@@ -224,3 +224,15 @@ def ai_label_start(request: HttpRequest, slug: str) -> HttpResponse:
         else:
             messages.error(request, "The job queue is unreachable; try again when it is back.")
     return redirect("studio:quality", slug=project.slug)
+
+
+@login_required
+@require_GET
+def categories(request: HttpRequest, slug: str) -> HttpResponse:
+    """The project's category mix beside InstructGPT's (labelapp.category_mix), admins only."""
+    from labelapp.category_mix import KINDS, category_mix
+
+    project = _project(request, slug)
+    mix = category_mix(project=project)
+    return _render(request, "labelapp/studio/categories.html", "studio",
+                   {"project": project, "studio": True, "mix": mix, "kinds": KINDS})

@@ -23,6 +23,7 @@ urlpatterns = [
     path("p/<slug:slug>/quality/gold/", quality_views.gold_mark, name="gold_mark"),
     path("p/<slug:slug>/quality/ai-labels/", quality_views.ai_label_start, name="ai_label_start"),
     path("p/<slug:slug>/quality/active-learning/", quality_views.active_learning, name="active_learning"),
+    path("p/<slug:slug>/categories/", quality_views.categories, name="categories"),
     path("p/<slug:slug>/templates/", template_views.templates_page, name="templates"),
     path("p/<slug:slug>/templates/<int:template_id>/", template_views.template_page, name="template"),
     path("p/<slug:slug>/templates/preview/", template_views.template_preview_fragment, name="template_preview"),

@@ -161,6 +161,25 @@ class ImportResultSerializer(serializers.Serializer):
     duplicates = serializers.IntegerField()
 
 
+class CategoryRowSerializer(serializers.Serializer):
+    category = serializers.CharField(help_text="The category name ('' for prompts without one).")
+    listed = serializers.BooleanField(help_text="Whether the project still lists it among its categories.")
+    prompts = serializers.IntegerField()
+    prompts_share = serializers.FloatField(allow_null=True, help_text="% of the project's prompts.")
+    demonstrations = serializers.IntegerField(help_text="Demonstrations that review has not rejected.")
+    demonstrations_share = serializers.FloatField(allow_null=True)
+    rankings = serializers.IntegerField(help_text="People's rankings of tasks that are not gold.")
+    rankings_share = serializers.FloatField(allow_null=True)
+    instructgpt_share = serializers.FloatField(
+        allow_null=True, help_text="% of InstructGPT's API prompts in this use case (Ouyang et al. 2022, table 1); "
+                                   "null for a category it did not have.")
+
+
+class CategoryMixSerializer(serializers.Serializer):
+    categories = CategoryRowSerializer(many=True)
+    totals = serializers.DictField(child=serializers.IntegerField())
+
+
 class AgreementSerializer(serializers.Serializer):
     items_with_overlap = serializers.IntegerField()
     pairwise_agreement = serializers.FloatField(allow_null=True)

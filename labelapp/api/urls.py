@@ -36,6 +36,7 @@ urlpatterns = [
          name="template-detail"),
     path("projects/<str:project_id>/exports/<str:kind>/", views.ExportView.as_view(), name="export"),
     path("projects/<str:project_id>/statistics/agreement/", views.AgreementView.as_view(), name="agreement"),
+    path("projects/<str:project_id>/statistics/categories/", views.CategoryMixView.as_view(), name="categories"),
     path("projects/<str:project_id>/statistics/annotators/", AnnotatorReportView.as_view(), name="annotators"),
     path("projects/<str:project_id>/statistics/annotators/refit/", ReliabilityRefitView.as_view(),
          name="annotators-refit"),

@@ -351,6 +351,18 @@ def _fraction(value: str) -> float:
     return number
 
 
+class CategoryMixView(APIView):
+    """How the project's prompts, demonstrations and rankings spread over its categories, beside the
+    InstructGPT mix (reviewers and admins)."""
+
+    @extend_schema(responses=s.CategoryMixSerializer)
+    def get(self, request, project_id: str):
+        from labelapp.category_mix import category_mix
+
+        project = project_for(request, project_id, Role.REVIEWER)
+        return Response(s.CategoryMixSerializer(category_mix(project=project)).data)
+
+
 class AgreementView(APIView):
     """Inter-annotator agreement on the project's items ranked by more than one annotator."""
 

@@ -95,6 +95,7 @@ OBJECTS = {
     "template-detail": ("template", {"project_id": "@project"}),  # "@x": the world's object x
     "export": ("project", {"kind": "pairs"}),
     "agreement": ("project", {}),
+    "categories": ("project", {}),
     "annotators": ("project", {}),
     "annotators-refit": ("project", {}),
     "gold": ("project", {}),
