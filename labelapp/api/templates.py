@@ -78,6 +78,7 @@ class TemplateListView(GenericAPIView):
     pagination_class = Cursor
     queryset = PromptTemplate.objects.none()
 
+    @extend_schema(operation_id="projects_templates_list")
     def get(self, request, project_id: str):
         project = project_for(request, project_id, Role.REVIEWER)
         page = self.paginate_queryset(PromptTemplate.objects.filter(project=project))
@@ -107,6 +108,7 @@ class TemplateDetailView(APIView):
         template = prompt_template_update(project=project, template_id=template.pk, **body.validated_data)
         return Response(TemplateSerializer(template).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request, project_id: str, template_id: int):
         project = project_for(request, project_id, Role.ADMIN)
         prompt_template_delete(project=project, template_id=_template_or_404(project, template_id).pk)

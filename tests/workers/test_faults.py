@@ -2,6 +2,7 @@
 the worker's database connections terminated mid-run, a worker killed while it stores its outputs."""
 import signal
 import threading
+import time
 
 import pytest
 from django.db import connection, transaction
@@ -117,11 +118,18 @@ def worker_backends(condition: str = "TRUE") -> list[tuple[int, str]]:
         return cursor.fetchall()
 
 
-def terminate_worker_connections() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-                       "WHERE application_name = %s", [APP])
-        return cursor.fetchone()[0]
+def terminate_worker_connections(patience: float = 10.0) -> int:
+    """Terminate every database connection of the worker; the worker may hold none at this instant (between
+    a report and the next, or while it reconnects), so try again until it has one (up to `patience` s)."""
+    deadline = time.monotonic() + patience
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE application_name = %s", [APP])
+            killed = cursor.fetchone()[0]
+        if killed or time.monotonic() > deadline:
+            return killed
+        time.sleep(0.05)
 
 
 def test_terminated_database_connections_mid_run_do_not_fail_it_and_register_one_model(sft_project, start_worker):
