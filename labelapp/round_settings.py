@@ -39,6 +39,10 @@ from rlhf.config import (
 
 POLICY_CONFIGS = {"ppo": PPOConfig, "dpo": DPORunConfig, "rloo": RLOOConfig, "grpo": GRPOConfig}
 
+# Where the studio's default differs from rlhf's: LoRA runs keep their adapter only (MBs, not a full copy of
+# the model; docs/OPERATIONS.md "Disk use"). The worker applies the same (workers.executors.make_config).
+STUDIO_DEFAULTS = {"merge": False}
+
 # Decided by the worker for every run (paths and the data it is given), never by the round.
 WORKER_FIELDS = frozenset({"output_dir", "model", "data", "data_format", "resume", "reward_model", "value_model",
                            "ptx_data"})
@@ -124,6 +128,7 @@ def section_fields(section: str, method: str) -> dict[str, tuple[Any, str, str]]
             if f.name in WORKER_FIELDS or help_text.startswith("Ignored"):
                 continue
             default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            default = STUDIO_DEFAULTS.get(f.name, default)
             fields[f.name] = (default, str(f.type), help_text)
     fields.update(_studio_keys(section, method))
     return fields

@@ -24,6 +24,7 @@ from django.core.exceptions import ValidationError
 
 from labelapp import selectors
 from labelapp.models import Completion, ModelVersion, Project, Prompt, RankingTask, TrainingRun
+from labelapp.round_settings import STUDIO_DEFAULTS  # LoRA runs keep their adapter only
 from labelapp.services.projects import completion_create, ranking_task_create
 from labelapp.services.rounds import task_priority
 from labelapp.services.runs import model_version_register
@@ -59,7 +60,6 @@ def model_ref(run: TrainingRun, version: ModelVersion | None = None) -> str:
 PAIR_SETTINGS = ("min_rank_gap",)  # how rankings become pairs: the studio's business, not rlhf's
 
 
-STUDIO_DEFAULTS = {"merge": False}  # LoRA runs keep their adapter only (MBs, not a full copy; see OPERATIONS.md)
 
 
 def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):

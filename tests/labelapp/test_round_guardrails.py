@@ -481,3 +481,16 @@ def test_the_model_table_shows_held_out_figures_with_their_meaning(client, sent)
     legend = page.split('id="metric-legend"')[1].split("</details>")[0]
     assert "<code>eval/pairwise_accuracy</code>" in legend and "<code>accuracy</code>" in legend
     assert sft.pk and parent.pk
+
+
+def test_rounds_keep_lora_adapters_only_by_default(sent):
+    """The studio's default `merge` is false (an adapter of MBs, not a 540 MB copy per run): the effective
+    settings a round stores carry it to every training run; a round may still ask for merged copies."""
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    make_prompt(project)
+    rnd = round_start(project=project, user=admin)
+    assert all(rnd.params[section]["merge"] is False for section in ("sft", "reward", "policy"))
+    round_cancel(round_id=rnd.pk, user=admin)
+    merged = round_start(project=project, user=admin, params={"reward": {"merge": True}})
+    assert merged.params["reward"]["merge"] is True and merged.params["policy"]["merge"] is False
