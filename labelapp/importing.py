@@ -294,7 +294,9 @@ def parse_prompts(data, *, fmt: str, categories: list[str] | None = None, defaul
     return report
 
 
-def _parse_jsonl(stream, report: ParseReport, categories: list[str], default: str) -> None:
+def jsonl_objects(stream, report, *, not_object: str = "each line must be a JSON object") -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank JSON line of an upload; bad JSON and non-objects are
+    reported on their line (`not_object` says what a line must be) and skipped."""
     for number, raw in upload_lines(stream, report):
         if not raw.strip():
             continue
@@ -304,8 +306,13 @@ def _parse_jsonl(stream, report: ParseReport, categories: list[str], default: st
             report.error(number, None, str(exc))
             continue
         if not isinstance(obj, dict):
-            report.error(number, None, "each line must be a JSON object")
+            report.error(number, None, not_object)
             continue
+        yield number, obj
+
+
+def _parse_jsonl(stream, report: ParseReport, categories: list[str], default: str) -> None:
+    for number, obj in jsonl_objects(stream, report):
         _validate(obj, number, report, categories, default)
 
 

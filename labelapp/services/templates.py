@@ -27,7 +27,7 @@ from labelapp.importing import (
     ParseReport,
     category_error,
     category_for,
-    json_line,
+    jsonl_objects,
     metadata_error,
     open_upload,
     prompt_hash,
@@ -154,17 +154,7 @@ def parse_field_rows(data, *, fmt: str) -> tuple[list[dict], list[int], ParseRep
     if stream is None:
         return rows, lines, report
     if fmt == "jsonl":
-        for number, raw in upload_lines(stream, report):
-            if not raw.strip():
-                continue
-            try:
-                obj = json_line(raw.rstrip("\n"))
-            except ValueError as exc:
-                report.error(number, None, str(exc))
-                continue
-            if not isinstance(obj, dict):
-                report.error(number, None, "each line must be a JSON object of fields")
-                continue
+        for number, obj in jsonl_objects(stream, report, not_object="each line must be a JSON object of fields"):
             rows.append(obj)
             lines.append(number)
     else:
