@@ -8,29 +8,18 @@ import json
 import pytest
 
 from labelapp.exports import ExportFilter, export_pairs
-from labelapp.models import ModelVersion, Queue
+from labelapp.models import ModelVersion
 from labelapp.quality import PairWeights, training_pairs
-from labelapp.services.labels import ranking_submit
 from labelapp.services.quality import (
     ai_label_record,
     ranking_task_adjudicate,
     ranking_task_set_gold,
     reliability_refit,
 )
-from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_task
+from tests.labelapp.test_adjudication import ranked
 
 pytestmark = pytest.mark.django_db
-
-
-def ranked(project, orders_by_user):
-    task = make_task(project)
-    ids = sorted(task.completions.values_list("id", flat=True))
-    for user, order in orders_by_user:
-        lease = task_claim(project=project, user=user, queue=Queue.RANK)
-        assert lease.ranking_task_id == task.pk
-        ranking_submit(assignment_id=lease.pk, user=user, order=[[ids[i]] for i in order])
-    return task, ids
 
 
 @pytest.fixture
