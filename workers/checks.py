@@ -120,7 +120,10 @@ def score_uncertainty(*, project_id: int, model_version_id: int, model=None, tok
     if model is None:
         model = load_reward_model(version.artifact_path, device="auto", dtype=torch.float32)
         tokenizer = load_tokenizer(version.artifact_path)
-    texts = {t.pk: list(t.completions.order_by("id").values_list("text", flat=True)) for t in tasks}
+    texts: dict[int, list[str]] = {t.pk: [] for t in tasks}  # one query for every task's completions, in id order
+    for task_id, text in RankingTask.completions.through.objects.filter(rankingtask_id__in=texts).order_by(
+            "rankingtask_id", "completion_id").values_list("rankingtask_id", "completion__text"):
+        texts[task_id].append(text)
     items = [conversation(t.prompt.turns, text) for t in tasks for text in texts[t.pk]]
     rewards = score(model, tokenizer, items).tolist()
     scores, at = {}, 0

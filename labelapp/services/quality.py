@@ -315,8 +315,10 @@ def uncertainty_record(*, project: Project, model_version_id: int, scores: dict[
             project=project, uncertainty_model=version, prompt_id__in={t.prompt_id for t in tasks.values()}
     ).values_list("prompt_id", "uncertainty"):
         best[prompt_id] = max(best.get(prompt_id, 0.0), value)
+    prompts = Prompt.objects.in_bulk(list(best))
     for prompt_id, value in best.items():
-        Prompt.objects.filter(pk=prompt_id).update(uncertainty=value)
+        prompts[prompt_id].uncertainty = value
+    Prompt.objects.bulk_update(prompts.values(), ["uncertainty"])
     return len(tasks)
 
 
