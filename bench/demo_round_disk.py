@@ -47,6 +47,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="keep the temporary DATA_DIR (its path is printed)")
     parser.add_argument("--method", choices=["ppo", "dpo"], default="ppo")
+    parser.add_argument("--approve", action="store_true",
+                        help="an admin approves the simulated demonstrations first, so the round's SFT "
+                             "stage trains (without it SFT is skipped: the demonstrations are pending review)")
     args = parser.parse_args()
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("set DATABASE_URL to a scratch PostgreSQL database (it is dropped and re-created)")
@@ -89,6 +92,18 @@ def main() -> None:
         t0 = time.perf_counter()
         simulate(project=project, annotators=2, queues=["write"], oracle="rule")
         mark("simulated demonstrations", t0)
+        if args.approve:
+            from django.db import transaction
+
+            from labelapp.models import Demonstration
+            from labelapp.services.labels import demonstration_review
+
+            pending = list(Demonstration.objects.filter(prompt__project=project, review_status="pending")
+                           .exclude(author=admin).values_list("pk", flat=True))
+            for demo_id in pending:
+                with transaction.atomic():
+                    demonstration_review(demonstration_id=demo_id, reviewer=admin, approve=True)
+            print(f"  approved {len(pending)} demonstrations", flush=True)
         rnd = round_start(project=project, user=admin, method=args.method, params={})  # the form's defaults
         while True:
             rnd.refresh_from_db()
