@@ -12,7 +12,7 @@ the reference, workers.simulate); careful annotators perturb its order as in eve
 ordered by the noise-free oracle.
 
     reliability  9 annotators — 6 careful, 2 random, 1 inverted — overlap 3 on 300 items (900 rankings).
-                 Fit the reliability model (labelapp.reliability), report precision/recall of its flags for the
+                 Fit the reliability model (labelapp.analysis.reliability), report precision/recall of its flags for the
                  3 bad annotators, then train the reward model on the same pairs three ways: plain (every pair
                  the same), weight (label_weights "weight": pair weight max(0, 2q − 1) of its annotator) and soft
                  (label_weights "soft": the posterior that the pair's order is right as a soft label).
@@ -170,8 +170,8 @@ def uncertainty(model_dir: Path, pool: list[dict], args) -> list[float]:
 
 # ------------------------------------------------------------------------------------------ experiments
 def run_reliability(seed: int, args, done: set) -> list[dict]:
-    from labelapp.reliability import fit as fit_model
-    from labelapp.reliability import flags_for, judgments_from_rankings
+    from labelapp.analysis.reliability import fit as fit_model
+    from labelapp.analysis.reliability import flags_for, judgments_from_rankings
 
     pool, held = items(seed)
     rng = random.Random(seed)

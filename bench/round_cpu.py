@@ -10,7 +10,7 @@ reference) write the demonstrations, rank the samples and judge the evaluation p
 
 Prints wall time per stage, the PPO generation share, the reward model's held-out length diagnostics,
 and the new policy's win-rate over its SFT parent under the simulated annotators (target ≥ 60%) beside
-the reward model's, each raw and length-controlled (labelapp.length_control), the mean answer lengths of
+the reward model's, each raw and length-controlled (labelapp.analysis.length_control), the mean answer lengths of
 both models and the references, per prompt category, and the evaluation's over-optimisation warnings.
 Length controls: `--reward-length-control odin` (reward model), `--ld-alpha` / `--sft-weight` (DPO), and
 `--policy-set KEY=VALUE` for any other policy setting (e.g. a PPO length penalty).
@@ -177,9 +177,9 @@ def main() -> None:
     from django.core.management import call_command
 
     from labelapp.models import Round, TrainingRun
+    from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import membership_set, project_create, prompt_create
     from labelapp.services.rounds import round_advance, round_start
-    from labelapp.stats import evaluation_summary
     from workers.simulate import approve_demonstrations, simulate
     from workers.tasks import run_execute
 
@@ -295,7 +295,7 @@ def main() -> None:
 
 def print_evaluation(summary: dict, method: str, prefer: list[float]) -> None:
     """The evaluation's win-rates (raw and length-controlled), the noise-free oracle's p, mean answer lengths,
-    warnings and the per-category table (summary: labelapp.stats.evaluation_summary)."""
+    warnings and the per-category table (summary: labelapp.selectors.stats.evaluation_summary)."""
     human, auto = summary["human"], summary["reward_model"]
     controlled = summary["length_controlled"]
 

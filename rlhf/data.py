@@ -16,7 +16,7 @@ FineGrainedRLHF 4-way preferences, Dolly / no_robots / Self-Instruct demonstrati
 This module is the one owner of the HH-RLHF, OASST and FineGrainedRLHF formats: the record-level
 functions (``hh_record_to_pair``, ``oasst_tree_rankings``, ``finegrained_to_ranking``) decide what a
 record means and which records are broken (``RecordError``, naming the field). The readers skip
-broken records; the studio's label import (``labelapp.label_formats``) calls the same functions and
+broken records; the studio's label import (``labelapp.formats.labels``) calls the same functions and
 names them, so a model trained from the CLI and one trained in the studio see the same prompts and
 answers. Texts are kept as they are in the file (only the single space after ``Human:`` /
 ``Assistant:`` belongs to the HH syntax). Importing this module never imports torch.

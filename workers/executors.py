@@ -22,9 +22,9 @@ from typing import Callable
 
 from django.core.exceptions import ValidationError
 
-from labelapp import selectors
 from labelapp.models import Completion, ModelVersion, Project, Prompt, RankingTask, TrainingRun
 from labelapp.round_settings import STUDIO_DEFAULTS  # LoRA runs keep their adapter only
+from labelapp.selectors import labels as selectors
 from labelapp.services.projects import completion_create, ranking_task_create
 from labelapp.services.rounds import task_priority
 from labelapp.services.runs import model_version_register
@@ -120,11 +120,11 @@ def _cancelled(artifacts) -> bool:
 
 
 def preference_pairs(project, min_gap: int = 1, mode: str = "none"):
-    """rlhf PreferencePairs for a reward-model or DPO run of `project` (labelapp.quality.training_pairs:
+    """rlhf PreferencePairs for a reward-model or DPO run of `project` (labelapp.selectors.quality.training_pairs:
     people's rankings with gold left out and disputes adjudicated, reliability weights and confidences for
     `label_weights` `mode`, AI labels at the project's `ai_label_weight`), and the selection itself (its
     ids, the mode to train with and the lineage)."""
-    from labelapp.quality import training_pairs
+    from labelapp.selectors.quality import training_pairs
     from rlhf.data import PreferencePair
 
     selected = training_pairs(project=project, min_gap=min_gap, mode=mode)
@@ -332,8 +332,8 @@ def base_version(project) -> ModelVersion:
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     """One answer per held-out prompt from the candidate (the run's input model) and the
     baseline; both scored by the current reward model; stored as blind A/B tasks."""
+    from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import evaluation_task_create
-    from labelapp.stats import evaluation_summary
     from rlhf.models import load_for_sampling, load_reward_model, load_tokenizer
     from rlhf.reward import conversation, score
     from rlhf.sampling import sample

@@ -33,8 +33,8 @@ from itertools import combinations
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 
-from labelapp import selectors
 from labelapp.models import Project, Queue, Role
+from labelapp.selectors import labels as selectors
 from labelapp.services.labels import comparison_submit, demonstration_submit, ranking_submit
 from labelapp.services.projects import membership_set
 from labelapp.services.queue import assignment_skip, task_claim

@@ -198,8 +198,8 @@ def finish(run_id: int, token: str, deadline: float, **outcome) -> TrainingRun |
 
 def _after_success(run_id: int) -> None:
     """Delete the run's checkpoints (kept until now: a restarted run resumes from them) and record
-    disk use (labelapp.disk). Housekeeping: a failure here is logged, never the run's."""
-    from labelapp.disk import after_run_success
+    disk use (labelapp.services.disk). Housekeeping: a failure here is logged, never the run's."""
+    from labelapp.services.disk import after_run_success
 
     try:
         after_run_success(run_id)

@@ -18,10 +18,10 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from labelapp import selectors
 from labelapp.api.views import project_for
-from labelapp.exports import pseudonym
+from labelapp.formats.exports import pseudonym
 from labelapp.models import Assignment, Demonstration, Flag, Queue, Role
+from labelapp.selectors import labels as selectors
 from labelapp.services.labels import comparison_submit, demonstration_review, demonstration_submit, ranking_submit
 from labelapp.services.queue import assignment_skip, task_claim
 

@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 from labelapp.api.errors import Invalid
 from labelapp.api.uploads import LimitedUploadMixin
 from labelapp.api.views import REFUSED, project_for
-from labelapp.label_formats import FORMATS
+from labelapp.formats.labels import FORMATS
 from labelapp.models import Role
 from labelapp.services.label_imports import KINDS, labels_import
 
@@ -25,7 +25,7 @@ def _counts():
 
 
 class LabelImportView(LimitedUploadMixin, APIView):
-    """Import labels in one of the formats in labelapp.label_formats.FORMATS."""
+    """Import labels in one of the formats in labelapp.formats.labels.FORMATS."""
 
     parser_classes = [MultiPartParser]
 

@@ -12,13 +12,13 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from labelapp import selectors
 from labelapp.api.errors import Invalid
 from labelapp.api.views import PROJECT, ScopedReadViewSet, _choice, _int, project_for
 from labelapp.models import Role, Round, TrainingRun
+from labelapp.selectors import labels as selectors
+from labelapp.selectors.stats import evaluation_summary
 from labelapp.services.rounds import round_cancel, round_start
 from labelapp.services.runs import model_version_make_current, run_cancel, run_retry
-from labelapp.stats import evaluation_summary
 
 
 def visible_runs(user):
@@ -43,7 +43,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
                   "created_at"]
 
     def get_length_diagnostics(self, obj) -> dict | None:
-        from labelapp.length_watch import length_diagnostics
+        from labelapp.selectors.length_watch import length_diagnostics
 
         return length_diagnostics(obj.result) if obj.kind == TrainingRun.Kind.REWARD else None
 

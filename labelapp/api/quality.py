@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 from labelapp.api import serializers as s
 from labelapp.api.views import project_for
 from labelapp.models import EvaluationTask, RankingTask, Role
-from labelapp.quality import annotator_report
+from labelapp.selectors.quality import annotator_report
 from labelapp.services.quality import gold_import, reliability_refit_enqueue
 
 

@@ -10,8 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from labelapp import selectors
-from labelapp.exports import pseudonym
+from labelapp.formats.exports import pseudonym
 from labelapp.models import (
     ApiToken,
     Completion,
@@ -23,6 +22,7 @@ from labelapp.models import (
     RankingTask,
     Role,
 )
+from labelapp.selectors import labels as selectors
 
 # schema component → fields only reviewers and admins receive (see config.settings' schema hook)
 REVIEWER_ONLY_FIELDS = {
@@ -134,7 +134,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
                   "length_diagnostics", "created_at"]
 
     def get_length_diagnostics(self, obj) -> dict | None:
-        from labelapp.length_watch import length_diagnostics
+        from labelapp.selectors.length_watch import length_diagnostics
 
         return length_diagnostics(obj.metrics)
 

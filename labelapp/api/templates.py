@@ -23,7 +23,8 @@ from rest_framework.views import APIView
 from labelapp.api.errors import NON_FIELD, Invalid
 from labelapp.api.uploads import LimitedUploadMixin
 from labelapp.api.views import REFUSED, Cursor, project_for
-from labelapp.importing import detect_format
+from labelapp.formats.prompts import detect_format
+from labelapp.formats.templating import CHOICES, MODES, Template, TemplateError
 from labelapp.models import Prompt, PromptTemplate, Role
 from labelapp.models.templates import template_error_field
 from labelapp.services.templates import (
@@ -33,7 +34,6 @@ from labelapp.services.templates import (
     template_preview,
     templated_import,
 )
-from labelapp.templating import CHOICES, MODES, Template, TemplateError
 
 FIELDS = ["name", "text", "system_prompt", "cot_cue", "few_shot", "seed", "mode", "separator", "answer_prefix"]
 

@@ -4,7 +4,7 @@ Django's multipart parser would stream a 5 GB upload to a temporary file before 
 look at its size. The import views check the request's Content-Length first (413 at once, the
 body unread), and put `LimitedUploadHandler` in front of Django's handlers so that a body without
 an honest Content-Length stops being stored at the limit; the import then reads the file as a
-stream, one line at a time (labelapp.importing.open_upload)."""
+stream, one line at a time (labelapp.formats.prompts.open_upload)."""
 from __future__ import annotations
 
 from django.conf import settings

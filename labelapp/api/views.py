@@ -1,5 +1,5 @@
 """REST API views. Every object is looked up through a queryset already scoped to the caller
-(labelapp.selectors.visible_*), so another project's or user's object is a 404, never a 403
+(labelapp.selectors.labels.visible_*), so another project's or user's object is a 404, never a 403
 that would confirm it exists. Filters come from an explicit allow-list per resource."""
 from __future__ import annotations
 
@@ -19,16 +19,17 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from labelapp import exports, selectors
 from labelapp.api import serializers as s
 from labelapp.api.errors import Invalid
 from labelapp.api.uploads import LimitedUploadMixin
-from labelapp.importing import detect_format
+from labelapp.formats import exports
+from labelapp.formats.prompts import detect_format
 from labelapp.models import ApiToken, Demonstration, Project, Prompt, Role
+from labelapp.selectors import labels as selectors
+from labelapp.selectors.stats import project_agreement
 from labelapp.services.access import has_role
 from labelapp.services.projects import prompts_import
 from labelapp.services.tokens import api_token_create, api_token_revoke
-from labelapp.stats import project_agreement
 from labelapp.throttle import TokenCreateThrottle
 
 
@@ -357,7 +358,7 @@ class CategoryMixView(APIView):
 
     @extend_schema(responses=s.CategoryMixSerializer)
     def get(self, request, project_id: str):
-        from labelapp.category_mix import category_mix
+        from labelapp.selectors.category_mix import category_mix
 
         project = project_for(request, project_id, Role.REVIEWER)
         return Response(s.CategoryMixSerializer(category_mix(project=project)).data)

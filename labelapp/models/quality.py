@@ -1,4 +1,4 @@
-"""Label quality: the annotator-reliability fits (labelapp.reliability) kept per project."""
+"""Label quality: the annotator-reliability fits (labelapp.analysis.reliability) kept per project."""
 from __future__ import annotations
 
 from django.conf import settings

@@ -1,5 +1,5 @@
 """Prompt templates of a project (FLAN-style): structured rows rendered into prompts through
-labelapp.templating. Editing a template bumps its `version`; every prompt rendered from it keeps
+labelapp.formats.templating. Editing a template bumps its `version`; every prompt rendered from it keeps
 the id and version it was rendered with in its metadata."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from labelapp.formats.templating import MODES, Template, TemplateError
 from labelapp.models.labels import Project
-from labelapp.templating import MODES, Template, TemplateError
 
 # The fields whose change makes a new version (what a rendered prompt depends on).
 RENDERED_FIELDS = ("text", "system_prompt", "cot_cue", "few_shot", "seed", "mode", "separator", "answer_prefix")

@@ -23,8 +23,8 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from labelapp import selectors
 from labelapp.models import Assignment, Demonstration, Prompt, Ranking, RankingTask, Role
+from labelapp.selectors import labels as selectors
 from labelapp.services.access import require_role
 from labelapp.services.labels import clean_text, gold_score, ranking_fields
 

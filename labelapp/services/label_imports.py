@@ -1,9 +1,9 @@
 """Importing labels (rankings, preference pairs, completions, demonstrations) into a project.
 
-All or nothing: the file is parsed and validated first (labelapp.label_formats); any error
+All or nothing: the file is parsed and validated first (labelapp.formats.labels); any error
 refuses it whole with ImportRejected. Then, in one transaction, with bulk queries:
 
-- prompts are matched by Prompt.content_hash (labelapp.importing.prompt_hash), else created;
+- prompts are matched by Prompt.content_hash (labelapp.formats.prompts.prompt_hash), else created;
 - completions are matched per prompt by their exact text, else created (source "imported");
 - a ranking task is matched by its prompt and its exact set of completions, else created, so
   every ranking of the same completions — imported or made in the studio — shares one task;
@@ -31,8 +31,8 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, JSONField
 from django.utils import timezone
 
-from labelapp.exports import pseudonym
-from labelapp.label_formats import ImportedPrompt, LabelReport, parse_labels
+from labelapp.formats.exports import pseudonym
+from labelapp.formats.labels import ImportedPrompt, LabelReport, parse_labels
 from labelapp.models import (
     Completion,
     Demonstration,
@@ -59,7 +59,7 @@ class LabelImportResult:
 
 
 def labels_import(*, project: Project, data: bytes, fmt: str, skip_invalid: bool = False) -> LabelImportResult:
-    """Add the labels of a file in one of labelapp.label_formats.FORMATS to a project: all of
+    """Add the labels of a file in one of labelapp.formats.labels.FORMATS to a project: all of
     them, or none (ImportRejected lists every line, field and reason). With `skip_invalid`,
     lines that cannot be used are left out and named in the result's notes instead.
 

@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
-from labelapp.importing import category_error, category_for, metadata_error, parse_prompts, prompt_hash
+from labelapp.formats.prompts import category_error, category_for, metadata_error, parse_prompts, prompt_hash
 from labelapp.models import Completion, Membership, ModelVersion, Project, Prompt, RankingTask
 from labelapp.services.text import refuse_nul
 

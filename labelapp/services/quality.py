@@ -4,7 +4,7 @@ Gold items are ordinary ranking tasks or evaluation tasks with an expected answe
 serves them at the project's `gold_rate`, to every annotator once, looking like any other item;
 a submission against one is scored (Ranking.gold_score, Comparison.gold_correct); they never
 count toward a real item's overlap, never enter training or exports, and are left out of
-agreement statistics and win-rates (labelapp.services.queue, labelapp.exports, labelapp.stats).
+agreement statistics and win-rates (labelapp.services.queue, labelapp.formats.exports, labelapp.selectors.stats).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 
-from labelapp import reliability
+from labelapp.analysis import reliability
 from labelapp.models import (
     Adjudication,
     AILabel,
@@ -187,7 +187,7 @@ def ranking_task_adjudicate(*, task_id: int, reviewer, order: list[list[int]], c
     """A reviewer decides a disputed ranking task: `order` (tie groups of its completion ids, best
     first) replaces its annotators' rankings in training and exports, and is the item's truth for
     the reliability model. A reviewer who ranked the task may not decide it; a task is decided once."""
-    from labelapp.quality import item_confidences, latest_fit
+    from labelapp.selectors.quality import item_confidences, latest_fit
     from labelapp.services.labels import clean_text
 
     task = RankingTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()

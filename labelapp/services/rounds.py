@@ -24,8 +24,9 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from labelapp import round_settings, selectors
+from labelapp import round_settings
 from labelapp.models import ModelVersion, Project, Ranking, RankingTask, Role, Round, TrainingRun
+from labelapp.selectors import labels as selectors
 from labelapp.services.access import require_role
 from labelapp.services.runs import check_pair_settings, run_create
 
@@ -225,11 +226,11 @@ def gate_verdict(rnd: Round) -> dict:
     """The promotion gate of a round whose evaluation has run: {state: waiting / passed / held, checks, text}.
 
     The reward-model check reads the round's own evaluation (its reward model's scores of the new
-    policy's and the parent's answers on held-out prompts, labelapp.stats); prompts that are not
+    policy's and the parent's answers on held-out prompts, labelapp.selectors.stats); prompts that are not
     held out (a project without validation prompts) cannot pass it. The human check waits until
     `min_judgments` blind judgments are in (unless another check has already failed)."""
     from labelapp.models import EvaluationTask, Prompt
-    from labelapp.stats import evaluation_summary
+    from labelapp.selectors.stats import evaluation_summary
 
     settings = {**round_settings.section_defaults("gate", rnd.method), **((rnd.params or {}).get("gate") or {})}
     summary = evaluation_summary(project=rnd.project, round_id=rnd.pk)

@@ -1,5 +1,5 @@
 """Prompt templates: create, edit (version bumped), delete, preview, and the structured import
-that renders rows of fields through templates into prompts (labelapp.templating does the
+that renders rows of fields through templates into prompts (labelapp.formats.templating does the
 rendering; this module reads files and writes rows).
 
 The structured import is all or nothing. A file of rows (JSONL objects, or CSV with a header) is
@@ -23,7 +23,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from labelapp.importing import (
+from labelapp.formats.prompts import (
     ParseReport,
     category_error,
     category_for,
@@ -33,11 +33,7 @@ from labelapp.importing import (
     prompt_hash,
     upload_lines,
 )
-from labelapp.models import Project, Prompt, PromptTemplate
-from labelapp.models.templates import RENDERED_FIELDS, template_error_field
-from labelapp.services.projects import ImportRejected, ImportResult, lock_project
-from labelapp.services.text import refuse_nul
-from labelapp.templating import (
+from labelapp.formats.templating import (
     CHOICES,
     TARGET,
     Rendered,
@@ -47,6 +43,10 @@ from labelapp.templating import (
     render_one,
     render_rows,
 )
+from labelapp.models import Project, Prompt, PromptTemplate
+from labelapp.models.templates import RENDERED_FIELDS, template_error_field
+from labelapp.services.projects import ImportRejected, ImportResult, lock_project
+from labelapp.services.text import refuse_nul
 
 CONTROL_FIELDS = ("category", "split")  # fields of a row that set the prompt's category and split, not rendered
 EDITABLE = ("name", *RENDERED_FIELDS)

@@ -1,10 +1,10 @@
-"""Template helpers for untrusted text: `{{ text|markdown }}` (labelapp.rendering) and
+"""Template helpers for untrusted text: `{{ text|markdown }}` (labelapp.pages.rendering) and
 `{% text_block text %}`, the rendered/raw pair every page shows a text in."""
 from __future__ import annotations
 
 from django import template
 
-from labelapp.rendering import counts, render_markdown
+from labelapp.pages.rendering import counts, render_markdown
 
 register = template.Library()
 

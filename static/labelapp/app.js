@@ -1,5 +1,5 @@
 // Key handling, drafts, time on task, the ranking model and drag ranking for the annotator pages.
-// The keymap comes from the server (labelapp/keymap.py) in <script id="keymap" type="application/json">;
+// The keymap comes from the server (labelapp/pages/keymap.py) in <script id="keymap" type="application/json">;
 // the same table renders the `?` help dialog, so what the help says is what the keys do.
 (function () {
   "use strict";

@@ -1,6 +1,6 @@
 // The admin studio: poll the JSON views while work is running and update the page in place
 // (progress bars, ETAs, statuses, round stages, metric charts). No reloads, no innerHTML with
-// data: every value goes in through textContent or an attribute. Keys live in labelapp/keymap.py.
+// data: every value goes in through textContent or an attribute. Keys live in labelapp/pages/keymap.py.
 (function () {
   "use strict";
 
@@ -256,7 +256,7 @@
         if (version.metric_help && version.metric_help[key]) span.title = version.metric_help[key];
         metrics.append(span);
       });
-      if (version.length_text) {  // a reward model's length diagnostics (labelapp/length_watch.py)
+      if (version.length_text) {  // a reward model's length diagnostics (labelapp/selectors/length_watch.py)
         const span = document.createElement("span");
         span.className = "metric length-bias";
         span.title = LENGTH_TITLE;

@@ -138,7 +138,7 @@ def test_run_page_draws_metric_charts_readable_with_the_keyboard(page, live_serv
 def test_round_shows_the_blind_evaluation_win_rate(page, live_server):
     """No worker: a finished round with four evaluation tasks, three won by the new policy."""
     from labelapp.models import ModelVersion, Queue
-    from labelapp.selectors import comparison_sides
+    from labelapp.selectors.labels import comparison_sides
     from labelapp.services.labels import comparison_submit
     from labelapp.services.projects import evaluation_task_create
     from labelapp.services.queue import task_claim

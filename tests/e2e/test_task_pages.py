@@ -5,8 +5,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from playwright.sync_api import expect
 
-from labelapp import selectors
 from labelapp.models import Assignment, Demonstration, Ranking
+from labelapp.selectors import labels as selectors
 from labelapp.services.runs import model_version_register
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
 from tests.e2e.conftest import login

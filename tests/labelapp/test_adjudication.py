@@ -8,9 +8,9 @@ import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.test import Client
 
-from labelapp.exports import ExportFilter, export_pairs, export_rankings
+from labelapp.formats.exports import ExportFilter, export_pairs, export_rankings
 from labelapp.models import Adjudication, Queue
-from labelapp.quality import disputed_tasks, item_confidences
+from labelapp.selectors.quality import disputed_tasks, item_confidences
 from labelapp.services.labels import ranking_submit
 from labelapp.services.quality import ranking_task_adjudicate, reliability_inputs, reliability_refit
 from labelapp.services.queue import task_claim

@@ -1,10 +1,10 @@
-"""Agreement statistics on hand-computed fixtures. No database: labelapp.agreement is pure
+"""Agreement statistics on hand-computed fixtures. No database: labelapp.analysis.agreement is pure
 Python. Orders are lists of tie groups, best first; completion ids are small ints."""
 from __future__ import annotations
 
 import pytest
 
-from labelapp.agreement import (
+from labelapp.analysis.agreement import (
     AgreementResult,
     alpha_from_units,
     annotator_consensus_agreement,

@@ -7,11 +7,11 @@ from django.core.exceptions import ValidationError
 from django.test import Client
 
 from labelapp.models import AILabel, ModelVersion, Queue, Ranking
-from labelapp.quality import ai_human_agreement, ai_suggestion, annotator_report
+from labelapp.selectors.quality import ai_human_agreement, ai_suggestion, annotator_report
+from labelapp.selectors.stats import project_agreement
 from labelapp.services.labels import ranking_submit
 from labelapp.services.quality import ai_label_record, ai_labels_enqueue
 from labelapp.services.queue import task_claim
-from labelapp.stats import project_agreement
 from tests.conftest import add_member, make_project, make_task
 
 pytestmark = pytest.mark.django_db

@@ -12,7 +12,6 @@ from django.db import connection, connections
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from labelapp import selectors
 from labelapp.models import (
     Assignment,
     Comparison,
@@ -24,6 +23,7 @@ from labelapp.models import (
     Ranking,
     RankingTask,
 )
+from labelapp.selectors import labels as selectors
 from labelapp.services.labels import demonstration_submit
 from labelapp.services.projects import evaluation_task_create
 from labelapp.services.queue import task_claim

@@ -1,4 +1,4 @@
-"""The category mix (labelapp.category_mix): counts and shares per category by hand, beside InstructGPT's
+"""The category mix (labelapp.selectors.category_mix): counts and shares per category by hand, beside InstructGPT's
 mix; gold, rejected demonstrations and AI labels left out; the API resource and the studio page."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from labelapp.category_mix import INSTRUCTGPT_MIX, category_mix
 from labelapp.models import Demonstration, ModelVersion, Queue
+from labelapp.selectors.category_mix import INSTRUCTGPT_MIX, category_mix
 from labelapp.services.labels import demonstration_review, demonstration_submit, ranking_submit
 from labelapp.services.quality import ai_label_record, ranking_task_set_gold
 from labelapp.services.queue import task_claim

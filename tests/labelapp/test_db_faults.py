@@ -110,8 +110,8 @@ def test_terminated_connections_under_20_submitters_never_answer_500_on_a_saved_
 def test_a_saved_submit_whose_next_claim_fails_says_saved_and_offers_to_continue(monkeypatch, project, annotator):
     from django.db import OperationalError
 
-    from labelapp import views
     from labelapp.models import Queue
+    from labelapp.pages import annotate as views
     from labelapp.services.queue import task_claim
 
     make_task(project)
@@ -138,8 +138,8 @@ def test_a_saved_submit_whose_next_claim_fails_says_saved_and_offers_to_continue
 def test_database_errors_answer_503_with_retry_after(monkeypatch, project, annotator):
     from django.db import OperationalError
 
-    from labelapp import views
     from labelapp.models import Queue
+    from labelapp.pages import annotate as views
 
     def broken_claim(**kwargs):
         raise OperationalError("terminating connection due to administrator command")

@@ -6,8 +6,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.test import Client
 
-from labelapp import selectors
 from labelapp.models import Demonstration, Queue
+from labelapp.selectors import labels as selectors
 from labelapp.services.labels import clean_paste_log, demonstration_submit, writing_flags
 from labelapp.services.projects import completion_create
 from labelapp.services.queue import task_claim

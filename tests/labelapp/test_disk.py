@@ -1,4 +1,4 @@
-"""Disk retention (labelapp.disk, `manage.py disk_usage`) on PostgreSQL with a real directory layout
+"""Disk retention (labelapp.services.disk, `manage.py disk_usage`) on PostgreSQL with a real directory layout
 under a temporary DATA_DIR: the report, the dry-run default, and a prune that deletes checkpoints of
 finished runs and unused directories of failed, cancelled or discarded runs, but nothing a model
 version (or its adapter chain) uses and nothing of a queued or running run."""
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from labelapp import disk
 from labelapp.models import ModelVersion, TrainingRun
+from labelapp.services import disk
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.django_db

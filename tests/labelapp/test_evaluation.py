@@ -4,11 +4,11 @@ from django.core.exceptions import ValidationError
 from django.urls import reverse
 
 from labelapp.models import Comparison, ModelVersion, Queue
-from labelapp.selectors import comparison_sides
+from labelapp.selectors.labels import comparison_sides
+from labelapp.selectors.stats import evaluation_summary, win_rate
 from labelapp.services.labels import comparison_submit
 from labelapp.services.projects import evaluation_task_create
 from labelapp.services.queue import task_claim
-from labelapp.stats import evaluation_summary, win_rate
 from tests.conftest import add_member, make_project, make_prompt
 
 pytestmark = pytest.mark.django_db

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from labelapp import exports
-from labelapp.label_formats import MAX_K, parse_labels
+from labelapp.formats import exports
+from labelapp.formats.labels import MAX_K, parse_labels
 from labelapp.services.label_imports import labels_import
 from rlhf import data as D
 from tests.conftest import make_project

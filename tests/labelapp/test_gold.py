@@ -7,13 +7,13 @@ from unittest import mock
 import pytest
 from django.core.exceptions import PermissionDenied, ValidationError
 
-from labelapp.exports import ExportFilter, export_pairs
+from labelapp.formats.exports import ExportFilter, export_pairs
 from labelapp.models import Comparison, EvaluationTask, ModelVersion, Queue, Ranking, RankingTask
+from labelapp.selectors.stats import evaluation_summary, project_agreement
 from labelapp.services.labels import comparison_submit, gold_score, ranking_submit
 from labelapp.services.projects import evaluation_task_create
 from labelapp.services.quality import evaluation_task_set_gold, gold_import, ranking_task_set_gold
 from labelapp.services.queue import task_claim
-from labelapp.stats import evaluation_summary, project_agreement
 from tests.conftest import add_member, make_project, make_prompt, make_task
 
 pytestmark = pytest.mark.django_db

@@ -2,8 +2,8 @@
 import pytest
 from django.core.exceptions import ValidationError
 
-from labelapp import selectors
 from labelapp.models import Assignment, Demonstration, ModelVersion, Prompt, Queue, Ranking, RankingTask, TrainingRun
+from labelapp.selectors import labels as selectors
 from labelapp.services.label_changes import demonstration_edit, demonstration_withdraw, ranking_edit, ranking_withdraw
 from labelapp.services.labels import demonstration_review, demonstration_submit, ranking_submit
 from labelapp.services.queue import assignment_skip, task_claim

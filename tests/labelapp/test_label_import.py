@@ -11,8 +11,8 @@ from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
-from labelapp import exports
-from labelapp.label_formats import copeland_order
+from labelapp.formats import exports
+from labelapp.formats.labels import copeland_order
 from labelapp.models import Completion, Demonstration, Membership, Prompt, Queue, Ranking, RankingTask
 from labelapp.services.label_imports import labels_import
 from labelapp.services.labels import demonstration_submit, ranking_submit

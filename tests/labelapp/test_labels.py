@@ -5,7 +5,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.utils import timezone
 
 from labelapp.models import Assignment, Demonstration, Queue, Ranking
-from labelapp.selectors import ranking_pairs
+from labelapp.selectors.labels import ranking_pairs
 from labelapp.services.labels import demonstration_review, demonstration_submit, order_from_ranks, ranking_submit
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_prompt, make_task

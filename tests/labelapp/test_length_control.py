@@ -1,10 +1,10 @@
-"""Length-controlled win-rate (labelapp.length_control) against hand computations, per category, its
+"""Length-controlled win-rate (labelapp.analysis.length_control) against hand computations, per category, its
 separation handling, and the over-optimisation warning of an evaluation."""
 import math
 
 import pytest
 
-from labelapp.length_control import RIDGE, covariate, length_controlled_win_rate, logistic_fit, separation
+from labelapp.analysis.length_control import RIDGE, covariate, length_controlled_win_rate, logistic_fit, separation
 
 
 def logit(p):

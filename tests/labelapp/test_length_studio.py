@@ -6,11 +6,11 @@ from html import escape
 import pytest
 from django.urls import reverse
 
-from labelapp import studio
-from labelapp.length_watch import held_out_warnings, policy_trend, reward_length_text
 from labelapp.models import ModelVersion, Round, TrainingRun
+from labelapp.selectors import studio
+from labelapp.selectors.length_watch import held_out_warnings, policy_trend, reward_length_text
+from labelapp.selectors.stats import evaluation_summary
 from labelapp.services.projects import evaluation_task_create
-from labelapp.stats import evaluation_summary
 from tests.conftest import add_member, make_prompt, make_user
 from tests.labelapp.test_length_control import two_value_table
 

@@ -33,7 +33,7 @@ def test_labelapp_never_imports_torch_transformers_trl_or_peft():
     out = json.loads(run.stdout.strip().splitlines()[-1])
     names = set(out["modules"])
     # the probe really walked the app: views, API, services, formats and the management commands
-    assert {"labelapp.views", "labelapp.api.views", "labelapp.services.queue", "labelapp.label_formats",
+    assert {"labelapp.pages.annotate", "labelapp.api.views", "labelapp.services.queue", "labelapp.formats.labels",
             "labelapp.management.commands.labels_import"} <= names
     assert out["heavy"] == [], f"labelapp imported {out['heavy']}"
 

@@ -90,7 +90,7 @@ def test_rank_flow_errors_then_success(client_for, project, annotator):
 
 
 def test_completion_order_is_shuffled_per_annotator_and_stable(client_for, project):
-    from labelapp.selectors import completions_for_annotator
+    from labelapp.selectors.labels import completions_for_annotator
 
     task = make_task(project, texts=[f"answer {i}" for i in range(9)])
     users = [add_member(project) for _ in range(6)]

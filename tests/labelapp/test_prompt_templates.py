@@ -10,7 +10,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.core.management import CommandError, call_command
 
-from labelapp import exports
+from labelapp.formats import exports
+from labelapp.formats.templating import TemplateError
 from labelapp.models import Prompt, PromptTemplate
 from labelapp.services.projects import ImportRejected
 from labelapp.services.templates import (
@@ -20,7 +21,6 @@ from labelapp.services.templates import (
     template_preview,
     templated_import,
 )
-from labelapp.templating import TemplateError
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.django_db
@@ -275,8 +275,8 @@ def test_per_template_win_rates_in_the_blind_evaluation_equal_a_hand_computation
     from django.test import Client
 
     from labelapp.models import Comparison, EvaluationTask, ModelVersion, Round
+    from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import evaluation_task_create
-    from labelapp.stats import evaluation_summary
     from tests.conftest import add_member
 
     zero = make_template(project, name="nli")

@@ -1,11 +1,11 @@
-"""The annotator reliability model (labelapp.reliability): pure Python, no database."""
+"""The annotator reliability model (labelapp.analysis.reliability): pure Python, no database."""
 from __future__ import annotations
 
 import random
 
 import pytest
 
-from labelapp.reliability import (
+from labelapp.analysis.reliability import (
     FlagRules,
     Judgment,
     beta_interval,
@@ -35,7 +35,7 @@ def test_regularized_beta_symmetry_and_a_tabulated_value():
 
 
 def test_design_effect_of_ranking_pairs():
-    from labelapp.reliability import design_effect
+    from labelapp.analysis.reliability import design_effect
 
     assert design_effect([]) == 1.0
     assert design_effect([1, 1]) == 1.0  # K = 2: one pair per ranking, independent

@@ -6,7 +6,7 @@ from unittest import mock
 import pytest
 
 from labelapp.models import ReliabilityFit
-from labelapp.quality import annotator_report
+from labelapp.selectors.quality import annotator_report
 from labelapp.services.quality import ranking_task_set_gold, reliability_refit
 from tests.conftest import add_member, make_project, make_prompt, make_task
 

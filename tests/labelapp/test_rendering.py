@@ -3,7 +3,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from labelapp.rendering import _clean, counts, render_markdown
+from labelapp.pages.rendering import _clean, counts, render_markdown
 
 PAYLOADS = {
     "javascript link": "[click](javascript:window.pwned=1)",

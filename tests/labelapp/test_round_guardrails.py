@@ -217,8 +217,7 @@ def _demonstrations(project, approved: int, pending: int, rejected: int = 0):
 
 
 def test_sft_trains_on_approved_demonstrations_unless_the_round_allows_pending_ones(sent):
-    from labelapp import selectors
-
+    from labelapp.selectors import labels as selectors
     project = make_project()
     admin = add_member(project, make_user(), role="admin")
     _demonstrations(project, approved=0, pending=2, rejected=1)

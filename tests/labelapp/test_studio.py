@@ -235,8 +235,8 @@ def test_round_cancel_and_check_now(studio, project, admin, sent):
 
 
 def test_throughput_counts_each_annotators_labels_in_the_last_day_and_week(project, annotator):
-    from labelapp import studio
     from labelapp.models import Demonstration, Ranking
+    from labelapp.selectors import studio
     from labelapp.services.labels import ranking_submit
 
     other = add_member(project, make_user("zoe"))
@@ -264,7 +264,7 @@ def test_throughput_counts_each_annotators_labels_in_the_last_day_and_week(proje
 
 def test_round_shows_its_blind_evaluation_win_rate_in_the_page_and_the_polling_json(studio, project, admin):
     from labelapp.models import Queue
-    from labelapp.selectors import comparison_sides
+    from labelapp.selectors.labels import comparison_sides
     from labelapp.services.labels import comparison_submit
     from labelapp.services.projects import evaluation_task_create
 

@@ -1,9 +1,9 @@
-"""Prompt templates (labelapp.templating): pure rendering, no database."""
+"""Prompt templates (labelapp.formats.templating): pure rendering, no database."""
 from __future__ import annotations
 
 import pytest
 
-from labelapp.templating import Template, TemplateError, placeholders, render_rows
+from labelapp.formats.templating import Template, TemplateError, placeholders, render_rows
 
 NLI = Template(name="nli", text="{premise} Based on the paragraph above, can we conclude that {hypothesis}? {options}")
 ROWS = [

@@ -1,4 +1,4 @@
-"""Training on consensus: the pairs a reward-model or DPO run reads (labelapp.quality.training_pairs) —
+"""Training on consensus: the pairs a reward-model or DPO run reads (labelapp.selectors.quality.training_pairs) —
 gold left out, disputes replaced by their adjudication, reliability weights and confidences for the
 run's label_weights, AI labels mixed in only at the project's ai_label_weight."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from labelapp.exports import ExportFilter, export_pairs
+from labelapp.formats.exports import ExportFilter, export_pairs
 from labelapp.models import ModelVersion
-from labelapp.quality import PairWeights, training_pairs
+from labelapp.selectors.quality import PairWeights, training_pairs
 from labelapp.services.quality import (
     ai_label_record,
     ranking_task_adjudicate,

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_lora_sft_run_leaves_an_adapter_and_no_checkpoints(tmp_path, settings, tiny_dir):
-    from labelapp.disk import dir_size
+    from labelapp.services.disk import dir_size
     from workers.tasks import run_execute
 
     settings.DATA_DIR = tmp_path / "data"

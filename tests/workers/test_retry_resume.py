@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from labelapp import selectors
 from labelapp.models import Demonstration, TrainingRun
+from labelapp.selectors import labels as selectors
 from labelapp.services.runs import run_begin, run_create, run_finish, run_retry
 from tests.conftest import add_member, make_project, make_prompt
 from tests.workers.conftest import execute

@@ -81,8 +81,8 @@ def test_no_robots_keeps_single_turn_rows_only(bench, tmp_path, monkeypatch):
 def test_round_bench_prints_raw_and_length_controlled_rates_and_lengths(bench, capsys):
     """What the round benchmark reports of its evaluation: both rates per side, the mean lengths, per category."""
     from labelapp.models import ModelVersion, Round
+    from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import evaluation_task_create
-    from labelapp.stats import evaluation_summary
     from tests.conftest import make_project, make_prompt
 
     project = make_project()

@@ -3,9 +3,9 @@ import random
 import pytest
 from django.core.management import call_command
 
-from labelapp.agreement import pairwise_agreement
+from labelapp.analysis.agreement import pairwise_agreement
 from labelapp.models import Demonstration, Ranking
-from labelapp.stats import project_rankings
+from labelapp.selectors.stats import project_rankings
 from tests.conftest import make_project, make_prompt, make_task
 from workers.simulate import expected_agreement, noisy_order, rule_scores, sigma_for
 
@@ -27,7 +27,7 @@ def test_noisy_orders_reach_the_agreement_they_were_set_for():
 
 def test_pairs_far_apart_in_a_noisy_ranking_agree_with_the_oracle_more_often():
     """Why rounds offer min_rank_gap: rank noise flips neighbours far more often than distant ranks."""
-    from labelapp.selectors import ranking_pairs
+    from labelapp.selectors.labels import ranking_pairs
 
     rng = random.Random(2)
     ids, scores = [1, 2, 3, 4], [0.9, 0.5, 0.4, 0.1]  # the oracle's order is 1 > 2 > 3 > 4

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from labelapp.disk import disk_report, human, prune
 from labelapp.models import Project
+from labelapp.services.disk import disk_report, human, prune
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from labelapp.label_formats import FORMATS
+from labelapp.formats.labels import FORMATS
 from labelapp.models import Project
 from labelapp.services.label_imports import labels_import
 

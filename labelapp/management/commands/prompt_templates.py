@@ -4,7 +4,8 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from labelapp.importing import detect_format
+from labelapp.formats.prompts import detect_format
+from labelapp.formats.templating import CHOICES, TemplateError
 from labelapp.models import Project, PromptTemplate
 from labelapp.services.templates import (
     parse_field_rows,
@@ -13,7 +14,6 @@ from labelapp.services.templates import (
     template_preview,
     templated_import,
 )
-from labelapp.templating import CHOICES, TemplateError
 
 
 class Command(BaseCommand):

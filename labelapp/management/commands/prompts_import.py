@@ -3,7 +3,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from labelapp.importing import detect_format
+from labelapp.formats.prompts import detect_format
 from labelapp.models import Project
 from labelapp.services.projects import prompts_import
 

@@ -1,16 +1,16 @@
-"""Project statistics built from the database and labelapp.agreement's pure functions."""
+"""Project statistics built from the database and labelapp.analysis.agreement's pure functions."""
 from __future__ import annotations
 
 from collections import defaultdict
 from functools import lru_cache
 
-from labelapp.agreement import (
+from labelapp.analysis.agreement import (
     annotator_consensus_agreement,
     krippendorff_alpha_ordinal,
     krippendorff_alpha_pairwise,
     pairwise_agreement,
 )
-from labelapp.exports import pseudonym
+from labelapp.formats.exports import pseudonym
 from labelapp.models import Project, Ranking
 
 
@@ -99,16 +99,16 @@ def evaluation_summaries(*, project: Project, round_ids: list[int | None]) -> di
     without a round).
 
     Each summary holds the raw win-rates (`human`, `reward_model`), the length-controlled ones
-    (`length_controlled`: labelapp.length_control, read at equal answer length), the mean answer
+    (`length_controlled`: labelapp.analysis.length_control, read at equal answer length), the mean answer
     lengths in characters (`lengths`: candidate, baseline, references), the same per prompt
     category when the evaluation's prompts have two or more (`categories`), the same per prompt
     template and few-shot count (`templates`: "<name> · <k>-shot"), and the over-optimisation
-    warnings of labelapp.length_watch.held_out_warnings (`warnings`)."""
+    warnings of labelapp.selectors.length_watch.held_out_warnings (`warnings`)."""
     from django.db.models import Q
     from django.db.models.functions import Length
 
-    from labelapp.length_watch import held_out_warnings
     from labelapp.models import Comparison, EvaluationTask
+    from labelapp.selectors.length_watch import held_out_warnings
 
     wanted = Q(round_id__in=[r for r in round_ids if r is not None])
     if None in round_ids:
@@ -148,7 +148,7 @@ def template_key(task: dict) -> str | None:
 
 
 def template_blocks(tasks: list[dict], judged: dict) -> dict:
-    """Win-rates per prompt template and few-shot count (labelapp.templating metadata), so a template's
+    """Win-rates per prompt template and few-shot count (labelapp.formats.templating metadata), so a template's
     zero-shot and few-shot prompts are compared side by side; {} when no prompt came from a template."""
     keys = sorted({key for t in tasks if (key := template_key(t)) is not None})
     return {key: _evaluation_block([t for t in tasks if template_key(t) == key], judged) for key in keys}
@@ -156,7 +156,7 @@ def template_blocks(tasks: list[dict], judged: dict) -> dict:
 
 def _evaluation_block(tasks: list[dict], judged: dict) -> dict:
     """Raw and length-controlled win-rates (human, reward model) and mean lengths of some tasks."""
-    from labelapp.length_control import length_controlled_win_rate
+    from labelapp.analysis.length_control import length_controlled_win_rate
 
     human, human_tasks, auto, auto_diffs = [], [], [], []
     for task in tasks:

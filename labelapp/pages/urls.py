@@ -1,6 +1,7 @@
 from django.urls import path
 
-from labelapp import quality_views, views
+from labelapp.pages import annotate as views
+from labelapp.pages import quality as quality_views
 
 app_name = "labelapp"
 

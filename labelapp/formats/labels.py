@@ -2,7 +2,7 @@
 rows, before anything is written. Pure: no database access.
 
 Formats (`fmt`):
-- `studio-rankings`        the lines labelapp.exports.export_rankings writes; `order`, `flags` and
+- `studio-rankings`        the lines labelapp.formats.exports.export_rankings writes; `order`, `flags` and
                            `scores` name completion ids listed in the same row's `completions`
 - `studio-demonstrations`  the `{"messages": [..., assistant turn]}` lines export_demonstrations writes
 - `completions`            `{"prompt": str | turns, "completion": str | [assistant turn], "model": str?,
@@ -39,7 +39,7 @@ from functools import cached_property
 
 from django.conf import settings
 
-from labelapp.importing import (
+from labelapp.formats.prompts import (
     MAX_REPORTED_ERRORS,
     ROLES,
     ParseReport,

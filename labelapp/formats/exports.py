@@ -37,9 +37,9 @@ from itertools import groupby
 
 from django.conf import settings
 
-from labelapp.agreement import pairwise_agreement
+from labelapp.analysis.agreement import pairwise_agreement
 from labelapp.models import Demonstration, Project, Ranking, RankingTask
-from labelapp.selectors import ranking_pairs
+from labelapp.selectors.labels import ranking_pairs
 
 CHUNK = 2000
 FIRST_CHUNK = 50
@@ -222,12 +222,12 @@ def export_pairs(f: ExportFilter, *, conversational: bool = False, margin: bool 
                  weights: bool = False, min_confidence: float | None = None) -> Iterator[bytes]:
     """TRL preference pairs, C(K,2) per ranking minus ties. With `weights` each line also carries
     `weight` (its annotator's reliability weight) and `confidence` (the posterior that the pair's order
-    is right) from the latest reliability fit (labelapp.quality.PairWeights); `min_confidence` leaves
+    is right) from the latest reliability fit (labelapp.selectors.quality.PairWeights); `min_confidence` leaves
     out pairs below it (pairs the fit has no posterior for are kept)."""
     dumps = json.dumps
     reliability = None
     if weights or min_confidence is not None:
-        from labelapp.quality import pair_weights
+        from labelapp.selectors.quality import pair_weights
 
         reliability = pair_weights(project=f.project)
     for ranking in _rankings(f):

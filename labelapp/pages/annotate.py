@@ -18,9 +18,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
-from labelapp import selectors
-from labelapp.keymap import bindings_for
 from labelapp.models import Assignment, Demonstration, Flag, Project, Queue, Role
+from labelapp.pages.keymap import bindings_for
+from labelapp.selectors import labels as selectors
 from labelapp.services.access import has_role
 from labelapp.services.label_changes import demonstration_edit, demonstration_withdraw, ranking_edit, ranking_withdraw
 from labelapp.services.labels import (
@@ -255,7 +255,7 @@ def rank(request: HttpRequest, slug: str, assignment_id: int) -> HttpResponse:
     rows = _rank_rows(completions, letters, form)
     suggestion = None
     if project.ai_suggestions:  # off by default: a suggestion anchors people
-        from labelapp.quality import ai_suggestion
+        from labelapp.selectors.quality import ai_suggestion
 
         suggestion = ai_suggestion(task_id=assignment.ranking_task_id, letters=letters)
     context = {

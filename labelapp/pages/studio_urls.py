@@ -1,7 +1,8 @@
 from django.urls import path
 
-from labelapp import quality_views, template_views
-from labelapp import studio_views as views
+from labelapp.pages import quality as quality_views
+from labelapp.pages import studio as views
+from labelapp.pages import templates as template_views
 
 app_name = "studio"
 

@@ -12,10 +12,10 @@ from django.shortcuts import redirect
 from django.views.decorators.http import require_GET, require_POST
 
 from labelapp.models import EvaluationTask, RankingTask, Role
-from labelapp.quality import annotator_report
+from labelapp.pages.annotate import _render
+from labelapp.pages.studio import _project
+from labelapp.selectors.quality import annotator_report
 from labelapp.services.quality import gold_import, reliability_refit_enqueue
-from labelapp.studio_views import _project
-from labelapp.views import _render
 
 CHART_ROW, CHART_LEFT, CHART_WIDTH = 26, 150, 420  # px: one row per annotator, label column, plot width
 
@@ -62,7 +62,7 @@ def quality(request: HttpRequest, slug: str) -> HttpResponse:
                        .annotate(labels=Count("comparisons"),
                                  right=Count("comparisons", filter=Q(comparisons__gold_correct=True))).order_by("id"))
     from labelapp.models import AILabel, ModelVersion
-    from labelapp.quality import ai_human_agreement
+    from labelapp.selectors.quality import ai_human_agreement
 
     context = {"project": project, "studio": True, "report": report, "chart": _chart(report["annotators"]),
                "gold_ranking": gold_ranking, "gold_evaluation": gold_evaluation,
@@ -153,8 +153,8 @@ def gold_mark(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_GET
 def adjudicate_list(request: HttpRequest, slug: str) -> HttpResponse:
-    from labelapp.quality import disputed_tasks
-    from labelapp.views import _project as member_project
+    from labelapp.pages.annotate import _project as member_project
+    from labelapp.selectors.quality import disputed_tasks
 
     project = member_project(request, slug, role=Role.REVIEWER)
     disputed = disputed_tasks(project=project, reviewer=request.user)
@@ -165,10 +165,10 @@ def adjudicate_list(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 def adjudicate(request: HttpRequest, slug: str, task_id: int) -> HttpResponse:
     """A disputed task: every annotator's ranking, pseudonymised, and the reviewer's decision."""
-    from labelapp.quality import adjudication_view, disputed_tasks
+    from labelapp.pages.annotate import _project as member_project
+    from labelapp.selectors.quality import adjudication_view, disputed_tasks
     from labelapp.services.labels import order_from_ranks
     from labelapp.services.quality import ranking_task_adjudicate
-    from labelapp.views import _project as member_project
 
     project = member_project(request, slug, role=Role.REVIEWER)
     task = RankingTask.objects.filter(pk=task_id, project=project).select_related("prompt").first()
@@ -229,8 +229,8 @@ def ai_label_start(request: HttpRequest, slug: str) -> HttpResponse:
 @login_required
 @require_GET
 def categories(request: HttpRequest, slug: str) -> HttpResponse:
-    """The project's category mix beside InstructGPT's (labelapp.category_mix), admins only."""
-    from labelapp.category_mix import KINDS, category_mix
+    """The project's category mix beside InstructGPT's (labelapp.selectors.category_mix), admins only."""
+    from labelapp.selectors.category_mix import KINDS, category_mix
 
     project = _project(request, slug)
     mix = category_mix(project=project)

@@ -17,17 +17,17 @@ from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.views.decorators.http import require_http_methods, require_POST
 
-from labelapp.importing import detect_format
+from labelapp.formats.prompts import detect_format
+from labelapp.formats.templating import CHOICES, MODES, Template, TemplateError
 from labelapp.models import Prompt, PromptTemplate
+from labelapp.pages.annotate import _render
+from labelapp.pages.studio import _project
 from labelapp.services.templates import (
     prompt_template_create,
     prompt_template_update,
     template_preview,
     templated_import,
 )
-from labelapp.studio_views import _project
-from labelapp.templating import CHOICES, MODES, Template, TemplateError
-from labelapp.views import _render
 
 TEXT_FIELDS = ("name", "text", "system_prompt", "cot_cue", "mode")
 NUMBER_FIELDS = ("few_shot", "seed")

@@ -9,10 +9,10 @@ from statistics import median
 from django.contrib.auth import get_user_model
 from django.db.models import Avg, Count, Q, Sum
 
-from labelapp.agreement import annotator_consensus_agreement, annotator_pairwise_agreement
+from labelapp.analysis.agreement import annotator_consensus_agreement, annotator_pairwise_agreement
+from labelapp.analysis.reliability import AnnotatorFit, FlagRules, flags_for
 from labelapp.models import AILabel, Comparison, Project, Ranking, RankingTask, ReliabilityFit
-from labelapp.reliability import AnnotatorFit, FlagRules, flags_for
-from labelapp.stats import project_rankings
+from labelapp.selectors.stats import project_rankings
 
 
 def latest_fit(*, project: Project) -> ReliabilityFit | None:
@@ -155,7 +155,7 @@ def disputed_tasks(*, project: Project, reviewer=None) -> list[tuple[RankingTask
     for task in candidates.select_related("prompt").order_by("id"):
         value = confidence.get(task.pk)
         if value is None:
-            from labelapp.agreement import pairwise_agreement
+            from labelapp.analysis.agreement import pairwise_agreement
 
             orders = {r.annotator_id: r.order for r in task.rankings.all() if r.order}
             value = pairwise_agreement({task.pk: orders}).rate
@@ -289,7 +289,7 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none") ->
     `mode`:
 
     * people's rankings, gold tasks left out, a disputed task's rankings replaced by its adjudication
-      (the export's rows, labelapp.exports); with `mode` "weight" or "soft" each pair carries its
+      (the export's rows, labelapp.formats.exports); with `mode` "weight" or "soft" each pair carries its
       annotator's reliability weight and the posterior confidence of its order from the latest fit
       (PairWeights); an adjudication counts as known: weight 1, confidence 1;
     * with the project's `ai_label_weight` above 0, each non-gold task's latest AI label (rlhf's reward
@@ -298,8 +298,8 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none") ->
       at weight 1; with "soft" (soft labels carry no weight) AI labels are left out, and the lineage
       says so.
     """
-    from labelapp import exports
-    from labelapp.selectors import ranking_pairs
+    from labelapp.formats import exports
+    from labelapp.selectors.labels import ranking_pairs
 
     reliability = pair_weights(project=project) if mode != "none" else None
     out = TrainingPairs(pairs=[], mode=mode, fit_id=reliability.fit_id if reliability else None)

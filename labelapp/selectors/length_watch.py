@@ -71,7 +71,7 @@ def reward_length_text(metrics: dict | None) -> str:
 
 
 def held_out_warnings(summary: dict) -> list[dict]:
-    """Over-optimisation warnings for one blind evaluation (its summary from labelapp.stats).
+    """Over-optimisation warnings for one blind evaluation (its summary from labelapp.selectors.stats).
 
     A side (the reward model's scores, or the human judgments) warns when its raw win-rate is clearly
     above one half (the 95% interval's lower end above 0.5: the new policy "won") while its
@@ -145,7 +145,7 @@ def policy_trend(history: list[dict]) -> dict | None:
 def run_length_watch(run: TrainingRun, round_summary: dict | None = None) -> dict:
     """What the run page shows about length: the reward model's diagnostics (reward runs), the policy's
     trend (policy runs: PPO, DPO and the other policy methods) and the held-out warnings of the run's round evaluation (policy and evaluation
-    runs; `round_summary` is labelapp.stats.evaluation_summary of the run's round)."""
+    runs; `round_summary` is labelapp.selectors.stats.evaluation_summary of the run's round)."""
     out = {"diagnostics": [], "trend": None, "warnings": []}
     if run.kind == TrainingRun.Kind.REWARD:
         out["diagnostics"] = reward_diagnostics(run.result)

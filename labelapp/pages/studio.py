@@ -3,7 +3,7 @@
 Pages render server-side; static/labelapp/studio.js polls the JSON views while something is
 running and updates progress bars, ETAs and charts in place. Every button is a POST to a view
 that calls one service and redirects back with a message. Only project admins get here; to
-everyone else the studio does not exist (404), as in labelapp.views.
+everyone else the studio does not exist (404), as in labelapp.pages.annotate.
 """
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from labelapp import round_settings, studio
+from labelapp import round_settings
 from labelapp.models import Project, Role, Round, TrainingRun
+from labelapp.pages.annotate import _render
+from labelapp.selectors import studio
 from labelapp.services.access import has_role
 from labelapp.services.rounds import round_advance, round_cancel, round_discard, round_promote, round_start
 from labelapp.services.runs import model_version_make_current, run_cancel, run_retry
 from labelapp.services.text import NUL_REASON, has_nul
-from labelapp.views import _render
 
 SCALAR_FIELDS = ("prompts", "min_rankings")  # own inputs on the form; the rest is the JSON box
 

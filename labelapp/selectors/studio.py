@@ -15,10 +15,10 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
-from labelapp.length_watch import reward_length_text
 from labelapp.models import Assignment, Comparison, Demonstration, ModelVersion, Project, Ranking, Round, TrainingRun
+from labelapp.selectors.length_watch import reward_length_text
+from labelapp.selectors.stats import evaluation_summaries, evaluation_summary
 from labelapp.services.queue import SPECS, live_lease
-from labelapp.stats import evaluation_summaries, evaluation_summary
 
 WAITING_STAGES = (Round.Stage.RANKING,)  # a round here waits for people, not for a run
 HISTORY_POINTS = 500  # metric points per run sent to the browser
@@ -129,7 +129,7 @@ def evaluation_text(summary: dict) -> str:
 
 
 def evaluation_warning(summary: dict) -> str:
-    """The evaluation's over-optimisation warnings (labelapp.length_watch) as one line, "" when none."""
+    """The evaluation's over-optimisation warnings (labelapp.selectors.length_watch) as one line, "" when none."""
     return " ".join(w["text"] for w in summary.get("warnings", []))
 
 
@@ -257,8 +257,8 @@ def run_status(run: TrainingRun, *, history: bool = False, now: datetime | None 
 
 
 def run_length_watch(run: TrainingRun) -> dict:
-    """labelapp.length_watch.run_length_watch with the run's round evaluation, and one warning line."""
-    from labelapp.length_watch import run_length_watch as watch
+    """labelapp.selectors.length_watch.run_length_watch with the run's round evaluation, and one warning line."""
+    from labelapp.selectors.length_watch import run_length_watch as watch
 
     summary = None
     if run.round_id and run.kind not in (TrainingRun.Kind.SFT, TrainingRun.Kind.REWARD, TrainingRun.Kind.SAMPLE):
@@ -353,7 +353,7 @@ class VersionRow:
     version: ModelVersion
     lineage: list[ModelVersion] = field(default_factory=list)  # root first, the version last
     key_metrics: list[tuple[str, float]] = field(default_factory=list)
-    length_text: str = ""  # reward models: labelapp.length_watch.reward_length_text
+    length_text: str = ""  # reward models: labelapp.selectors.length_watch.reward_length_text
 
     @property
     def metric_cells(self) -> list[tuple[str, float, str]]:
@@ -442,7 +442,7 @@ def _policy_win_rates(project: Project, versions: list[ModelVersion]) -> dict[in
         project=project, round__new_policy_id__in=policies, model_a_id=F("round__new_policy_id"),
         reward_a__isnull=False, reward_b__isnull=False,
     ).values_list("model_a_id", "reward_a", "reward_b")
-    for policy, a, b in rows:  # as labelapp.stats scores the reward model's verdicts
+    for policy, a, b in rows:  # as labelapp.selectors.stats scores the reward model's verdicts
         outcomes.setdefault(policy, []).append(1.0 if a > b else 0.5 if a == b else 0.0)
     return {policy: sum(values) / len(values) for policy, values in outcomes.items()}
 

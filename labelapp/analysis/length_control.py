@@ -14,7 +14,7 @@ When every length difference is zero, x is 0 everywhere and sigmoid(alpha) is th
 The two parameters are fitted by Newton's method on the (quasi-)binomial log-likelihood, grouped by
 evaluation task (each task: its x, the sum of its outcomes, the number of judgments), with step halving.
 The 95% interval is a percentile bootstrap that resamples whole evaluation tasks and refits, like the raw
-interval in ``labelapp.stats.win_rate``.
+interval in ``labelapp.selectors.stats.win_rate``.
 
 Separation: when length alone orders the outcomes (every task where the candidate lost at least once has a
 smaller x than every task where it won at least once, or the reverse), the maximum-likelihood slope is
