@@ -11,7 +11,8 @@ Presets (``--preset auto`` = gpu when CUDA is present, else cpu):
 * gpu: random-weight Llama configs, bf16. SFT: 1.7B-shaped (SmolLM2-1.7B), seq 2048 packed, batch 4,
   full fine-tuning; baseline = ``SFTConfig(packing=True, max_length=2048, per_device_train_batch_size=4)``
   with TRL's other defaults (fp32 weights, bf16 autocast, gradient checkpointing, adamw_torch);
-  rlhf = bf16 weights, ``adamw_torch_fused``, ``padding_free``. Reward: 360M-shaped, 16 pairs per batch,
+  rlhf = bf16 weights, the ``throughput: auto`` settings (fused AdamW, padding-free packing, Liger kernels
+  when ``liger-kernel`` is installed; the JSON line says which were active). Reward: 360M-shaped, 16 pairs per batch,
   max length 512; baseline = ``RewardConfig`` defaults, rlhf = bf16 weights, fused AdamW, no gradient
   checkpointing. Sampling: 360M-shaped, batch 64 x 256 new tokens; baseline = ``model.generate`` with
   default settings (dynamic cache), rlhf = ``rlhf.sampling.sample`` with ``cache_implementation="static"``
@@ -164,12 +165,13 @@ def bench_sft(p: dict) -> dict:
         model = make_model(p["sft_shape"], "causal", dtype)
         config = SFTRunConfig(output_dir=f"{tmp}/ours", model=None, use_lora=False, max_steps=steps,
                               per_device_batch_size=p["sft_batch"], max_length=p["sft_len"], packing=True,
-                              padding_free=gpu, optim="adamw_torch_fused" if gpu else "adamw_torch",
                               bf16=None, gradient_checkpointing=gpu, save_steps=0, learning_rate=2e-5)
+        # throughput "auto": fused AdamW and Liger (when installed) on a GPU; packing is padding-free
         trainer = build_sft_trainer(config, demos, model=model, tokenizer=tok)
         trainer.add_callback(timer)
         trainer.train()
         results["rlhf_tokens_per_s"] = tokens_per_step * timer.steps / timer.seconds
+        results["rlhf_active"] = list(trainer.rlhf_throughput.active)
         results["rlhf_peak_gb"] = peak_gb()
         del trainer, model
         free()
@@ -210,11 +212,12 @@ def bench_reward(p: dict) -> dict:
         model = make_model(p["rm_shape"], "reward", torch.bfloat16 if gpu else torch.float32)
         config = RewardRunConfig(output_dir=f"{tmp}/ours", model=None, use_lora=False, max_steps=steps,
                                  per_device_batch_size=p["rm_pairs"], max_length=p["rm_len"], bf16=None,
-                                 optim="adamw_torch_fused" if gpu else "adamw_torch", save_steps=0, eval_fraction=0)
+                                 save_steps=0, eval_fraction=0)  # throughput "auto": fused AdamW, Liger if installed
         trainer = build_reward_trainer(config, pairs, model=model, tokenizer=tok)
         trainer.add_callback(timer)
         trainer.train()
         results["rlhf_pairs_per_s"] = p["rm_pairs"] * timer.steps / timer.seconds
+        results["rlhf_active"] = list(trainer.rlhf_throughput.active)
         results["rlhf_peak_gb"] = peak_gb()
         del trainer, model
         free()

@@ -25,6 +25,9 @@ def _help(text: str, default: Any = None, factory: Any = dataclasses.MISSING):
     return field(default=default, metadata={"help": text})
 
 
+THROUGHPUT_MODES = ("auto", "off")
+
+
 @dataclass
 class TrainerConfig:
     """Fields every trainer shares."""
@@ -67,10 +70,22 @@ class TrainerConfig:
                                     "often steadier) instead of directly.", False)
     prompt_tuning_init_text: str | None = _help("prompt_tuning: start the virtual tokens from the embeddings of this "
                                                 "text (e.g. 'Answer the question helpfully:'); null: random.")
-    optim: str = _help("Optimizer name as in transformers TrainingArguments ('adamw_torch', 'adamw_torch_fused').", "adamw_torch")
+    optim: str | None = _help("Optimizer name as in transformers TrainingArguments ('adamw_torch', 'adamw_torch_fused'); "
+                              "null: 'adamw_torch_fused' for SFT and reward runs on a GPU with throughput 'auto', "
+                              "'adamw_torch' otherwise.")
+    throughput: str = _help("'auto': SFT and reward runs on a CUDA GPU use the throughput settings TRL leaves off "
+                            "(padding-free SFT batches, fused AdamW, Liger kernels when the liger-kernel package is "
+                            "installed, bf16 weights without autocast for adapter SFT, fp32 master weights with bf16 "
+                            "autocast for full fine-tuning); 'off': TRL's defaults. CPU runs are the same either way. "
+                            "metadata.json's `throughput` says what was active; a setting given explicitly wins.",
+                            "auto")
+    liger: bool | None = _help("Liger kernels (needs a CUDA GPU and the optional liger-kernel package); null: on "
+                               "with throughput 'auto' on a GPU when the package is installed.")
     extra_args: dict[str, Any] = _help("Extra keyword arguments for the TRL config (advanced).", factory=dict)
 
     def __post_init__(self):
+        if self.throughput not in THROUGHPUT_MODES:
+            raise ValueError(f"throughput must be one of {list(THROUGHPUT_MODES)} (got {self.throughput!r}).")
         if self.peft is not None:  # `peft` names the method; `use_lora` follows it (older code reads use_lora)
             if self.peft not in PEFT_METHODS:
                 raise ValueError(f"peft must be one of {list(PEFT_METHODS)} or null (got {self.peft!r}).")
@@ -172,7 +187,10 @@ class SFTRunConfig(TrainerConfig):
     learning_rate: float = _help("Peak learning rate (linear decay).", 2e-4)
     completion_only_loss: bool = _help("Loss on the assistant's completion tokens only.", True)
     packing: bool = _help("Pack several examples into one max_length sequence (BFD packing).", False)
-    padding_free: bool = _help("Padding-free batches (flash-attention style); GPU speed option.", False)
+    padding_free: bool | None = _help("Padding-free batches: each micro-batch concatenated into one row with "
+                                      "position ids, so no padding is computed (the same examples per optimizer "
+                                      "step as padded batches; `packing` is padding-free already). null: on with "
+                                      "throughput 'auto' on a GPU (not with prompt-learning methods), off otherwise.")
 
 
 # --------------------------------------------------------------------------------- reward model

@@ -18,7 +18,7 @@ from .config import DPORunConfig, check_dpo_config, peft_method  # noqa: F401 (t
 from .contract import Artifacts, data_hash, seed_everything
 from .data import PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_causal_lm, load_tokenizer
-from .runner import attach_progress, check_peft_here, peft_config_for, run_trainer, trl_args
+from .runner import attach_progress, check_peft_here, peft_config_for, resolve_throughput, run_trainer, trl_args
 from .weighting import select_pairs
 from .weighting import summary as weighting_summary
 
@@ -32,21 +32,25 @@ def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
     check_peft_here(config, "dpo")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
-    load = dict(device=config.device, dtype=config.dtype, load_in_bits=config.load_in_bits)
+    throughput = resolve_throughput(config, "dpo")  # TRL's defaults as configured (SFT and reward get the GPU ones)
+    load = dict(device=config.device, dtype=throughput.dtype, load_in_bits=config.load_in_bits)
     model = model or load_causal_lm(config.model, **load)
     # an adapter (any peft method) switched off is the reference; full fine-tuning needs a frozen copy
     ref_model = None if peft_method(config) != "none" else load_causal_lm(config.model, **load).eval()
     losses = {"loss_type": [config.loss_type]}
     if config.sft_weight:
         losses = {"loss_type": [config.loss_type, "sft"], "loss_weights": [1.0, config.sft_weight]}
-    args = trl_args(config, DPOConfig, beta=config.beta, ld_alpha=config.ld_alpha, **losses)
+    args = trl_args(config, DPOConfig, throughput, beta=config.beta, ld_alpha=config.ld_alpha, **losses)
     common = dict(model=model, ref_model=ref_model, args=args, processing_class=tokenizer,
                   eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
                   peft_config=peft_config_for(config, "CAUSAL_LM"))
     if config.label_weights == "none":
-        return _length_logging(DPOTrainer)(train_dataset=pairs_to_dataset(pairs), **common)
-    dataset = pairs_to_dataset(pairs).add_column("pair_weight", [float(p.weight) for p in pairs])
-    return _length_logging(_weighted_trainer_class())(train_dataset=dataset, **common)
+        trainer = _length_logging(DPOTrainer)(train_dataset=pairs_to_dataset(pairs), **common)
+    else:
+        dataset = pairs_to_dataset(pairs).add_column("pair_weight", [float(p.weight) for p in pairs])
+        trainer = _length_logging(_weighted_trainer_class())(train_dataset=dataset, **common)
+    trainer.rlhf_throughput = throughput
+    return trainer
 
 
 _WEIGHTED = None

@@ -35,7 +35,7 @@ from .config import (  # noqa: F401 (they live in rlhf.config; importable from h
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
 from .models import describe_model, load_reward_model, load_tokenizer
-from .runner import attach_progress, check_peft_here, peft_config_for, run_trainer, trl_args
+from .runner import attach_progress, check_peft_here, peft_config_for, resolve_throughput, run_trainer, trl_args
 from .weighting import select_pairs
 from .weighting import summary as weighting_summary
 
@@ -164,7 +164,8 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     check_peft_here(config, "reward")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)  # the score head is initialised at load time
     tokenizer = tokenizer or load_tokenizer(config.model)
-    model = model or load_reward_model(config.model, device=config.device, dtype=config.dtype,
+    throughput = resolve_throughput(config, "reward")
+    model = model or load_reward_model(config.model, device=config.device, dtype=throughput.dtype,
                                        load_in_bits=config.load_in_bits)
     model.config.pad_token_id = tokenizer.pad_token_id
     pairs = list(pairs)
@@ -177,13 +178,15 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
         batch = config.per_device_batch_size * config.gradient_accumulation_steps
         pairs = [pairs[i] for i in length_grouped_order(lengths, batch, config.seed)]
         sampling = {"train_sampling_strategy": "sequential"}
-    args = trl_args(config, RewardConfig, center_rewards_coefficient=config.center_rewards_coefficient,
+    args = trl_args(config, RewardConfig, throughput, center_rewards_coefficient=config.center_rewards_coefficient,
                     per_device_eval_batch_size=config.eval_batch_size, **sampling)
     common = dict(model=model, args=args, processing_class=tokenizer,
                   eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
                   peft_config=peft_config_for(config, "SEQ_CLS"))
     if config.length_control == "none" and config.label_weights == "none":
-        return RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
+        trainer = RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
+        trainer.rlhf_throughput = throughput
+        return trainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     from .weighting import soft_targets
@@ -194,7 +197,9 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     for name, values in extra.items():
         dataset = dataset.add_column(name, values)
     collator = _ExtraCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
-    return _studio_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
+    trainer = _studio_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
+    trainer.rlhf_throughput = throughput
+    return trainer
 
 
 class _ExtraCollator:

@@ -4,11 +4,12 @@ and ``run_trainer`` which resumes, trains, handles cancellation, saves the final
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import MERGEABLE, check_peft, peft_method
+from .config import MERGEABLE, PROMPT_LEARNING, check_peft, peft_method
 from .contract import (
     METADATA_FILE,
     MODEL_SUBDIR,
@@ -23,10 +24,81 @@ from .models import bf16_capable, peft_config, pick_device, resolve_model, save_
 log = logging.getLogger(__name__)
 
 
-def trl_args(config: TrainerConfig, trl_config_cls, **specific: Any):
-    """Build a TRL config (``SFTConfig``, ``RewardConfig``, ``DPOConfig``) from our config."""
+@dataclasses.dataclass(frozen=True)
+class Throughput:
+    """What a TRL run trains with, resolved once from its config and the hardware (``resolve_throughput``);
+    written to metadata.json as ``throughput``."""
+
+    device: str
+    dtype: str  # the weights' dtype at load time
+    bf16: bool  # bf16 autocast
+    optim: str
+    padding_free: bool  # SFT: one concatenated row per micro-batch (or BFD packing), no padding computed
+    liger: bool
+    mode: str  # the config's `throughput`
+    active: tuple[str, ...] = ()  # the settings on here that TRL's defaults leave off
+
+
+def liger_installed() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def resolve_throughput(config: TrainerConfig, kind: str, *, device=None, bf16_ok: bool | None = None,
+                       liger_ok: bool | None = None) -> Throughput:
+    """The throughput settings of an SFT, reward or DPO run (``config.throughput``; explicit settings win).
+
+    On a CUDA GPU with ``throughput: auto``, SFT and reward runs use what TRL leaves off by default: fused
+    AdamW; Liger kernels when the package is installed; for SFT padding-free batches and, with an adapter,
+    bf16 weights without autocast (peft computes the adapter in fp32; autocast over bf16 weights only adds
+    host work). Full fine-tuning keeps fp32 master weights under bf16 autocast: pure-bf16 AdamW rounds most
+    small updates to zero. The reward model keeps autocast (its trained score head is in the weights'
+    dtype). DPO and every CPU run keep today's settings. ``device``/``bf16_ok``/``liger_ok`` override what
+    this host reports (tests).
+    """
+    import torch
+
+    device = torch.device(device) if device is not None else pick_device(config.device)
+    bf16_ok = bf16_capable(device) if bf16_ok is None else bf16_ok
+    liger_ok = liger_installed() if liger_ok is None else liger_ok
+    gpu = device.type == "cuda" and config.throughput == "auto" and kind in ("sft", "reward")
+    method = peft_method(config)
+    if config.dtype != "auto":
+        dtype = config.dtype
+    elif gpu and method == "none":
+        dtype = "float32"
+    else:
+        dtype = "bfloat16" if bf16_ok else "float32"
+    if config.bf16 is not None:
+        bf16 = config.bf16
+    elif gpu and kind == "sft" and method != "none" and dtype == "bfloat16":
+        bf16 = False
+    else:
+        bf16 = bf16_ok
+    optim = config.optim or ("adamw_torch_fused" if gpu else "adamw_torch")
+    padding_free = False
+    if kind == "sft":
+        padding_free = getattr(config, "packing", False) or (
+            config.padding_free if config.padding_free is not None else gpu and method not in PROMPT_LEARNING)
+        if padding_free and method in PROMPT_LEARNING:
+            raise ValueError(f"padding_free cannot be used with peft {method!r}: its virtual tokens are prepended to "
+                             "every row, so one concatenated row would carry them once.")
+    liger = config.liger if config.liger is not None else gpu and liger_ok
+    if liger and (device.type != "cuda" or not liger_ok):
+        raise ValueError("liger needs a CUDA GPU and the liger-kernel package (pip install liger-kernel); "
+                         f"this run is on {device.type}" + ("" if liger_ok else " without the package") + ".")
+    active = tuple(name for name, on in (
+        ("padding_free", padding_free), ("fused_adamw", optim.endswith("fused")), ("liger", liger),
+        ("bf16_weights_no_autocast", dtype == "bfloat16" and not bf16),
+        ("fp32_master_weights", gpu and method == "none" and dtype == "float32" and bf16)) if on)
+    return Throughput(device=str(device), dtype=dtype, bf16=bf16, optim=optim, padding_free=padding_free,
+                      liger=liger, mode=config.throughput, active=active)
+
+
+def trl_args(config: TrainerConfig, trl_config_cls, throughput: Throughput | None = None, **specific: Any):
+    """Build a TRL config (``SFTConfig``, ``RewardConfig``, ``DPOConfig``) from our config and its resolved
+    ``throughput`` (``resolve_throughput(config, "dpo")`` when not given: TRL's defaults as configured)."""
+    throughput = throughput or resolve_throughput(config, "dpo")
     device = pick_device(config.device)
-    bf16 = config.bf16 if config.bf16 is not None else bf16_capable(device)
     kwargs: dict[str, Any] = dict(
         output_dir=config.output_dir,
         seed=config.seed,
@@ -42,10 +114,11 @@ def trl_args(config: TrainerConfig, trl_config_cls, **specific: Any):
         save_steps=config.save_steps or 500,
         save_total_limit=config.save_total_limit,
         logging_steps=config.logging_steps,
-        bf16=bf16,
+        bf16=throughput.bf16,
         use_cpu=device.type == "cpu",
         gradient_checkpointing=config.gradient_checkpointing,
-        optim=config.optim,
+        optim=throughput.optim,
+        use_liger_kernel=throughput.liger,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
@@ -118,9 +191,11 @@ def run_trainer(trainer, config: TrainerConfig, *, kind: str, tokenizer, base_mo
     if not trainer.accelerator.is_main_process:
         meta = str(Path(config.output_dir) / METADATA_FILE)  # rank 0 writes it
         return Artifacts(str(config.output_dir), model_dir, meta, status, metrics, trainer.state.global_step)
+    throughput = getattr(trainer, "rlhf_throughput", None)
     meta = write_metadata(config.output_dir, kind=kind, base_model=base_model, data_hash=data_hash, config=config,
                           metrics=metrics, status=status,
                           extra={"model_dir": model_dir, "last_checkpoint": last_checkpoint(config.output_dir),
+                                 **({"throughput": dataclasses.asdict(throughput)} if throughput else {}),
                                  **(extra_meta or {})})
     return Artifacts(str(config.output_dir), model_dir, meta, status, metrics, trainer.state.global_step)
 

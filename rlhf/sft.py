@@ -8,19 +8,22 @@ tokens only (the prompt, system prompt and template tokens get label -100). We d
 ``assistant_only_loss``: SmolLM2's template has no ``{% generation %}`` markers.
 
 Differences from plain TRL defaults: LoRA by default (``use_lora``), merged into a full safetensors
-checkpoint at the end (``merge``); bf16 autocast only on a bf16-capable GPU unless ``bf16`` is set;
-gradient checkpointing off by default (small models).
+checkpoint at the end (``merge``); gradient checkpointing off by default (small models); on a GPU the
+throughput settings TRL leaves off (``rlhf.runner.resolve_throughput``: padding-free batches, fused AdamW,
+Liger kernels when installed, bf16 weights without autocast for adapters, fp32 master weights for full
+fine-tuning); on CPU fp32 without autocast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 from .config import SFTRunConfig  # noqa: F401 (the config lives in rlhf.config; importable from here too)
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Demonstration, demonstrations_to_dataset, load_demonstrations
 from .models import describe_model, load_causal_lm, load_tokenizer
-from .runner import attach_progress, check_peft_here, peft_config_for, run_trainer, trl_args
+from .runner import attach_progress, check_peft_here, peft_config_for, resolve_throughput, run_trainer, trl_args
 
 
 def build_sft_trainer(config: SFTRunConfig, demonstrations: Sequence[Demonstration],
@@ -31,16 +34,23 @@ def build_sft_trainer(config: SFTRunConfig, demonstrations: Sequence[Demonstrati
     check_peft_here(config, "sft")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
-    model = model or load_causal_lm(config.model, device=config.device, dtype=config.dtype,
+    throughput = resolve_throughput(config, "sft")
+    model = model or load_causal_lm(config.model, device=config.device, dtype=throughput.dtype,
                                     load_in_bits=config.load_in_bits)
-    args = trl_args(config, SFTConfig, completion_only_loss=config.completion_only_loss, packing=config.packing,
-                    padding_free=config.padding_free, assistant_only_loss=False)
-    return SFTTrainer(
+    # TRL's own `padding_free` refuses a max_length without packing (it would not truncate); its dataset
+    # preparation truncates when padding_free is off, so the padding-free collator is put in afterwards.
+    args = trl_args(config, SFTConfig, throughput, completion_only_loss=config.completion_only_loss,
+                    packing=config.packing, padding_free=False, assistant_only_loss=False)
+    trainer = SFTTrainer(
         model=model, args=args, processing_class=tokenizer,
         train_dataset=demonstrations_to_dataset(demonstrations),
         eval_dataset=demonstrations_to_dataset(eval_demonstrations) if eval_demonstrations else None,
         peft_config=peft_config_for(config, "CAUSAL_LM"),
     )
+    if throughput.padding_free and not config.packing:  # packing (BFD) is padding-free in TRL already
+        trainer.data_collator = dataclasses.replace(trainer.data_collator, padding_free=True)
+    trainer.rlhf_throughput = throughput
+    return trainer
 
 
 def train_sft(config: SFTRunConfig, demonstrations: Sequence[Demonstration] | None = None,
