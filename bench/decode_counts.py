@@ -82,8 +82,13 @@ def profile_counts(fn):
     """(launched ops, of which outside compiled code, syncs, compiled-graph calls) of one call of ``fn``."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
+    return count_events(prof.events())
+
+
+def count_events(events):
+    """(launched ops, of which outside compiled code, syncs, compiled-graph calls) among profiler events."""
     launched = outside = syncs = graphs = 0
-    for e in prof.events():
+    for e in events:
         if e.name in SYNC_OPS:
             syncs += 1
         if "Call CompiledFxGraph" in e.name:

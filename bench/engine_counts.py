@@ -22,7 +22,15 @@ Part 2 (135M): one PPO update on the bundled SmolLM2-135M-Instruct (policy with 
 checkpoint as reward model with a fresh head, value model = reward model + a second adapter), batch 8,
 32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU, ``--updates`` updates (default 1): wall
 time and peak RSS of each update (VmHWM reset through /proc/self/clear_refs once the models are loaded and
-after each update) and the peak RSS while loading the models, each path in its own process. Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``.
+after each update) and the peak RSS while loading the models, each path in its own process.
+
+Part 3 (compiled): part 1's model and settings, the new update eager vs with ``compile_update`` (each
+micro-step compiled at fixed shapes), update 2 of 4 counted by ops launched (profiler events, as in
+bench/decode_counts.py: a dispatch mode cannot see inside compiled kernels), compiled-graph calls, syncs,
+wall of updates 3-4 and of update 1 (which pays the compile).
+
+Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``,
+``--part compiled``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 PROMPTS = ["Tell me a fact about cats.", "What is the capital of France?", "Explain how plants grow, briefly.",
            "Write a short poem about the sea and the sky.", "Why is the sky blue?",
@@ -183,19 +192,41 @@ def fake_generate_ids(new_tokens: int):
     return generate_ids
 
 
+class LaunchCounter:
+    """Ops launched while active, counted from torch.profiler events as bench/decode_counts.py does: an aten
+    op or an inductor kernel (``cpp.enable_kernel_profile``) with no aten op above it, i.e. what Python or a
+    compiled wrapper calls (eager ``aten::linear`` once; compiled: each generated kernel and each extern
+    call such as ``aten::mm``); with the calls of compiled graphs and the syncs among them."""
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.prof = profile(activities=[ProfilerActivity.CPU])
+        self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        from decode_counts import count_events
+
+        self.prof.__exit__(None, None, None)
+        self.launched, self.outside, self.syncs, self.graphs = count_events(self.prof.events())
+
+
 def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, count_update: int | None,
-             new_tokens: int = 32, batch: int = 8) -> dict:
-    """``updates`` PPO updates of one path; per-update wall times (from the progress callbacks), and the
-    counters of update ``count_update`` (1-based; None: no counting)."""
+             new_tokens: int = 32, batch: int = 8, launches: bool = False) -> dict:
+    """``updates`` PPO updates of one path ('old', 'new', 'compiled': new with ``compile_update``); per-update
+    wall times (from the progress callbacks), and the counters of update ``count_update`` (1-based; None: no
+    counting): the dispatch counter, or with ``launches`` the profiler's launched ops."""
     import torch
 
-    module = __import__(f"rlhf.{'ppo' if path == 'new' else 'ppo_legacy'}", fromlist=["train"])
+    module = __import__(f"rlhf.{'ppo_legacy' if path == 'old' else 'ppo'}", fromlist=["train"])
     module.generate_ids = fake_generate_ids(new_tokens)
     cfg = module.PPOConfig(output_dir=out_dir, model=model, reward_model=reward, device="cpu", max_steps=updates,
                            rollout_batch_size=batch, mini_batch_size=4, ppo_epochs=2, max_new_tokens=new_tokens,
-                           per_device_batch_size=batch, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5)
+                           per_device_batch_size=batch, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5,
+                           **({"compile_update": True} if path == "compiled" else {}))
     marks, counts = [], {}
-    counter = Counter() if count_update else None
+    counter = (LaunchCounter() if launches else Counter()) if count_update else None
 
     def progress(step, total, metrics):
         marks.append(time.perf_counter())
@@ -203,7 +234,11 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
         reset_peak_rss()  # the next update's peak RSS starts from the current RSS
         if counter is not None and step == count_update:
             counter.__exit__(None, None, None)
-            counts.update(ops=counter.ops, syncs=counter.syncs(), reads=dict(counter.reads))
+            if launches:
+                counts.update(launched=counter.launched, outside=counter.outside, syncs=counter.syncs,
+                              graphs=counter.graphs)
+            else:
+                counts.update(ops=counter.ops, syncs=counter.syncs(), reads=dict(counter.reads))
         if counter is not None and step == count_update - 1:
             counter.__enter__()
 
@@ -239,6 +274,32 @@ def part_counts(tmp: Path) -> list[dict]:
     return rows
 
 
+def part_compiled(tmp: Path) -> list[dict]:
+    """The new update eager vs with ``compile_update``, counted by ops launched (profiler), update 2 of 4."""
+    import torch._inductor.config as inductor_config
+
+    from rlhf.models import convert_bundled_model, load_tokenizer
+
+    inductor_config.cpp.enable_kernel_profile = True
+    tok = load_tokenizer(str(convert_bundled_model()))
+    policy_dir, rm_dir = tmp / "narrow", tmp / "narrow_rm"
+    narrow_360m(tok).save_pretrained(policy_dir, safe_serialization=True)
+    narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
+    for d in (policy_dir, rm_dir):
+        tok.save_pretrained(d)
+    rows = []
+    for path in ("new", "compiled"):
+        row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"launch_{path}"), updates=4, count_update=2,
+                       launches=True)
+        rows.append(row)
+        timed = row["walls"][2:]
+        print(f"[compiled] {path}: launched ops/update {row['launched']:,} (outside compiled code "
+              f"{row['outside']:,}), compiled-graph calls {row['graphs']}, syncs {row['syncs']}, wall/update "
+              f"{1000 * sum(timed) / len(timed):.0f} ms (updates 3-4; update 1 with the compile "
+              f"{row['walls'][0]:.1f} s)", flush=True)
+    return rows
+
+
 def child(path: str, out: str, updates: int) -> None:
     """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
     from rlhf.models import convert_bundled_model
@@ -267,7 +328,7 @@ def part_smollm(tmp: Path, updates: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["counts", "smollm", "all"], default="all")
+    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "all"], default="all")
     parser.add_argument("--child", choices=["old", "new"])
     parser.add_argument("--out")
     parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
@@ -283,6 +344,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        compiled = part_compiled(tmp) if args.part in ("compiled", "all") else None
         counts = part_counts(tmp) if args.part in ("counts", "all") else None
         smollm = part_smollm(tmp, args.updates) if args.part in ("smollm", "all") else None
     print("\n| measure | old | new | old / new |\n|---|---|---|---|")
@@ -293,6 +355,15 @@ def main() -> None:
         print(f"| narrow 32-layer: device->host syncs per update | {old['syncs']} | {new['syncs']} | "
               f"{old['syncs'] / max(new['syncs'], 1):.1f}x |")
         print(f"| narrow 32-layer: wall per update (ms, mean of updates 3-4) | {1000 * wo:.0f} | {1000 * wn:.0f} | {wo / wn:.2f}x |")
+    if compiled:
+        eager, comp = compiled
+        we, wc = (sum(r["walls"][2:]) / len(r["walls"][2:]) for r in compiled)
+        print(f"| narrow 32-layer: launched ops per update, new eager vs compile_update | {eager['launched']:,} | "
+              f"{comp['launched']:,} | {eager['launched'] / comp['launched']:.2f}x |")
+        print(f"| narrow 32-layer: of which outside compiled code | {eager['outside']:,} | {comp['outside']:,} | "
+              f"{eager['outside'] / max(comp['outside'], 1):.2f}x |")
+        print(f"| narrow 32-layer: wall per update, new eager vs compile_update (ms) | {1000 * we:.0f} | "
+              f"{1000 * wc:.0f} | {we / wc:.2f}x |")
     if smollm:
         old, new = smollm
         for i in range(len(old["walls"])):

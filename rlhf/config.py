@@ -301,6 +301,11 @@ class PPOConfig(TrainerConfig):
     cache_implementation: str | None = _help("Roll out with HF generate() and this cache, e.g. 'static' on GPU (compiled "
                                              "decode step; much faster after a slow first call); null: rlhf's own "
                                              "decoding loop, which drops finished responses from the batch.", None)
+    compile_update: bool = _help("Compile each training micro-step (policy and value forward, the losses and, through "
+                                 "AOTAutograd, their backward) with torch.compile at fixed shapes: queries padded to "
+                                 "power-of-two buckets, responses to max_new_tokens. CUDA: replayed as CUDA graphs; CPU: "
+                                 "inductor's C++ kernels. Recompiles only for a new prompt bucket; the first update "
+                                 "pays the compile (minutes on a CPU). Off: eager.", False)
     merged_generation: bool = _help("LoRA only (an error with full fine-tuning): sample rollouts from a plain copy of the policy with the adapter folded in "
                                     "(W + scale * B @ A, refreshed before every rollout) instead of through the adapter "
                                     "layers: faster decoding for one more copy of the policy's weights.", False)
@@ -326,6 +331,9 @@ class PPOConfig(TrainerConfig):
     lora_dropout: float = _help("Ignored by PPO: dropout is switched off in every model.", 0.0)
     optim: str = _help("Ignored by PPO/RLOO/GRPO: AdamW with eps 1e-5, fused kernels on CUDA and foreach kernels "
                        "elsewhere; fp32 master weights for parameters that are not fp32.", "adamw_torch")
+    throughput: str = _help("Ignored by PPO/RLOO/GRPO (for SFT and reward runs; PPO's own GPU settings: "
+                            "compile_update, fused AdamW, no autocast over bf16 weights).", "auto")
+    liger: bool | None = _help("Ignored by PPO/RLOO/GRPO (Liger kernels are for SFT and reward runs).")
     logging_steps: int = _help("Ignored by PPO: metrics are reported after every update (and metrics.jsonl).", 1)
     extra_args: dict[str, Any] = _help("Ignored by PPO (there is no TRL config underneath).", factory=dict)
     save_steps: int = _help("Save a checkpoint every N PPO updates (0: none; the final model is still saved).", 20)

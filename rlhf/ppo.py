@@ -823,6 +823,67 @@ class MasterAdamW:
 STAT_KEYS = ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac", "ptx_loss", "kl_loss")
 
 
+MICRO_INPUTS = ("query_ids", "query_mask", "response_ids", "response_mask", "old_logprobs", "advantages",
+                "old_values", "returns", "ref_logprobs")
+
+
+def micro_step_loss(policy, value, query_ids, query_mask, response_ids, response_mask, old_logprobs, advantages,
+                    old_values, returns, ref_logprobs, kl_coef: torch.Tensor, temperature: float, cliprange: float,
+                    cliprange_value: float, vf_coef: float, aggregation: str, kl_term: bool):
+    """One micro-batch: (loss, statistics row in STAT_KEYS order). Tensor code only (no host reads), so
+    ``compiled_micro_step`` can compile it whole: the policy (and value) forward, the losses, and through
+    AOTAutograd their backward. PPO-ptx is added outside (its batches vary in shape)."""
+    mask = response_mask.float()
+    new_logprobs = policy_forward(policy, query_ids, query_mask, response_ids, response_mask, temperature)
+    out = policy_gradient_losses(new_logprobs, old_logprobs, advantages, mask, cliprange, aggregation)
+    loss = out["pg_loss"]
+    if value is not None:
+        vpred = value_forward(value, query_ids, query_mask, response_ids, response_mask)
+        out.update(value_losses(vpred, old_values, returns, mask, cliprange_value))
+        loss = loss + vf_coef * out["vf_loss"]
+    if kl_term:
+        out["kl_loss"] = aggregate(reference_kl_k3(new_logprobs, ref_logprobs), mask, aggregation)
+        loss = loss + kl_coef * out["kl_loss"]
+    zero = torch.zeros((), device=mask.device)
+    return loss, torch.stack([out[k].detach().float() if k in out else zero for k in STAT_KEYS])
+
+
+_COMPILED_STEPS: dict[str, Callable] = {}
+
+
+def compiled_micro_step(device: torch.device) -> Callable:
+    """``micro_step_loss`` under ``torch.compile`` (one compiled function per process and device type; dynamo
+    keys its graphs on the shapes and the modules): CUDA graphs on CUDA (``reduce-overhead``), inductor's C++
+    kernels on CPU. Shapes are fixed by ``pad_for_compile``, so it recompiles only for a new prompt bucket
+    (or micro-batch size), not for every update."""
+    fn = _COMPILED_STEPS.get(device.type)
+    if fn is None:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        fn = _COMPILED_STEPS[device.type] = torch.compile(micro_step_loss, mode=mode, dynamic=False)
+    return fn
+
+
+def pad_for_compile(ro: Rollout, response_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The rollout's training tensors at fixed widths: queries left-padded to a power-of-two bucket (as the
+    decoder's static cache), responses and per-token tensors right-padded to ``response_length`` (the
+    rollout's max_new_tokens). Padding is masked out, so the losses are unchanged."""
+    from .decoder import bucket
+
+    Q, R = ro.query_ids.shape[1], ro.response_ids.shape[1]
+    dq, dr = bucket(Q) - Q, max(response_length - R, 0)
+
+    def left(x, value):
+        return F.pad(x, (dq, 0), value=value) if dq else x
+
+    def right(x, value=0):
+        return F.pad(x, (0, dr), value=value) if dr and x is not None else x
+
+    return {"query_ids": left(ro.query_ids, pad_token_id), "query_mask": left(ro.query_mask, False),
+            "response_ids": right(ro.response_ids, pad_token_id), "response_mask": right(ro.response_mask, False),
+            "old_logprobs": right(ro.logprobs), "advantages": right(ro.advantages), "old_values": right(ro.values),
+            "returns": right(ro.returns), "ref_logprobs": right(ro.ref_logprobs)}
+
+
 def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params: list, generator: torch.Generator,
                ptx_data: list | None = None, autocast=nullcontext, kl_coef: float = 0.0) -> dict[str, float]:
     """Step 5: ppo_epochs over shuffled minibatches; returns the mean of the logged statistics.
@@ -835,16 +896,29 @@ def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params
     policy.train()  # dropout is off; train() only matters for gradient checkpointing
     if value is not None:
         value.train()
+    device = ro.response_ids.device
+    compiled = bool(getattr(config, "compile_update", False))
+    if compiled:
+        batch = pad_for_compile(ro, config.max_new_tokens, models.tokenizer.pad_token_id)
+        step_fn = compiled_micro_step(device)
+    else:
+        batch = {"query_ids": ro.query_ids, "query_mask": ro.query_mask, "response_ids": ro.response_ids,
+                 "response_mask": ro.response_mask, "old_logprobs": ro.logprobs, "advantages": ro.advantages,
+                 "old_values": ro.values, "returns": ro.returns, "ref_logprobs": ro.ref_logprobs}
+        step_fn = micro_step_loss
     B = ro.response_ids.shape[0]
     mini = min(config.mini_batch_size, B)
     micro = max(mini // max(config.gradient_accumulation_steps, 1), 1)
     aggregation = getattr(config, "loss_aggregation", "token")
     kl_term = getattr(config, "kl_penalty", "reward") == "loss" and kl_coef > 0
     use_ptx = bool(ptx_data) and config.ptx_coef > 0
-    device = ro.response_ids.device
+    kl = torch.tensor(float(kl_coef), device=device)  # a tensor: a new beta does not recompile
+    settings = dict(temperature=config.temperature, cliprange=config.cliprange, cliprange_value=config.cliprange_value,
+                    vf_coef=config.vf_coef, aggregation=aggregation, kl_term=kl_term)
     n_steps = config.ppo_epochs * (B // mini)
     acc = torch.zeros(max(n_steps, 1), len(STAT_KEYS), device=device)  # one row per optimizer step
-    zero = torch.zeros((), device=device)
+    ptx_column = torch.zeros(len(STAT_KEYS), device=device)
+    ptx_column[STAT_KEYS.index("ptx_loss")] = 1.0
     approx_col = STAT_KEYS.index("approx_kl")
     epochs_run, steps, stop = 0, 0, False
     for epoch in range(config.ppo_epochs):
@@ -855,29 +929,16 @@ def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params
             n_micro = math.ceil(len(mb_idx) / micro)
             for m_start in range(0, len(mb_idx), micro):
                 i = mb_idx[m_start:m_start + micro]
-                rm = ro.response_mask[i]
-                args = (ro.query_ids[i], ro.query_mask[i], ro.response_ids[i], rm)
-                mask = rm.float()
                 with autocast():
-                    new_logprobs = policy_forward(policy, *args, config.temperature)  # (b, R)
-                    vpred = value_forward(value, *args) if value is not None else None  # (b, R)
-                out = policy_gradient_losses(new_logprobs, ro.logprobs[i], ro.advantages[i], mask, config.cliprange,
-                                             aggregation)
-                loss = out["pg_loss"]
-                if vpred is not None:
-                    out.update(value_losses(vpred, ro.values[i], ro.returns[i], mask, config.cliprange_value))
-                    loss = loss + config.vf_coef * out["vf_loss"]
-                if kl_term:
-                    out["kl_loss"] = aggregate(reference_kl_k3(new_logprobs, ro.ref_logprobs[i]), mask, aggregation)
-                    loss = loss + kl_coef * out["kl_loss"]
+                    loss, stats = step_fn(policy, value, *(batch[k][i] for k in MICRO_INPUTS), kl, **settings)
                 if use_ptx:
                     picks = torch.randint(len(ptx_data), (config.ptx_batch_size,), generator=generator).tolist()
                     with autocast():
-                        out["ptx_loss"] = ptx_loss(policy, [ptx_data[j] for j in picks],
-                                                   models.tokenizer.pad_token_id, device)
-                    loss = loss + config.ptx_coef * out["ptx_loss"]
+                        ptx = ptx_loss(policy, [ptx_data[j] for j in picks], models.tokenizer.pad_token_id, device)
+                    loss = loss + config.ptx_coef * ptx
+                    stats = stats + ptx.detach().float() * ptx_column
                 (loss / n_micro).backward()
-                acc[steps] += torch.stack([out[k].detach().float() if k in out else zero for k in STAT_KEYS]) / n_micro
+                acc[steps] += stats / n_micro
             optimizer.step(config.max_grad_norm)
             steps += 1
             if config.target_kl is not None and float(acc[steps - 1, approx_col]) > config.target_kl:
