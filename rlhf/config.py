@@ -301,8 +301,9 @@ class PPOConfig(TrainerConfig):
     cache_implementation: str | None = _help("Roll out with HF generate() and this cache, e.g. 'static' on GPU (compiled "
                                              "decode step; much faster after a slow first call); null: rlhf's own "
                                              "decoding loop, which drops finished responses from the batch.", None)
-    compile_update: bool = _help("Compile each training micro-step (policy and value forward, the losses and, through "
-                                 "AOTAutograd, their backward) with torch.compile at fixed shapes: queries padded to "
+    compile_update: bool = _help("Compile the rollout's scoring passes (policy, reference, value) and each training "
+                                 "micro-step (policy and value forward, the losses and, through AOTAutograd, their "
+                                 "backward) with torch.compile at fixed shapes: queries padded to "
                                  "power-of-two buckets, responses to max_new_tokens. CUDA: replayed as CUDA graphs; CPU: "
                                  "inductor's C++ kernels. Recompiles only for a new prompt bucket; the first update "
                                  "pays the compile (minutes on a CPU). Off: eager.", False)

@@ -654,19 +654,23 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
                                                config.top_k))
     generation_s = time.time() - t0
     q, qm, r, rm, has_eos = gen["query_ids"], gen["query_mask"], gen["response_ids"], gen["response_mask"], gen["has_eos"]
+    forward, v_forward = policy_forward, value_forward
+    if getattr(config, "compile_update", False):  # fixed widths from here on: the scoring passes compile too
+        q, qm, r, rm = fixed_widths(q, qm, r, rm, config.max_new_tokens, tok.pad_token_id)
+        forward, v_forward = compiled_forward(r.device, "policy"), compiled_forward(r.device, "value")
     B = len(prompts)
     logprobs, ref_logprobs, entropy, values = (torch.zeros(r.shape, device=r.device) for _ in range(4))
     for s in _chunks(B, config.per_device_batch_size):
         args = (q[s], qm[s], r[s], rm[s])
         with autocast():
-            logprobs[s], entropy[s] = policy_forward(policy, *args, config.temperature, with_entropy=True)
+            logprobs[s], entropy[s] = forward(policy, *args, config.temperature, with_entropy=True)
             if models.ref is None:
                 with adapter_disabled(policy):
-                    ref_logprobs[s] = policy_forward(policy, *args, config.temperature)
+                    ref_logprobs[s] = forward(policy, *args, config.temperature)
             else:
-                ref_logprobs[s] = policy_forward(models.ref, *args, config.temperature)
+                ref_logprobs[s] = forward(models.ref, *args, config.temperature)
             if models.value is not None:
-                values[s] = value_forward(models.value, *args)
+                values[s] = v_forward(models.value, *args)
     # one device->host copy for the texts (the answer without its EOS)
     lengths = (rm.long().sum(1) - has_eos.long()).tolist()
     rows = r.tolist()
@@ -863,23 +867,46 @@ def compiled_micro_step(device: torch.device) -> Callable:
     return fn
 
 
-def pad_for_compile(ro: Rollout, response_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """The rollout's training tensors at fixed widths: queries left-padded to a power-of-two bucket (as the
-    decoder's static cache), responses and per-token tensors right-padded to ``response_length`` (the
-    rollout's max_new_tokens). Padding is masked out, so the losses are unchanged."""
+def compiled_forward(device: torch.device, which: str) -> Callable:
+    """``policy_forward`` or ``value_forward`` (``which``) under ``torch.compile``, for the rollout's no-grad
+    scoring passes at fixed widths (``fixed_widths``); one per process, device type and function. The
+    reference pass (the policy with its adapter off) is a second graph of the same function."""
+    key = f"{device.type}:{which}"
+    fn = _COMPILED_STEPS.get(key)
+    if fn is None:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        fn = _COMPILED_STEPS[key] = torch.compile(policy_forward if which == "policy" else value_forward,
+                                                  mode=mode, dynamic=False)
+    return fn
+
+
+def fixed_widths(query_ids, query_mask, response_ids, response_mask, response_length: int, pad_token_id: int):
+    """Queries left-padded to a power-of-two bucket (as the decoder's static cache), responses right-padded to
+    ``response_length`` (the rollout's max_new_tokens): the shapes ``compile_update`` compiles for, so prompts
+    of other lengths inside the bucket reuse the graphs. Padding is masked out, so nothing computed changes."""
     from .decoder import bucket
 
-    Q, R = ro.query_ids.shape[1], ro.response_ids.shape[1]
-    dq, dr = bucket(Q) - Q, max(response_length - R, 0)
+    dq = bucket(query_ids.shape[1]) - query_ids.shape[1]
+    dr = max(response_length - response_ids.shape[1], 0)
+    if dq:
+        query_ids, query_mask = F.pad(query_ids, (dq, 0), value=pad_token_id), F.pad(query_mask, (dq, 0), value=False)
+    if dr:
+        response_ids = F.pad(response_ids, (0, dr), value=pad_token_id)
+        response_mask = F.pad(response_mask, (0, dr), value=False)
+    return query_ids, query_mask, response_ids, response_mask
 
-    def left(x, value):
-        return F.pad(x, (dq, 0), value=value) if dq else x
 
-    def right(x, value=0):
-        return F.pad(x, (0, dr), value=value) if dr and x is not None else x
+def pad_for_compile(ro: Rollout, response_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The rollout's training tensors at ``fixed_widths`` (a rollout collected with ``compile_update`` has
+    them already; then nothing is copied); per-token tensors right-padded with zeros."""
+    q, qm, r, rm = fixed_widths(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask, response_length,
+                                pad_token_id)
+    dr = r.shape[1] - ro.response_ids.shape[1]
 
-    return {"query_ids": left(ro.query_ids, pad_token_id), "query_mask": left(ro.query_mask, False),
-            "response_ids": right(ro.response_ids, pad_token_id), "response_mask": right(ro.response_mask, False),
+    def right(x):
+        return F.pad(x, (0, dr)) if dr else x
+
+    return {"query_ids": q, "query_mask": qm, "response_ids": r, "response_mask": rm,
             "old_logprobs": right(ro.logprobs), "advantages": right(ro.advantages), "old_values": right(ro.values),
             "returns": right(ro.returns), "ref_logprobs": right(ro.ref_logprobs)}
 

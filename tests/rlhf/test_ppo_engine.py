@@ -270,9 +270,10 @@ def test_reward_from_token_ids_reads_the_score_at_the_suffix(tiny_rm_dir, tiny_t
 
 # ------------------------------------------------------------------------------ compiled micro-step
 def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_path, tiny_dir):
-    """`compile_update`: the same seed gives the same metrics and (merged) weights as the eager update over 3
-    updates (LoRA policy and value, the studio's default), with the rollouts' widths padded to fixed shapes;
-    the prompts' lengths change between updates inside one bucket, and nothing recompiles after the first."""
+    """`compile_update` (the rollout's scoring passes and the micro-steps compiled): the same seed gives the
+    same metrics and (merged) weights as the eager update over 3 updates (LoRA policy and value, the studio's
+    default), with the rollouts' widths padded to fixed shapes; the prompts' lengths change between updates
+    inside one bucket, and nothing recompiles after the first."""
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
 
