@@ -252,7 +252,8 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
 
 
 # ---------------------------------------------------------------------------------------------- parts
-def part_counts(tmp: Path) -> list[dict]:
+def narrow_checkpoints(tmp: Path) -> tuple[Path, Path]:
+    """The narrow 32-layer policy and reward model saved under ``tmp`` with the bundled tokenizer."""
     from rlhf.models import convert_bundled_model, load_tokenizer
 
     tok = load_tokenizer(str(convert_bundled_model()))
@@ -261,6 +262,11 @@ def part_counts(tmp: Path) -> list[dict]:
     narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
     for d in (policy_dir, rm_dir):
         tok.save_pretrained(d)
+    return policy_dir, rm_dir
+
+
+def part_counts(tmp: Path) -> list[dict]:
+    policy_dir, rm_dir = narrow_checkpoints(tmp)
     rows = []
     for path in ("old", "new"):
         row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"counts_{path}"), updates=4, count_update=2)
@@ -278,15 +284,8 @@ def part_compiled(tmp: Path) -> list[dict]:
     """The new update eager vs with ``compile_update``, counted by ops launched (profiler), update 2 of 4."""
     import torch._inductor.config as inductor_config
 
-    from rlhf.models import convert_bundled_model, load_tokenizer
-
     inductor_config.cpp.enable_kernel_profile = True
-    tok = load_tokenizer(str(convert_bundled_model()))
-    policy_dir, rm_dir = tmp / "narrow", tmp / "narrow_rm"
-    narrow_360m(tok).save_pretrained(policy_dir, safe_serialization=True)
-    narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
-    for d in (policy_dir, rm_dir):
-        tok.save_pretrained(d)
+    policy_dir, rm_dir = narrow_checkpoints(tmp)
     rows = []
     for path in ("new", "compiled"):
         row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"launch_{path}"), updates=4, count_update=2,
