@@ -896,19 +896,20 @@ def fixed_widths(query_ids, query_mask, response_ids, response_mask, response_le
     return query_ids, query_mask, response_ids, response_mask
 
 
+def training_tensors(ro: Rollout) -> dict[str, torch.Tensor]:
+    """What a micro-step reads from the rollout, by ``micro_step_loss``'s argument names (MICRO_INPUTS)."""
+    return dict(zip(MICRO_INPUTS, (ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask, ro.logprobs,
+                                   ro.advantages, ro.values, ro.returns, ro.ref_logprobs)))
+
+
 def pad_for_compile(ro: Rollout, response_length: int, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """The rollout's training tensors at ``fixed_widths`` (a rollout collected with ``compile_update`` has
-    them already; then nothing is copied); per-token tensors right-padded with zeros."""
-    q, qm, r, rm = fixed_widths(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask, response_length,
-                                pad_token_id)
+    """``training_tensors`` at ``fixed_widths`` (a rollout collected with ``compile_update`` has them already:
+    then nothing is copied); the per-token tensors right-padded with zeros."""
+    tensors = training_tensors(ro)
+    q, qm, r, rm = fixed_widths(*(tensors[k] for k in MICRO_INPUTS[:4]), response_length, pad_token_id)
     dr = r.shape[1] - ro.response_ids.shape[1]
-
-    def right(x):
-        return F.pad(x, (0, dr)) if dr else x
-
-    return {"query_ids": q, "query_mask": qm, "response_ids": r, "response_mask": rm,
-            "old_logprobs": right(ro.logprobs), "advantages": right(ro.advantages), "old_values": right(ro.values),
-            "returns": right(ro.returns), "ref_logprobs": right(ro.ref_logprobs)}
+    padded = {k: F.pad(v, (0, dr)) if dr else v for k, v in tensors.items()}
+    return {**padded, "query_ids": q, "query_mask": qm, "response_ids": r, "response_mask": rm}
 
 
 def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params: list, generator: torch.Generator,
@@ -925,14 +926,9 @@ def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params
         value.train()
     device = ro.response_ids.device
     compiled = bool(getattr(config, "compile_update", False))
-    if compiled:
-        batch = pad_for_compile(ro, config.max_new_tokens, models.tokenizer.pad_token_id)
-        step_fn = compiled_micro_step(device)
-    else:
-        batch = {"query_ids": ro.query_ids, "query_mask": ro.query_mask, "response_ids": ro.response_ids,
-                 "response_mask": ro.response_mask, "old_logprobs": ro.logprobs, "advantages": ro.advantages,
-                 "old_values": ro.values, "returns": ro.returns, "ref_logprobs": ro.ref_logprobs}
-        step_fn = micro_step_loss
+    batch = pad_for_compile(ro, config.max_new_tokens, models.tokenizer.pad_token_id) if compiled \
+        else training_tensors(ro)
+    step_fn = compiled_micro_step(device) if compiled else micro_step_loss
     B = ro.response_ids.shape[0]
     mini = min(config.mini_batch_size, B)
     micro = max(mini // max(config.gradient_accumulation_steps, 1), 1)
