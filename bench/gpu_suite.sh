@@ -10,6 +10,10 @@
 # Targets (issue 15): >= 3x generate's static cache + compile at 64x256, >= 2x at 1x128.
 # Budget: about 4-6 minutes of device time (four compiles of a 32-layer step); the outer timeout keeps
 # it inside 8 minutes.
+#
+# The PPO update, eager vs compile_update (CUDA graphs), beside TRL 1.12's PPOTrainer (a second run, about
+# 6-8 minutes; carry a trl==1.12.0 interpreter or pass --skip-trl):
+#   python3 bench/ppo_vs_trl112.py --ours lora,lora-compiled --updates 4 --base <config+tokenizer dir>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python3}"

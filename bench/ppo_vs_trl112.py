@@ -116,7 +116,8 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
         shares.append(metrics["perf/generation_share"])
 
     cfg = PPOConfig(output_dir=str(OUT / f"ours-{mode}"), model=policy, reward_model=reward, device=device,
-                    use_lora=mode.startswith("lora"), merged_generation=mode == "lora-merged", max_steps=s["updates"], rollout_batch_size=s["batch"],
+                    use_lora=mode.startswith("lora"), merged_generation=mode == "lora-merged",
+                    compile_update=mode.endswith("compiled"), max_steps=s["updates"], rollout_batch_size=s["batch"],
                     mini_batch_size=s["mini_batch"], per_device_batch_size=s["batch"], ppo_epochs=s["epochs"],
                     max_new_tokens=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
                     missing_eos_penalty=s["missing_eos_penalty"], learning_rate=s["learning_rate"], seed=s["seed"],
@@ -233,7 +234,8 @@ def main() -> None:
     p.add_argument("--response-length", type=int, default=None)
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--ours", default="lora", help="comma list of our modes: lora, lora-merged (LoRA, rollouts sampled "
-                   "from a merged copy: merged_generation), full")
+                   "from a merged copy: merged_generation), lora-compiled (LoRA with compile_update: scoring passes "
+                   "and micro-steps compiled, CUDA graphs on CUDA), full, full-compiled")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--cache-implementation", default=None, help="ours only: e.g. 'static' (compiled decode, GPU)")
     p.add_argument("--base", help="a checkpoint folder with config.json and the tokenizer, in place of the converted "
