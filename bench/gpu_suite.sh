@@ -1,26 +1,82 @@
 #!/usr/bin/env bash
-# GPU decode suite for a lent device (no network needed: random-weight model from a config).
+# The GPU suite for a lent device (no network there: random-weight models built from a config).
 #
-#   bash bench/gpu_suite.sh                # 64x256 and 1x128: generate default, generate static+compile,
-#                                          # rlhf decoder eager and static+compiled (CUDA graphs)
-#   PY=.venv/bin/python bash bench/gpu_suite.sh --shapes 64x256
+# Here, once (needs PyPI and the bundled model; writes .whl/ and .gpu/, both git-ignored via .git/info/exclude):
+#   bash bench/gpu_suite.sh prepare
+# There (carry .whl and .gpu):
+#   bash bench/gpu_suite.sh ppo      # PPO update: TRL 1.12's PPOTrainer, ours LoRA with merged generation
+#                                    # with and without compile_update; 360M Llama x 4 roles, batch 32,
+#                                    # 128 tokens, 4 epochs, bf16
+#   bash bench/gpu_suite.sh decode   # decoding 64x256 (and 1x128 with SHAPES=64x256,1x128): generate default,
+#                                    # generate static + compile, rlhf decoder eager and static + compiled
+#   bash bench/gpu_suite.sh all      # both, ppo first
 #
-# Prints one JSON line per case as soon as it ends (first-call/compile seconds apart, CUDA-synchronised
-# best-of-2 wall, tokens/s, ms/step, peak GB), then ours_static / generate and ours_static / generate_static.
-# Targets (issue 15): >= 3x generate's static cache + compile at 64x256, >= 2x at 1x128.
-# Budget: about 4-6 minutes of device time (four compiles of a 32-layer step); the outer timeout keeps
-# it inside 8 minutes.
-#
-# The PPO update, eager vs compile_update (CUDA graphs), beside TRL 1.12's PPOTrainer (a second run, about
-# 6-8 minutes; carry a trl==1.12.0 interpreter or pass --skip-trl):
-#   python3 bench/ppo_vs_trl112.py --ours lora,lora-compiled --updates 4 --base <config+tokenizer dir>
+# Settings (environment): OURS (our PPO modes, default lora-merged-compiled,lora-merged; see
+# bench/ppo_vs_trl112.py --help), UPDATES (default 3: the first is warm-up and compile), SIDE_TIMEOUT
+# (s per PPO side, default 300: a compiled side spends minutes compiling its first update on an H200),
+# PPO_TIMEOUT (default 560), SHAPES (decode, default 64x256), DECODE_TIMEOUT (default 300), PY (python3).
+# Each side prints as soon as it ends; a side that fails or runs over is reported and the next one runs.
+# Timings are wall clock (the PPO sides: between progress callbacks, whose metrics are read on the host, so
+# synchronised; decode: between torch.cuda.synchronize() calls); first updates / first calls (compile,
+# CUDA-graph capture) are reported apart. Targets (issue 15): PPO >= 3x TRL 1.12's episodes/s at <= 0.5x peak
+# memory; decoding >= 3x generate's static cache + compile at 64x256, >= 2x at 1x128.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python3}"
+what="${1:-all}"
+
+if [ "$what" = prepare ]; then
+    VPY="${VPY:-.venv/bin/python}"
+    dl() { "$VPY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$@"; }
+    mkdir -p .whl/old .gpu/base
+    # TRL 1.12 (the last release with PPOTrainer) and datasets; the device has the rest. datasets 5.x needs
+    # pyarrow >= 24: .whl/old holds a 4.7 set for an older pyarrow there.
+    dl -d .whl trl==1.12.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+    dl -d .whl/old datasets==4.7.0 dill==0.4.0 multiprocess==0.70.18
+    src=$("$VPY" -c "from rlhf.models import convert_bundled_model; print(convert_bundled_model())")
+    find "$src" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu/base/ \;
+    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+    du -sh .whl .gpu
+    exit 0
+fi
+
 "$PY" - <<'PYEOF'
 import torch, transformers
 print({"cuda": torch.cuda.is_available(), "torch": torch.__version__, "transformers": transformers.__version__})
 assert torch.cuda.is_available(), "no CUDA device: use `python3 bench/gpu_decode.py --smoke` on a CPU"
 PYEOF
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-timeout "${SUITE_TIMEOUT:-460}" "$PY" bench/gpu_decode.py "$@"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+
+ppo() {
+    local trl=() site=/tmp/site-trl112
+    if [ -d .whl ]; then  # the baseline's own packages, on its own path: ours never imports them
+        local set=.whl
+        "$PY" -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || set=.whl/old
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+            .whl/trl-*.whl $set/datasets-*.whl $set/dill-*.whl $set/multiprocess-*.whl
+        mkdir -p /tmp/trl112
+        printf '#!/bin/sh\nPYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$site" "$("$PY" -c "import sys; print(sys.executable)")" \
+            > /tmp/trl112/python
+        chmod +x /tmp/trl112/python
+        trl=(--trl-python /tmp/trl112/python --trl-first)
+    else
+        trl=(--skip-trl)
+    fi
+    timeout "${PPO_TIMEOUT:-560}" "$PY" bench/ppo_vs_trl112.py --base "${BASE:-.gpu/base}" "${trl[@]}" \
+        --ours "${OURS:-lora-merged-compiled,lora-merged}" --updates "${UPDATES:-3}" \
+        --side-timeout "${SIDE_TIMEOUT:-300}"
+}
+
+decode() {
+    timeout "${DECODE_TIMEOUT:-300}" "$PY" bench/gpu_decode.py --shapes "${SHAPES:-64x256}"
+}
+
+case "$what" in
+    ppo) ppo ;;
+    decode) decode ;;
+    all) ppo || echo "ppo part ended with $?"; decode ;;
+    *) echo "usage: bash bench/gpu_suite.sh prepare|ppo|decode|all" >&2; exit 2 ;;
+esac

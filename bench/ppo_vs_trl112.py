@@ -116,8 +116,8 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
         shares.append(metrics["perf/generation_share"])
 
     cfg = PPOConfig(output_dir=str(OUT / f"ours-{mode}"), model=policy, reward_model=reward, device=device,
-                    use_lora=mode.startswith("lora"), merged_generation=mode == "lora-merged",
-                    compile_update=mode.endswith("compiled"), max_steps=s["updates"], rollout_batch_size=s["batch"],
+                    use_lora=mode.startswith("lora"), merged_generation="merged" in mode,
+                    compile_update="compiled" in mode, max_steps=s["updates"], rollout_batch_size=s["batch"],
                     mini_batch_size=s["mini_batch"], per_device_batch_size=s["batch"], ppo_epochs=s["epochs"],
                     max_new_tokens=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
                     missing_eos_penalty=s["missing_eos_penalty"], learning_rate=s["learning_rate"], seed=s["seed"],
@@ -210,10 +210,17 @@ def launch(python: str, name: str, args, policy: str, reward: str) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                TOKENIZERS_PARALLELISM="false")
     print(f"running {name} ...", flush=True)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.side_timeout)
+    except subprocess.TimeoutExpired as exc:  # report it and go on to the next side
+        tail = exc.stderr or ""
+        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+        print(f"{name} did not finish within --side-timeout {args.side_timeout} s:\n{tail[-3000:]}", flush=True)
+        return None
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not lines:
-        raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        print(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}", flush=True)
+        return None
     out = json.loads(lines[-1][7:])
     stamps = out["stamps"]
     per_update = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -235,7 +242,10 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--ours", default="lora", help="comma list of our modes: lora, lora-merged (LoRA, rollouts sampled "
                    "from a merged copy: merged_generation), lora-compiled (LoRA with compile_update: scoring passes "
-                   "and micro-steps compiled, CUDA graphs on CUDA), full, full-compiled")
+                   "and micro-steps compiled, CUDA graphs on CUDA), lora-merged-compiled (both), full, full-compiled")
+    p.add_argument("--trl-first", action="store_true", help="run the TRL baseline before our sides")
+    p.add_argument("--side-timeout", type=float, default=None,
+                   help="seconds one side may take; a side that fails or runs over is reported and skipped")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--cache-implementation", default=None, help="ours only: e.g. 'static' (compiled decode, GPU)")
     p.add_argument("--base", help="a checkpoint folder with config.json and the tokenizer, in place of the converted "
@@ -257,11 +267,18 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     policy, reward = build_checkpoints(args)
     print("settings:", json.dumps(settings(args)), flush=True)
-    results = {}
-    for mode in [m for m in args.ours.split(",") if m]:
-        results[f"ours-{mode}"] = launch(sys.executable, f"ours-{mode}", args, policy, reward)
+    modes = [m for m in args.ours.split(",") if m]
+    unknown = set(modes) - {"lora", "lora-merged", "lora-compiled", "lora-merged-compiled", "full", "full-compiled"}
+    if unknown:
+        raise SystemExit(f"--ours: unknown mode(s) {', '.join(sorted(unknown))}; see --help")
+    sides = [(sys.executable, f"ours-{m}") for m in modes]
     if not args.skip_trl:
-        results["trl-1.12"] = launch(trl_python(args), "trl", args, policy, reward)
+        sides.insert(0 if args.trl_first else len(sides), (None, "trl"))
+    results = {}
+    for python, name in sides:
+        out = launch(python or trl_python(args), name, args, policy, reward)
+        if out is not None:
+            results["trl-1.12" if name == "trl" else name] = out
     print(f"\n{'side':12s} {'s/update':>9s} {'episodes/s':>11s} {'peak GB':>8s} {'resp len':>8s} {'gen share':>9s}  device")
     for name, r in results.items():
         share = f"{r['generation_share']:9.2f}" if "generation_share" in r else f"{'-':>9s}"  # ours only

@@ -32,13 +32,17 @@ every-``sync_every`` finished check.
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
 import os
 import weakref
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 SYNC_EVERY = 16
 ENGINES = ("auto", "eager", "static")
@@ -78,11 +82,23 @@ def draw(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u).squeeze(1).clamp_(max=probs.shape[1] - 1)
 
 
+def race(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V) as ``argmax(p_i / E_i)`` with ``E_i ~ Exp(1)``: token i wins the
+    race of exponential clocks ``E_i / p_i`` with probability ``p_i / sum(p)``, so it draws from the same
+    distribution as ``draw`` without a scan over the vocabulary. The compiled step uses it: inductor fuses
+    the noise, the division and the argmax into one kernel, while its split cumulative sum over a 49k
+    vocabulary failed to compile on CUDA (torch 2.11: ``InductorError`` in ``SplitScan`` codegen). On a CPU
+    ``draw`` is cheaper (one random number per row instead of one per token)."""
+    noise = torch.empty_like(probs).exponential_()
+    return (probs / noise).argmax(dim=-1)
+
+
 def select(logits: torch.Tensor, seen: torch.Tensor | None, do_sample: bool, temperature: float, top_k: int,
-           top_p: float, repetition_penalty: float, want_logprobs: bool):
-    """Next token per row and its log-prob at ``temperature`` (unfiltered logits): (B, V) -> (B,), (B,) | None."""
+           top_p: float, repetition_penalty: float, want_logprobs: bool, sampler=draw):
+    """Next token per row and its log-prob at ``temperature`` (unfiltered logits): (B, V) -> (B,), (B,) | None.
+    ``sampler`` maps the processed probabilities to tokens (``draw``, or ``race`` in compiled code)."""
     scores = process_logits(logits, seen, temperature, top_k, top_p, repetition_penalty, do_sample)
-    tokens = draw(F.softmax(scores, dim=-1)) if do_sample else scores.argmax(dim=-1)
+    tokens = sampler(F.softmax(scores, dim=-1)) if do_sample else scores.argmax(dim=-1)
     lp = None
     if want_logprobs:
         z = logits / temperature if temperature != 1.0 else logits
@@ -293,6 +309,7 @@ class StaticDecoder(torch.nn.Module):
         self.register_buffer("cos", cos[0], persistent=False)  # (L, D), by position
         self.register_buffer("sin", sin[0], persistent=False)
         self.compiled = compile
+        self.compile_error: str | None = None  # why compiling the step failed, when it did (eager step used)
         self._steps: dict = {}
 
     # ---- the model's layers with this decoder's attention
@@ -361,10 +378,10 @@ class StaticDecoder(torch.nn.Module):
         x = self._layers(self.inner.embed_tokens(tokens.unsqueeze(1)), cos, sin, attend)
         return self._logits(x[:, -1])
 
-    def _step_select(self, tokens, positions, slot, finished, eos, pad_token_id: int, settings):
+    def _step_select(self, tokens, positions, slot, finished, eos, pad_token_id: int, settings, sampler=draw):
         """Decode step + sampling + finished flags, all on the device: returns the next step's inputs."""
         logits = self.step(tokens, positions, slot)
-        nxt, lp = select(logits, None, want_logprobs=True, **settings)
+        nxt, lp = select(logits, None, want_logprobs=True, sampler=sampler, **settings)
         nxt = nxt.masked_fill(finished, pad_token_id)
         lp = lp.masked_fill(finished, 0.0)
         finished = finished | torch.isin(nxt, eos)
@@ -378,9 +395,30 @@ class StaticDecoder(torch.nn.Module):
             if self.compiled:
                 for buf in self.buffers():  # fixed addresses: CUDA graphs read and write them in place
                     torch._dynamo.mark_static_address(buf)
-                fn = torch.compile(fn, mode="reduce-overhead", fullgraph=True)
+                fn = self._guarded(key, torch.compile(functools.partial(fn, sampler=race), mode="reduce-overhead",
+                                                      fullgraph=True))
             self._steps[key] = fn
         return self._steps[key]
+
+    def _guarded(self, key, compiled):
+        """``compiled`` whose first call, where torch.compile traces and compiles, falls back to the eager
+        step (with a warning, and ``compile_error`` set) if compiling fails: a compiler bug in one torch
+        release must not stop a rollout. Compilation happens before the step runs, so nothing was written
+        to the cache. Later calls go straight to whichever function won."""
+
+        def first_call(*args, **kwargs):
+            try:
+                out = compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                log.warning("the compiled decode step failed to compile (%s); decoding with the eager static step "
+                            "instead (RLHF_DECODER_COMPILE=0 skips the attempt)", self.compile_error)
+                self._steps[key] = self._step_select
+                return self._step_select(*args, **kwargs)
+            self._steps[key] = compiled
+            return out
+
+        return first_call
 
     @torch.no_grad()
     def generate(self, input_ids, mask, k, max_new_tokens, eos, pad_token_id, settings, sync_every=SYNC_EVERY):
@@ -388,7 +426,6 @@ class StaticDecoder(torch.nn.Module):
             raise ValueError(f"{max_new_tokens} new tokens do not fit a response bucket of {self.response_bucket}")
         if settings["repetition_penalty"] != 1.0:
             raise ValueError("the static decoder has no repetition penalty: use engine 'eager' for it")
-        step = self.step_fn(settings)
         logits = self.prefill(input_ids, mask, k).repeat_interleave(k, dim=0)
         tokens, lp = select(logits, None, want_logprobs=True, **settings)
         finished = torch.isin(tokens, eos)
@@ -398,7 +435,8 @@ class StaticDecoder(torch.nn.Module):
         for t in range(1, max_new_tokens):
             if t % sync_every == 0 and bool(finished.all()):
                 break
-            graphs = self.compiled and tokens.device.type == "cuda"
+            step = self.step_fn(settings)  # the compiled step, or the eager one if compiling it failed
+            graphs = self.compiled and tokens.device.type == "cuda" and step != self._step_select
             if graphs:  # a new CUDA-graph "step": the previous replay's outputs were copied below
                 torch.compiler.cudagraph_mark_step_begin()
             tokens, lp, positions, slot, finished = step(tokens, positions, slot, finished, eos, pad_token_id,

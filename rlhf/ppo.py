@@ -655,7 +655,8 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
     generation_s = time.time() - t0
     q, qm, r, rm, has_eos = gen["query_ids"], gen["query_mask"], gen["response_ids"], gen["response_mask"], gen["has_eos"]
     forward, v_forward = policy_forward, value_forward
-    if getattr(config, "compile_update", False):  # fixed widths from here on: the scoring passes compile too
+    compiled = bool(getattr(config, "compile_update", False))
+    if compiled:  # fixed widths from here on: the scoring passes compile too
         q, qm, r, rm = fixed_widths(q, qm, r, rm, config.max_new_tokens, tok.pad_token_id)
         forward, v_forward = compiled_forward(r.device, "policy"), compiled_forward(r.device, "value")
     B = len(prompts)
@@ -663,6 +664,7 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
     for s in _chunks(B, config.per_device_batch_size):
         args = (q[s], qm[s], r[s], rm[s])
         with autocast():
+            new_cuda_graph_step(r.device, compiled)
             logprobs[s], entropy[s] = forward(policy, *args, config.temperature, with_entropy=True)
             if models.ref is None:
                 with adapter_disabled(policy):
@@ -855,6 +857,14 @@ def micro_step_loss(policy, value, query_ids, query_mask, response_ids, response
 _COMPILED_STEPS: dict[str, Callable] = {}
 
 
+def new_cuda_graph_step(device: torch.device, compiled: bool) -> None:
+    """Tell CUDA-graph trees that a new step begins before a compiled call on CUDA: the previous call's outputs
+    were consumed already (copied into the rollout, or backpropagated), so the next replay may reuse their
+    memory instead of recording a new graph beside the old one. Nothing happens on CPU or when eager."""
+    if compiled and device.type == "cuda":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
 def compiled_micro_step(device: torch.device) -> Callable:
     """``micro_step_loss`` under ``torch.compile`` (one compiled function per process and device type; dynamo
     keys its graphs on the shapes and the modules): CUDA graphs on CUDA (``reduce-overhead``), inductor's C++
@@ -952,6 +962,7 @@ def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params
             n_micro = math.ceil(len(mb_idx) / micro)
             for m_start in range(0, len(mb_idx), micro):
                 i = mb_idx[m_start:m_start + micro]
+                new_cuda_graph_step(device, compiled)
                 with autocast():
                     loss, stats = step_fn(policy, value, *(batch[k][i] for k in MICRO_INPUTS), kl, **settings)
                 if use_ptx:

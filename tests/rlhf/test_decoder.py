@@ -176,6 +176,55 @@ def test_compiled_static_step_equals_eager_and_refresh(tiny, tiny_dir):
     out3 = _decode(gen, tok, ids, mask, 12, do_sample=False, engine="static", compile=True)
     assert counters["stats"]["unique_graphs"] == frames
     assert _same(out3, _hf_greedy(gen, tok, ids, mask, 12), tok.pad_token_id) and not _same(out3, out, 0)
+    # sampling inside the compiled step (the exponential race, no vocabulary scan): seeded, reproducible
+    sampled = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        sampled.append(_decode(gen, tok, ids, mask, 12, do_sample=True, top_k=20, engine="static", compile=True))
+    dec = decoder.static_decoder(gen, 3, decoder.bucket(ids.shape[1]), decoder.bucket(12), True)
+    assert dec.compile_error is None
+    assert torch.equal(sampled[0], sampled[1]) and not torch.equal(sampled[0], sampled[2])
+
+
+def test_race_follows_the_probabilities_and_never_picks_a_zero():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    picks = decoder.race(probs.repeat(20_000, 1)).view(20_000, 2)
+    counts = torch.bincount(picks[:, 0], minlength=6).float() / len(picks)
+    assert counts[[0, 2, 5]].sum() == 0 and (picks[:, 1] == 5).all()
+    assert torch.allclose(counts, probs[0], atol=0.015), counts
+    assert (decoder.race(torch.tensor([[0.0, 0.2, 0.0]] * 50)) == 1).all()  # rows need not sum to one
+
+
+def test_a_step_that_fails_to_compile_falls_back_to_the_eager_step(tiny, monkeypatch, caplog):
+    """A compiler bug (on CUDA, torch 2.11's inductor failed on a 49k-vocabulary cumulative sum) must not stop
+    a rollout: the decoder warns, records why, decodes with the eager static step (same tokens) and does not
+    try to compile again for those settings."""
+    model, tok, ids, mask = tiny
+    calls = []
+
+    def broken_compile(fn, **kwargs):
+        def compiled(*args, **kw):
+            calls.append(kwargs)
+            raise torch._dynamo.exc.BackendCompilerFailed(
+                "inductor", TypeError("list indices must be integers or slices, not NoneType"), None)
+        return compiled
+
+    expected = _decode(model, tok, ids, mask, 10, do_sample=False, engine="static", compile=False)
+    torch.manual_seed(1)
+    expected_sampled = _decode(model, tok, ids, mask, 10, do_sample=True, engine="static", compile=False)
+    monkeypatch.setattr(decoder.torch, "compile", broken_compile)
+    dec = decoder.StaticDecoder(model, 3, decoder.bucket(ids.shape[1]), decoder.bucket(10), compile=True)
+    monkeypatch.setattr(decoder, "static_decoder", lambda *a, **k: dec)
+    with caplog.at_level("WARNING", logger="rlhf.decoder"):
+        out = _decode(model, tok, ids, mask, 10, do_sample=False, engine="static", compile=True)
+    assert torch.equal(out, expected) and len(calls) == 1
+    assert "BackendCompilerFailed" in dec.compile_error and "failed to compile" in caplog.text
+    assert torch.equal(_decode(model, tok, ids, mask, 10, do_sample=False, engine="static", compile=True), expected)
+    assert len(calls) == 1  # the eager step is kept for these settings
+    torch.manual_seed(1)
+    sampled = _decode(model, tok, ids, mask, 10, do_sample=True, engine="static", compile=True)
+    assert len(calls) == 2 and torch.equal(sampled, expected_sampled)  # new settings: one more (failed) try
 
 
 def test_auto_engine_choice(tiny, monkeypatch):
