@@ -25,6 +25,7 @@ Seed by seed, results appended to <output-dir>/results.jsonl (a rerun skips what
 
     OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py reliability --seeds 0,1,2
     OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py active --seeds 0,1,2
+    .venv/bin/python bench/label_quality.py reliability --flags-only --seeds 0,1,2,3,4   # the flags alone
 """
 from __future__ import annotations
 
@@ -185,6 +186,10 @@ def run_reliability(seed: int, args, done: set) -> list[dict]:
     rows = [{"experiment": "reliability", "seed": seed, "variant": "flags", "flagged": sorted(flagged),
              "precision": len(flagged & BAD) / len(flagged) if flagged else None, "recall": len(flagged & BAD) / 3,
              "reliability": {str(a): round(f.reliability, 3) for a, f in sorted(fit.annotators.items())}}]
+    if args.flags_only:  # the reliability fit alone: minutes, not the hours of three reward models per seed
+        if ("reliability", seed, "flags") not in done:
+            _emit(rows[0], args)
+        return rows
     held_pairs = held_out_pairs(held)
     pairs = [p for task, by in rankings.items() for a, order in by.items()
              for p in ranking_pairs(pool[task], order, task, a, fit)]
@@ -298,6 +303,8 @@ def main() -> None:
     ap.add_argument("experiment", choices=["reliability", "active", "table"])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--budget", type=int, default=160, help="active: rankings in the full budget")
+    ap.add_argument("--flags-only", action="store_true",
+                    help="reliability: fit the reliability model and report its flags, train no reward model")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-4)

@@ -20,7 +20,8 @@ Engines (``engine=`` or the environment variable ``RLHF_DECODER``):
   ``compile`` (default: on CUDA, off elsewhere; ``RLHF_DECODER_COMPILE=0/1``) the step is
   ``torch.compile(mode="reduce-overhead", fullgraph=True)``: on CUDA one CUDA-graph replay per token.
   It recompiles only for a new (batch, bucket, decoding settings) combination; prompt lengths inside
-  one bucket reuse the graph. The decoder object (and its compiled step) is kept per model, so a LoRA
+  one bucket reuse the graph. Sampling inside it uses ``race`` (no scan over the vocabulary); if the
+  step fails to compile, a warning is logged and the eager static step decodes instead. The decoder object (and its compiled step) is kept per model, so a LoRA
   policy's merged copy refreshed in place (``weight.copy_``: same tensors) is decoded with the new
   weights by the same graph.
 * ``"auto"`` (default) - ``static`` on CUDA for plain (not peft-wrapped) Llama-family models without
