@@ -89,8 +89,10 @@ def race(probs: torch.Tensor) -> torch.Tensor:
     distribution as ``draw`` without a scan over the vocabulary. The compiled step uses it: inductor fuses
     the noise, the division and the argmax into one kernel, while its split cumulative sum over a 49k
     vocabulary failed to compile on CUDA (torch 2.11: ``InductorError`` in ``SplitScan`` codegen). On a CPU
-    ``draw`` is cheaper (one random number per row instead of one per token)."""
-    noise = torch.empty_like(probs).exponential_()
+    ``draw`` is cheaper (one random number per row instead of one per token). The noise is floored at the
+    smallest normal float: an exact 0 (possible in float32) would make 0 / 0 = NaN, which argmax would pick
+    even for a token of probability 0."""
+    noise = torch.empty_like(probs).exponential_().clamp_min_(torch.finfo(probs.dtype).tiny)
     return (probs / noise).argmax(dim=-1)
 
 

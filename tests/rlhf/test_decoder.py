@@ -196,6 +196,11 @@ def test_race_follows_the_probabilities_and_never_picks_a_zero():
     assert (decoder.race(torch.tensor([[0.0, 0.2, 0.0]] * 50)) == 1).all()  # rows need not sum to one
 
 
+def test_race_never_picks_a_zero_even_when_the_noise_is_exactly_zero(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "exponential_", lambda self, *a, **k: self.zero_())
+    assert decoder.race(torch.tensor([[0.0, 0.0, 0.3, 0.0, 0.7]])).item() in (2, 4)
+
+
 def test_a_step_that_fails_to_compile_falls_back_to_the_eager_step(tiny, monkeypatch, caplog):
     """A compiler bug (on CUDA, torch 2.11's inductor failed on a 49k-vocabulary cumulative sum) must not stop
     a rollout: the decoder warns, records why, decodes with the eager static step (same tokens) and does not
