@@ -429,6 +429,8 @@ class StaticDecoder(torch.nn.Module):
             raise ValueError(f"{max_new_tokens} new tokens do not fit a response bucket of {self.response_bucket}")
         if settings["repetition_penalty"] != 1.0:
             raise ValueError("the static decoder has no repetition penalty: use engine 'eager' for it")
+        self.step_fn(settings)  # built (and its compile attempted) on first use; looked up per token below
+        key = tuple(sorted(settings.items()))
         logits = self.prefill(input_ids, mask, k).repeat_interleave(k, dim=0)
         tokens, lp = select(logits, None, want_logprobs=True, **settings)
         finished = torch.isin(tokens, eos)
@@ -438,7 +440,7 @@ class StaticDecoder(torch.nn.Module):
         for t in range(1, max_new_tokens):
             if t % sync_every == 0 and bool(finished.all()):
                 break
-            step = self.step_fn(settings)  # the compiled step, or the eager one if compiling it failed
+            step = self._steps[key]  # the compiled step, or the eager one if compiling it failed
             graphs = self.compiled and tokens.device.type == "cuda" and step != self._step_select
             if graphs:  # a new CUDA-graph "step": the previous replay's outputs were copied below
                 torch.compiler.cudagraph_mark_step_begin()
