@@ -264,13 +264,13 @@ def main() -> None:
     args.mini_batch = args.mini_batch or (2 if small else 8)
     args.response_length = args.response_length or (32 if small else 128)
     args.updates = args.updates or (2 if small else 4)
-    OUT.mkdir(parents=True, exist_ok=True)
-    policy, reward = build_checkpoints(args)
-    print("settings:", json.dumps(settings(args)), flush=True)
     modes = [m for m in args.ours.split(",") if m]
     unknown = set(modes) - {"lora", "lora-merged", "lora-compiled", "lora-merged-compiled", "full", "full-compiled"}
     if unknown:
         raise SystemExit(f"--ours: unknown mode(s) {', '.join(sorted(unknown))}; see --help")
+    OUT.mkdir(parents=True, exist_ok=True)
+    policy, reward = build_checkpoints(args)
+    print("settings:", json.dumps(settings(args)), flush=True)
     sides = [(sys.executable, f"ours-{m}") for m in modes]
     if not args.skip_trl:
         sides.insert(0 if args.trl_first else len(sides), (None, "trl"))
