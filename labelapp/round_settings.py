@@ -77,7 +77,12 @@ GATE = {  # the promotion gate (labelapp.services.rounds.gate_verdict): null swi
                                                   "prefers its answers to its parent's on at least this share of "
                                                   "held-out prompts.")),
     "min_human_win_rate": (None, "float | None", "Also require this blind human win-rate over the parent (null: off)."),
-    "min_judgments": (8, "int", "With min_human_win_rate: blind judgments needed before the gate decides."),
+    "min_judgments": (8, "int", "With a human check: blind judgments needed before the gate decides."),
+    "min_reward_lc_win_rate": (None, "float | None", ("Also require the reward model's length-controlled win-rate "
+                                                       "(read at equal answer length, docs/RLHF.md) to reach this "
+                                                       "(null: off).")),
+    "min_human_lc_win_rate": (None, "float | None", ("Also require the blind human length-controlled win-rate to "
+                                                      "reach this once min_judgments are in (null: off).")),
 }
 
 # Ranges checked beyond the type (numbers only): name -> (test, "must be …").
@@ -101,6 +106,8 @@ RANGES: dict[str, tuple] = {
     "load_in_bits": (lambda v: v in (4, 8), "4, 8 or null"),
     "min_reward_win_rate": (lambda v: 0 <= v <= 1, "null (off) or a number in [0, 1]"),
     "min_human_win_rate": (lambda v: 0 <= v <= 1, "null (off) or a number in [0, 1]"),
+    "min_reward_lc_win_rate": (lambda v: 0 <= v <= 1, "null (off) or a number in [0, 1]"),
+    "min_human_lc_win_rate": (lambda v: 0 <= v <= 1, "null (off) or a number in [0, 1]"),
     "min_judgments": (lambda v: v >= 1, "a whole number of at least 1"),
 }
 

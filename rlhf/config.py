@@ -324,6 +324,9 @@ class PPOConfig(TrainerConfig):
     kl_target: float = _help("Target KL per response (nats, summed over tokens) for the adaptive controller.", 6.0)
     kl_horizon: int = _help("Horizon (episodes) of the adaptive KL controller.", 10000)
     missing_eos_penalty: float | None = _help("Subtract this from the score of responses that end without EOS (null = off).", None)
+    length_penalty: float = _help("Length penalty (Singhal et al. 2023): subtract this x the answer's length in tokens "
+                                  "(EOS not counted) from each score, before normalisation and the RLOO/GRPO "
+                                  "baseline; e.g. 0.01 costs 0.64 reward at 64 tokens. 0 = off.", 0.0)
     normalize_reward: bool = _help("Normalise scores with the running mean/std of all scores so far.", False)
     reward_clip: float | None = _help("Clip (normalised) scores to [-reward_clip, reward_clip] (null = off).", None)
     ptx_coef: float = _help("PPO-ptx: weight of the SFT loss on demonstrations mixed into each minibatch (0 = off).", 0.0)

@@ -7,7 +7,7 @@ language models as in Ziegler et al. 2019, Stiennon et al. 2020 and Ouyang et al
 
     for update in 1..U:
         1. rollouts: sample a response y ~ pi(.|x) for B prompts x; cut each response after its first EOS
-        2. scores: s = RM(x, y) at the last token; penalise responses without EOS; normalise/clip s
+        2. scores: s = RM(x, y) at the last token; penalise responses without EOS (and length, length_penalty); normalise/clip s
         3. per-token rewards: r_t = -beta * kl_t, plus s on the last response token,
            kl_t = log pi(y_t|.) - log pi_ref(y_t|.)   (the "k1" estimator of KL(pi || pi_ref))
         4. values V(s_t) from the value model; GAE(gamma, lambda) advantages and returns; whiten advantages
@@ -253,11 +253,17 @@ class KLController:
 
 
 def process_scores(scores: torch.Tensor, has_eos: torch.Tensor, config: PPOConfig,
-                   moments: RunningMoments | None = None) -> torch.Tensor:
-    """(B,) raw scores -> scores used as the final reward: missing-EOS penalty, normalisation, clipping."""
+                   moments: RunningMoments | None = None, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """(B,) raw scores -> scores used as the final reward: missing-EOS penalty, length penalty (``lengths``:
+    (B,) answer tokens without EOS; needed when ``config.length_penalty`` is set), normalisation, clipping."""
     scores = scores.float().clone()
     if config.missing_eos_penalty is not None:  # torch.where: no boolean indexing (a device sync)
         scores = scores - config.missing_eos_penalty * (~has_eos.to(scores.device)).float()
+    penalty = getattr(config, "length_penalty", 0.0)
+    if penalty:
+        if lengths is None:
+            raise ValueError("length_penalty needs the answers' lengths")
+        scores = scores - penalty * lengths.to(scores.device).float()
     if config.normalize_reward and moments is not None:
         moments.update(scores)
         scores = (scores - moments.mean) / (moments.std + 1e-8)
@@ -674,7 +680,8 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
             if models.value is not None:
                 values[s] = v_forward(models.value, *args)
     # one device->host copy for the texts (the answer without its EOS)
-    lengths = (rm.long().sum(1) - has_eos.long()).tolist()
+    answer_tokens = rm.long().sum(1) - has_eos.long()
+    lengths = answer_tokens.tolist()
     rows = r.tolist()
     completions = tok.batch_decode([row[:n] for row, n in zip(rows, lengths)], skip_special_tokens=True)
     with autocast():
@@ -682,7 +689,7 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
                             q, qm, has_eos)
     raw = raw.to(r.device).float()
     return Rollout(list(prompts), completions, q, qm, r, rm, has_eos, raw,
-                   process_scores(raw, has_eos, config, moments), logprobs, ref_logprobs, entropy, values,
+                   process_scores(raw, has_eos, config, moments, answer_tokens), logprobs, ref_logprobs, entropy, values,
                    generation_s=generation_s)
 
 

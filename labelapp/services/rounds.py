@@ -249,17 +249,36 @@ def gate_verdict(rnd: Round) -> dict:
             checks.append({"name": "reward_model", "passed": auto["win_rate"] >= need, "win_rate": auto["win_rate"],
                            "n": auto["n"], "text": f"reward-model win-rate {_pct(auto['win_rate'])} over the parent "
                                                    f"on {auto['n']} held-out prompts (needs ≥ {_pct(need)})"})
-    need = settings["min_human_win_rate"]
+    need = settings.get("min_reward_lc_win_rate")
     if need is not None:
-        human, judgments = summary["human"], settings["min_judgments"]
+        auto, lc = summary["reward_model"], summary["length_controlled"]["reward_model"]
+        if not auto["n"] or lc["win_rate"] is None:
+            checks.append({"name": "reward_model_lc", "passed": False,
+                           "text": "no reward-model scores of the evaluation (length-controlled check)"})
+        elif not held_out:
+            checks.append({"name": "reward_model_lc", "passed": False, "win_rate": lc["win_rate"],
+                           "text": "the evaluation had no held-out (validation) prompts for the length-controlled "
+                                   "check"})
+        else:
+            checks.append({"name": "reward_model_lc", "passed": lc["win_rate"] >= need, "win_rate": lc["win_rate"],
+                           "n": auto["n"], "text": f"reward-model length-controlled win-rate {_pct(lc['win_rate'])} "
+                                                   f"over the parent on {auto['n']} held-out prompts "
+                                                   f"(needs ≥ {_pct(need)})"})
+    human, judgments = summary["human"], settings["min_judgments"]
+    for name, key, lc in (("human", "min_human_win_rate", False), ("human_lc", "min_human_lc_win_rate", True)):
+        need = settings.get(key)
+        if need is None:
+            continue
+        what = "length-controlled win-rate" if lc else "win-rate"
+        rate = summary["length_controlled"]["human"]["win_rate"] if lc else human["win_rate"]
         if human["n"] < judgments:
             waiting = True
-            checks.append({"name": "human", "passed": None, "n": human["n"],
-                           "text": f"{human['n']} / {judgments} blind judgments in (needs a win-rate ≥ {_pct(need)})"})
+            checks.append({"name": name, "passed": None, "n": human["n"],
+                           "text": f"{human['n']} / {judgments} blind judgments in (needs a {what} ≥ {_pct(need)})"})
         else:
-            checks.append({"name": "human", "passed": human["win_rate"] >= need, "win_rate": human["win_rate"],
-                           "n": human["n"], "text": f"blind human win-rate {_pct(human['win_rate'])} over "
-                                                    f"{human['n']} judgments (needs ≥ {_pct(need)})"})
+            checks.append({"name": name, "passed": rate >= need, "win_rate": rate, "n": human["n"],
+                           "text": f"blind human {what} {_pct(rate)} over {human['n']} judgments "
+                                   f"(needs ≥ {_pct(need)})"})
     failed = any(c["passed"] is False for c in checks)
     state = "held" if failed else "waiting" if waiting else "passed"
     said = "; ".join(c["text"] for c in checks) or "no checks set"

@@ -273,9 +273,11 @@ def test_the_round_form_warns_when_few_demonstrations_are_approved(client):
 # ---- the promotion gate ----------------------------------------------------------------------
 
 
-def evaluated_round(project, wins: int, losses: int, gate: dict | None = None, split: str = "validation"):
+def evaluated_round(project, wins: int, losses: int, gate: dict | None = None, split: str = "validation",
+                    long_wins: int = 0):
     """A PPO round whose evaluation run has finished: its new policy (not current) beat its parent (current)
-    on `wins` held-out prompts and lost on `losses`, as scored by the round's reward model."""
+    on `wins` held-out prompts and lost on `losses`, as scored by the round's reward model; in the first
+    `long_wins` of its wins its answer is 300 characters longer than the parent's (elsewhere equal length)."""
     from django.utils import timezone
 
     from labelapp.round_settings import effective_defaults
@@ -291,7 +293,8 @@ def evaluated_round(project, wins: int, losses: int, gate: dict | None = None, s
                                stage="evaluation", params=params, sft_policy=parent, new_policy=new)
     for i in range(wins + losses):
         prompt = make_prompt(project, split=split)
-        evaluation_task_create(project=project, prompt=prompt, model_a=new, model_b=parent, text_a=f"new {i}",
+        evaluation_task_create(project=project, prompt=prompt, model_a=new, model_b=parent,
+                               text_a=f"new {i}" + (" more" * 60 if i < long_wins else ""),
                                text_b=f"old {i}", round=rnd, reward_a=1.0 if i < wins else -1.0, reward_b=0.0)
     TrainingRun.objects.create(project=project, round=rnd, kind="evaluate", status="succeeded",
                                input_model=new, finished_at=timezone.now())
@@ -404,7 +407,50 @@ def test_promote_is_refused_when_the_current_policy_moved_on(sent):
     assert current(project) == newer and Round.objects.get(pk=rnd.pk).stage == "held"
 
 
+def test_the_length_controlled_check_holds_a_policy_that_won_by_writing_longer(sent):
+    from labelapp.selectors.stats import evaluation_summary
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    # 6 wins of 8 (75% raw) but 5 of them with much longer answers; at equal length: 1 win, 2 losses
+    rnd, parent, _new = evaluated_round(project, wins=6, losses=2, long_wins=5,
+                                        gate={"min_reward_lc_win_rate": 0.5})
+    lc = evaluation_summary(project=project, round_id=rnd.pk)["length_controlled"]["reward_model"]["win_rate"]
+    assert lc < 0.45
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "held" and current(project) == parent
+    assert [(c["name"], c["passed"]) for c in rnd.gate["checks"]] == [("reward_model", True), ("reward_model_lc", False)]
+    assert (f"reward-model length-controlled win-rate {lc:.1%} over the parent on 8 held-out prompts (needs ≥ 50.0%)"
+            in rnd.gate["text"])
+
+    other = make_project()  # the same wins at equal length pass the same gate
+    rnd2, _parent2, new2 = evaluated_round(other, wins=6, losses=2, gate={"min_reward_lc_win_rate": 0.5})
+    rnd2 = round_advance(round_id=rnd2.pk)
+    assert rnd2.stage == "done" and current(other) == new2
+    assert rnd2.gate["checks"][1]["win_rate"] == pytest.approx(0.75)
+
+
+def test_the_human_length_controlled_check_waits_for_its_judgments_then_decides(sent):
+    from labelapp.models import Comparison, EvaluationTask
+    from labelapp.services.rounds import round_advance
+
+    project = make_project()
+    judge = add_member(project)
+    rnd, parent, new = evaluated_round(project, wins=3, losses=1, gate={"min_human_lc_win_rate": 0.5,
+                                                                        "min_judgments": 2})
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "evaluation" and rnd.gate["state"] == "waiting"
+    assert "0 / 2 blind judgments in (needs a length-controlled win-rate ≥ 50.0%)" in rnd.gate["text"]
+    for task in EvaluationTask.objects.filter(round=rnd)[:2]:  # equal lengths: the controlled rate is the raw one
+        Comparison.objects.create(task=task, annotator=judge, winner="a", a_shown_left=True)
+    rnd = round_advance(round_id=rnd.pk)
+    assert rnd.stage == "done" and current(project) == new
+    assert "blind human length-controlled win-rate 100.0% over 2 judgments (needs ≥ 50.0%)" in rnd.gate["text"]
+
+
 @pytest.mark.parametrize("gate, message", [
+    ({"min_reward_lc_win_rate": -0.1},
+     "gate.min_reward_lc_win_rate must be null (off) or a number in [0, 1] (got -0.1)."),
     ({"min_reward_win_rate": 1.5}, "gate.min_reward_win_rate must be null (off) or a number in [0, 1] (got 1.5)."),
     ({"min_judgments": 0}, "gate.min_judgments must be a whole number of at least 1 (got 0)."),
     ({"min_human_winrate": 0.5}, "gate.min_human_winrate is not a setting (did you mean gate.min_human_win_rate?)."),

@@ -15,7 +15,15 @@ import torch
 
 from rlhf.config import GRPOConfig, RLOOConfig, check_policy_config
 from rlhf.contract import read_metadata
-from rlhf.ppo import Rollout, aggregate, compute_advantages, group_advantages, reference_kl_k3, train
+from rlhf.ppo import (
+    Rollout,
+    aggregate,
+    compute_advantages,
+    group_advantages,
+    process_scores,
+    reference_kl_k3,
+    train,
+)
 from tests.rlhf.test_ppo import PROMPTS, share_reward
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,6 +46,28 @@ def config(cls, tmp_path, tiny_dir, **kw):
 
 
 # ------------------------------------------------------------------------------------------ the maths
+def test_length_penalty_reaches_the_scores_and_the_group_baseline(tmp_path, tiny_dir):
+    """length_penalty (issue 20): each answer's score loses the penalty x its tokens (EOS not counted), in a
+    real run's rollouts, and RLOO's advantages then favour the shorter answers of a prompt."""
+    cfg = RLOOConfig(num_samples=2, kl_coef=0.0, length_penalty=0.1)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]])
+    has_eos = torch.tensor([True, True, False, True])
+    answer_tokens = mask.sum(1).long() - has_eos.long()  # 2, 0, 2, 1
+    scores = process_scores(torch.ones(4), has_eos, cfg, lengths=answer_tokens)
+    assert torch.allclose(scores, torch.tensor([0.8, 1.0, 0.8, 0.9]))
+    ro = compute_advantages(_rollout(scores, torch.zeros(4, 3), torch.zeros(4, 3), mask), 0.0, cfg)
+    assert torch.allclose(ro.advantages, torch.tensor([-0.2, 0.2, -0.1, 0.1])[:, None] * mask, atol=1e-6)
+
+    seen = []
+    art = train(config(RLOOConfig, tmp_path, tiny_dir, max_steps=2, length_penalty=0.05, kl_coef=0.0), PROMPTS,
+                lambda s, t, m: seen.append(m), reward_fn=lambda p, c, ids, m: torch.ones(len(p)))
+    assert art.status == "succeeded" and read_metadata(art.output_dir)["config"]["length_penalty"] == 0.05
+    for m in seen:  # scores = 1 - 0.05 x (response tokens - the EOS that ended some of them)
+        tokens = m["policy/response_length"] - m["policy/eos_fraction"]
+        assert m["objective/reward"] == pytest.approx(1.0)
+        assert m["objective/scores"] == pytest.approx(1.0 - 0.05 * tokens, abs=1e-5)
+
+
 def test_rloo_advantages_are_leave_one_out():
     scores = torch.tensor([1.0, 2.0, 6.0, 0.0, 0.0, 3.0])  # two prompts, K = 3
     adv = group_advantages(scores, 3, "rloo")

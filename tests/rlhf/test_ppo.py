@@ -136,6 +136,12 @@ def test_score_processing_and_kl_controller():
     cfg = PPOConfig(missing_eos_penalty=2.0, reward_clip=1.5)
     scores = process_scores(torch.tensor([1.0, 1.0, 3.0]), torch.tensor([True, False, False]), cfg)
     assert scores.tolist() == [1.0, -1.0, 1.0]  # 1-2 = -1; 3-2 = 1
+    cfg = PPOConfig(length_penalty=0.25, missing_eos_penalty=1.0)  # both penalties, before normalisation
+    scores = process_scores(torch.tensor([1.0, 1.0, 3.0]), torch.tensor([True, False, True]), cfg,
+                            lengths=torch.tensor([0, 4, 10]))
+    assert scores.tolist() == [1.0, -1.0, 0.5]  # 1 - 0; 1 - 1 - 1; 3 - 2.5
+    with pytest.raises(ValueError, match="needs the answers' lengths"):
+        process_scores(torch.tensor([1.0]), torch.tensor([True]), cfg)
     moments = RunningMoments()
     cfg = PPOConfig(normalize_reward=True)
     for batch in (torch.tensor([1.0, 2.0, 3.0]), torch.tensor([10.0, 20.0])):
