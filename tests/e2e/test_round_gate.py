@@ -65,11 +65,16 @@ def test_the_round_form_shows_the_settings_that_will_run_and_follows_the_method(
     page.locator(".advanced summary").click()
     shown = json.loads(page.locator("#round-settings").input_value())
     assert shown["policy"]["kl_coef"] == 0.05 and shown["gate"]["min_reward_win_rate"] == 0.5 and shown["k"] == 3
+    # the length controls of issue 20 are offered with their defaults (off)
+    assert shown["policy"]["length_penalty"] == 0.0 and shown["reward"]["length_control"] == "none"
+    assert shown["gate"]["min_reward_lc_win_rate"] is None and shown["gate"]["min_human_lc_win_rate"] is None
+    assert "length_penalty" in page.locator("label[for=round-settings]").inner_text()
     shown["sft"]["max_steps"] = 7
     page.fill("#round-settings", json.dumps(shown))
     page.select_option("#round-method", "dpo")
     swapped = json.loads(page.locator("#round-settings").input_value())
     assert swapped["policy"]["beta"] == 0.1 and "kl_coef" not in swapped["policy"]
+    assert swapped["policy"]["ld_alpha"] is None and "length_penalty" not in swapped["policy"]
     assert swapped["sft"]["max_steps"] == 7  # the rest is kept as typed
     swapped["reward"]["lerning_rate"] = 0.1
     page.fill("#round-settings", json.dumps(swapped))
