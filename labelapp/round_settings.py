@@ -90,7 +90,7 @@ AT_LEAST_1 = ("per_device_batch_size", "gradient_accumulation_steps", "max_lengt
               "rollout_batch_size", "mini_batch_size", "ppo_epochs", "lora_r", "lora_alpha", "eval_batch_size",
               "ptx_batch_size", "logging_steps", "kl_horizon", "prompts")  # min_rank_gap: runs.check_pair_settings
 POSITIVE = ("learning_rate", "num_train_epochs", "temperature", "cliprange", "cliprange_value", "kl_target")
-NOT_NEGATIVE = ("save_steps", "max_grad_norm", "vf_coef", "kl_coef", "ptx_coef", "top_k", "seed")
+NOT_NEGATIVE = ("save_steps", "max_grad_norm", "vf_coef", "kl_coef", "ptx_coef", "top_k", "seed", "length_penalty")
 RANGES: dict[str, tuple] = {
     **{name: (lambda v: v >= 1, "a whole number of at least 1") for name in AT_LEAST_1},
     **{name: (lambda v: v > 0, "a number greater than 0") for name in POSITIVE},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +399,9 @@ def check_policy_config(config: PPOConfig) -> None:
     """Raise ``ValueError`` for bad PPO/RLOO/GRPO settings before any model loads."""
     if config.mini_batch_size > config.rollout_batch_size or config.rollout_batch_size % config.mini_batch_size:
         raise ValueError("mini_batch_size must divide rollout_batch_size")
+    penalty = config.length_penalty
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty < 0:
+        raise ValueError(f"length_penalty must be 0 (off) or a positive number (got {penalty!r}).")
     if isinstance(config, RLOOConfig):
         if config.num_samples < 2:
             raise ValueError(f"num_samples must be 2 or more for {config.method} (got {config.num_samples}): the "

@@ -448,6 +448,15 @@ def test_the_human_length_controlled_check_waits_for_its_judgments_then_decides(
     assert "blind human length-controlled win-rate 100.0% over 2 judgments (needs ≥ 50.0%)" in rnd.gate["text"]
 
 
+def test_a_negative_length_penalty_is_refused_before_anything_is_created(sent):
+    project = make_project()
+    admin = add_member(project, make_user(), role="admin")
+    with pytest.raises(ValidationError) as caught:
+        round_start(project=project, user=admin, method="rloo", params={"policy": {"length_penalty": -0.5}})
+    assert "policy.length_penalty must be 0 or more (got -0.5)." in caught.value.messages
+    assert not Round.objects.exists()
+
+
 @pytest.mark.parametrize("gate, message", [
     ({"min_reward_lc_win_rate": -0.1},
      "gate.min_reward_lc_win_rate must be null (off) or a number in [0, 1] (got -0.1)."),

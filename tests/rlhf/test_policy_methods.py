@@ -132,6 +132,7 @@ def test_loss_aggregation_and_k3():
     ({"kl_penalty": "both"}, "kl_penalty must be one of"),
     ({"loss_aggregation": "mean"}, "loss_aggregation must be one of"),
     ({"mini_batch_size": 3}, "mini_batch_size must divide"),
+    ({"length_penalty": -0.01}, "length_penalty must be 0 \\(off\\) or a positive number \\(got -0.01\\)"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, tiny_dir, bad, message):
     cfg = config(GRPOConfig, tmp_path, tiny_dir, **bad)
