@@ -349,21 +349,28 @@ def test_training_prompts_cannot_pass_the_gate(sent):
     assert "no held-out (validation) prompts" in rnd.gate["text"]
 
 
-def test_the_human_check_waits_for_its_judgments_then_decides(sent):
+@pytest.mark.parametrize("key, what, winner, stage, verdict", [
+    # the parent wins both blind judgments: held
+    ("min_human_win_rate", "win-rate", "b", "held", "blind human win-rate 0.0% over 2 judgments"),
+    # the new policy wins both, at equal lengths (the controlled rate is the raw one): promoted
+    ("min_human_lc_win_rate", "length-controlled win-rate", "a", "done",
+     "blind human length-controlled win-rate 100.0% over 2 judgments"),
+])
+def test_the_human_checks_wait_for_their_judgments_then_decide(sent, key, what, winner, stage, verdict):
     from labelapp.models import Comparison, EvaluationTask
     from labelapp.services.rounds import round_advance
 
     project = make_project()
     judge = add_member(project)
-    rnd, parent, _new = evaluated_round(project, wins=3, losses=1, gate={"min_human_win_rate": 0.5, "min_judgments": 2})
+    rnd, parent, new = evaluated_round(project, wins=3, losses=1, gate={key: 0.5, "min_judgments": 2})
     rnd = round_advance(round_id=rnd.pk)
     assert rnd.stage == "evaluation" and rnd.gate["state"] == "waiting" and current(project) == parent
-    assert "0 / 2 blind judgments in" in rnd.gate["text"]
-    for task in EvaluationTask.objects.filter(round=rnd)[:2]:  # the parent wins both blind judgments
-        Comparison.objects.create(task=task, annotator=judge, winner="b", a_shown_left=True)
+    assert f"0 / 2 blind judgments in (needs a {what} ≥ 50.0%)" in rnd.gate["text"]
+    for task in EvaluationTask.objects.filter(round=rnd)[:2]:
+        Comparison.objects.create(task=task, annotator=judge, winner=winner, a_shown_left=True)
     rnd = round_advance(round_id=rnd.pk)
-    assert rnd.stage == "held" and current(project) == parent
-    assert "blind human win-rate 0.0% over 2 judgments (needs ≥ 50.0%)" in rnd.gate["text"]
+    assert rnd.stage == stage and current(project) == (parent if stage == "held" else new)
+    assert f"{verdict} (needs ≥ 50.0%)" in rnd.gate["text"]
 
 
 def test_promote_makes_the_held_policy_current_and_discard_keeps_the_old(sent):
@@ -428,24 +435,6 @@ def test_the_length_controlled_check_holds_a_policy_that_won_by_writing_longer(s
     rnd2 = round_advance(round_id=rnd2.pk)
     assert rnd2.stage == "done" and current(other) == new2
     assert rnd2.gate["checks"][1]["win_rate"] == pytest.approx(0.75)
-
-
-def test_the_human_length_controlled_check_waits_for_its_judgments_then_decides(sent):
-    from labelapp.models import Comparison, EvaluationTask
-    from labelapp.services.rounds import round_advance
-
-    project = make_project()
-    judge = add_member(project)
-    rnd, parent, new = evaluated_round(project, wins=3, losses=1, gate={"min_human_lc_win_rate": 0.5,
-                                                                        "min_judgments": 2})
-    rnd = round_advance(round_id=rnd.pk)
-    assert rnd.stage == "evaluation" and rnd.gate["state"] == "waiting"
-    assert "0 / 2 blind judgments in (needs a length-controlled win-rate ≥ 50.0%)" in rnd.gate["text"]
-    for task in EvaluationTask.objects.filter(round=rnd)[:2]:  # equal lengths: the controlled rate is the raw one
-        Comparison.objects.create(task=task, annotator=judge, winner="a", a_shown_left=True)
-    rnd = round_advance(round_id=rnd.pk)
-    assert rnd.stage == "done" and current(project) == new
-    assert "blind human length-controlled win-rate 100.0% over 2 judgments (needs ≥ 50.0%)" in rnd.gate["text"]
 
 
 def test_a_negative_length_penalty_is_refused_before_anything_is_created(sent):
