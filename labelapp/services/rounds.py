@@ -237,33 +237,25 @@ def gate_verdict(rnd: Round) -> dict:
     tasks = EvaluationTask.objects.filter(round=rnd)
     held_out = tasks.exists() and not tasks.exclude(prompt__split=Prompt.Split.VALIDATION).exists()
     checks, waiting = [], False
-    need = settings["min_reward_win_rate"]
-    if need is not None:
-        auto = summary["reward_model"]
-        if not auto["n"]:
-            checks.append({"name": "reward_model", "passed": False, "text": "no reward-model scores of the evaluation"})
+    auto = summary["reward_model"]
+    for name, key, lc in (("reward_model", "min_reward_win_rate", False),
+                          ("reward_model_lc", "min_reward_lc_win_rate", True)):
+        need = settings.get(key)
+        if need is None:
+            continue
+        what = "length-controlled win-rate" if lc else "win-rate"
+        rate = summary["length_controlled"]["reward_model"]["win_rate"] if lc else auto["win_rate"]
+        if not auto["n"] or rate is None:
+            checks.append({"name": name, "passed": False, "text": "no reward-model scores of the evaluation"
+                                                                  + (" (length-controlled check)" if lc else "")})
         elif not held_out:
-            checks.append({"name": "reward_model", "passed": False, "win_rate": auto["win_rate"],
-                           "text": "the evaluation had no held-out (validation) prompts to judge on"})
+            checks.append({"name": name, "passed": False, "win_rate": rate,
+                           "text": "the evaluation had no held-out (validation) prompts "
+                                   + ("for the length-controlled check" if lc else "to judge on")})
         else:
-            checks.append({"name": "reward_model", "passed": auto["win_rate"] >= need, "win_rate": auto["win_rate"],
-                           "n": auto["n"], "text": f"reward-model win-rate {_pct(auto['win_rate'])} over the parent "
-                                                   f"on {auto['n']} held-out prompts (needs ≥ {_pct(need)})"})
-    need = settings.get("min_reward_lc_win_rate")
-    if need is not None:
-        auto, lc = summary["reward_model"], summary["length_controlled"]["reward_model"]
-        if not auto["n"] or lc["win_rate"] is None:
-            checks.append({"name": "reward_model_lc", "passed": False,
-                           "text": "no reward-model scores of the evaluation (length-controlled check)"})
-        elif not held_out:
-            checks.append({"name": "reward_model_lc", "passed": False, "win_rate": lc["win_rate"],
-                           "text": "the evaluation had no held-out (validation) prompts for the length-controlled "
-                                   "check"})
-        else:
-            checks.append({"name": "reward_model_lc", "passed": lc["win_rate"] >= need, "win_rate": lc["win_rate"],
-                           "n": auto["n"], "text": f"reward-model length-controlled win-rate {_pct(lc['win_rate'])} "
-                                                   f"over the parent on {auto['n']} held-out prompts "
-                                                   f"(needs ≥ {_pct(need)})"})
+            checks.append({"name": name, "passed": rate >= need, "win_rate": rate, "n": auto["n"],
+                           "text": f"reward-model {what} {_pct(rate)} over the parent on {auto['n']} held-out "
+                                   f"prompts (needs ≥ {_pct(need)})"})
     human, judgments = summary["human"], settings["min_judgments"]
     for name, key, lc in (("human", "min_human_win_rate", False), ("human_lc", "min_human_lc_win_rate", True)):
         need = settings.get(key)
