@@ -302,7 +302,8 @@ class PPOConfig(TrainerConfig):
     cache_implementation: str | None = _help("Roll out with HF generate() and this cache, e.g. 'static' on GPU (compiled "
                                              "decode step; much faster after a slow first call); null: rlhf's own "
                                              "decoding loop, which drops finished responses from the batch.", None)
-    compile_update: bool = _help("Compile the rollout's scoring passes (policy, reference, value) and each training "
+    compile_update: bool = _help("Compile the rollout's scoring passes (policy, reference, value, and the reward model when it "
+                                 "is scored from token ids) and each training "
                                  "micro-step (policy and value forward, the losses and, through AOTAutograd, their "
                                  "backward) with torch.compile at fixed shapes: queries padded to "
                                  "power-of-two buckets, responses to max_new_tokens. CUDA: replayed as CUDA graphs; CPU: "
@@ -334,8 +335,8 @@ class PPOConfig(TrainerConfig):
     ptx_data: str | None = _help("Demonstrations for PPO-ptx (CLI; rlhf.data JSONL). Workers pass them directly.", None)
     ptx_batch_size: int = _help("Demonstrations per minibatch for PPO-ptx.", 4)
     lora_dropout: float = _help("Ignored by PPO: dropout is switched off in every model.", 0.0)
-    optim: str = _help("Ignored by PPO/RLOO/GRPO: AdamW with eps 1e-5, fused kernels on CUDA and foreach kernels "
-                       "elsewhere; fp32 master weights for parameters that are not fp32.", "adamw_torch")
+    optim: str = _help("Ignored by PPO/RLOO/GRPO: AdamW with eps 1e-5, fused kernels on CUDA and CPU and foreach "
+                       "kernels elsewhere; fp32 master weights for parameters that are not fp32.", "adamw_torch")
     throughput: str = _help("Ignored by PPO/RLOO/GRPO (for SFT and reward runs; PPO's own GPU settings: "
                             "compile_update, fused AdamW, no autocast over bf16 weights).", "auto")
     liger: bool | None = _help("Ignored by PPO/RLOO/GRPO (Liger kernels are for SFT and reward runs).")

@@ -128,6 +128,10 @@ def test_token_id_reward_equals_the_text_path(tmp_path, tiny_dir, tiny_rm_dir):
                             enc["attention_mask"].bool(), has_eos)
     assert torch.allclose(by_ids, by_text, atol=1e-5), (by_ids, by_text)
     assert by_ids.unique().numel() == 4  # four different scores: the test can tell rows apart
+    torch._dynamo.reset()
+    compiled = score_rollout(models, PROMPTS, answers, r, rm, 2, None, enc["input_ids"],
+                             enc["attention_mask"].bool(), has_eos, compiled=True)  # compile_update's reward pass
+    assert torch.allclose(compiled, by_ids, atol=1e-5), (compiled, by_ids)
 
 
 def test_token_id_reward_falls_back_to_text_when_tokenizers_differ(tiny_tokenizer):
@@ -202,12 +206,37 @@ def test_bf16_full_fine_tuning_step_with_fp32_masters_matches_fp32_adamw(tiny_di
     assert moved > 0.9 * total and stuck > 0.5 * total, (moved, stuck, total)
 
 
-def test_training_settings_fused_on_cuda_and_no_autocast_over_bf16_weights():
+def test_training_settings_fused_on_cuda_and_cpu_and_no_autocast_over_bf16_weights():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert training_settings(cuda, torch.bfloat16, True) == {"fused": True, "autocast": False}
     assert training_settings(cuda, torch.float32, True) == {"fused": True, "autocast": True}
-    assert training_settings(cpu, torch.float32, None) == {"fused": False, "autocast": False}
+    assert training_settings(cpu, torch.float32, None) == {"fused": True, "autocast": False}
     assert training_settings(cpu, torch.float32, True)["autocast"] is True
+    assert training_settings(torch.device("meta"), torch.float32, False)["fused"] is False  # foreach elsewhere
+
+
+def test_fused_adamw_steps_like_foreach_adamw():
+    """The CPU's fused AdamW (training_settings) against foreach AdamW, through MasterAdamW with clipping:
+    fp32 LoRA-like tensors and a bf16 one with its fp32 master, 5 steps."""
+    def params():
+        g = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(16, 8, generator=g)), torch.nn.Parameter(torch.randn(8, 16, generator=g)),
+                torch.nn.Parameter(torch.randn(4, 4, generator=g).to(torch.bfloat16))]
+
+    runs = []
+    for fused in (False, True):
+        ps = params()
+        opt = MasterAdamW(ps, lr=1e-2, fused=fused)
+        assert bool(opt.inner.defaults["fused"]) is fused and bool(opt.inner.defaults["foreach"]) is not fused
+        g = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=g).to(p.dtype)
+            opt.step(max_grad_norm=1.0)
+        runs.append([m.detach().clone() for m in opt.masters])
+    for a, b, start in zip(*runs, params()):
+        assert torch.allclose(a, b, atol=1e-6), (a - b).abs().max()
+        assert not torch.allclose(a, start.float(), atol=1e-3)  # it moved
 
 
 def test_bf16_full_fine_tuning_run_keeps_fp32_masters_in_its_checkpoint(tmp_path, tiny_dir):
@@ -269,16 +298,18 @@ def test_reward_from_token_ids_reads_the_score_at_the_suffix(tiny_rm_dir, tiny_t
 
 
 # ------------------------------------------------------------------------------ compiled micro-step
-def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_path, tiny_dir):
-    """`compile_update` (the rollout's scoring passes and the micro-steps compiled): the same seed gives the
-    same metrics and (merged) weights as the eager update over 3 updates (LoRA policy and value, the studio's
-    default), with the rollouts' widths padded to fixed shapes; the prompts' lengths change between updates
-    inside one bucket, and nothing recompiles after the first."""
+def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_path, tiny_dir, tiny_rm_dir):
+    """`compile_update` (the rollout's scoring passes — policy, reference, value and the reward model from
+    token ids — and the micro-steps compiled): the same seed gives the same metrics and (merged) weights as
+    the eager update over 3 updates (LoRA policy and value, the studio's default), with the rollouts' widths
+    padded to fixed shapes; the prompts' lengths change between updates inside one bucket, and nothing
+    recompiles after the first."""
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
 
     prompts = PROMPTS * 3  # 12 prompts, 4 per update: each update's query width differs
-    cfg = small_config(tmp_path, tiny_dir, max_steps=3, rollout_batch_size=4, mini_batch_size=2, ppo_epochs=2)
+    cfg = small_config(tmp_path, tiny_dir, max_steps=3, rollout_batch_size=4, mini_batch_size=2, ppo_epochs=2,
+                       reward_model=tiny_rm_dir)
     seen_eager, seen_compiled, graphs = [], [], []
 
     def on_compiled(step, total, metrics):
@@ -287,9 +318,9 @@ def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_pa
 
     torch._dynamo.reset()
     eager = train(dataclasses.replace(cfg, output_dir=str(tmp_path / "eager")), prompts,
-                  lambda s, t, m: seen_eager.append(m), reward_fn=share_reward)
+                  lambda s, t, m: seen_eager.append(m))
     compiled = train(dataclasses.replace(cfg, output_dir=str(tmp_path / "compiled"), compile_update=True), prompts,
-                     on_compiled, reward_fn=share_reward)
+                     on_compiled)
     assert eager.status == compiled.status == "succeeded" and len(seen_compiled) == 3
     for a, b in zip(seen_eager, seen_compiled):
         for key in ("objective/reward", "objective/kl", "loss/policy", "loss/value", "policy/approx_kl",
