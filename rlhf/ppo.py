@@ -648,12 +648,16 @@ def score_rollout(models: Models, prompts, completions, response_ids, response_m
 
     with (adapter_disabled(models.value) if models.reward_shares_value else nullcontext(models.reward)) as rm:
         if models.reward_suffix is not None and query_ids is not None:
+            forward = reward_forward
             if compiled:
-                new_cuda_graph_step(response_ids.device, compiled)
+                device, graph = response_ids.device, compiled_forward(response_ids.device, "reward")
+
+                def forward(*args):  # each chunk's scores are copied out before the next replay
+                    new_cuda_graph_step(device, True)
+                    return graph(*args)
             return reward_from_token_ids(rm, query_ids, query_mask, response_ids, response_mask, has_eos,
                                          models.reward_suffix, models.reward_tokenizer.pad_token_id, batch_size,
-                                         compiled_forward(response_ids.device, "reward") if compiled
-                                         else reward_forward)
+                                         forward)
         items = [conversation(p, c) for p, c in zip(prompts, completions)]
         return score(rm, models.reward_tokenizer, items, batch_size)
 
