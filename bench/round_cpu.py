@@ -163,6 +163,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64,
                         help="answer length cap when sampling for ranking, from the new policy and in the evaluation")
     parser.add_argument("--oracle", choices=["rule", "embedding"], default="embedding")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="append this round's settings, stage times and evaluation as one JSON line (a "
+                             "comparison of rounds run in different sessions reads them back)")
     parser.add_argument("--prompts-from", choices=["dolly", "seed", "both", "all"], default="dolly",
                         help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), both, or all "
                              "(those, Self-Instruct user-oriented instructions and no_robots: about 430)")
@@ -291,6 +294,32 @@ def main() -> None:
                  if "lengths/chosen" in last else ""))
 
     print_evaluation(summary, args.method, prefer)
+    if args.results is not None:
+        append_result(args.results, args, times, result, summary, prefer)
+
+
+def append_result(path: Path, args, times: dict, reward_result: dict, summary: dict, prefer: list[float]) -> dict:
+    """One JSON line per finished round: the command's settings, the stage times, the reward model's held-out
+    diagnostics and the evaluation (raw and length-controlled win-rates, the oracle's p, mean lengths)."""
+    import json
+
+    human, auto, controlled = summary["human"], summary["reward_model"], summary["length_controlled"]
+    row = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "results"},
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "stage_seconds": {k: round(v, 1) for k, v in times.items()},
+        "reward_model": {k: v for k, v in reward_result.items() if k.startswith("eval/")},
+        "tasks": summary["tasks"],
+        "win_rate": {"human": human, "human_lc": controlled["human"], "reward_model": auto,
+                     "reward_model_lc": controlled["reward_model"]},
+        "oracle_p": sum(prefer) / len(prefer) if prefer else None,
+        "lengths": summary["lengths"],
+        "warnings": [w["text"] for w in summary["warnings"]],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+    return row
 
 
 def print_evaluation(summary: dict, method: str, prefer: list[float]) -> None:

@@ -101,3 +101,29 @@ def test_round_bench_prints_raw_and_length_controlled_rates_and_lengths(bench, c
     assert "oracle without noise: 0.667 (n=3)" in out
     assert "    open_qa           3: —" in out and "    generation        3: —" in out
     assert bench.settings_from(["length_penalty=0.01", "mode=chars"]) == {"length_penalty": 0.01, "mode": "chars"}
+
+
+def test_a_finished_round_is_appended_as_one_json_line(bench, tmp_path):
+    """--results: two rounds give two lines, each with the settings, the stage times, the evaluation's raw and
+    length-controlled win-rates, the oracle's p and the mean lengths (what the docs' comparison is built from)."""
+    import argparse
+    import json
+
+    rate = {"win_rate": 0.6, "low": 0.5, "high": 0.7, "n": 10}
+    summary = {"tasks": 10, "human": rate, "reward_model": {**rate, "win_rate": 0.7},
+               "length_controlled": {"human": {**rate, "win_rate": 0.55}, "reward_model": {**rate, "win_rate": 0.5}},
+               "lengths": {"candidate": 300.0, "baseline": 200.0, "reference": 231.0},
+               "warnings": [{"text": "reward rose while the length-controlled rate did not"}]}
+    path = tmp_path / "rounds" / "results.jsonl"
+    for alpha in (None, 0.2):
+        args = argparse.Namespace(method="dpo", ld_alpha=alpha, seed=1, results=path)
+        bench.append_result(path, args, {"supervised fine-tuning": 12.34}, {"eval/pairwise_accuracy": 0.6, "loss": 1},
+                            summary, [1.0, 0.0, 0.5, 1.0])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["settings"]["ld_alpha"] for r in rows] == [None, 0.2] and "results" not in rows[0]["settings"]
+    first = rows[0]
+    assert first["stage_seconds"] == {"supervised fine-tuning": 12.3}
+    assert first["reward_model"] == {"eval/pairwise_accuracy": 0.6}
+    assert first["win_rate"]["human_lc"]["win_rate"] == 0.55 and first["win_rate"]["reward_model_lc"]["win_rate"] == 0.5
+    assert first["oracle_p"] == 0.625 and first["lengths"]["reference"] == 231.0
+    assert first["warnings"] == ["reward rose while the length-controlled rate did not"]
