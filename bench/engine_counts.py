@@ -29,8 +29,11 @@ micro-step compiled at fixed shapes), update 2 of 4 counted by ops launched (pro
 bench/decode_counts.py: a dispatch mode cannot see inside compiled kernels), compiled-graph calls, syncs,
 wall of updates 3-4 and of update 1 (which pays the compile).
 
+Part 4 (components, seconds): the reward model's token-id pass eager vs compiled and one AdamW step foreach
+vs fused, counted alone on part 1's models (the pieces added to the compiled update after part 3 was run).
+
 Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``,
-``--part compiled``.
+``--part compiled``, ``--part components``.
 """
 
 from __future__ import annotations
@@ -299,6 +302,75 @@ def part_compiled(tmp: Path) -> list[dict]:
     return rows
 
 
+def part_components(tmp: Path) -> dict:
+    """The two pieces added to the compiled update after part 3 ran, counted alone on part 1's models (seconds,
+    not the minutes of part 3): the reward model's token-id pass (``reward_forward``, batch 8 x 70 tokens)
+    eager vs compiled (its graph's launched ops on the CPU, one call = one replay under CUDA graphs), and one
+    optimizer step over the policy's and the value model's trainable tensors (LoRA r16 on all linear layers)
+    with foreach vs fused AdamW (``training_settings``: fused on CUDA and, since, on CPU)."""
+    from contextlib import nullcontext
+
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from rlhf.ppo import (
+        MasterAdamW,
+        PPOConfig,
+        adapter_disabled,
+        build_models,
+        compiled_forward,
+        reward_forward,
+        trainable_parameters,
+    )
+
+    inductor_config.cpp.enable_kernel_profile = True
+    policy_dir, rm_dir = narrow_checkpoints(tmp)
+    cfg = PPOConfig(output_dir=str(tmp / "components"), model=str(policy_dir), reward_model=str(rm_dir), device="cpu",
+                    lora_r=16, seed=0)
+    models = build_models(cfg)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(200, 40_000, (8, 70), generator=g)
+    mask, last = torch.ones_like(ids), torch.full((8,), 69)
+    row = {}
+    # the reward model as score_rollout reads it: the value model with its adapter off when they share a trunk
+    with (adapter_disabled(models.value) if models.reward_shares_value else nullcontext(models.reward)) as rm, \
+            torch.no_grad():
+        for name, fn in (("eager", reward_forward), ("compiled", compiled_forward(ids.device, "reward"))):
+            t0 = time.perf_counter()
+            first = fn(rm, ids, mask, last)
+            row[f"reward_{name}_first_s"] = time.perf_counter() - t0
+            fn(rm, ids, mask, last)
+            with LaunchCounter() as c:
+                again = fn(rm, ids, mask, last)
+            assert torch.allclose(first, again)
+            row[f"reward_{name}"] = {"launched": c.launched, "outside": c.outside, "graphs": c.graphs,
+                                     "syncs": c.syncs}
+    params = list(trainable_parameters(models).values())
+    for fused in (False, True):
+        opt = MasterAdamW(params, lr=1e-5, fused=fused)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g) * 1e-3
+        opt.step(max_grad_norm=1.0)  # warm-up: the optimizer state exists from here
+        with LaunchCounter() as c:
+            opt.step(max_grad_norm=1.0)
+        t0 = time.perf_counter()
+        for _ in range(5):
+            opt.step(max_grad_norm=1.0)
+        row[f"adamw_{'fused' if fused else 'foreach'}"] = {
+            "launched": c.launched, "syncs": c.syncs, "ms": 1000 * (time.perf_counter() - t0) / 5}
+    row["tensors"] = len(params)
+    re, rc = row["reward_eager"], row["reward_compiled"]
+    fe, fu = row["adamw_foreach"], row["adamw_fused"]
+    print(f"[components] reward pass (8 x 70 tokens): eager {re['launched']:,} launched ops, {re['syncs']} syncs; "
+          f"compiled {rc['launched']:,} launched ({rc['outside']} outside compiled code, {rc['graphs']} graph call); "
+          f"first call {row['reward_eager_first_s']:.1f} s eager, {row['reward_compiled_first_s']:.1f} s compiled",
+          flush=True)
+    print(f"[components] AdamW + clip over {row['tensors']} tensors: foreach {fe['launched']:,} launched ops "
+          f"({fe['syncs']:,} host reads), {fe['ms']:.1f} ms; fused {fu['launched']:,} launched ops "
+          f"({fu['syncs']:,} host reads), {fu['ms']:.1f} ms", flush=True)
+    return row
+
+
 def child(path: str, out: str, updates: int) -> None:
     """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
     from rlhf.models import convert_bundled_model
@@ -327,7 +399,7 @@ def part_smollm(tmp: Path, updates: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "all"], default="all")
+    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "all"], default="all")
     parser.add_argument("--child", choices=["old", "new"])
     parser.add_argument("--out")
     parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
@@ -343,6 +415,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        if args.part in ("components", "all"):
+            part_components(tmp)
         compiled = part_compiled(tmp) if args.part in ("compiled", "all") else None
         counts = part_counts(tmp) if args.part in ("counts", "all") else None
         smollm = part_smollm(tmp, args.updates) if args.part in ("smollm", "all") else None
