@@ -7,19 +7,27 @@
 #   bash bench/gpu_suite.sh ppo      # PPO update: TRL 1.12's PPOTrainer, ours LoRA with merged generation
 #                                    # with and without compile_update; 360M Llama x 4 roles, batch 32,
 #                                    # 128 tokens, 4 epochs, bf16
-#   bash bench/gpu_suite.sh decode   # decoding 64x256 (and 1x128 with SHAPES=64x256,1x128): generate default,
-#                                    # generate static + compile, rlhf decoder eager and static + compiled
-#   bash bench/gpu_suite.sh all      # both, ppo first
+#   bash bench/gpu_suite.sh more     # TRL 1.12 with fp32 weights (its default dtype) under bf16 autocast,
+#                                    # and our RLOO and GRPO (K=4) on the same engine, same settings as ppo
+#   bash bench/gpu_suite.sh decode   # decoding 64x256 and 1x128: generate default, generate static + compile,
+#                                    # rlhf decoder eager and static + compiled
+#   bash bench/gpu_suite.sh train    # SFT (1.7B config, seq 2048: tokens/s and MFU) and reward training (360M,
+#                                    # pairs/s) against SFTTrainer / RewardTrainer defaults (bench/rlhf_speed.py)
+#   bash bench/gpu_suite.sh all      # ppo, more, decode, train in turn (about 25 minutes: one part per call
+#                                    # fits the 10-minute limit of a device call)
 #
 # Settings (environment): OURS (our PPO modes, default lora-merged-compiled,lora-merged; see
-# bench/ppo_vs_trl112.py --help), UPDATES (default 3: the first is warm-up and compile), SIDE_TIMEOUT
+# bench/ppo_vs_trl112.py --help), MORE_OURS (the more part's, default rloo-merged,grpo-merged), TRL_WEIGHTS
+# (the ppo part's TRL sides, default bf16; the more part runs fp32), TRAIN_TIMEOUT (s per training case, default
+# 280), UPDATES (default 3: the first is warm-up and compile), SIDE_TIMEOUT
 # (s per PPO side, default 300: a compiled side spends minutes compiling its first update on an H200),
-# PPO_TIMEOUT (default 560), SHAPES (decode, default 64x256), DECODE_TIMEOUT (default 300), PY (python3).
+# PPO_TIMEOUT (default 560), SHAPES (decode, default 64x256,1x128), DECODE_TIMEOUT (default 300), PY (python3).
 # Each side prints as soon as it ends; a side that fails or runs over is reported and the next one runs.
 # Timings are wall clock (the PPO sides: between progress callbacks, whose metrics are read on the host, so
 # synchronised; decode: between torch.cuda.synchronize() calls); first updates / first calls (compile,
 # CUDA-graph capture) are reported apart. Targets (issue 15): PPO >= 3x TRL 1.12's episodes/s at <= 0.5x peak
-# memory; decoding >= 3x generate's static cache + compile at 64x256, >= 2x at 1x128.
+# memory; decoding >= 3x generate's static cache + compile at 64x256, >= 2x at 1x128; SFT >= 35% MFU; reward
+# training >= 2x RewardTrainer's pairs/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-python3}"
@@ -34,6 +42,14 @@ if [ "$what" = prepare ]; then
     # pyarrow >= 24: .whl/old holds a 4.7 set for an older pyarrow there.
     dl -d .whl trl==1.12.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
     dl -d .whl/old datasets==4.7.0 dill==0.4.0 multiprocess==0.70.18
+    # the train part: our trl (SFTTrainer / RewardTrainer as the studio runs them) and Liger kernels (optional extra)
+    mkdir -p .whl/cur
+    dl -d .whl/cur "trl==$("$VPY" -c 'import trl; print(trl.__version__)')" liger-kernel==0.8.5
+    # the data the train part reads (no network there): the demonstrations and the HH pairs, as in ../shared/data
+    data="${SHARED_DATA_DIR:-../shared/data}"
+    mkdir -p .gpu/data/dolly_no_robots_animal_topic_subsets .gpu/data/hh_rlhf_test_splits
+    cp "$data/dolly_no_robots_animal_topic_subsets/no_robots_subset.csv" .gpu/data/dolly_no_robots_animal_topic_subsets/
+    cp "$data/hh_rlhf_test_splits/helpful-base.test.jsonl.gz" .gpu/data/hh_rlhf_test_splits/
     src=$("$VPY" -c "from rlhf.models import convert_bundled_model; print(convert_bundled_model())")
     find "$src" -maxdepth 1 -type f ! -name '*.safetensors' -exec cp {} .gpu/base/ \;
     grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
@@ -66,17 +82,37 @@ ppo() {
         trl=(--skip-trl)
     fi
     timeout "${PPO_TIMEOUT:-560}" "$PY" bench/ppo_vs_trl112.py --base "${BASE:-.gpu/base}" "${trl[@]}" \
-        --ours "${OURS:-lora-merged-compiled,lora-merged}" --updates "${UPDATES:-3}" \
-        --side-timeout "${SIDE_TIMEOUT:-300}"
+        --ours "${OURS:-lora-merged-compiled,lora-merged}" --trl-weights "${TRL_WEIGHTS:-bf16}" \
+        --updates "${UPDATES:-3}" --side-timeout "${SIDE_TIMEOUT:-300}"
+}
+
+train() {
+    local site=/tmp/site-cur
+    if [ -d .whl/cur ]; then  # our trl, datasets and Liger on a path of their own
+        local set=.whl
+        "$PY" -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || set=.whl/old
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+            .whl/cur/*.whl $set/datasets-*.whl $set/dill-*.whl $set/multiprocess-*.whl
+    fi
+    local case
+    for case in sft reward; do
+        PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" SHARED_DATA_DIR="${SHARED_DATA_DIR:-.gpu/data}" \
+            timeout "${TRAIN_TIMEOUT:-280}" "$PY" bench/rlhf_speed.py "$case" --preset gpu --base "${BASE:-.gpu/base}" \
+            || echo "train: $case ended with $?"
+    done
 }
 
 decode() {
-    timeout "${DECODE_TIMEOUT:-300}" "$PY" bench/gpu_decode.py --shapes "${SHAPES:-64x256}"
+    timeout "${DECODE_TIMEOUT:-300}" "$PY" bench/gpu_decode.py --shapes "${SHAPES:-64x256,1x128}"
 }
 
 case "$what" in
     ppo) ppo ;;
+    more) OURS="${MORE_OURS:-rloo-merged,grpo-merged}" TRL_WEIGHTS=fp32 ppo ;;
     decode) decode ;;
-    all) ppo || echo "ppo part ended with $?"; decode ;;
-    *) echo "usage: bash bench/gpu_suite.sh prepare|ppo|decode|all" >&2; exit 2 ;;
+    train) train ;;
+    all) ppo || echo "ppo part ended with $?"
+         OURS="${MORE_OURS:-rloo-merged,grpo-merged}" TRL_WEIGHTS=fp32 ppo || echo "more part ended with $?"
+         decode || echo "decode part ended with $?"; train ;;
+    *) echo "usage: bash bench/gpu_suite.sh prepare|ppo|more|decode|train|all" >&2; exit 2 ;;
 esac

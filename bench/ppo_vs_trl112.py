@@ -14,6 +14,10 @@ a GPU host without network; ``--base`` then points at a copy of the bundled mode
 * TRL: full fine-tuning of policy + value with a frozen reference copy and a frozen reward model (4 models,
   its standard setup). Ours: its default (LoRA: reference = adapter off, value = LoRA on the reward model's
   weights) and, with ``--ours full``, full fine-tuning too.
+* ``--trl-weights bf16,fp32``: TRL with its four models loaded in bf16, and in fp32 (its default dtype) under
+  the same bf16 mixed precision; ratios are printed against each.
+* ``--ours rloo,grpo`` (and ``-merged`` / ``-compiled`` variants): RLOO and GRPO on our engine, LoRA, K = 4
+  answers per prompt (the batch counts answers, so batch / 4 prompts per update), no value model.
 * identical rollout batch, minibatch, PPO epochs, response length, temperature, KL coefficient,
   missing-EOS penalty, learning rate, bf16 (GPU) / fp32 (CPU).
 
@@ -36,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out" / "ppo_vs_trl112"
+GROUP_K = 4  # rloo / grpo: answers per prompt
 TRL_VENV = REPO / ".venv-trl112"
 PROMPTS = [
     "What are some good ways to relax after a long day?", "How do I make a cup of green tea?",
@@ -104,6 +109,7 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
+    from rlhf.config import GRPOConfig, RLOOConfig
     from rlhf.ppo import PPOConfig, train
 
     stamps = []
@@ -115,8 +121,11 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
         lengths.append(metrics["policy/response_length"])
         shares.append(metrics["perf/generation_share"])
 
-    cfg = PPOConfig(output_dir=str(OUT / f"ours-{mode}"), model=policy, reward_model=reward, device=device,
-                    use_lora=mode.startswith("lora"), merged_generation="merged" in mode,
+    method = mode.split("-")[0] if mode.split("-")[0] in ("rloo", "grpo") else "ppo"
+    config_class = {"ppo": PPOConfig, "rloo": RLOOConfig, "grpo": GRPOConfig}[method]
+    group = {} if method == "ppo" else {"num_samples": GROUP_K}  # the batch counts answers: batch / K prompts
+    cfg = config_class(output_dir=str(OUT / f"ours-{mode}"), model=policy, reward_model=reward, device=device,
+                    use_lora=not mode.startswith("full"), merged_generation="merged" in mode, **group,
                     compile_update="compiled" in mode, max_steps=s["updates"], rollout_batch_size=s["batch"],
                     mini_batch_size=s["mini_batch"], per_device_batch_size=s["batch"], ppo_epochs=s["epochs"],
                     max_new_tokens=s["response_length"], temperature=s["temperature"], kl_coef=s["kl_coef"],
@@ -130,7 +139,9 @@ def run_ours(s: dict, policy: str, reward: str, mode: str, device: str) -> dict:
             sum(lengths) / len(lengths), "generation_share": sum(shares[1:] or shares) / len(shares[1:] or shares)}
 
 
-def run_trl(s: dict, policy: str, reward: str, device: str) -> dict:
+def run_trl(s: dict, policy: str, reward: str, device: str, weights: str = "bf16") -> dict:
+    """TRL 1.12's PPOTrainer with bf16 mixed precision on a GPU; ``weights`` 'bf16': the four models loaded in
+    bf16, 'fp32': loaded in fp32 (TRL's default dtype) under the same bf16 autocast."""
     import torch
     import trl
     from datasets import Dataset
@@ -139,7 +150,7 @@ def run_trl(s: dict, policy: str, reward: str, device: str) -> dict:
 
     assert trl.__version__ == "1.12.0", trl.__version__
     tok = AutoTokenizer.from_pretrained(policy, padding_side="left")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device == "cuda" and weights == "bf16" else torch.float32
     load = dict(dtype=dtype)
     pol = AutoModelForCausalLM.from_pretrained(policy, **load)
     ref = AutoModelForCausalLM.from_pretrained(policy, **load)
@@ -181,8 +192,8 @@ def worker(args) -> None:
     torch.manual_seed(0)
     s = json.loads(args.settings)
     device = "cuda" if torch.cuda.is_available() and not args.cpu_small else "cpu"
-    if args.worker == "trl":
-        out = run_trl(s, args.policy, args.reward, device)
+    if args.worker.startswith("trl"):
+        out = run_trl(s, args.policy, args.reward, device, "fp32" if args.worker == "trl-fp32" else "bf16")
     else:
         out = run_ours(s, args.policy, args.reward, args.worker.split("-", 1)[1], device)
     out["device"] = torch.cuda.get_device_name() if device == "cuda" else f"cpu x{torch.get_num_threads()}"
@@ -242,7 +253,11 @@ def main() -> None:
     p.add_argument("--updates", type=int, default=None)
     p.add_argument("--ours", default="lora", help="comma list of our modes: lora, lora-merged (LoRA, rollouts sampled "
                    "from a merged copy: merged_generation), lora-compiled (LoRA with compile_update: scoring passes "
-                   "and micro-steps compiled, CUDA graphs on CUDA), lora-merged-compiled (both), full, full-compiled")
+                   "and micro-steps compiled, CUDA graphs on CUDA), lora-merged-compiled (both), full, full-compiled; "
+                   f"rloo, grpo (LoRA, K={GROUP_K} answers per prompt, no value model) with the same -merged / "
+                   "-compiled suffixes")
+    p.add_argument("--trl-weights", default="bf16", help="comma list of TRL sides: bf16 (the models loaded in bf16), "
+                   "fp32 (loaded in fp32, TRL's default dtype, under the same bf16 mixed precision)")
     p.add_argument("--trl-first", action="store_true", help="run the TRL baseline before our sides")
     p.add_argument("--side-timeout", type=float, default=None,
                    help="seconds one side may take; a side that fails or runs over is reported and skipped")
@@ -265,20 +280,28 @@ def main() -> None:
     args.response_length = args.response_length or (32 if small else 128)
     args.updates = args.updates or (2 if small else 4)
     modes = [m for m in args.ours.split(",") if m]
-    unknown = set(modes) - {"lora", "lora-merged", "lora-compiled", "lora-merged-compiled", "full", "full-compiled"}
+    known = {"lora", "lora-merged", "lora-compiled", "lora-merged-compiled", "full", "full-compiled"}
+    known |= {f"{m}{suffix}" for m in ("rloo", "grpo") for suffix in ("", "-merged", "-compiled", "-merged-compiled")}
+    unknown = set(modes) - known
     if unknown:
         raise SystemExit(f"--ours: unknown mode(s) {', '.join(sorted(unknown))}; see --help")
+    trl_sides = [w for w in args.trl_weights.split(",") if w]
+    if set(trl_sides) - {"bf16", "fp32"}:
+        raise SystemExit(f"--trl-weights: bf16 and/or fp32 (got {args.trl_weights!r})")
+    if any(m.startswith(("rloo", "grpo")) for m in modes) and args.batch % GROUP_K:
+        raise SystemExit(f"--batch must be a multiple of K={GROUP_K} for rloo/grpo (got {args.batch})")
     OUT.mkdir(parents=True, exist_ok=True)
     policy, reward = build_checkpoints(args)
     print("settings:", json.dumps(settings(args)), flush=True)
     sides = [(sys.executable, f"ours-{m}") for m in modes]
     if not args.skip_trl:
-        sides.insert(0 if args.trl_first else len(sides), (None, "trl"))
+        trl = [(None, "trl" if w == "bf16" else "trl-fp32") for w in trl_sides]
+        sides = trl + sides if args.trl_first else sides + trl
     results = {}
     for python, name in sides:
         out = launch(python or trl_python(args), name, args, policy, reward)
         if out is not None:
-            results["trl-1.12" if name == "trl" else name] = out
+            results[{"trl": "trl-1.12", "trl-fp32": "trl-1.12-fp32"}.get(name, name)] = out
     print(f"\n{'side':12s} {'s/update':>9s} {'episodes/s':>11s} {'peak GB':>8s} {'resp len':>8s} {'gen share':>9s}  device")
     for name, r in results.items():
         share = f"{r['generation_share']:9.2f}" if "generation_share" in r else f"{'-':>9s}"  # ours only
@@ -291,11 +314,13 @@ def main() -> None:
         print(f"ours-lora-merged / ours-lora: episodes/s x{b['episodes_per_s'] / a['episodes_per_s']:.2f}, "
               f"generation s/update {gen_b:.2f} vs {gen_a:.2f} (x{gen_a / gen_b:.2f} faster), "
               f"peak memory x{b['peak_gb'] / a['peak_gb']:.2f}")
-    if "trl-1.12" in results:
-        base = results["trl-1.12"]
+    for baseline in ("trl-1.12", "trl-1.12-fp32"):
+        if baseline not in results:
+            continue
+        base = results[baseline]
         for name, r in results.items():
-            if name != "trl-1.12":
-                print(f"{name} / trl-1.12: episodes/s x{r['episodes_per_s'] / base['episodes_per_s']:.2f}, "
+            if not name.startswith("trl-"):
+                print(f"{name} / {baseline}: episodes/s x{r['episodes_per_s'] / base['episodes_per_s']:.2f}, "
                       f"peak memory x{r['peak_gb'] / base['peak_gb']:.2f}"
                       + ("   (CPU: peak RSS of the whole process)" if small else ""))
     (OUT / "results.json").write_text(json.dumps(results, indent=2))

@@ -70,10 +70,47 @@ def free():
         torch.cuda.empty_cache()
 
 
+BASE: str | None = None  # --base: a folder with the bundled model's tokenizer (a GPU host without the package)
+
+
 def tokenizer():
     from rlhf.models import load_tokenizer
 
-    return load_tokenizer(None)
+    return load_tokenizer(BASE)
+
+
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) for MFU; others: --set peak_tflops=...
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+
+
+def flops_per_token(shape: str | None, seq: int) -> float | None:
+    """Training FLOPs per token of a Llama at ``shape``: 6 x the parameters of the matmuls (attention and MLP
+    projections, and the tied output head) plus 12 x layers x hidden x sequence for attention's score and value
+    products (the PaLM paper's MFU formula, Chowdhery et al. 2022, appendix B). None for the bundled model."""
+    if shape is None:
+        return None
+    c = SHAPES[shape]
+    h, layers, inter = c["hidden_size"], c["num_hidden_layers"], c["intermediate_size"]
+    kv = h * c["num_key_value_heads"] // c["num_attention_heads"]
+    per_layer = h * h * 2 + h * kv * 2 + 3 * h * inter  # q, o; k, v; gate, up, down
+    matmul_params = layers * per_layer + h * 49152  # + the output head (tied to the embedding, still a matmul)
+    return 6.0 * matmul_params + 12.0 * layers * h * seq
+
+
+def mfu(tokens_per_s: float, shape: str | None, seq: int, peak_tflops: float | None) -> float | None:
+    fpt = flops_per_token(shape, seq)
+    if fpt is None or not peak_tflops:
+        return None
+    return tokens_per_s * fpt / (peak_tflops * 1e12)
+
+
+def device_peak_tflops(p: dict) -> float | None:
+    if p.get("peak_tflops"):
+        return float(p["peak_tflops"])
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(0)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 def make_model(shape: str | None, kind: str, dtype: torch.dtype):
@@ -175,8 +212,14 @@ def bench_sft(p: dict) -> dict:
         results["rlhf_peak_gb"] = peak_gb()
         del trainer, model
         free()
+    peak = device_peak_tflops(p)
+    for side in ("baseline", "rlhf"):  # model FLOPs utilisation: None without a known peak (CPU, other GPUs)
+        value = mfu(results[f"{side}_tokens_per_s"], p["sft_shape"], p["sft_len"], peak)
+        results[f"{side}_mfu"] = None if value is None else round(value, 4)
+    results["peak_tflops"] = peak
     return {"case": "sft", "shape": p["sft_shape"] or "bundled-135M", "seq": p["sft_len"], "batch": p["sft_batch"],
-            **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in results.items()},
+            **{k: (round(v, 1) if isinstance(v, float) and not k.endswith("_mfu") else v)
+               for k, v in results.items()},
             "ratio": round(results["rlhf_tokens_per_s"] / results["baseline_tokens_per_s"], 3)}
 
 
@@ -282,8 +325,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", choices=[*CASES, "all"])
     ap.add_argument("--preset", choices=["auto", "gpu", "cpu"], default="auto")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a preset value "
+                    "(also peak_tflops=..., the device's dense bf16 peak for MFU where it is not in PEAK_TFLOPS)")
+    ap.add_argument("--base", help="a folder with the bundled model's config and tokenizer (bench/gpu_suite.sh "
+                    "prepare writes .gpu/base), for a host without the bundled package")
     args = ap.parse_args()
+    global BASE
+    BASE = args.base
     preset = args.preset if args.preset != "auto" else ("gpu" if torch.cuda.is_available() else "cpu")
     p = dict(PRESETS[preset])
     for item in args.set:
