@@ -2,7 +2,10 @@
 DATABASE_URL (PostgreSQL in `make test` and CI)."""
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +71,17 @@ def tiny_dir(tmp_path_factory) -> str:
     from rlhf.testing import tiny_checkpoint
 
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def load_bench_module(name: str):
+    """bench/<name>.py as a module, for tests of a benchmark's helpers; the script puts the repository and bench/
+    first on sys.path for itself, which is undone here for the rest of the test session."""
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location(name, repo / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    path = list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module

@@ -2,25 +2,14 @@
 MFU from a throughput and a device peak."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("rlhf_speed", REPO / "bench" / "rlhf_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
+    return load_bench_module("rlhf_speed")
 
 
 def test_flops_per_token_of_the_1_7b_shape_by_hand(speed):

@@ -2,26 +2,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from labelapp.models import Category
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("round_cpu", REPO / "bench" / "round_cpu.py")
-    module = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(module)  # it puts the repository and bench/ first on sys.path …
-    finally:
-        sys.path[:] = path  # … for itself only, not for the rest of the test session
+    module = load_bench_module("round_cpu")
     if not module.DATA.is_dir():
         pytest.skip(f"shared data folder {module.DATA} not present (set SHARED_DATA_DIR)")
     return module
