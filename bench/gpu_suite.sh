@@ -66,13 +66,19 @@ PYEOF
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
+# install_to SITE WHEEL...: the wheels plus the datasets set that fits the device's pyarrow, into SITE only
+install_to() {
+    local site="$1" set=.whl
+    shift
+    "$PY" -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || set=.whl/old
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
+        "$@" $set/datasets-*.whl $set/dill-*.whl $set/multiprocess-*.whl
+}
+
 ppo() {
     local trl=() site=/tmp/site-trl112
     if [ -d .whl ]; then  # the baseline's own packages, on its own path: ours never imports them
-        local set=.whl
-        "$PY" -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || set=.whl/old
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-            .whl/trl-*.whl $set/datasets-*.whl $set/dill-*.whl $set/multiprocess-*.whl
+        install_to "$site" .whl/trl-*.whl
         mkdir -p /tmp/trl112
         printf '#!/bin/sh\nPYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH} exec %s "$@"\n' "$site" "$("$PY" -c "import sys; print(sys.executable)")" \
             > /tmp/trl112/python
@@ -89,10 +95,7 @@ ppo() {
 train() {
     local site=/tmp/site-cur
     if [ -d .whl/cur ]; then  # our trl, datasets and Liger on a path of their own
-        local set=.whl
-        "$PY" -c "import pyarrow, sys; sys.exit(int(pyarrow.__version__.split('.')[0]) < 24)" 2>/dev/null || set=.whl/old
-        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" \
-            .whl/cur/*.whl $set/datasets-*.whl $set/dill-*.whl $set/multiprocess-*.whl
+        install_to "$site" .whl/cur/*.whl
     fi
     local case
     for case in sft reward; do
@@ -102,17 +105,21 @@ train() {
     done
 }
 
+more() {
+    OURS="${MORE_OURS:-rloo-merged,grpo-merged}" TRL_WEIGHTS=fp32 ppo
+}
+
 decode() {
     timeout "${DECODE_TIMEOUT:-300}" "$PY" bench/gpu_decode.py --shapes "${SHAPES:-64x256,1x128}"
 }
 
 case "$what" in
     ppo) ppo ;;
-    more) OURS="${MORE_OURS:-rloo-merged,grpo-merged}" TRL_WEIGHTS=fp32 ppo ;;
+    more) more ;;
     decode) decode ;;
     train) train ;;
     all) ppo || echo "ppo part ended with $?"
-         OURS="${MORE_OURS:-rloo-merged,grpo-merged}" TRL_WEIGHTS=fp32 ppo || echo "more part ended with $?"
+         more || echo "more part ended with $?"
          decode || echo "decode part ended with $?"; train ;;
     *) echo "usage: bash bench/gpu_suite.sh prepare|ppo|more|decode|train|all" >&2; exit 2 ;;
 esac
