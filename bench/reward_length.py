@@ -1,5 +1,5 @@
 """Length bias of the reward model on real human preferences (CPU): plain Bradley-Terry against the
-length controls (ODIN; PoE with a length-only expert), on the same data, over several seeds.
+length controls (ODIN; PoE with a length-only expert; length balancing), on the same data, over several seeds.
 
 Each run trains a reward model with ``rlhf.reward.train_reward`` (the studio's own code path) from the
 bundled SmolLM2-135M-Instruct on the first 2,000 pairs of Anthropic HH-RLHF helpful-base (test split,
@@ -63,6 +63,8 @@ def fmt(mean: float | None, half: float | None = None) -> str:
 def label_of(rec: dict) -> str:
     if rec["method"] == "odin":
         return f"odin (length {rec['odin_length_weight']:g}, orth {rec['odin_orthogonal_weight']:g})"
+    if rec["method"] == "balance":
+        return f"balance ({rec['length_balance_bins']} bins)"
     return rec["method"]
 
 
@@ -111,7 +113,8 @@ def print_table(records: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="plain,odin,poe", help="comma list of plain, odin, poe (length_control)")
+    ap.add_argument("--methods", default="plain,odin,poe",
+                    help="comma list of plain, odin, poe, balance (length_control)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--train-pairs", type=int, default=2000)
     ap.add_argument("--eval-pairs", type=int, default=None, help="default: all pairs after the first 2,000")
@@ -123,6 +126,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--odin-length-weight", type=float, default=1.0)
     ap.add_argument("--odin-orthogonal-weight", type=float, default=1.0)
+    ap.add_argument("--length-balance-bins", type=int, default=4, help="balance: bands of length difference")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--model", default=None, help="base model (default: bundled SmolLM2-135M-Instruct)")
     ap.add_argument("--output-dir", default=str(REPO / "bench" / "out" / "reward_length"))
@@ -153,8 +157,9 @@ def main() -> None:
                 "lr": args.lr, "batch_size": args.batch_size, "lora_layers": args.lora_layers}
     runs = [(seed, method) for seed in [int(s) for s in args.seeds.split(",")] for method in args.methods.split(",")]
     for seed, method in runs:  # seed by seed, so that a partial table is already paired
-        extra = {} if method != "odin" else {"odin_length_weight": args.odin_length_weight,
-                                             "odin_orthogonal_weight": args.odin_orthogonal_weight}
+        extra = {"odin": {"odin_length_weight": args.odin_length_weight,
+                          "odin_orthogonal_weight": args.odin_orthogonal_weight},
+                 "balance": {"length_balance_bins": args.length_balance_bins}}.get(method, {})
         key = {"method": method, "seed": seed, **settings, **extra}
         if any(all(r.get(k) == v for k, v in key.items()) for r in done):
             print(f"skip {method} seed {seed}: already in {results}", flush=True)

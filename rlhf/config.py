@@ -209,8 +209,12 @@ class RewardRunConfig(TrainerConfig):
                                   "less padding (one fixed order, reused if there are several epochs).", True)
     length_control: str = _help("'none': plain Bradley-Terry. 'odin': ODIN (Chen et al. 2024): a quality head and a "
                                 "length head trained together, the quality head kept as the reward. 'poe': the "
-                                "reward trained beside a length-only expert w*log(1+characters), which is dropped "
-                                "(see docs/RLHF.md, Length bias).", "none")
+                                "reward trained beside a length-only expert w*log(1+characters), which is dropped. "
+                                "'balance': the pairs reweighted so that, within bands of length difference, "
+                                "chosen-longer and chosen-shorter pairs weigh the same (see docs/RLHF.md, Length "
+                                "bias).", "none")
+    length_balance_bins: int = _help("'balance': how many equal-count bands of |log length ratio| the pairs are "
+                                     "balanced within (1: one balance over all pairs).", 4)
     odin_length_weight: float = _help("ODIN: weight of the length-correlation loss |corr(quality, length)| + "
                                       "1 - corr(length head, length), over each batch's answers.", 1.0)
     odin_orthogonal_weight: float = _help("ODIN: weight of |cos| between the quality and the length head's weights.",
@@ -223,7 +227,7 @@ class RewardRunConfig(TrainerConfig):
                                   "confidence are kept).", 0.0)
 
 
-LENGTH_CONTROLS = ("none", "odin", "poe")
+LENGTH_CONTROLS = ("none", "odin", "poe", "balance")
 
 
 LABEL_WEIGHTS = ("none", "weight", "soft")
@@ -241,6 +245,9 @@ def check_reward_config(config: RewardRunConfig) -> None:
     check_label_weights(config)
     if config.length_control not in LENGTH_CONTROLS:
         raise ValueError(f"length_control must be one of {list(LENGTH_CONTROLS)} (got {config.length_control!r}).")
+    if isinstance(config.length_balance_bins, bool) or not isinstance(config.length_balance_bins, int) \
+            or config.length_balance_bins < 1:
+        raise ValueError(f"length_balance_bins must be a whole number, 1 or more (got {config.length_balance_bins!r}).")
     for name in ("odin_length_weight", "odin_orthogonal_weight"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be 0 or more (got {getattr(config, name)}).")

@@ -46,10 +46,21 @@ one-parameter logistic regression of the training labels on log(1 + L_c) - log(1
 length explains of the labels the expert takes, so q is not pushed to learn length; only q is kept, as with
 ODIN. (Learning w along with the model did not work on a tiny model: the model learnt length faster than a
 single weight on a small input did.)
+
+Length balancing (``length_balance``; the data-side intervention of Singhal et al. 2023, "A Long Way to Go:
+Investigating Length Correlations in RLHF", arXiv:2310.03716, who balance the preference data so that length
+no longer predicts the label; here by reweighting instead of dropping pairs): the training pairs of unequal
+length are put in ``bins`` groups of equal size by |log(1 + L_c) - log(1 + L_r)|, and in each group the pairs
+whose chosen answer is the longer and those whose chosen answer is the shorter are scaled to the same total
+weight (half the group's), so that within every band of length difference, length says nothing about which
+answer was chosen and the loss gives it no gradient on average. A group with pairs of one direction only has
+nothing to balance them with and is dropped (weight 0); pairs of equal length keep their weight. The reward
+model itself is unchanged (one head, plain Bradley-Terry with these per-pair weights).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -189,3 +200,49 @@ def poe_loss(quality: torch.Tensor, weight: torch.Tensor, lengths: torch.Tensor,
     loss = bradley_terry(diff, weights, targets)
     parts = {"poe/length_weight": weight, "poe/quality_length_corr": pearson(quality, lengths)}
     return loss, {k: v.detach() for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------------------- balancing
+def length_balance(chosen_lengths, rejected_lengths, *, weights=None, bins: int = 4) -> tuple[list[float], dict]:
+    """Per-pair factors that balance the chosen-longer and chosen-shorter pairs within ``bins`` equal-count
+    bands of |log(1 + L_c) - log(1 + L_r)| (module docstring), and a summary for the run's metadata.
+
+    ``weights``: the pairs' own weights (default 1), which the balance takes into account, so the balanced
+    weight of a pair is its weight times its factor. Returns (factors, summary); the summary counts the pairs
+    of each direction, the pairs dropped (a band with one direction only) and the weighted share of
+    chosen-longer pairs before and after."""
+    if bins < 1:
+        raise ValueError(f"bins must be 1 or more (got {bins}).")
+    chosen = [float(x) for x in chosen_lengths]
+    rejected = [float(x) for x in rejected_lengths]
+    if len(chosen) != len(rejected):
+        raise ValueError(f"{len(chosen)} chosen lengths but {len(rejected)} rejected ones.")
+    w = [1.0] * len(chosen) if weights is None else [float(x) for x in weights]
+    if len(w) != len(chosen):
+        raise ValueError(f"{len(w)} weights for {len(chosen)} pairs.")
+    d = [math.log1p(c) - math.log1p(r) for c, r in zip(chosen, rejected)]
+    factors = [1.0] * len(d)
+    unequal = sorted((i for i in range(len(d)) if d[i] != 0.0), key=lambda i: (abs(d[i]), i))
+    groups = min(bins, len(unequal))
+    dropped = 0
+    for g in range(groups):  # equal-count bands (the first ones one pair larger when it does not divide)
+        band = unequal[g * len(unequal) // groups:(g + 1) * len(unequal) // groups]
+        longer = sum(w[i] for i in band if d[i] > 0)
+        shorter = sum(w[i] for i in band if d[i] < 0)
+        for i in band:
+            side = longer if d[i] > 0 else shorter
+            if longer <= 0 or shorter <= 0:
+                factors[i] = 0.0
+                dropped += 1
+            else:
+                factors[i] = (longer + shorter) / 2 / side
+
+    def longer_share(f):
+        total = sum(w[i] * f[i] for i in unequal)
+        return None if total <= 0 else sum(w[i] * f[i] for i in unequal if d[i] > 0) / total
+
+    summary = {"bins": groups, "pairs_chosen_longer": sum(1 for x in d if x > 0),
+               "pairs_chosen_shorter": sum(1 for x in d if x < 0), "pairs_equal_length": sum(1 for x in d if x == 0),
+               "pairs_dropped": dropped, "chosen_longer_share_before": longer_share([1.0] * len(d)),
+               "chosen_longer_share_after": longer_share(factors)}
+    return factors, summary

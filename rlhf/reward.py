@@ -157,18 +157,22 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, meg
 
 def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair],
                          eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
-    """A ``RewardTrainer`` ready to ``train()`` (the length-control subclass with ``length_control`` "odin"/"poe")."""
+    """A ``RewardTrainer`` ready to ``train()`` (the studio subclass with a ``length_control`` or
+    ``label_weights``; with "balance" the pairs carry their balanced weights, ``trainer.rlhf_length_balance``
+    the balance's summary)."""
     from trl import RewardConfig, RewardTrainer
 
     check_reward_config(config)
     check_peft_here(config, "reward")  # an unsupported method is refused before any model loads
+    pairs, balance = list(pairs), None
+    if config.length_control == "balance":  # before any model loads: it may find nothing to balance
+        pairs, balance = balance_pairs(pairs, mode=config.label_weights, bins=config.length_balance_bins)
     seed_everything(config.seed)  # the score head is initialised at load time
     tokenizer = tokenizer or load_tokenizer(config.model)
     throughput = resolve_throughput(config, "reward")
     model = model or load_reward_model(config.model, device=config.device, dtype=throughput.dtype,
                                        load_in_bits=config.load_in_bits)
     model.config.pad_token_id = tokenizer.pad_token_id
-    pairs = list(pairs)
     sampling = {}
     if config.group_by_length and len(pairs) > config.per_device_batch_size:
         # Our own length-grouped order + a sequential sampler (transformers' group_by_length needs an
@@ -199,7 +203,27 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     collator = _ExtraCollator(DataCollatorForPreference(pad_token_id=tokenizer.pad_token_id))
     trainer = _studio_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
     trainer.rlhf_throughput = throughput
+    trainer.rlhf_length_balance = balance
     return trainer
+
+
+def balance_pairs(pairs: Sequence[PreferencePair], *, mode: str, bins: int) -> tuple[list[PreferencePair], dict]:
+    """``length_control: "balance"``: each pair's weight times its ``rlhf.length.length_balance`` factor (its
+    own weight with ``label_weights: "weight"``, else 1 times the factor), pairs of factor 0 dropped; and the
+    balance's summary. Raises ``ValueError`` when no pair is left."""
+    from dataclasses import replace
+
+    from .length import length_balance
+
+    base = [float(p.weight) if mode == "weight" else 1.0 for p in pairs]
+    factors, summary = length_balance([len(p.chosen) for p in pairs], [len(p.rejected) for p in pairs],
+                                      weights=base, bins=bins)
+    kept = [replace(p, weight=b * f) for p, b, f in zip(pairs, base, factors) if f > 0]
+    if not kept:
+        raise ValueError(f"length_control 'balance' left no pair to train on: the {len(pairs)} pairs' chosen "
+                         "answers are all longer (or all shorter) than the rejected ones, so nothing balances "
+                         "them. Use more pairs or another length_control.")
+    return kept, summary
 
 
 class _ExtraCollator:
@@ -275,13 +299,14 @@ def _studio_trainer_class():
             mode = "train" if self.model.training else "eval"
             lengths = inputs.pop("lengths")
             weights, targets = inputs.pop("weights", None), inputs.pop("targets", None)
-            if mode == "eval" or self.control.label_weights == "none":
-                weights = targets = None  # held-out loss is the plain one
-            elif self.control.label_weights == "weight":
-                targets = None
-            else:  # soft
-                weights = None
             control = self.control.length_control
+            if mode == "eval":
+                weights = targets = None  # held-out loss is the plain one
+            else:
+                if self.control.label_weights != "soft":
+                    targets = None
+                if self.control.label_weights != "weight" and control != "balance":
+                    weights = None  # "balance" puts its factors in the pairs' weights (balance_pairs)
             captured = {}
             hook = None
             if control == "odin":
@@ -384,6 +409,8 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     if not pairs:
         raise ValueError(f"no pair is left to train on: all {len(given)} were dropped by min_confidence "
                          f"{config.min_confidence} or had weight 0.")
+    if config.length_control == "balance":  # nothing to balance: refused before the tokenizer loads (it is cheap)
+        balance_pairs(pairs, mode=config.label_weights, bins=config.length_balance_bins)
     tokenizer = load_tokenizer(config.model)
     trainer = attach_progress(build_reward_trainer(config, pairs, tokenizer=tokenizer), progress)
 
@@ -394,10 +421,14 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
         return held_out_report(trainer.model, tokenizer, eval_pairs, config.eval_batch_size)
 
     head = {"odin": "quality head of ODIN (length head dropped)",
-            "poe": "quality head of PoE (length expert dropped)"}.get(config.length_control, "single head")
+            "poe": "quality head of PoE (length expert dropped)",
+            "balance": "single head, trained on length-balanced pair weights"}.get(config.length_control,
+                                                                                  "single head")
     return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
                        data_hash=data_hash(pairs), progress=progress, after_train=held_out,
                        extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or []),
                                    "reward_head": head,
                                    "label_weighting": weighting_summary(given, pairs, mode=config.label_weights,
-                                                                        min_confidence=config.min_confidence)})
+                                                                        min_confidence=config.min_confidence),
+                                   **({"length_balance": trainer.rlhf_length_balance}
+                                      if getattr(trainer, "rlhf_length_balance", None) else {})})

@@ -120,6 +120,8 @@ def test_the_waiting_stage_counts_the_rounds_own_tasks_and_names_who_is_on_them(
     ({"policy": {"mini_batch_size": 3}}, "ppo", "policy: mini_batch_size (3) must divide rollout_batch_size (16)."),
     ({"policy": {"ld_alpha": 2.0}}, "dpo", "policy: ld_alpha must lie in [0, 1] (got 2.0)."),
     ({"reward": {"length_control": "magic"}}, "ppo", "reward: length_control must be one of"),
+    ({"reward": {"length_control": "balance", "length_balance_bins": 0}}, "dpo",
+     "reward: length_balance_bins must be a whole number, 1 or more (got 0)."),
     ({"sample": {"temperature": 0}}, "ppo", "sample.temperature must be a number greater than 0 (got 0)."),
     ({"evaluation": {"prompts": True}}, "ppo", "evaluation.prompts must be a whole number (got True)."),
     ({"sample": {"quantize": "int4"}}, "ppo", "sample.quantize must be null or one of int8 (got 'int4')."),

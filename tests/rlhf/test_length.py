@@ -127,6 +127,96 @@ def test_poe_setting_reaches_the_loss(tmp_path, tiny_dir):
             assert loss == pytest.approx(float(-torch.nn.functional.logsigmoid(chosen - rejected).mean()), rel=1e-5)
 
 
+def test_length_balance_equals_a_hand_computation():
+    """Two equal-count bands of |log length ratio|: the narrow band has two chosen-longer pairs against one
+    chosen-shorter, the wide band chosen-longer pairs only (dropped); the equal-length pair keeps its weight."""
+    from rlhf.length import length_balance
+
+    #           narrow band (ratio 1.1-1.2)  wide band (ratio 3-5)  equal
+    chosen = [109, 119, 99, 499, 399, 299, 50]
+    rejected = [99, 99, 119, 99, 99, 99, 50]  # longer, longer, shorter | longer x 3 | equal
+    factors, summary = length_balance(chosen, rejected, bins=2)
+    # the narrow band weighs 3: each direction gets 1.5, i.e. 1.5 / 2 per chosen-longer pair
+    assert factors == pytest.approx([0.75, 0.75, 1.5, 0.0, 0.0, 0.0, 1.0])
+    assert summary == {"bins": 2, "pairs_chosen_longer": 5, "pairs_chosen_shorter": 1, "pairs_equal_length": 1,
+                       "pairs_dropped": 3, "chosen_longer_share_before": pytest.approx(5 / 6),
+                       "chosen_longer_share_after": pytest.approx(0.5)}
+    # with the pairs' own weights: the narrow band weighs 2 + 1 + 1 = 4, 2 per direction
+    weighted, _ = length_balance(chosen, rejected, weights=[2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0], bins=2)
+    assert weighted == pytest.approx([2 / 3, 2 / 3, 2.0, 0.0, 0.0, 0.0, 1.0])
+    # one band over every pair: 5 chosen-longer against 1 chosen-shorter, 3 each
+    assert length_balance(chosen, rejected, bins=1)[0] == pytest.approx([0.6] * 2 + [3.0] + [0.6] * 3 + [1.0])
+    with pytest.raises(ValueError, match="bins must be 1 or more"):
+        length_balance(chosen, rejected, bins=0)
+    with pytest.raises(ValueError, match="2 weights for 7 pairs"):
+        length_balance(chosen, rejected, weights=[1.0, 1.0])
+
+
+def test_length_balance_removes_what_length_says_about_the_label():
+    """On pairs where length predicts the label in every band, the balanced weights leave the logistic fit of
+    the label on the length difference (the PoE expert) at zero."""
+    import random
+
+    from rlhf.length import fit_length_expert, length_balance
+
+    rng = random.Random(0)
+    chosen, rejected = [], []
+    for _ in range(400):
+        a, b = rng.randint(20, 600), rng.randint(20, 600)
+        longer_wins = rng.random() < 0.75
+        chosen.append(max(a, b) if longer_wins else min(a, b))
+        rejected.append(min(a, b) if longer_wins else max(a, b))
+    assert fit_length_expert(chosen, rejected, ridge=0.0) > 0.5
+    factors, summary = length_balance(chosen, rejected, bins=4)
+    assert summary["chosen_longer_share_after"] == pytest.approx(0.5)
+    assert fit_length_expert(chosen, rejected, weights=factors, ridge=0.0) == pytest.approx(0.0, abs=0.15)
+
+
+def test_balance_setting_reaches_the_loss(tmp_path, tiny_dir):
+    """length_control 'balance': the trainer's loss on a batch is the weighted Bradley-Terry loss with the
+    balanced weights (a pair whose weight is 0 changes nothing), and the run's metadata records the balance."""
+    from rlhf.length import length_balance
+    from rlhf.reward import build_reward_trainer
+
+    # PAIRS has 8 chosen-longer, 8 chosen-shorter and 8 equal-length pairs; 8 more with the chosen answer longer
+    skewed = [PreferencePair(f"Tell me about {t}.", f"A long, careful and kind answer about {t}." + " yes" * 6,
+                             f"Bad {t}.") for t in TOPICS] + PAIRS
+    config = _config(tmp_path, tiny_dir, length_control="balance", length_balance_bins=1, group_by_length=False)
+    trainer = build_reward_trainer(config, skewed)
+    factors, summary = length_balance([len(p.chosen) for p in skewed], [len(p.rejected) for p in skewed], bins=1)
+    assert trainer.rlhf_length_balance == summary and summary["chosen_longer_share_before"] == pytest.approx(2 / 3)
+    assert sorted(set(factors)) == pytest.approx([0.75, 1.0, 1.5])  # 16 longer vs 8 shorter; equal ones kept
+    assert [row["pair_weight"] for row in trainer.train_dataset] == pytest.approx(factors)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4, 12)])  # 0.75 x 4, then PAIRS[:4]
+    trainer.model.train()  # the weights count in training; the held-out loss is the plain one
+    with torch.no_grad():
+        quality = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        loss = float(trainer.compute_loss(trainer.model, dict(batch)))
+    chosen, rejected = quality.chunk(2)
+    losses = -torch.nn.functional.logsigmoid(chosen - rejected)
+    w = torch.tensor(factors[4:12])
+    assert loss == pytest.approx(float((w * losses).sum() / w.sum()), rel=1e-4)
+    assert loss != pytest.approx(float(losses.mean()), rel=1e-4)  # not the unweighted mean
+
+    from rlhf.reward import train_reward
+
+    art = train_reward(_config(tmp_path, tiny_dir, length_control="balance", max_steps=2), skewed)
+    meta = json.loads((tmp_path / "rm" / "metadata.json").read_text())
+    assert meta["reward_head"] == "single head, trained on length-balanced pair weights"
+    assert meta["length_balance"]["chosen_longer_share_after"] == pytest.approx(0.5)
+    assert "eval/accuracy_chosen_shorter" in art.metrics
+
+
+def test_balance_with_nothing_to_balance_fails_before_any_model_loads(tmp_path):
+    from rlhf.reward import train_reward
+
+    longer_always = [PreferencePair("Q?", "a long and detailed answer", "short") for _ in range(6)]
+    with pytest.raises(ValueError, match="'balance' left no pair to train on"):
+        train_reward(_config(tmp_path, str(tmp_path / "no-such-model"), length_control="balance",
+                             eval_fraction=0.0), longer_always)
+    assert not (tmp_path / "rm").exists()
+
+
 def _config(tmp_path, tiny_dir, **kw):
     from rlhf.reward import RewardRunConfig
 
@@ -136,7 +226,9 @@ def _config(tmp_path, tiny_dir, **kw):
 
 
 @pytest.mark.parametrize("bad, message", [({"length_control": "length"}, "length_control must be one of"),
-                                          ({"odin_length_weight": -1.0}, "odin_length_weight must be 0 or more")])
+                                          ({"odin_length_weight": -1.0}, "odin_length_weight must be 0 or more"),
+                                          ({"length_balance_bins": 0}, "length_balance_bins must be a whole number"),
+                                          ({"length_balance_bins": 2.5}, "length_balance_bins must be a whole number")])
 def test_bad_length_control_fails_before_any_model_loads(tmp_path, bad, message):
     from rlhf.reward import train_reward
 
