@@ -32,8 +32,14 @@ wall of updates 3-4 and of update 1 (which pays the compile).
 Part 4 (components, seconds): the reward model's token-id pass eager vs compiled and one AdamW step foreach
 vs fused, counted alone on part 1's models (the pieces added to the compiled update after part 3 was run).
 
+Part 5 (profile, a minute): where the wall of the new eager update goes on this CPU, part 1's model and
+settings, update 3 of 3 under torch.profiler: self CPU time of the heaviest aten ops, the ops launched, and an
+estimate of the host's dispatch cost, launched ops x the cost per op of a tiny eager forward + backward
+measured in the same process (tensors of 4 x 8: compute ~0). That estimate bounds what compiling can save
+on a CPU, where a compiled graph still runs its kernels one by one; on a GPU it is what CUDA graphs remove.
+
 Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``,
-``--part compiled``, ``--part components``.
+``--part compiled``, ``--part components``, ``--part profile``.
 """
 
 from __future__ import annotations
@@ -371,6 +377,85 @@ def part_components(tmp: Path) -> dict:
     return row
 
 
+def dispatch_us_per_op() -> float:
+    """Host cost of one launched op here: a tiny eager MLP forward + backward + SGD step (4 x 8 tensors, so
+    compute is ~0) timed, divided by its launched ops (profiler, as LaunchCounter counts them)."""
+    import torch
+
+    layers = [torch.nn.Linear(8, 8) for _ in range(4)]
+    x = torch.randn(4, 8)
+
+    def step():
+        h = x
+        for layer in layers:
+            h = torch.nn.functional.silu(layer(h))
+        h.pow(2).mean().backward()
+        with torch.no_grad():
+            for layer in layers:
+                for q in layer.parameters():
+                    q.sub_(1e-3 * q.grad)
+                    q.grad = None
+
+    for _ in range(50):
+        step()
+    with LaunchCounter() as c:
+        step()
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        step()
+    return (time.perf_counter() - t0) / 2000 / c.launched * 1e6
+
+
+def part_profile(tmp: Path) -> dict:
+    """Part 5: the new eager update's self CPU time per aten op, its launched ops, and the dispatch estimate."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    policy_dir, rm_dir = narrow_checkpoints(tmp)
+    module = __import__("rlhf.ppo", fromlist=["train"])
+    module.generate_ids = fake_generate_ids(32)
+    cfg = module.PPOConfig(output_dir=str(tmp / "profile"), model=str(policy_dir), reward_model=str(rm_dir),
+                           device="cpu", max_steps=3, rollout_batch_size=8, mini_batch_size=4, ppo_epochs=2,
+                           max_new_tokens=32, per_device_batch_size=8, save_steps=0, seed=0, lora_r=16,
+                           learning_rate=1e-5)
+    marks, state = [], {}
+
+    def progress(step, total, metrics):
+        marks.append(time.perf_counter())
+        if step == 2:
+            state["prof"] = profile(activities=[ProfilerActivity.CPU])
+            state["prof"].__enter__()
+        elif step == 3:
+            state["prof"].__exit__(None, None, None)
+
+    torch.manual_seed(0)
+    module.train(cfg, PROMPTS, progress)
+    from decode_counts import count_events
+
+    prof = state["prof"]
+    launched, _, _, _ = count_events(prof.events())
+    averages = [a for a in prof.key_averages() if a.key.startswith("aten::")]
+    self_ms = {a.key: a.self_cpu_time_total / 1000 for a in averages}
+    calls = {a.key: a.count for a in averages}
+    total_ms = sum(self_ms.values())
+    per_op = dispatch_us_per_op()
+    row = {"wall_ms": 1000 * (marks[2] - marks[1]), "aten_self_ms": total_ms, "launched": launched,
+           "dispatch_us_per_op": per_op, "dispatch_ms": launched * per_op / 1000,
+           "top": sorted(((k, v, calls[k]) for k, v in self_ms.items()), key=lambda kv: -kv[1])[:8]}
+    print(f"[profile] new eager update (update 3, under the profiler): wall {row['wall_ms']:.0f} ms, aten self time "
+          f"{total_ms:.0f} ms, outside aten ops (Python, the profiler's own cost) {row['wall_ms'] - total_ms:.0f} ms; "
+          f"{launched:,} ops launched", flush=True)
+    for name, ms, n in row["top"]:
+        print(f"[profile]   {ms:7.0f} ms  {100 * ms / total_ms:4.1f}%  {n:6d} calls  {name}", flush=True)
+    host = row["dispatch_ms"] + row["wall_ms"] - total_ms
+    row["host_ms"] = host
+    print(f"[profile] dispatch: {per_op:.1f} us per launched op here (tiny eager MLP step) x {launched:,} ops = "
+          f"{row['dispatch_ms']:.0f} ms; with the time outside aten ops, host overhead is at most {host:.0f} ms "
+          f"({100 * host / row['wall_ms']:.0f}% of the wall), so removing all of it would make this update at most "
+          f"{row['wall_ms'] / (row['wall_ms'] - host):.2f}x faster on this CPU; the rest is kernels", flush=True)
+    return row
+
+
 def child(path: str, out: str, updates: int) -> None:
     """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
     from rlhf.models import convert_bundled_model
@@ -399,7 +484,8 @@ def part_smollm(tmp: Path, updates: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "all"], default="all")
+    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "profile", "all"],
+                        default="all")
     parser.add_argument("--child", choices=["old", "new"])
     parser.add_argument("--out")
     parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
@@ -417,6 +503,8 @@ def main() -> None:
         tmp = Path(d)
         if args.part in ("components", "all"):
             part_components(tmp)
+        if args.part in ("profile", "all"):
+            part_profile(tmp)
         compiled = part_compiled(tmp) if args.part in ("compiled", "all") else None
         counts = part_counts(tmp) if args.part in ("counts", "all") else None
         smollm = part_smollm(tmp, args.updates) if args.part in ("smollm", "all") else None

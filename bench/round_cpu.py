@@ -166,10 +166,19 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=None,
                         help="append this round's settings, stage times and evaluation as one JSON line (a "
                              "comparison of rounds run in different sessions reads them back)")
+    parser.add_argument("--table", type=Path, default=None, metavar="FILE",
+                        help="print the rounds kept in FILE (--results lines) side by side and exit")
     parser.add_argument("--prompts-from", choices=["dolly", "seed", "both", "all"], default="dolly",
                         help="Dolly animal-topic rows (75 usable), Self-Instruct seed tasks (125), both, or all "
                              "(those, Self-Instruct user-oriented instructions and no_robots: about 430)")
     args = parser.parse_args()
+    if args.table is not None:
+        import json
+
+        if not args.table.is_file():
+            sys.exit(f"no results file {args.table}")
+        print(side_by_side([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
+        return
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
         sys.exit("set DATABASE_URL to a scratch PostgreSQL database (it is dropped and re-created)")
     recreate_database(os.environ["DATABASE_URL"])
@@ -320,6 +329,46 @@ def append_result(path: Path, args, times: dict, reward_result: dict, summary: d
     with path.open("a") as f:
         f.write(json.dumps(row, default=str) + "\n")
     return row
+
+
+def side_by_side(rows: list[dict]) -> str:
+    """The finished rounds of a --results file as one Markdown table, a column per round: the settings that
+    differ between them, the win-rates raw and length-controlled (human and reward model, with intervals), the
+    oracle's p, the mean answer lengths, the reward model's held-out diagnostics and the stage times."""
+    if not rows:
+        return "no finished rounds"
+    keys = sorted({k for r in rows for k in r["settings"]})
+    differ = [k for k in keys if len({repr(r["settings"].get(k)) for r in rows}) > 1]
+
+    def rate(block):
+        if not block or block.get("win_rate") is None:
+            return "—"
+        return f"{block['win_rate']:.3f} [{block['low']:.3f}, {block['high']:.3f}] (n={block['n']})"
+
+    def num(value, digits=3):
+        return "—" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    lines = [("round", [r["settings"].get("method", "?").upper() + "".join(
+        f", {k} {r['settings'].get(k)}" for k in differ) for r in rows])]
+    lines += [("finished", [r["finished"] for r in rows]), ("held-out prompts", [num(r["tasks"]) for r in rows])]
+    for key, label in (("human", "win-rate, simulated annotators"), ("human_lc", "  length-controlled"),
+                       ("reward_model", "win-rate, reward model"), ("reward_model_lc", "  length-controlled")):
+        lines.append((label, [rate(r["win_rate"].get(key)) for r in rows]))
+    lines.append(("oracle without noise, p", [num(r["oracle_p"]) for r in rows]))
+    for key, label in (("candidate", "mean answer, new policy (chars)"), ("baseline", "mean answer, SFT parent"),
+                       ("reference", "mean answer, references")):
+        lines.append((label, [num(r["lengths"].get(key), 0) for r in rows]))
+    for key, label in (("eval/pairwise_accuracy", "reward model held-out accuracy"),
+                       ("eval/accuracy_chosen_shorter", "  where the chosen answer is shorter"),
+                       ("eval/prefers_longer", "  prefers the longer answer")):
+        lines.append((label, [num(r["reward_model"].get(key)) for r in rows]))
+    stages = list(dict.fromkeys(k for r in rows for k in r["stage_seconds"]))
+    for stage in stages:
+        lines.append((f"{stage} (s)", [num(r["stage_seconds"].get(stage), 0) for r in rows]))
+    lines.append(("warnings", [str(len(r["warnings"])) for r in rows]))
+    out = ["| | " + " | ".join(lines[0][1]) + " |", "|---|" + "---|" * len(rows)]
+    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in lines[1:]]
+    return "\n".join(out)
 
 
 def print_evaluation(summary: dict, method: str, prefer: list[float]) -> None:

@@ -117,3 +117,32 @@ def test_a_finished_round_is_appended_as_one_json_line(bench, tmp_path):
     assert first["win_rate"]["human_lc"]["win_rate"] == 0.55 and first["win_rate"]["reward_model_lc"]["win_rate"] == 0.5
     assert first["oracle_p"] == 0.625 and first["lengths"]["reference"] == 231.0
     assert first["warnings"] == ["reward rose while the length-controlled rate did not"]
+
+
+def test_finished_rounds_print_side_by_side(bench, tmp_path, capsys, monkeypatch):
+    """--table FILE: one column per finished round, headed by the settings that differ, with both win-rates per
+    judge, the oracle's p and the mean lengths; a missing file is a clear error."""
+    import argparse
+    import sys
+
+    rate = {"win_rate": 0.6, "low": 0.5, "high": 0.7, "n": 10}
+    path = tmp_path / "results.jsonl"
+    for alpha, candidate in ((None, 300.0), (0.2, 240.0)):
+        summary = {"tasks": 10, "human": rate, "reward_model": None,
+                   "length_controlled": {"human": {**rate, "win_rate": 0.55}, "reward_model": None},
+                   "lengths": {"candidate": candidate, "baseline": 200.0, "reference": None}, "warnings": []}
+        args = argparse.Namespace(method="dpo", ld_alpha=alpha, seed=1, results=path)
+        bench.append_result(path, args, {"policy": 60.0}, {"eval/pairwise_accuracy": 0.6}, summary, [1.0, 0.0])
+    table = bench.side_by_side([__import__("json").loads(line) for line in path.read_text().splitlines()])
+    assert "| | DPO, ld_alpha None | DPO, ld_alpha 0.2 |" in table
+    assert "| win-rate, simulated annotators | 0.600 [0.500, 0.700] (n=10) | 0.600 [0.500, 0.700] (n=10) |" in table
+    assert "|   length-controlled | 0.550 [0.500, 0.700] (n=10) | 0.550 [0.500, 0.700] (n=10) |" in table
+    assert "| win-rate, reward model | — | — |" in table and "| oracle without noise, p | 0.500 | 0.500 |" in table
+    assert "| mean answer, new policy (chars) | 300 | 240 |" in table and "| mean answer, references | — | — |" in table
+    assert "| policy (s) | 60 | 60 |" in table
+    monkeypatch.setattr(sys, "argv", ["round_cpu.py", "--table", str(path)])
+    bench.main()
+    assert capsys.readouterr().out.strip() == table
+    monkeypatch.setattr(sys, "argv", ["round_cpu.py", "--table", str(tmp_path / "none.jsonl")])
+    with pytest.raises(SystemExit, match="no results file"):
+        bench.main()
