@@ -25,7 +25,8 @@ Per decode step = (run with 32 new tokens - run with 1 new token) / 31, so the p
 * ``ms/step``: median of 3 wall times.
 
 Part 2 - the bundled SmolLM2-135M, 4 prompts x K=4 samples x 32 new tokens: ``sample()`` at 518151e vs
-now (the K samples now share one prefill), best of 2 each, alternating.
+now (the K samples now share one prefill), both fp32, and now with the model loaded as sampling runs load it
+(dtype "auto": bf16 on a CPU with native bf16), best of 2 each, alternating.
 """
 
 from __future__ import annotations
@@ -223,21 +224,25 @@ def part2(k=4, new_tokens=32, repeats=2):
     model = load_causal_lm("bundled", device="cpu", dtype="float32")
     ps = ["Write a long story about a dragon who learns to cook.", "Explain in detail how a steam engine works.",
           "List twenty fruits and describe each one.", "Describe the history of Rome at length."]
+    auto = load_causal_lm("bundled", device="cpu")  # dtype "auto", as sampling runs load it: bf16 on a native-bf16 CPU
+    auto_name = f"new, {str(next(auto.parameters()).dtype).removeprefix('torch.')} (dtype auto)"
     kw = dict(k=k, max_new_tokens=new_tokens, temperature=1.0, seed=0, batch_size=16)
-    results = {"today": [], "new": []}
+    results = {"today": [], "new": [], auto_name: []}
     for _ in range(repeats):
-        for name, fn in (("today", old.sample), ("new", sampling.sample)):
+        for name, fn, m in (("today", old.sample, model), ("new", sampling.sample, model),
+                            (auto_name, sampling.sample, auto)):
             t = time.perf_counter()
-            out = fn(model, tok, ps, **kw)
+            out = fn(m, tok, ps, **kw)
             results[name].append((time.perf_counter() - t, sum(s.completion_tokens for s in out)))
-    print(f"\nPart 2: bundled SmolLM2-135M fp32, {len(ps)} prompts x K={k} x {new_tokens} new tokens, batch 16 (CPU)")
+    print(f"\nPart 2: bundled SmolLM2-135M (fp32 unless named), {len(ps)} prompts x K={k} x {new_tokens} new tokens, "
+          "batch 16 (CPU)")
     print("| path | best wall s | completion tokens | tokens/s |")
     print("|---|---|---|---|")
     for name, runs in results.items():
         wall, tokens = min(runs)
         print(f"| sample() {name} | {wall:.2f} | {tokens} | {tokens / wall:.1f} |")
-    (tw, tt), (nw, nt) = min(results["today"]), min(results["new"])
-    print(f"new / today tokens/s: {(nt / nw) / (tt / tw):.2f}x")
+    (tw, tt), (nw, nt), (aw, at) = min(results["today"]), min(results["new"]), min(results[auto_name])
+    print(f"new / today tokens/s: {(nt / nw) / (tt / tw):.2f}x; {auto_name} / today: {(at / aw) / (tt / tw):.2f}x")
 
 
 def main():

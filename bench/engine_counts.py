@@ -20,7 +20,9 @@ per-parameter step counters) are listed but not counted as device syncs.
 
 Part 2 (135M): one PPO update on the bundled SmolLM2-135M-Instruct (policy with LoRA r16, the same
 checkpoint as reward model with a fresh head, value model = reward model + a second adapter), batch 8,
-32 pre-drawn response tokens, 2 epochs, minibatch 4, fp32 on CPU, ``--updates`` updates (default 1): wall
+32 pre-drawn response tokens, 2 epochs, minibatch 4; the old path in fp32 (as it ran on a CPU), the new one
+with dtype "auto" (bf16 weights on a CPU with native bf16, rlhf.models.cpu_bf16_native; fp32 elsewhere or with
+RLHF_CPU_BF16=0), ``--updates`` updates (default 1): wall
 time and peak RSS of each update (VmHWM reset through /proc/self/clear_refs once the models are loaded and
 after each update) and the peak RSS while loading the models, each path in its own process.
 
@@ -222,7 +224,7 @@ class LaunchCounter:
 
 
 def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, count_update: int | None,
-             new_tokens: int = 32, batch: int = 8, launches: bool = False) -> dict:
+             new_tokens: int = 32, batch: int = 8, launches: bool = False, dtype: str = "auto") -> dict:
     """``updates`` PPO updates of one path ('old', 'new', 'compiled': new with ``compile_update``); per-update
     wall times (from the progress callbacks), and the counters of update ``count_update`` (1-based; None: no
     counting): the dispatch counter, or with ``launches`` the profiler's launched ops."""
@@ -233,7 +235,7 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
     cfg = module.PPOConfig(output_dir=out_dir, model=model, reward_model=reward, device="cpu", max_steps=updates,
                            rollout_batch_size=batch, mini_batch_size=4, ppo_epochs=2, max_new_tokens=new_tokens,
                            per_device_batch_size=batch, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5,
-                           **({"compile_update": True} if path == "compiled" else {}))
+                           dtype=dtype, **({"compile_update": True} if path == "compiled" else {}))
     marks, counts = [], {}
     counter = (LaunchCounter() if launches else Counter()) if count_update else None
 
@@ -256,8 +258,10 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
     art = module.train(cfg, PROMPTS[:batch] if batch <= len(PROMPTS) else (PROMPTS * batch)[:batch], progress)
     assert art.status == "succeeded", art.status
     walls = [b - a for a, b in zip([start] + marks[:-1], marks)]
+    from rlhf.contract import read_metadata
+
     return {"path": path, "walls": walls, "metrics": {k: art.metrics.get(k) for k in ("objective/kl", "loss/policy")},
-            **counts}
+            "weights_dtype": read_metadata(out_dir).get("weights_dtype", str(cfg.dtype)), **counts}
 
 
 # ---------------------------------------------------------------------------------------------- parts
@@ -456,26 +460,28 @@ def part_profile(tmp: Path) -> dict:
     return row
 
 
-def child(path: str, out: str, updates: int) -> None:
+def child(path: str, out: str, updates: int, dtype: str) -> None:
     """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
     from rlhf.models import convert_bundled_model
 
     ckpt = str(convert_bundled_model())
     with tempfile.TemporaryDirectory() as tmp:
-        row = run_path(path, ckpt, ckpt, tmp, updates=updates, count_update=None)
+        row = run_path(path, ckpt, ckpt, tmp, updates=updates, count_update=None, dtype=dtype)
     row["peak_rss_mb"] = LOADING_PEAK_MB[0]  # ru_maxrss would be reset by clear_refs too
     Path(out).write_text(json.dumps(row))
 
 
 def part_smollm(tmp: Path, updates: int) -> list[dict]:
+    """Part 2: the old path as it ran on a CPU (fp32), the new path in fp32 (what the engine alone changes) and
+    the new path with dtype "auto" (bf16 weights on a CPU with native bf16), each in its own process."""
     rows = []
-    for path in ("old", "new"):
-        out = tmp / f"smollm_{path}.json"
-        subprocess.run([sys.executable, __file__, "--child", path, "--out", str(out), "--updates", str(updates)],
-                       check=True, cwd=REPO)
+    for path, dtype in (("old", "float32"), ("new", "float32"), ("new", "auto")):
+        out = tmp / f"smollm_{path}_{dtype}.json"
+        subprocess.run([sys.executable, __file__, "--child", path, "--dtype", dtype, "--out", str(out),
+                        "--updates", str(updates)], check=True, cwd=REPO)
         row = json.loads(out.read_text())
         rows.append(row)
-        print(f"[135M]   {path}: " + ", ".join(f"update {i + 1} {w:.1f} s (peak RSS during it "
+        print(f"[135M]   {path} ({row['weights_dtype']} weights): " + ", ".join(f"update {i + 1} {w:.1f} s (peak RSS during it "
                                                f"{row[f'hwm_after_update_{i + 1}_mb']:.0f} MB)"
                                                for i, w in enumerate(row["walls"]))
               + f"; peak RSS while loading the models {row['peak_rss_mb']:.0f} MB", flush=True)
@@ -487,6 +493,7 @@ def main() -> None:
     parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "profile", "all"],
                         default="all")
     parser.add_argument("--child", choices=["old", "new"])
+    parser.add_argument("--dtype", default="auto", help="the child's weights dtype (part 2)")
     parser.add_argument("--out")
     parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
     args = parser.parse_args()
@@ -494,7 +501,7 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     if args.child:
-        child(args.child, args.out, args.updates)
+        child(args.child, args.out, args.updates, args.dtype)
         return
     import transformers
 
@@ -526,15 +533,17 @@ def main() -> None:
         print(f"| narrow 32-layer: wall per update, new eager vs compile_update (ms) | {1000 * we:.0f} | "
               f"{1000 * wc:.0f} | {we / wc:.2f}x |")
     if smollm:
-        old, new = smollm
+        old, new32, new = smollm  # old fp32; new fp32; new with dtype "auto" (the table's "new")
         for i in range(len(old["walls"])):
             print(f"| SmolLM2-135M: update {i + 1} wall (s) | {old['walls'][i]:.1f} | {new['walls'][i]:.1f} | "
                   f"{old['walls'][i] / new['walls'][i]:.2f}x |")
+            print(f"| SmolLM2-135M: update {i + 1} wall, new path in fp32 (s) | {old['walls'][i]:.1f} | "
+                  f"{new32['walls'][i]:.1f} | {old['walls'][i] / new32['walls'][i]:.2f}x |")
             o, n = old[f"hwm_after_update_{i + 1}_mb"], new[f"hwm_after_update_{i + 1}_mb"]
             print(f"| SmolLM2-135M: peak RSS during update {i + 1} (MB) | {o:.0f} | {n:.0f} | new = {n / o:.2f}x old |")
+        print(f"| SmolLM2-135M: weights | {old['weights_dtype']} | {new['weights_dtype']} | |")
         print(f"| SmolLM2-135M: peak RSS while loading the models (MB) | {old['peak_rss_mb']:.0f} | {new['peak_rss_mb']:.0f} | "
               f"new = {new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x old |")
-
 
 if __name__ == "__main__":
     main()

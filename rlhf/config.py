@@ -50,7 +50,8 @@ class TrainerConfig:
     resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", False)
     logging_steps: int = _help("Log metrics every N steps.", 1)
     device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:i]'.", "auto")
-    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
+    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, fp32 on CPU; the RL engine's is in PPOConfig), "
+                       "'float32', 'bfloat16'.", "auto")
     bf16: bool | None = _help("bf16 autocast; null = on when the GPU supports it, off on CPU.")
     gradient_checkpointing: bool = _help("Trade compute for memory (slower; useful for big models on GPU).", False)
     use_lora: bool = _help("Train a LoRA adapter (true) or all weights (false: full fine-tuning).", True)
@@ -295,6 +296,9 @@ class PPOConfig(TrainerConfig):
     data_format: str = _help("'prompts' (see rlhf.data.load_prompts) or 'hh_rlhf' (the prompts of HH-RLHF pairs).", "prompts")
     reward_model: str | None = _help("Reward model checkpoint (sequence classifier, one label). Needed unless train() gets reward_fn.")
     value_model: str | None = _help("Value model initialisation; null = the reward model (or the policy checkpoint with a fresh head when there is none).")
+    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU and on a CPU with native bf16, AVX512-BF16 or "
+                       "AMX, with fp32 LoRA adapters and fp32 master weights for full fine-tuning; fp32 otherwise; "
+                       "RLHF_CPU_BF16=0/1 overrides the CPU check), 'float32', 'bfloat16'.", "auto")
     max_steps: int = _help("PPO updates (each = one rollout batch); -1 means num_train_epochs passes over the prompts.", -1)
     learning_rate: float = _help("Peak learning rate (linear warm-up, then linear decay to 0).", 1e-5)
     rollout_batch_size: int = _help("Episodes (prompts, one response each) per PPO update: B.", 16)
@@ -440,7 +444,8 @@ class SamplingConfig:
     seed: int = _help("Random seed.", 0)
     batch_size: int = _help("Sequences decoded together: batch_size // k whole prompts (at least one), each prompt's K samples sharing one prefill.", 32)
     device: str = _help("'auto', 'cpu' or 'cuda[:i]'.", "auto")
-    dtype: str = _help("'auto' (bf16 on capable GPU, fp32 on CPU), 'float32', 'bfloat16'.", "auto")
+    dtype: str = _help("'auto' (bf16 on a capable GPU and on a CPU with native bf16, AVX512-BF16 or AMX; fp32 "
+                       "otherwise; RLHF_CPU_BF16=0/1 overrides the CPU check), 'float32', 'bfloat16'.", "auto")
     quantize: str | None = _help("'int8': dynamic int8 quantization of the policy's linear layers for sampling (CPU "
                                  "only; torch.ao, weights int8 per output channel, activations quantized on the fly; "
                                  "a LoRA/IA3 adapter is merged first). null: the weights as loaded.", None)

@@ -141,12 +141,43 @@ def bf16_capable(device: torch.device | str) -> bool:
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs that compute in bf16 natively
+CPU_BF16_ENV = "RLHF_CPU_BF16"  # "1" / "0" force the answer of cpu_bf16_native (tests pin "0")
+
+
+def cpu_bf16_native(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in the CPU flags; Linux only).
+    There bf16 weights are several times faster than fp32 (bundled SmolLM2-135M, 1 thread, on this project's
+    AVX512-BF16 host: a linear layer 4.7x, the trunk's forward 3.5x, forward + backward 3.4x) and take half the
+    memory; elsewhere bf16 on a CPU is emulated and slower. ``RLHF_CPU_BF16=1``/``0`` overrides the flags."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def weights_dtype(model) -> str:
+    """The dtype of a model's weights as a name ("bfloat16", "float32"): what a run's metadata records (peft
+    keeps LoRA adapters in fp32 over bf16 weights; this is the first parameter's, the embedding's)."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def pick_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "cpu") -> torch.dtype:
-    """``auto``: bf16 on a bf16-capable GPU, fp32 otherwise; or a name (``float32``, ``bfloat16``, ``float16``)."""
+    """``auto``: bf16 on a bf16-capable GPU and on a CPU that computes bf16 natively (``cpu_bf16_native``),
+    fp32 otherwise; or a name (``float32``, ``bfloat16``, ``float16``). Training runs through TRL (SFT,
+    reward, DPO) pass an explicit dtype (``rlhf.runner.resolve_throughput``); ``auto`` reaches the RL engine
+    (PPO, RLOO, GRPO), sampling and evaluation."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
-        return torch.bfloat16 if bf16_capable(device) else torch.float32
+        device = torch.device(device)
+        native = bf16_capable(device) or (device.type == "cpu" and cpu_bf16_native())
+        return torch.bfloat16 if native else torch.float32
     return getattr(torch, dtype)
 
 

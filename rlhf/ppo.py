@@ -1181,7 +1181,7 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
     reward model (tests, rule-based rewards). ``demonstrations`` feed PPO-ptx (else ``config.ptx_data``).
     """
     from .config import check_policy_config
-    from .models import describe_model
+    from .models import describe_model, weights_dtype
 
     method = config.method
     check_policy_config(config)
@@ -1271,7 +1271,8 @@ def train(config: PPOConfig, prompts: Sequence[str | Messages] | None = None,
                           extra={"model_dir": model_dir, "last_checkpoint": last_checkpoint(config.output_dir),
                                  "reward_model": describe_model(config.reward_model) if config.reward_model
                                  and reward_fn is None else "reward_fn", "num_prompts": len(kept),
-                                 "metrics_file": str(metrics_path)})
+                                 "metrics_file": str(metrics_path), "weights_dtype": weights_dtype(models.policy),
+                                 "autocast": settings["autocast"]})
     return Artifacts(str(config.output_dir), model_dir, meta, status, final, step)
 
 

@@ -242,7 +242,7 @@ def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | Non
                  progress: Callable[[int, int, dict], None] | None = None) -> list[Sample]:
     """Load the model, sample, write ``samples.jsonl`` + ``metadata.json`` to ``config.output_dir``."""
     from .decoder import ENGINES
-    from .models import describe_model, load_tokenizer
+    from .models import describe_model, load_tokenizer, weights_dtype
 
     if config.decoder not in ENGINES:
         raise ValueError(f"unknown decoder {config.decoder!r}: choose one of {', '.join(ENGINES)}")
@@ -273,5 +273,6 @@ def run_sampling(config: SamplingConfig, prompts: Sequence[str | Messages] | Non
                "eos_fraction": sum(s.finish_reason == "eos" for s in samples) / max(len(samples), 1)}
     write_metadata(out, kind="sample", base_model=describe_model(config.model),
                    data_hash=data_hash([as_messages(p) for p in prompts]), config=config, metrics=metrics,
-                   status="succeeded")
+                   status="succeeded",
+                   extra={"weights_dtype": "int8" if config.quantize else weights_dtype(model)})
     return samples

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The suite runs in fp32 on every CPU, so that its numbers do not depend on the host: on a CPU with native
+# bf16 (AVX512-BF16, AMX) dtype "auto" would load bf16 weights (rlhf.models.cpu_bf16_native). Set here, before
+# any worker process starts, so they inherit it; the tests of the bf16 path set it to "1" themselves.
+os.environ.setdefault("RLHF_CPU_BF16", "0")
 
 _seq = itertools.count(1)
 

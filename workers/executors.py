@@ -261,7 +261,7 @@ def run_ppo(run: TrainingRun, progress: Progress) -> Outcome:
 
 def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
     """K completions for N prompts from the run's input policy, stored as ranking tasks."""
-    from rlhf.models import load_for_sampling, load_tokenizer
+    from rlhf.models import load_for_sampling, load_tokenizer, weights_dtype
     from rlhf.sampling import sample
 
     project = run.project
@@ -315,7 +315,8 @@ def run_sample(run: TrainingRun, progress: Progress) -> Outcome:
                 tasks += 1
         result["tasks"] = tasks
 
-    return Outcome({"prompts": len(prompts), "k": k, "seed": seed}, store=store)
+    dtype = "int8" if run.params.get("quantize") else weights_dtype(model)  # bf16 on a native-bf16 CPU
+    return Outcome({"prompts": len(prompts), "k": k, "seed": seed, "weights_dtype": dtype}, store=store)
 
 
 def base_version(project) -> ModelVersion:

@@ -60,3 +60,23 @@ def test_lora_on_selected_layers_only(tiny_dir):
     model = get_peft_model(models.load_causal_lm(tiny_dir), models.lora_config(r=4, layers=[1]))
     adapted = {n.split(".layers.")[1].split(".")[0] for n, p in model.named_parameters() if "lora_" in n}
     assert adapted == {"1"}
+
+
+def test_cpu_bf16_native_reads_the_cpu_flags_and_the_override(tmp_path, monkeypatch):
+    """bf16 is the "auto" dtype on a CPU whose flags say it multiplies bf16 natively (AVX512-BF16 or AMX-BF16);
+    RLHF_CPU_BF16=1/0 forces the answer; without /proc/cpuinfo the answer is no."""
+    from rlhf.models import cpu_bf16_native, pick_dtype
+
+    native, emulated = tmp_path / "native", tmp_path / "emulated"
+    native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\n")
+    emulated.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n\n")
+    monkeypatch.delenv("RLHF_CPU_BF16", raising=False)
+    assert cpu_bf16_native(native) and not cpu_bf16_native(emulated)
+    assert not cpu_bf16_native(tmp_path / "missing")
+    (tmp_path / "amx").write_text("flags\t: sse amx_bf16 amx_tile\n")
+    assert cpu_bf16_native(tmp_path / "amx")
+    monkeypatch.setenv("RLHF_CPU_BF16", "0")
+    assert not cpu_bf16_native(native) and pick_dtype("auto", "cpu") == torch.float32
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    assert cpu_bf16_native(emulated) and pick_dtype("auto", "cpu") == torch.bfloat16
+    assert pick_dtype("float32", "cpu") == torch.float32  # an explicit dtype always wins

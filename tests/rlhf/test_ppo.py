@@ -294,6 +294,48 @@ def test_toy_reward_rises_while_kl_stays_bounded(tmp_path, tiny_dir):
     assert kls[-1] > 0.1  # the policy did move away from the reference
 
 
+def test_toy_reward_rises_on_bf16_weights_on_a_cpu_with_native_bf16(tmp_path, tiny_dir, monkeypatch):
+    """dtype "auto" on a CPU that computes bf16 natively (forced here with RLHF_CPU_BF16=1): the policy, the
+    reference and the value model load in bf16, full fine-tuning keeps fp32 master weights (MasterAdamW), no
+    autocast, and the toy reward still rises by the bound of the fp32 test under the same KL bound."""
+    from rlhf.contract import read_metadata
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    cfg = small_config(tmp_path, tiny_dir, use_lora=False, max_steps=20, rollout_batch_size=32, mini_batch_size=8,
+                       kl_coef=0.05)
+    models = build_models(cfg, use_reward_model=False)
+    assert {p.dtype for p in models.policy.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in models.ref.parameters()} == {torch.bfloat16}
+    history = []
+    art = train(cfg, PROMPTS * 4, lambda s, t, m: history.append(m), reward_fn=share_reward)
+    assert art.status == "succeeded" and len(history) == 20
+    meta = read_metadata(cfg.output_dir)
+    assert meta["weights_dtype"] == "bfloat16" and meta["autocast"] is False
+    rewards = [m["objective/reward"] for m in history]
+    kls = [m["objective/kl"] for m in history]
+    assert sum(rewards[-5:]) / 5 >= sum(rewards[:5]) / 5 + 0.15, rewards
+    assert max(kls) < 8.0, kls
+
+
+def test_lora_policy_on_bf16_weights_keeps_fp32_adapters(tmp_path, tiny_dir, monkeypatch):
+    """LoRA over bf16 weights (native-bf16 CPU): the adapters stay fp32 (peft), so MasterAdamW needs no masters
+    for them; the value model's trained score head is bf16 and gets one; an update changes the adapters."""
+    from rlhf.contract import read_metadata
+    from rlhf.ppo import MasterAdamW, trainable_parameters
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    cfg = small_config(tmp_path, tiny_dir, max_steps=2)
+    models = build_models(cfg, use_reward_model=False)
+    params = trainable_parameters(models)
+    lora = {n: p for n, p in params.items() if "lora_" in n}
+    assert lora and {p.dtype for p in lora.values()} == {torch.float32}
+    assert next(models.policy.parameters()).dtype == torch.bfloat16
+    opt = MasterAdamW(list(params.values()), lr=1e-3)
+    assert all((m is p) == (p.dtype == torch.float32) for m, p in zip(opt.masters, opt.params))
+    art = train(cfg, PROMPTS, reward_fn=share_reward)
+    assert art.status == "succeeded" and read_metadata(cfg.output_dir)["weights_dtype"] == "bfloat16"
+
+
 # ------------------------------------------------------------------------------ contract: cancel, resume
 def test_cancel_saves_a_checkpoint_and_reports_cancelled(tmp_path, tiny_dir):
     """Full fine-tuning (tied embeddings, a frozen reference copy) with PPO-ptx: cancel, then resume."""

@@ -71,6 +71,24 @@ def test_cli_sample_writes_samples_and_metadata(tiny_dir, tmp_path):
     assert len(rows) == 6 and {r["prompt_index"] for r in rows} == {0, 1}
     meta = json.loads((tmp_path / "out" / "metadata.json").read_text())
     assert meta["kind"] == "sample" and meta["config"]["k"] == 3 and meta["metrics"]["samples"] == 6
+    assert meta["weights_dtype"] == "float32"  # the suite pins fp32 (RLHF_CPU_BF16=0, tests/conftest.py)
+
+
+def test_sampling_on_a_cpu_with_native_bf16_loads_bf16_weights(tiny_dir, tmp_path, monkeypatch):
+    """dtype "auto" on a native-bf16 CPU (forced): the sampling run loads bf16 weights, says so in its
+    metadata, and a seeded run is reproducible; an explicit float32 still loads fp32."""
+    from rlhf.config import SamplingConfig
+    from rlhf.sampling import run_sampling
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    prompts = ["Hello there.", "Name a river."]
+    config = SamplingConfig(model=tiny_dir, output_dir=str(tmp_path / "s"), k=2, max_new_tokens=6, seed=3)
+    first, again = run_sampling(config, prompts=prompts), run_sampling(config, prompts=prompts)
+    assert len(first) == 4 and [s.completion for s in first] == [s.completion for s in again]
+    assert json.loads((tmp_path / "s" / "metadata.json").read_text())["weights_dtype"] == "bfloat16"
+    config.dtype, config.output_dir = "float32", str(tmp_path / "f")
+    run_sampling(config, prompts=prompts)
+    assert json.loads((tmp_path / "f" / "metadata.json").read_text())["weights_dtype"] == "float32"
 
 
 def _left_padded(tokenizer, texts):

@@ -25,6 +25,7 @@ def test_the_seed_fixes_the_prompts_a_sampling_run_picks(tmp_path, settings, tin
         return {t.prompt.text for t in RankingTask.objects.exclude(id__in=before).select_related("prompt")}
 
     first = picked(5)
+    assert TrainingRun.objects.filter(kind="sample").last().result["weights_dtype"] == "float32"  # pinned in tests
     assert len(first) == 4 and all(text.startswith("Name an animal") for text in first)
     assert picked(5) == first
     assert any(picked(seed) != first for seed in (6, 7, 8))  # other seeds, other prompts (deterministic)
@@ -45,10 +46,25 @@ def test_a_sampling_run_can_sample_through_int8_weights(tmp_path, settings, tiny
                                      params={"prompts": 2, "max_new_tokens": 3, "seed": 1, "quantize": "int8"})
     with mock.patch.object(models, "quantize_int8", wraps=models.quantize_int8) as quantized:
         finished = execute(executors.run_sample, run)  # as the worker does: outputs stored with run_finish
-    assert quantized.call_count == 1 and finished.result["tasks"] == 2
+    assert quantized.call_count == 1 and finished.result["tasks"] == 2 and finished.result["weights_dtype"] == "int8"
     bad = TrainingRun.objects.create(project=project, kind="sample", status=TrainingRun.Status.RUNNING,
                                      params={"prompts": 1, "max_new_tokens": 3, "seed": 2, "quantize": "int4"})
     with mock.patch.object(models, "load_causal_lm", side_effect=AssertionError("loaded")), \
             pytest.raises(ValueError, match="quantize must be one of"):
         executors.run_sample(bad, lambda *a: None)
     assert RankingTask.objects.count() == 2
+
+
+def test_a_sampling_run_on_a_native_bf16_cpu_samples_from_bf16_weights(tmp_path, settings, tiny_dir, monkeypatch):
+    """On a CPU that computes bf16 natively (forced with RLHF_CPU_BF16=1) the studio's sampling run loads the
+    policy in bf16 and its result says so; the tasks are stored as usual."""
+    settings.DATA_DIR = tmp_path
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    project = make_project(k=2, base_model=tiny_dir)
+    for i in range(3):
+        make_prompt(project, text=f"Name a tree, number {i}.")
+    run = TrainingRun.objects.create(project=project, kind="sample", status=TrainingRun.Status.RUNNING,
+                                     params={"prompts": 2, "max_new_tokens": 3, "seed": 1})
+    finished = execute(executors.run_sample, run)
+    assert finished.result["weights_dtype"] == "bfloat16" and finished.result["tasks"] == 2
+    assert RankingTask.objects.filter(run=finished).count() == 2
