@@ -50,8 +50,8 @@ class TrainerConfig:
     resume: bool = _help("Resume from the last checkpoint in output_dir when there is one.", False)
     logging_steps: int = _help("Log metrics every N steps.", 1)
     device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:i]'.", "auto")
-    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, fp32 on CPU; the RL engine's is in PPOConfig), "
-                       "'float32', 'bfloat16'.", "auto")
+    dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, and for SFT and DPO with LoRA on a CPU with "
+                       "native bf16; fp32 otherwise: see throughput), 'float32', 'bfloat16'.", "auto")
     bf16: bool | None = _help("bf16 autocast; null = on when the GPU supports it, off on CPU.")
     gradient_checkpointing: bool = _help("Trade compute for memory (slower; useful for big models on GPU).", False)
     use_lora: bool = _help("Train a LoRA adapter (true) or all weights (false: full fine-tuning).", True)

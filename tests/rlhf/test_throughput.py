@@ -30,6 +30,44 @@ def test_cpu_runs_keep_trls_defaults():
             "float32", False, "adamw_torch", False, False, ())
 
 
+def test_a_native_bf16_cpu_gives_sft_and_dpo_with_an_adapter_bf16_weights():
+    """On a CPU that computes bf16 natively, SFT and DPO with LoRA load bf16 weights without autocast; reward runs,
+    full fine-tuning, other adapters and `throughput: off` keep fp32; an explicit dtype wins."""
+    native = dict(device="cpu", bf16_ok=False, liger_ok=False, cpu_bf16_ok=True)
+    for kind in ("sft", "dpo"):
+        t = resolve_throughput(sft(), kind, **native)
+        assert (t.dtype, t.bf16, t.optim, t.liger, t.active) == (
+            "bfloat16", False, "adamw_torch", False, ("bf16_weights_no_autocast",))
+    for config, kind in ((reward(), "reward"), (sft(use_lora=False), "sft"), (sft(peft="ia3"), "dpo"),
+                         (sft(throughput="off"), "dpo")):
+        t = resolve_throughput(config, kind, **native)
+        assert (t.dtype, t.bf16, t.active) == ("float32", False, ()), (config, kind)
+    assert resolve_throughput(sft(dtype="float32"), "dpo", **native).dtype == "float32"
+    assert resolve_throughput(sft(), "dpo", **dict(native, cpu_bf16_ok=False)).dtype == "float32"
+
+
+def test_a_dpo_run_on_a_native_bf16_cpu_trains_its_fp32_adapter_over_bf16_weights(tmp_path, tiny_dir, monkeypatch):
+    """RLHF_CPU_BF16=1 (a native-bf16 CPU): the DPO run loads bf16 weights, peft keeps the LoRA adapter in fp32,
+    the adapter moves, and the run's metadata records the setting."""
+    from rlhf.dpo import DPORunConfig, build_dpo_trainer, train_dpo
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    pairs = [PreferencePair(f"Tell me about {t}.", f"A great answer about {t}.", f"A bad answer about {t}.")
+             for t in ("cats", "dogs", "the sea", "plants")] * 2
+    config = DPORunConfig(output_dir=str(tmp_path / "dpo"), model=tiny_dir, max_steps=3, per_device_batch_size=4,
+                          max_length=256, save_steps=0, seed=0, learning_rate=1e-2)
+    trainer = build_dpo_trainer(config, pairs)
+    weights = {n: p.dtype for n, p in trainer.model.named_parameters()}
+    assert {d for n, d in weights.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in weights.items() if "lora_" not in n} == {torch.bfloat16}
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters() if n in before)
+    art = train_dpo(config, pairs)
+    meta = read_metadata(art.output_dir)["throughput"]
+    assert art.status == "succeeded" and meta["dtype"] == "bfloat16" and meta["active"] == ["bf16_weights_no_autocast"]
+
+
 def test_gpu_sft_with_an_adapter_turns_every_setting_on():
     t = resolve_throughput(sft(), "sft", **GPU)
     assert (t.dtype, t.bf16, t.optim, t.padding_free, t.liger) == ("bfloat16", False, "adamw_torch_fused", True, True)
