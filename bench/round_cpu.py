@@ -217,7 +217,9 @@ def main() -> None:
     seeded = {} if args.seed is None else {"seed": args.seed}  # simulate() and every run take a `seed`
     timed("simulated demonstrations", lambda: simulate(project=project, annotators=2, queues=["write"], oracle=args.oracle, **seeded))
     approve_demonstrations(project)  # a simulated reviewer: SFT trains on approved demonstrations
-    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, **seeded}  # fp32: bf16 autocast is slower on this CPU
+    # dtype "auto": bf16 weights for SFT/DPO with LoRA, sampling and PPO on a CPU with native bf16 (docs/RLHF.md,
+    # "Models"), fp32 elsewhere; RLHF_CPU_BF16=0 in the environment gives the fp32 rounds of the earlier rows
+    training = {"per_device_batch_size": 4, "save_steps": 0, "max_length": 768, **seeded}
     if args.method == "ppo":
         policy = {"max_steps": args.ppo_updates, "rollout_batch_size": 8, "mini_batch_size": 4, "per_device_batch_size": 8,
                   "max_new_tokens": 48, "ppo_epochs": 2, "save_steps": 0, "kl_coef": args.kl_coef,
