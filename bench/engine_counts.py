@@ -224,7 +224,7 @@ class LaunchCounter:
 
 
 def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, count_update: int | None,
-             new_tokens: int = 32, batch: int = 8, launches: bool = False, dtype: str = "auto") -> dict:
+             new_tokens: int = 32, batch: int = 8, launches: bool = False, dtype: str = "float32") -> dict:
     """``updates`` PPO updates of one path ('old', 'new', 'compiled': new with ``compile_update``); per-update
     wall times (from the progress callbacks), and the counters of update ``count_update`` (1-based; None: no
     counting): the dispatch counter, or with ``launches`` the profiler's launched ops."""
@@ -336,6 +336,7 @@ def part_components(tmp: Path) -> dict:
     inductor_config.cpp.enable_kernel_profile = True
     policy_dir, rm_dir = narrow_checkpoints(tmp)
     cfg = PPOConfig(output_dir=str(tmp / "components"), model=str(policy_dir), reward_model=str(rm_dir), device="cpu",
+                    dtype="float32",
                     lora_r=16, seed=0)
     models = build_models(cfg)
     g = torch.Generator().manual_seed(0)
@@ -419,6 +420,7 @@ def part_profile(tmp: Path) -> dict:
     module = __import__("rlhf.ppo", fromlist=["train"])
     module.generate_ids = fake_generate_ids(32)
     cfg = module.PPOConfig(output_dir=str(tmp / "profile"), model=str(policy_dir), reward_model=str(rm_dir),
+                           dtype="float32",
                            device="cpu", max_steps=3, rollout_batch_size=8, mini_batch_size=4, ppo_epochs=2,
                            max_new_tokens=32, per_device_batch_size=8, save_steps=0, seed=0, lora_r=16,
                            learning_rate=1e-5)

@@ -32,6 +32,7 @@ def main() -> None:
         m = __import__(f"rlhf.{'ppo' if path == 'new' else 'ppo_legacy'}", fromlist=["train"])
         m.generate_ids = ec.fake_generate_ids(32)
         cfg = m.PPOConfig(output_dir=t + "/o", model=t + "/p", reward_model=t + "/r", device="cpu", max_steps=3,
+                          dtype="float32",
                           rollout_batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=32,
                           per_device_batch_size=8, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5)
         models = m.build_models(cfg)

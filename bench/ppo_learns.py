@@ -82,9 +82,9 @@ def evaluate(policy_dir: str, rm_dir: str, prompts, args) -> dict:
     from rlhf.sampling import generate_ids
 
     tok = load_tokenizer(None)
-    sft = load_causal_lm(None, device="cpu").eval()
-    ppo = load_causal_lm(policy_dir, device="cpu").eval()
-    rm = load_reward_model(rm_dir, device="cpu").eval()
+    sft = load_causal_lm(None, device="cpu", dtype="float32").eval()
+    ppo = load_causal_lm(policy_dir, device="cpu", dtype="float32").eval()
+    rm = load_reward_model(rm_dir, device="cpu", dtype="float32").eval()
     rm = rm.merge_and_unload() if hasattr(rm, "merge_and_unload") else rm
     rm_tok = load_tokenizer(rm_dir)
     a_sft, a_ppo = answers(sft, tok, prompts, args), answers(ppo, tok, prompts, args)
@@ -147,7 +147,9 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}", flush=True)
     rm_dir = rm_dir or train_reward_model(rm_pairs, args)
 
+    # fp32 weights, as in the documented runs (dtype "auto" would load bf16 on a native-bf16 CPU)
     cfg = PPOConfig(output_dir=str(OUT / "ppo"), model=None, reward_model=rm_dir, device="cpu", bf16=args.bf16,
+                    dtype="float32",
                     max_steps=args.updates, rollout_batch_size=args.batch, mini_batch_size=args.batch // 2,
                     per_device_batch_size=args.batch, ppo_epochs=args.ppo_epochs, max_new_tokens=args.max_new_tokens,
                     learning_rate=args.lr, kl_coef=args.kl_coef, missing_eos_penalty=1.0, normalize_reward=True,

@@ -32,7 +32,7 @@ def build_dpo_trainer(config: DPORunConfig, pairs: Sequence[PreferencePair],
     check_peft_here(config, "dpo")  # an unsupported method is refused before any model loads
     seed_everything(config.seed)
     tokenizer = tokenizer or load_tokenizer(config.model)
-    throughput = resolve_throughput(config, "dpo")  # TRL's defaults as configured (SFT and reward get the GPU ones)
+    throughput = resolve_throughput(config, "dpo")  # TRL's defaults on a GPU; bf16 weights with LoRA on a native-bf16 CPU
     load = dict(device=config.device, dtype=throughput.dtype, load_in_bits=config.load_in_bits)
     model = model or load_causal_lm(config.model, **load)
     # an adapter (any peft method) switched off is the reference; full fine-tuning needs a frozen copy

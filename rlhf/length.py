@@ -50,7 +50,8 @@ single weight on a small input did.)
 Length balancing (``length_balance``; the data-side intervention of Singhal et al. 2023, "A Long Way to Go:
 Investigating Length Correlations in RLHF", arXiv:2310.03716, who balance the preference data so that length
 no longer predicts the label; here by reweighting instead of dropping pairs): the training pairs of unequal
-length are put in ``bins`` groups of equal size by |log(1 + L_c) - log(1 + L_r)|, and in each group the pairs
+length are put in ``bins`` groups of equal size (at most one per two pairs) by |log(1 + L_c) - log(1 + L_r)|,
+and in each group the pairs
 whose chosen answer is the longer and those whose chosen answer is the shorter are scaled to the same total
 weight (half the group's), so that within every band of length difference, length says nothing about which
 answer was chosen and the loss gives it no gradient on average. A group with pairs of one direction only has
@@ -223,9 +224,9 @@ def length_balance(chosen_lengths, rejected_lengths, *, weights=None, bins: int 
     d = [math.log1p(c) - math.log1p(r) for c, r in zip(chosen, rejected)]
     factors = [1.0] * len(d)
     unequal = sorted((i for i in range(len(d)) if d[i] != 0.0), key=lambda i: (abs(d[i]), i))
-    groups = min(bins, len(unequal))
+    groups = max(1, min(bins, len(unequal) // 2))  # a band needs two pairs to hold both directions
     dropped = 0
-    for g in range(groups):  # equal-count bands (the first ones one pair larger when it does not divide)
+    for g in range(groups):  # equal-count bands (the later ones one pair larger when it does not divide)
         band = unequal[g * len(unequal) // groups:(g + 1) * len(unequal) // groups]
         longer = sum(w[i] for i in band if d[i] > 0)
         shorter = sum(w[i] for i in band if d[i] < 0)

@@ -163,7 +163,12 @@ def cpu_bf16_native(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
 
 def weights_dtype(model) -> str:
     """The dtype of a model's weights as a name ("bfloat16", "float32"): what a run's metadata records (peft
-    keeps LoRA adapters in fp32 over bf16 weights; this is the first parameter's, the embedding's)."""
+    keeps LoRA adapters in fp32 over bf16 weights; this is the first parameter's, the embedding's; "int4" /
+    "int8" for a model loaded through bitsandbytes)."""
+    if getattr(model, "is_loaded_in_4bit", False):
+        return "int4"
+    if getattr(model, "is_loaded_in_8bit", False):
+        return "int8"
     return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
@@ -171,7 +176,9 @@ def pick_dtype(dtype: str | torch.dtype = "auto", device: torch.device | str = "
     """``auto``: bf16 on a bf16-capable GPU and on a CPU that computes bf16 natively (``cpu_bf16_native``),
     fp32 otherwise; or a name (``float32``, ``bfloat16``, ``float16``). Training runs through TRL (SFT,
     reward, DPO) pass an explicit dtype (``rlhf.runner.resolve_throughput``); ``auto`` reaches the RL engine
-    (PPO, RLOO, GRPO), sampling and evaluation."""
+    (PPO, RLOO, GRPO) and sampling. The studio's blind evaluation asks for fp32 (workers.executors.run_evaluate):
+    folding an adapter into bf16 weights rounds away updates below bf16's resolution (about 0.4% of a weight),
+    and the promotion gate reads that comparison."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

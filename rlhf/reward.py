@@ -220,9 +220,10 @@ def balance_pairs(pairs: Sequence[PreferencePair], *, mode: str, bins: int) -> t
                                       weights=base, bins=bins)
     kept = [replace(p, weight=b * f) for p, b, f in zip(pairs, base, factors) if f > 0]
     if not kept:
-        raise ValueError(f"length_control 'balance' left no pair to train on: the {len(pairs)} pairs' chosen "
-                         "answers are all longer (or all shorter) than the rejected ones, so nothing balances "
-                         "them. Use more pairs or another length_control.")
+        raise ValueError(f"length_control 'balance' left no pair to train on: in every band of length difference "
+                         f"the {len(pairs)} pairs' chosen answers are all longer (or all shorter) than the rejected "
+                         "ones, so nothing balances them. Use more pairs, fewer length_balance_bins or another "
+                         "length_control.")
     return kept, summary
 
 
@@ -273,7 +274,7 @@ def _studio_trainer_class():
             super().__init__(**kwargs)
             self.control = config
             self._score = _score_module(self.model)
-            if config.length_control == "none":
+            if config.length_control in ("none", "balance"):  # balance: per-pair weights only, no length head
                 return
             if config.length_control == "odin":
                 head = torch.nn.Linear(_head_weight(self._score).shape[-1], 1, bias=False)

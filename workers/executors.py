@@ -352,8 +352,11 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     settings = {"max_new_tokens": int(run.params.get("max_new_tokens", 64)),
                 "temperature": float(run.params.get("temperature", 0.7)), "seed": int(run.params.get("seed", 0))}
     answers, finish = {}, {}
+    # fp32 here whatever the host (bf16 on a native-bf16 CPU is for sampling to rank): folding an adapter into
+    # bf16 weights rounds away updates below bf16's resolution, and bf16 scores tie where fp32 ones do not, so
+    # the comparison the promotion gate reads is made at full precision ("int8" stays an explicit choice)
     for step, version in enumerate((candidate, baseline), start=1):
-        model = load_for_sampling(version.artifact_path, quantize=run.params.get("quantize"))  # "int8": CPU int8
+        model = load_for_sampling(version.artifact_path, quantize=run.params.get("quantize"), dtype="float32")
         tokenizer = load_tokenizer(version.artifact_path, padding_side="left")
         samples = sample(model, tokenizer, [p.turns for p in prompts], k=1, **settings)
         answers[version.pk] = [s.completion.strip() for s in samples]
@@ -364,7 +367,8 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     reward = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD, is_current=True).first()
     rewards_a = rewards_b = [None] * len(prompts)
     if reward is not None:
-        rm, rm_tokenizer = load_reward_model(reward.artifact_path), load_tokenizer(reward.artifact_path)
+        rm = load_reward_model(reward.artifact_path, dtype="float32")
+        rm_tokenizer = load_tokenizer(reward.artifact_path)
         a_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[candidate.pk])]
         b_items = [conversation(p.turns, t) for p, t in zip(prompts, answers[baseline.pk])]
         rewards_a, rewards_b = score(rm, rm_tokenizer, a_items).tolist(), score(rm, rm_tokenizer, b_items).tolist()

@@ -146,6 +146,9 @@ def test_length_balance_equals_a_hand_computation():
     assert weighted == pytest.approx([2 / 3, 2 / 3, 2.0, 0.0, 0.0, 0.0, 1.0])
     # one band over every pair: 5 chosen-longer against 1 chosen-shorter, 3 each
     assert length_balance(chosen, rejected, bins=1)[0] == pytest.approx([0.6] * 2 + [3.0] + [0.6] * 3 + [1.0])
+    # fewer pairs than bands: at most one band per two pairs, so 3 pairs make one band (not 3 dropped bands)
+    few, few_summary = length_balance([109, 119, 99], [99, 99, 119], bins=4)
+    assert few == pytest.approx([0.75, 0.75, 1.5]) and few_summary["bins"] == 1 and few_summary["pairs_dropped"] == 0
     with pytest.raises(ValueError, match="bins must be 1 or more"):
         length_balance(chosen, rejected, bins=0)
     with pytest.raises(ValueError, match="2 weights for 7 pairs"):
@@ -183,6 +186,7 @@ def test_balance_setting_reaches_the_loss(tmp_path, tiny_dir):
                              f"Bad {t}.") for t in TOPICS] + PAIRS
     config = _config(tmp_path, tiny_dir, length_control="balance", length_balance_bins=1, group_by_length=False)
     trainer = build_reward_trainer(config, skewed)
+    assert not hasattr(trainer.model, "length_head")  # per-pair weights only: no PoE expert, no ODIN head
     factors, summary = length_balance([len(p.chosen) for p in skewed], [len(p.rejected) for p in skewed], bins=1)
     assert trainer.rlhf_length_balance == summary and summary["chosen_longer_share_before"] == pytest.approx(2 / 3)
     assert sorted(set(factors)) == pytest.approx([0.75, 1.0, 1.5])  # 16 longer vs 8 shorter; equal ones kept

@@ -330,10 +330,20 @@ def test_lora_policy_on_bf16_weights_keeps_fp32_adapters(tmp_path, tiny_dir, mon
     lora = {n: p for n, p in params.items() if "lora_" in n}
     assert lora and {p.dtype for p in lora.values()} == {torch.float32}
     assert next(models.policy.parameters()).dtype == torch.bfloat16
+    heads = {n: p for n, p in params.items() if "lora_" not in n}  # the value model's trained score head
+    assert heads and {p.dtype for p in heads.values()} == {torch.bfloat16}
     opt = MasterAdamW(list(params.values()), lr=1e-3)
-    assert all((m is p) == (p.dtype == torch.float32) for m, p in zip(opt.masters, opt.params))
+    assert opt.has_masters and sum(m is not p for m, p in zip(opt.masters, opt.params)) == len(heads)
+    assert all(not p.abs().sum() for n, p in lora.items() if "lora_B" in n)  # LoRA's B starts at zero
+    import rlhf.ppo
+
+    built = []
+    monkeypatch.setattr(rlhf.ppo, "build_models", lambda *a, **k: built.append(build_models(*a, **k)) or built[-1])
     art = train(cfg, PROMPTS, reward_fn=share_reward)
     assert art.status == "succeeded" and read_metadata(cfg.output_dir)["weights_dtype"] == "bfloat16"
+    trained = trainable_parameters(built[0])
+    assert any(p.abs().sum() > 0 for n, p in trained.items() if "lora_B" in n)  # the updates moved the adapters
+    assert {p.dtype for n, p in trained.items() if "lora_" in n} == {torch.float32}
 
 
 # ------------------------------------------------------------------------------ contract: cancel, resume

@@ -5,6 +5,7 @@ import threading
 import time
 
 import pytest
+import torch
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -12,7 +13,7 @@ from labelapp.models import Completion, EvaluationTask, ModelVersion, RankingTas
 from labelapp.services.runs import enqueue, model_version_register, run_create, runs_reconcile
 from tests.conftest import add_member, make_project, make_prompt
 from tests.webclient import database_url
-from tests.workers.conftest import wait_for
+from tests.workers.conftest import execute, wait_for
 from workers.simulate import approve_demonstrations, simulate
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -276,3 +277,30 @@ def test_a_worker_killed_while_storing_outputs_leaves_none_and_the_resumed_run_w
         assert EvaluationTask.objects.filter(run=run).count() == 2 and Completion.objects.filter(run=run).count() == 4
     else:
         assert run.output_model.run_id == run.pk and run.output_model.is_current
+
+
+def test_an_evaluation_loads_its_policies_and_judge_in_fp32_on_a_native_bf16_cpu(tiny_dir, monkeypatch):
+    """On a CPU that computes bf16 natively (forced) sampling to rank is bf16, but the evaluation, whose
+    win-rates the promotion gate reads, samples both policies and scores with the reward model in fp32: an
+    adapter folded into bf16 weights loses updates below bf16's resolution, and bf16 scores tie."""
+    from unittest import mock
+
+    from rlhf import models
+    from workers import executors
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    run, _, _, outputs, _, after = evaluation_case(tiny_dir)
+    model_version_register(project=run.project, name="rm", kind="reward", artifact_path=tiny_dir, make_current=True)
+    dtypes = []
+
+    def load(loader):
+        def wrapped(*args, **kwargs):
+            model = loader(*args, **kwargs)
+            dtypes.append(next(model.parameters()).dtype)
+            return model
+        return wrapped
+
+    with mock.patch.object(models, "load_for_sampling", load(models.load_for_sampling)), \
+            mock.patch.object(models, "load_reward_model", load(models.load_reward_model)):
+        execute(executors.run_evaluate, run)
+    assert dtypes == [torch.float32] * 3 and outputs() == after  # candidate, baseline, judge
