@@ -223,6 +223,15 @@ class LaunchCounter:
         self.launched, self.outside, self.syncs, self.graphs = count_events(self.prof.events())
 
 
+def bench_config(module, out_dir: str, model: str, reward: str, updates: int, new_tokens: int, batch: int,
+                 dtype: str, **extra):
+    """The benchmark's PPO settings (LoRA r16, minibatch 4, 2 epochs, no checkpoints) for ``module``'s PPOConfig."""
+    return module.PPOConfig(output_dir=out_dir, model=model, reward_model=reward, device="cpu", max_steps=updates,
+                            rollout_batch_size=batch, mini_batch_size=4, ppo_epochs=2, max_new_tokens=new_tokens,
+                            per_device_batch_size=batch, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5,
+                            dtype=dtype, **extra)
+
+
 def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, count_update: int | None,
              new_tokens: int = 32, batch: int = 8, launches: bool = False, dtype: str = "float32") -> dict:
     """``updates`` PPO updates of one path ('old', 'new', 'compiled': new with ``compile_update``); per-update
@@ -232,10 +241,8 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
 
     module = __import__(f"rlhf.{'ppo_legacy' if path == 'old' else 'ppo'}", fromlist=["train"])
     module.generate_ids = fake_generate_ids(new_tokens)
-    cfg = module.PPOConfig(output_dir=out_dir, model=model, reward_model=reward, device="cpu", max_steps=updates,
-                           rollout_batch_size=batch, mini_batch_size=4, ppo_epochs=2, max_new_tokens=new_tokens,
-                           per_device_batch_size=batch, save_steps=0, seed=0, lora_r=16, learning_rate=1e-5,
-                           dtype=dtype, **({"compile_update": True} if path == "compiled" else {}))
+    cfg = bench_config(module, out_dir, model, reward, updates, new_tokens, batch, dtype,
+                       **({"compile_update": True} if path == "compiled" else {}))
     marks, counts = [], {}
     counter = (LaunchCounter() if launches else Counter()) if count_update else None
 
@@ -419,11 +426,7 @@ def part_profile(tmp: Path) -> dict:
     policy_dir, rm_dir = narrow_checkpoints(tmp)
     module = __import__("rlhf.ppo", fromlist=["train"])
     module.generate_ids = fake_generate_ids(32)
-    cfg = module.PPOConfig(output_dir=str(tmp / "profile"), model=str(policy_dir), reward_model=str(rm_dir),
-                           dtype="float32",
-                           device="cpu", max_steps=3, rollout_batch_size=8, mini_batch_size=4, ppo_epochs=2,
-                           max_new_tokens=32, per_device_batch_size=8, save_steps=0, seed=0, lora_r=16,
-                           learning_rate=1e-5)
+    cfg = bench_config(module, str(tmp / "profile"), str(policy_dir), str(rm_dir), 3, 32, 8, "float32")
     marks, state = [], {}
 
     def progress(step, total, metrics):

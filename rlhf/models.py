@@ -17,6 +17,7 @@ Safety: only safetensors are loaded (``use_safetensors=True``) and ``trust_remot
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import logging
@@ -153,12 +154,18 @@ def cpu_bf16_native(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> bool:
     forced = os.environ.get(CPU_BF16_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"
+    return any(flag in _cpu_flags(str(cpuinfo)) for flag in CPU_BF16_FLAGS)
+
+
+@functools.lru_cache(maxsize=4)
+def _cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The first CPU's flags in ``cpuinfo`` (read once per path: every model load asks)."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
-        return False
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return any(flag in flags for flag in CPU_BF16_FLAGS)
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in text.splitlines()
+                           if line.startswith("flags")), []))
 
 
 def weights_dtype(model) -> str:

@@ -410,10 +410,8 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     if not pairs:
         raise ValueError(f"no pair is left to train on: all {len(given)} were dropped by min_confidence "
                          f"{config.min_confidence} or had weight 0.")
-    if config.length_control == "balance":  # nothing to balance: refused before the tokenizer loads (it is cheap)
-        balance_pairs(pairs, mode=config.label_weights, bins=config.length_balance_bins)
-    tokenizer = load_tokenizer(config.model)
-    trainer = attach_progress(build_reward_trainer(config, pairs, tokenizer=tokenizer), progress)
+    trainer = attach_progress(build_reward_trainer(config, pairs), progress)  # refuses bad input before loading
+    tokenizer = trainer.processing_class
 
     def held_out(trainer) -> dict:
         drop_length_head(trainer.model)  # ODIN / PoE: from here on the model is its quality head alone
