@@ -13,8 +13,14 @@
 #                                    # rlhf decoder eager and static + compiled
 #   bash bench/gpu_suite.sh train    # SFT (1.7B config, seq 2048: tokens/s and MFU) and reward training (360M,
 #                                    # pairs/s) against SFTTrainer / RewardTrainer defaults (bench/rlhf_speed.py)
-#   bash bench/gpu_suite.sh all      # ppo, more, decode, train in turn (about 25 minutes: one part per call
-#                                    # fits the 10-minute limit of a device call)
+#   bash bench/gpu_suite.sh all      # ppo, more, decode, train in turn with their full settings (about 25
+#                                    # minutes: run one part per call, each fits the 10-minute limit of a call)
+#   bash bench/gpu_suite.sh quick    # the 8-minute plan, one call: every part once under one wall-clock
+#                                    # budget (SUITE_BUDGET, default 450 s): 2 PPO updates a side (the second
+#                                    # timed), the PPO core first (TRL bf16, ours eager, then compiled), then
+#                                    # decode, then TRL fp32 / RLOO / GRPO, then SFT and reward training; each
+#                                    # part gets at most what is left, a part with under 30 s left is skipped
+#                                    # and says so. Nothing is measured twice: read its figures as one draw.
 #
 # Settings (environment): OURS (our PPO modes, default lora-merged-compiled,lora-merged; see
 # bench/ppo_vs_trl112.py --help), MORE_OURS (the more part's, default rloo-merged,grpo-merged), TRL_WEIGHTS
@@ -113,7 +119,37 @@ decode() {
     timeout "${DECODE_TIMEOUT:-300}" "$PY" bench/gpu_decode.py --shapes "${SHAPES:-64x256,1x128}"
 }
 
+# quick: the 8-minute plan. left = seconds of SUITE_BUDGET still unspent; part NAME CAP FUNCTION runs FUNCTION
+# with its timeout variables set to min(CAP, left), or skips it when under 30 s are left.
+quick() {
+    local budget="${SUITE_BUDGET:-450}" start=$SECONDS
+    part() {
+        local name="$1" cap="$2" left
+        shift 2
+        left=$(( budget - (SECONDS - start) ))
+        [ "$left" -lt "$cap" ] && cap=$left
+        if [ "$cap" -lt 30 ]; then
+            echo "quick: $name skipped, $left s of the ${budget} s budget left"
+            return 0
+        fi
+        echo "quick: $name, at most $cap s ($left s left)"
+        "$@" "$cap" || echo "quick: $name ended with $?"
+    }
+    core() { UPDATES=2 OURS="${OURS:-lora-merged,lora-merged-compiled}" TRL_WEIGHTS=bf16 PPO_TIMEOUT="$1" \
+             SIDE_TIMEOUT="${SIDE_TIMEOUT:-150}" ppo; }
+    dec() { DECODE_TIMEOUT="$1" decode; }
+    rest() { UPDATES=2 OURS="${MORE_OURS:-rloo-merged,grpo-merged}" TRL_WEIGHTS=fp32 PPO_TIMEOUT="$1" \
+             SIDE_TIMEOUT="${SIDE_TIMEOUT:-60}" ppo; }
+    trn() { TRAIN_TIMEOUT=$(( $1 / 2 )) train; }
+    part "ppo core" 210 core
+    part decode 90 dec
+    part "more (trl fp32, rloo, grpo)" 100 rest
+    part train 90 trn
+    echo "quick: spent $(( SECONDS - start )) s of ${budget} s"
+}
+
 case "$what" in
+    quick) quick ;;
     ppo) ppo ;;
     more) more ;;
     decode) decode ;;
@@ -121,5 +157,5 @@ case "$what" in
     all) ppo || echo "ppo part ended with $?"
          more || echo "more part ended with $?"
          decode || echo "decode part ended with $?"; train ;;
-    *) echo "usage: bash bench/gpu_suite.sh prepare|ppo|more|decode|train|all" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu_suite.sh prepare|quick|ppo|more|decode|train|all" >&2; exit 2 ;;
 esac
