@@ -18,8 +18,10 @@ ordered by the noise-free oracle.
                  (label_weights "soft": the posterior that the pair's order is right as a soft label).
     active       one careful annotator per item, a budget of --budget rankings from a pool of 300 items; reward
                  model accuracy after 25/50/75/100% of the budget with items taken in random order vs by the
-                 current reward model's uncertainty (mean binary entropy of its Bradley–Terry probabilities over
-                 the item's 6 pairs; the first quarter is the same random quarter for both).
+                 current reward model's uncertainty (--estimates: "entropy", the mean binary entropy of its
+                 Bradley–Terry probabilities over the item's 6 pairs; "bald", the mutual information of 8
+                 bootstrap heads on its features, rlhf.active; the first quarter is the same random quarter
+                 for every order).
 
 Seed by seed, results appended to <output-dir>/results.jsonl (a rerun skips what is there), then the table:
 
@@ -155,18 +157,36 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
     return accuracy, facts
 
 
-def uncertainty(model_dir: Path, pool: list[dict], args) -> list[float]:
-    """Mean binary entropy of σ(r_i − r_j) over each item's 6 pairs under the reward model."""
+ESTIMATES = {"entropy": "uncertainty", "bald": "bald"}  # --estimates name -> the results' variant prefix
+
+
+def uncertainty(model_dir: Path, pool: list[dict], estimate: str = "entropy",
+                labelled: list[tuple[dict, list[list[int]]]] = (), seed: int = 0) -> list[float]:
+    """Each pool item's score under the reward model in `model_dir`: "entropy", the mean binary entropy of
+    σ(r_i − r_j) over its 6 pairs (the studio's estimate, rlhf.judge.pairwise_entropy); "bald", the mutual
+    information of 8 bootstrap heads on the model's features, fitted on the `labelled` (item, ranking) pairs
+    (rlhf.active)."""
     import torch
 
+    from rlhf.active import ensemble_scores, head_weight
     from rlhf.judge import pairwise_entropy
     from rlhf.models import load_reward_model, load_tokenizer
     from rlhf.reward import conversation, score
 
     model = load_reward_model(str(model_dir), device="cpu", dtype=torch.float32)
     tokenizer = load_tokenizer(str(model_dir))
-    rewards = score(model, tokenizer, [conversation(it["prompt"], t) for it in pool for t in it["texts"]]).tolist()
-    return [pairwise_entropy(rewards[4 * n:4 * n + 4]) for n in range(len(pool))]  # the studio's estimate
+    items = list(pool) + [item for item, _ in labelled]
+    rewards, features = score(model, tokenizer, [conversation(it["prompt"], t) for it in items for t in it["texts"]],
+                              features=True)
+    if estimate == "entropy":
+        return [pairwise_entropy(rewards[4 * n:4 * n + 4].tolist()) for n in range(len(pool))]
+    diffs = []
+    for n, (_, order) in enumerate(labelled):
+        base = 4 * (len(pool) + n)
+        diffs += [features[base + better] - features[base + worse] for gi, group in enumerate(order)
+                  for better in group for lower in order[gi + 1:] for worse in lower]
+    return ensemble_scores([features[4 * n:4 * n + 4] for n in range(len(pool))], torch.stack(diffs),
+                           head_weight(model), seed=seed)
 
 
 # ------------------------------------------------------------------------------------------ experiments
@@ -231,18 +251,22 @@ def run_active(seed: int, args, done: set) -> None:
 
     for n in range(1, 5):
         step("random", order[:quarter * n])
-    # Uncertainty: the first (random) quarter, then each next quarter the items the model trained on
-    # everything so far is least sure of; the model of each step is kept to choose the next.
-    chosen = order[:quarter]
-    for n in range(1, 4):
-        model_dir = Path(args.output_dir) / f"active-{seed}-step{n}"
-        if not (model_dir / "model").is_dir():
-            train(pairs_of(chosen), held_pairs, args, seed, keep=model_dir)
-        rest = [t for t in range(len(pool)) if t not in set(chosen)]
-        scores = uncertainty(model_dir / "model", [pool[t] for t in rest], args)
-        chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
-        step("uncertainty", chosen, keep=Path(args.output_dir) / f"active-{seed}-step{n + 1}" if n < 3 else None)
-        shutil.rmtree(model_dir, ignore_errors=True)
+    # Each estimate: the first (random) quarter, then each next quarter the items the model trained on
+    # everything so far scores highest; the model of each step is kept to choose the next.
+    for estimate in args.estimates.split(","):
+        name = ESTIMATES[estimate]
+        chosen = order[:quarter]
+        for n in range(1, 4):
+            model_dir = Path(args.output_dir) / f"active-{seed}-{name}-step{n}"
+            if not (model_dir / "model").is_dir():
+                train(pairs_of(chosen), held_pairs, args, seed, keep=model_dir)
+            pairs_of(chosen)  # the labels of what is chosen so far (the same whichever order asked for them)
+            rest = [t for t in range(len(pool)) if t not in set(chosen)]
+            scores = uncertainty(model_dir / "model", [pool[t] for t in rest], estimate,
+                                 labelled=[(pool[t], labels[t]) for t in chosen], seed=seed)
+            chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
+            step(name, chosen, keep=Path(args.output_dir) / f"active-{seed}-{name}-step{n + 1}" if n < 3 else None)
+            shutil.rmtree(model_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -282,20 +306,25 @@ def table(args) -> None:
     act = [r for r in rows if r["experiment"] == "active"]
     if act:
         print("\nActive learning (reward-model accuracy after a share of the ranking budget)")
+        names = [n for n in ESTIMATES.values() if any(r["variant"].startswith(f"{n}@") for r in act)]
+
+        def accuracies(name: str, fraction: float) -> list[float]:
+            got = [r["accuracy"] for r in act if r["variant"] == f"{name}@{fraction}"]
+            if not got and fraction == 0.25 and name != "random":  # the shared random first quarter
+                got = [r["accuracy"] for r in act if r["variant"] == "random@0.25"]
+            return got
+
         for fraction in (0.25, 0.5, 0.75, 1.0):
-            rnd = [r["accuracy"] for r in act if r["variant"] == f"random@{fraction}"]
-            unc = [r["accuracy"] for r in act if r["variant"] == f"uncertainty@{fraction}"] or (
-                rnd if fraction == 0.25 else [])
-            print(f"  {fraction:4.0%}  random {_mean_ci(rnd):28s} uncertainty {_mean_ci(unc)}")
-        full = [r["accuracy"] for r in act if r["variant"] == "random@1.0"]
+            print(f"  {fraction:4.0%}  random {_mean_ci(accuracies('random', fraction)):28s}"
+                  + "".join(f" {name} {_mean_ci(accuracies(name, fraction)):28s}" for name in names))
+        full = accuracies("random", 1.0)
         if full:
             target = sum(full) / len(full)
-            reached = [f for f in (0.25, 0.5, 0.75, 1.0)
-                       if (vals := [r["accuracy"] for r in act if r["variant"] == f"uncertainty@{f}"]
-                           or ([r["accuracy"] for r in act if r["variant"] == "random@0.25"] if f == 0.25 else []))
-                       and sum(vals) / len(vals) >= target]
-            print(f"  random's full-budget mean {target:.3f}: the uncertainty order reaches it at "
-                  f"{f'{min(reached):.0%}' if reached else 'no share'} of the budget (target ≤ 70%)")
+            for name in names:
+                reached = [f for f in (0.25, 0.5, 0.75, 1.0)
+                           if (vals := accuracies(name, f)) and sum(vals) / len(vals) >= target]
+                print(f"  random's full-budget mean {target:.3f}: the {name} order reaches it at "
+                      f"{f'{min(reached):.0%}' if reached else 'no share'} of the budget (target ≤ 70%)")
 
 
 def main() -> None:
@@ -303,6 +332,9 @@ def main() -> None:
     ap.add_argument("experiment", choices=["reliability", "active", "table"])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--budget", type=int, default=160, help="active: rankings in the full budget")
+    ap.add_argument("--estimates", default="entropy,bald",
+                    help="active: comma list of entropy (rlhf.judge.pairwise_entropy: results 'uncertainty@…') and "
+                         "bald (rlhf.active's bootstrap-head ensemble: 'bald@…')")
     ap.add_argument("--flags-only", action="store_true",
                     help="reliability: fit the reliability model and report its flags, train no reward model")
     ap.add_argument("--epochs", type=float, default=1.0)

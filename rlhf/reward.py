@@ -56,8 +56,10 @@ def encode_for_reward(tokenizer, item: str | Messages) -> list[int]:
 
 
 @torch.no_grad()
-def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 16) -> torch.Tensor:
-    """Rewards (N,) float32 on CPU for full conversations (or plain texts), in input order."""
+def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 16, features: bool = False):
+    """Rewards (N,) float32 on CPU for full conversations (or plain texts), in input order. With ``features``:
+    (rewards, features (N, H) float32), the final hidden state at the token the score head reads (what
+    ``rlhf.active``'s ensemble heads are fitted on)."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     model_pad = model.config.get_text_config().pad_token_id if hasattr(model.config, "get_text_config") else None
@@ -68,18 +70,31 @@ def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 1
     encoded = [encode_for_reward(tokenizer, it) for it in items]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # length-sorted batches: less padding
     out = torch.empty(len(encoded), dtype=torch.float32)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (b, T) right padded
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
-            mask[row, :len(encoded[i])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits  # (b, 1)
-        out[idx] = logits[:, 0].float().cpu()
-    model.train(was_training)
-    return out
+    feats, hidden = None, []
+    hook = model.score.register_forward_hook(lambda module, args, output: hidden.append(args[0])) if features else None
+    try:
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)  # (b, T) right padded
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(idx):
+                ids[row, :len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, :len(encoded[i])] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits  # (b, 1)
+            out[idx] = logits[:, 0].float().cpu()
+            if features:
+                states = hidden.pop()  # (b, T, H): the score head's input at every position
+                last = torch.tensor([len(encoded[i]) - 1 for i in idx], device=states.device)
+                picked = states[torch.arange(len(idx), device=states.device), last].float().cpu()
+                if feats is None:
+                    feats = torch.empty(len(encoded), picked.shape[-1], dtype=torch.float32)
+                feats[idx] = picked
+    finally:
+        if hook is not None:
+            hook.remove()
+        model.train(was_training)
+    return (out, feats) if features else out
 
 
 def score_pairs(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16):

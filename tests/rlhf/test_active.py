@@ -1,0 +1,86 @@
+"""rlhf.active: the bootstrap-head ensemble separates what the reward model does not know from near-ties,
+and rlhf.reward.score hands out the features its score head reads."""
+import math
+
+import pytest
+import torch
+
+from rlhf.active import bootstrap_heads, ensemble_scores, head_weight, pairwise_bald
+from rlhf.judge import pairwise_entropy
+
+H = 8
+TRUE = torch.tensor([2.0, -1.0, 1.5, 1.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def labelled_diffs(n=400, seed=0):
+    """Pairs whose answers differ only in the first 4 feature directions, labelled by a logistic oracle."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.zeros(n, H), torch.zeros(n, H)
+    a[:, :4], b[:, :4] = torch.randn(n, 4, generator=g), torch.randn(n, 4, generator=g)
+    first = torch.rand(n, generator=g) < torch.sigmoid((a - b) @ TRUE)
+    return torch.where(first[:, None], a - b, b - a)
+
+
+def task(delta):
+    return torch.stack([torch.zeros(H), torch.tensor(delta, dtype=torch.float32)])
+
+
+def test_bald_is_low_on_a_near_tie_the_entropy_ranks_first_and_high_where_no_label_has_looked():
+    heads = bootstrap_heads(labelled_diffs(), torch.full((H,), 0.5), k=8, seed=0)
+    near_tie = task([0.01, 0, 0, 0, 0, 0, 0, 0])
+    explored = task([0.5, 0.5, 0, 0, 0, 0, 0, 0])
+    unexplored = task([0, 0, 0, 0, 1.0, 0, 0, 0])
+    bald = {name: pairwise_bald(t, heads) for name, t in
+            [("near tie", near_tie), ("explored", explored), ("unexplored", unexplored)]}
+    entropy = {name: pairwise_entropy((t @ heads.mean(0)).tolist()) for name, t in
+               [("near tie", near_tie), ("explored", explored), ("unexplored", unexplored)]}
+    assert entropy["near tie"] == pytest.approx(math.log(2), abs=1e-4)  # the entropy's first pick
+    assert max(entropy, key=entropy.get) == "near tie"
+    assert bald["near tie"] < 1e-4 < bald["explored"] < bald["unexplored"]
+    assert bald["unexplored"] > 10 * bald["explored"]
+    assert ensemble_scores([near_tie, explored, unexplored], labelled_diffs(), torch.full((H,), 0.5), seed=0) == \
+        pytest.approx([bald["near tie"], bald["explored"], bald["unexplored"]], abs=1e-6)
+
+
+def test_heads_agree_where_the_labels_pin_the_weight_down_and_keep_their_spread_elsewhere():
+    heads = bootstrap_heads(labelled_diffs(n=2000), torch.full((H,), 0.5), k=16, seed=1)
+    spread = heads.std(dim=0)
+    assert spread[:4].max() < 0.5 * spread[4:].min()  # data directions vs directions no pair moves along
+    assert spread[4:].mean() == pytest.approx(0.5, rel=0.4)  # the prior's scale: the trained head's rms weight
+    assert torch.allclose(heads.mean(dim=0)[:4], TRUE[:4], atol=0.5)  # the oracle's weight, recovered
+    assert torch.equal(heads, bootstrap_heads(labelled_diffs(n=2000), torch.full((H,), 0.5), k=16, seed=1))
+
+
+def test_pairwise_bald_edge_cases():
+    heads = torch.randn(4, H)
+    assert pairwise_bald(torch.randn(1, H), heads) == 0.0  # one answer: no pair
+    same = torch.ones(4, H)
+    assert pairwise_bald(torch.randn(3, H), same) == pytest.approx(0.0, abs=1e-6)  # heads that all agree
+    assert 0.0 <= pairwise_bald(torch.randn(4, H), heads) <= math.log(2)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.zeros(0, H), torch.ones(H)), "at least one labelled pair"),
+    ((torch.ones(3, H), torch.ones(H + 1)), "the prior head has shape"),
+    ((torch.ones(3, H), torch.zeros(H)), "the prior's scale must be positive"),
+])
+def test_bootstrap_heads_refuses_bad_input(args, message):
+    with pytest.raises(ValueError, match=message):
+        bootstrap_heads(*args)
+    with pytest.raises(ValueError, match="k >= 2"):
+        bootstrap_heads(torch.ones(3, H), torch.ones(H), k=1)
+
+
+def test_score_features_are_what_the_head_reads(tiny_dir, tiny_tokenizer):
+    """rewards = features @ head + bias for every item, whatever its length in the padded batch."""
+    from rlhf.models import load_reward_model
+    from rlhf.reward import conversation, score
+
+    model = load_reward_model(tiny_dir, device="cpu", dtype=torch.float32)
+    items = [conversation("Q?", text) for text in ["a", "a much longer answer " * 6, "mid length answer", "b"]]
+    rewards, features = score(model, tiny_tokenizer, items, batch_size=3, features=True)
+    assert features.shape == (4, model.config.hidden_size)
+    bias = model.score.bias if model.score.bias is not None else torch.zeros(1)
+    assert torch.allclose(features @ head_weight(model) + bias.detach(), rewards, atol=1e-5)
+    assert torch.equal(rewards, score(model, tiny_tokenizer, items, batch_size=3))  # unchanged without features
+    assert not model.score._forward_hooks  # the hook is gone
