@@ -175,18 +175,21 @@ def uncertainty(model_dir: Path, pool: list[dict], estimate: str = "entropy",
 
     model = load_reward_model(str(model_dir), device="cpu", dtype=torch.float32)
     tokenizer = load_tokenizer(str(model_dir))
-    items = list(pool) + [item for item, _ in labelled]
-    rewards, features = score(model, tokenizer, [conversation(it["prompt"], t) for it in items for t in it["texts"]],
-                              features=True)
     if estimate == "entropy":
+        rewards = score(model, tokenizer, [conversation(it["prompt"], t) for it in pool for t in it["texts"]])
         return [pairwise_entropy(rewards[4 * n:4 * n + 4].tolist()) for n in range(len(pool))]
-    diffs = []
+    items = list(pool) + [item for item, _ in labelled]
+    _, features = score(model, tokenizer, [conversation(it["prompt"], t) for it in items for t in it["texts"]],
+                        features=True)
+    diffs, groups = [], []
     for n, (_, order) in enumerate(labelled):
         base = 4 * (len(pool) + n)
-        diffs += [features[base + better] - features[base + worse] for gi, group in enumerate(order)
-                  for better in group for lower in order[gi + 1:] for worse in lower]
+        pairs = [(better, worse) for gi, group in enumerate(order) for better in group
+                 for lower in order[gi + 1:] for worse in lower]
+        diffs += [features[base + better] - features[base + worse] for better, worse in pairs]
+        groups += [n] * len(pairs)  # a ranking's pairs are resampled together
     return ensemble_scores([features[4 * n:4 * n + 4] for n in range(len(pool))], torch.stack(diffs),
-                           head_weight(model), seed=seed)
+                           head_weight(model), seed=seed, groups=groups)
 
 
 # ------------------------------------------------------------------------------------------ experiments
@@ -256,8 +259,8 @@ def run_active(seed: int, args, done: set) -> None:
     for estimate in args.estimates.split(","):
         name = ESTIMATES[estimate]
         chosen = order[:quarter]
-        for n in range(1, 4):
-            model_dir = Path(args.output_dir) / f"active-{seed}-{name}-step{n}"
+        for n in range(1, 4):  # step 1's model (the shared random quarter) is the same for every estimate
+            model_dir = Path(args.output_dir) / (f"active-{seed}-step1" if n == 1 else f"active-{seed}-{name}-step{n}")
             if not (model_dir / "model").is_dir():
                 train(pairs_of(chosen), held_pairs, args, seed, keep=model_dir)
             pairs_of(chosen)  # the labels of what is chosen so far (the same whichever order asked for them)
@@ -266,7 +269,9 @@ def run_active(seed: int, args, done: set) -> None:
                                  labelled=[(pool[t], labels[t]) for t in chosen], seed=seed)
             chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
             step(name, chosen, keep=Path(args.output_dir) / f"active-{seed}-{name}-step{n + 1}" if n < 3 else None)
-            shutil.rmtree(model_dir, ignore_errors=True)
+            if n > 1:
+                shutil.rmtree(model_dir, ignore_errors=True)
+    shutil.rmtree(Path(args.output_dir) / f"active-{seed}-step1", ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -346,6 +351,9 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="reward model base (default: the bundled SmolLM2-135M-Instruct)")
     ap.add_argument("--output-dir", default=str(ROOT / "bench" / "out" / "label_quality"))
     args = ap.parse_args()
+    unknown = set(args.estimates.split(",")) - set(ESTIMATES)
+    if unknown:
+        ap.error(f"--estimates: unknown {', '.join(sorted(unknown))} (known: {', '.join(ESTIMATES)})")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.experiment == "table":
         table(args)

@@ -6,7 +6,8 @@ the labels annotators disagree on most: they teach little (the usual failure of 
 under label noise). This module separates the two kinds of uncertainty with a small ensemble on one
 trunk: the reward model's final hidden state at the token its score head reads is kept fixed, and
 ``k`` linear heads are fitted on bootstrap resamples of the labelled pairs (each a logistic regression
-on the difference of the two answers' features, started from and pulled towards the trained head). A
+on the difference of the two answers' features, pulled towards the trained head plus a random offset:
+randomise-then-optimise, as anchored ensembles, Pearce et al. 2020, and randomised priors, Osband et al. 2018). A
 task's score is the BALD mutual information (Houlsby et al. 2011, "Bayesian Active Learning for
 Classification and Preference Learning"), averaged over its pairs:
 
@@ -24,9 +25,10 @@ import torch
 
 
 def bootstrap_heads(diffs: torch.Tensor, prior: torch.Tensor, *, k: int = 8, seed: int = 0,
-                    prior_scale: float | None = None, steps: int = 50) -> torch.Tensor:
+                    prior_scale: float | None = None, steps: int = 50,
+                    groups: Sequence[int] | None = None) -> torch.Tensor:
     """``k`` heads (k, H), each a draw from an approximate posterior over the score head's weight given the
-    labelled pairs (randomise-then-optimise, as randomised prior functions, Osband et al. 2018): head k
+    labelled pairs (randomise-then-optimise: anchored ensembles, Pearce et al. 2020): head k
     minimises
 
         sum_i softplus(-w . d_i)  over a bootstrap resample of the pairs  +  |w - (prior + s * e_k)|^2 / (2 s^2)
@@ -34,7 +36,12 @@ def bootstrap_heads(diffs: torch.Tensor, prior: torch.Tensor, *, k: int = 8, see
     with ``d_i`` the pairs' feature differences (n, H; chosen minus rejected), e_k standard normal and s =
     ``prior_scale`` (default: the trained head's root-mean-square weight). Where the labels pin a direction
     down the heads agree; where they say nothing the heads keep their prior's spread, so they disagree on
-    answers that differ in directions no label has explored."""
+    answers that differ in directions no label has explored. ``groups`` (one id per pair, e.g. its ranking):
+    resample whole groups, since a ranking's pairs share answers and are not independent.
+
+    Caveat: the prior is the trained head, itself fitted on these labels, so the labelled directions are
+    counted twice and the heads are somewhat overconfident there; the ranking of tasks, which is all active
+    learning uses, is what matters."""
     if diffs.ndim != 2 or diffs.shape[0] == 0:
         raise ValueError("bootstrap_heads needs at least one labelled pair's feature difference (n, H)")
     if prior.shape != diffs.shape[1:]:
@@ -45,10 +52,17 @@ def bootstrap_heads(diffs: torch.Tensor, prior: torch.Tensor, *, k: int = 8, see
     scale = float(prior_scale) if prior_scale is not None else float(prior.pow(2).mean().sqrt())
     if not scale > 0:
         raise ValueError("the prior's scale must be positive (a trained head of zeros gives none: pass prior_scale)")
+    if groups is not None and len(groups) != diffs.shape[0]:
+        raise ValueError(f"groups has {len(groups)} ids for {diffs.shape[0]} pairs")
+    members: dict[int, list[int]] = {}
+    for row, group in enumerate(groups if groups is not None else range(diffs.shape[0])):
+        members.setdefault(int(group), []).append(row)
+    clusters = list(members.values())
     generator = torch.Generator().manual_seed(seed)
     heads = []
     for _ in range(k):
-        sample = diffs[torch.randint(0, diffs.shape[0], (diffs.shape[0],), generator=generator)]
+        drawn = torch.randint(0, len(clusters), (len(clusters),), generator=generator).tolist()
+        sample = diffs[[row for c in drawn for row in clusters[c]]]
         centre = prior + scale * torch.randn(prior.shape, generator=generator, dtype=prior.dtype)
         heads.append(_fit_head(sample, centre, scale, steps))
     return torch.stack(heads).float()
@@ -90,10 +104,11 @@ def pairwise_bald(features: torch.Tensor, heads: torch.Tensor) -> float:
 
 
 def ensemble_scores(task_features: Sequence[torch.Tensor], labelled_diffs: torch.Tensor, prior: torch.Tensor, *,
-                    k: int = 8, seed: int = 0) -> list[float]:
+                    k: int = 8, seed: int = 0, groups: Sequence[int] | None = None) -> list[float]:
     """BALD scores of tasks (each task's answers' features, (n_t, H)) under ``k`` bootstrap heads fitted on
-    ``labelled_diffs`` (chosen minus rejected features of the pairs labelled so far)."""
-    heads = bootstrap_heads(labelled_diffs, prior, k=k, seed=seed)
+    ``labelled_diffs`` (chosen minus rejected features of the pairs labelled so far; ``groups``: their
+    rankings, resampled whole)."""
+    heads = bootstrap_heads(labelled_diffs, prior, k=k, seed=seed, groups=groups)
     return [pairwise_bald(f, heads) for f in task_features]
 
 

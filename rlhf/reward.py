@@ -85,7 +85,10 @@ def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 1
             out[idx] = logits[:, 0].float().cpu()
             if features:
                 states = hidden.pop()  # (b, T, H): the score head's input at every position
-                last = torch.tensor([len(encoded[i]) - 1 for i in idx], device=states.device)
+                # the position the classifier pools: the rightmost token that is not the pad id (as transformers'
+                # sequence classification does; not the last real token, when a text ends in a token equal to pad)
+                real = (ids != pad).long()
+                last = (torch.arange(width) * real).argmax(-1).to(states.device)
                 picked = states[torch.arange(len(idx), device=states.device), last].float().cpu()
                 if feats is None:
                     feats = torch.empty(len(encoded), picked.shape[-1], dtype=torch.float32)

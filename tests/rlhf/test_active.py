@@ -69,6 +69,18 @@ def test_bootstrap_heads_refuses_bad_input(args, message):
         bootstrap_heads(*args)
     with pytest.raises(ValueError, match="k >= 2"):
         bootstrap_heads(torch.ones(3, H), torch.ones(H), k=1)
+    with pytest.raises(ValueError, match="groups has 2 ids for 3 pairs"):
+        bootstrap_heads(torch.ones(3, H), torch.ones(H), groups=[0, 0])
+
+
+def test_groups_resample_whole_rankings():
+    """One group holding every pair: each resample draws that group, i.e. all the pairs, so the heads differ
+    only by their random prior offsets, and they still agree along the labelled directions."""
+    diffs = labelled_diffs(n=600)
+    heads = bootstrap_heads(diffs, torch.full((H,), 0.5), k=8, seed=2, groups=[0] * 600)
+    assert heads.std(dim=0)[:4].max() < 0.5 * heads.std(dim=0)[4:].min()
+    six = [i // 6 for i in range(600)]  # rankings of 6 pairs
+    assert not torch.equal(bootstrap_heads(diffs, torch.full((H,), 0.5), k=8, seed=2, groups=six), heads)
 
 
 def test_score_features_are_what_the_head_reads(tiny_dir, tiny_tokenizer):
@@ -84,3 +96,19 @@ def test_score_features_are_what_the_head_reads(tiny_dir, tiny_tokenizer):
     assert torch.allclose(features @ head_weight(model) + bias.detach(), rewards, atol=1e-5)
     assert torch.equal(rewards, score(model, tiny_tokenizer, items, batch_size=3))  # unchanged without features
     assert not model.score._forward_hooks  # the hook is gone
+
+
+def test_score_features_follow_the_pooled_token_when_pad_is_eos(tiny_dir):
+    """With pad = EOS a plain text ends in a pad-valued token; the classifier pools the token before it, and
+    so must the features."""
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.reward import encode_for_reward, score
+
+    tokenizer = load_tokenizer(tiny_dir)
+    tokenizer.pad_token = tokenizer.eos_token
+    model = load_reward_model(tiny_dir, device="cpu", dtype=torch.float32)
+    items = ["a short text", "a somewhat longer plain text to score", "x"]
+    assert all(encode_for_reward(tokenizer, it)[-1] == tokenizer.pad_token_id for it in items)
+    rewards, features = score(model, tokenizer, items, batch_size=3, features=True)
+    bias = model.score.bias if model.score.bias is not None else torch.zeros(1)
+    assert torch.allclose(features @ head_weight(model) + bias.detach(), rewards, atol=1e-5)
