@@ -62,21 +62,29 @@ def test_lora_on_selected_layers_only(tiny_dir):
     assert adapted == {"1"}
 
 
-def test_cpu_bf16_native_reads_the_cpu_flags_and_the_override(tmp_path, monkeypatch):
-    """bf16 is the "auto" dtype on a CPU whose flags say it multiplies bf16 natively (AVX512-BF16 or AMX-BF16);
-    RLHF_CPU_BF16=1/0 forces the answer; without /proc/cpuinfo the answer is no."""
-    from rlhf.models import cpu_bf16_native, pick_dtype
+def test_cpu_bf16_native_needs_the_flags_and_a_measured_speedup(tmp_path, monkeypatch):
+    """bf16 is the "auto" dtype on a CPU whose flags name bf16 instructions (AVX512-BF16 or AMX-BF16) and where
+    a bf16 matmul measures >= 1.3x faster than fp32; RLHF_CPU_BF16=1/0 forces the answer; without
+    /proc/cpuinfo the answer is no."""
+    from rlhf.models import cpu_bf16_native, cpu_bf16_speedup, pick_dtype
+
+    def never():
+        raise AssertionError("no bf16 flag: nothing to measure")
 
     native, emulated = tmp_path / "native", tmp_path / "emulated"
     native.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n\n")
     emulated.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512bw\n\n")
     monkeypatch.delenv("RLHF_CPU_BF16", raising=False)
-    assert cpu_bf16_native(native) and not cpu_bf16_native(emulated)
-    assert not cpu_bf16_native(tmp_path / "missing")
+    assert cpu_bf16_native(native, probe=lambda: 3.4) and not cpu_bf16_native(emulated, probe=never)
+    assert not cpu_bf16_native(native, probe=lambda: 0.5)  # the flag, but bf16 measured slower (a Xeon VM here)
+    assert not cpu_bf16_native(native, probe=lambda: 1.29) and cpu_bf16_native(native, probe=lambda: 1.3)
+    assert not cpu_bf16_native(tmp_path / "missing", probe=never)
     (tmp_path / "amx").write_text("flags\t: sse amx_bf16 amx_tile\n")
-    assert cpu_bf16_native(tmp_path / "amx")
+    assert cpu_bf16_native(tmp_path / "amx", probe=lambda: 5.0)
+    speedup = cpu_bf16_speedup()  # the real probe: a positive ratio, measured once per process
+    assert speedup > 0 and cpu_bf16_speedup() == speedup
     monkeypatch.setenv("RLHF_CPU_BF16", "0")
-    assert not cpu_bf16_native(native) and pick_dtype("auto", "cpu") == torch.float32
+    assert not cpu_bf16_native(native, probe=lambda: 9.0) and pick_dtype("auto", "cpu") == torch.float32
     monkeypatch.setenv("RLHF_CPU_BF16", "1")
-    assert cpu_bf16_native(emulated) and pick_dtype("auto", "cpu") == torch.bfloat16
+    assert cpu_bf16_native(emulated, probe=never) and pick_dtype("auto", "cpu") == torch.bfloat16
     assert pick_dtype("float32", "cpu") == torch.float32  # an explicit dtype always wins
