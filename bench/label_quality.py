@@ -113,23 +113,25 @@ def held_out_pairs(held: list[dict]):
     return pairs
 
 
+def order_pairs(order: list[list[int]]) -> list[tuple[int, int]]:
+    """(better, worse) answer indices of a ranking given as tie groups, best first (ties left out)."""
+    return [(better, worse) for gi, group in enumerate(order) for better in group
+            for lower in order[gi + 1:] for worse in lower]
+
+
 def ranking_pairs(item: dict, order: list[list[int]], task: int, annotator: int, fit=None):
     """C(4,2) pairs of one ranking (ties left out), with the fit's weight and confidence when given."""
     from rlhf.data import PreferencePair
 
     pairs = []
-    for gi, group in enumerate(order):
-        for better in group:
-            for lower in order[gi + 1:]:
-                for worse in lower:
-                    weight, confidence = 1.0, None
-                    if fit is not None:
-                        got = fit.annotators.get(annotator)
-                        weight = 1.0 if got is None else max(0.0, 2 * got.reliability - 1)
-                        confidence = fit.confidence((task, min(better, worse), max(better, worse)),
-                                                    1 if better < worse else -1)
-                    pairs.append(PreferencePair(item["prompt"], item["texts"][better], item["texts"][worse],
-                                                weight=weight, confidence=confidence))
+    for better, worse in order_pairs(order):
+        weight, confidence = 1.0, None
+        if fit is not None:
+            got = fit.annotators.get(annotator)
+            weight = 1.0 if got is None else max(0.0, 2 * got.reliability - 1)
+            confidence = fit.confidence((task, min(better, worse), max(better, worse)), 1 if better < worse else -1)
+        pairs.append(PreferencePair(item["prompt"], item["texts"][better], item["texts"][worse],
+                                    weight=weight, confidence=confidence))
     return pairs
 
 
@@ -184,8 +186,7 @@ def uncertainty(model_dir: Path, pool: list[dict], estimate: str = "entropy",
     diffs, groups = [], []
     for n, (_, order) in enumerate(labelled):
         base = 4 * (len(pool) + n)
-        pairs = [(better, worse) for gi, group in enumerate(order) for better in group
-                 for lower in order[gi + 1:] for worse in lower]
+        pairs = order_pairs(order)
         diffs += [features[base + better] - features[base + worse] for better, worse in pairs]
         groups += [n] * len(pairs)  # a ranking's pairs are resampled together
     return ensemble_scores([features[4 * n:4 * n + 4] for n in range(len(pool))], torch.stack(diffs),

@@ -55,9 +55,8 @@ def resolve_throughput(config: TrainerConfig, kind: str, *, device=None, bf16_ok
     dtype). DPO keeps today's settings on a GPU.
 
     On a CPU that multiplies bf16 natively (``rlhf.models.cpu_bf16_native``: AVX512-BF16 or AMX-BF16 and measured
-    faster than fp32), SFT and
-    DPO runs with a LoRA adapter load bf16 weights without autocast (peft keeps the adapter in fp32): about 2x
-    faster a DPO step on the bundled model. Reward runs stay fp32 there (TRL's optimizer would train the score
+    faster than fp32), SFT and DPO runs with a LoRA adapter load bf16 weights without autocast (peft keeps the
+    adapter in fp32): about 2x faster a DPO step on the bundled model. Reward runs stay fp32 there (TRL's optimizer would train the score
     head in bf16), as do full fine-tuning, other adapters and every other CPU. ``device``/``bf16_ok``/
     ``liger_ok``/``cpu_bf16_ok`` override what this host reports (tests).
     """
