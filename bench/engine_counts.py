@@ -24,7 +24,8 @@ checkpoint as reward model with a fresh head, value model = reward model + a sec
 with dtype "auto" (bf16 weights on a CPU with native bf16, rlhf.models.cpu_bf16_native; fp32 elsewhere or with
 RLHF_CPU_BF16=0), ``--updates`` updates (default 1): wall
 time and peak RSS of each update (VmHWM reset through /proc/self/clear_refs once the models are loaded and
-after each update) and the peak RSS while loading the models, each path in its own process.
+after each update) and the peak RSS while loading the models, each path in its own process; and the new path in
+fp32 with ``value_head: "shared"`` (the value head on the policy's trunk: one trunk fewer to run).
 
 Part 3 (compiled): part 1's model and settings, the new update eager vs with ``compile_update`` (each
 micro-step compiled at fixed shapes), update 2 of 4 counted by ops launched (profiler events, as in
@@ -234,7 +235,8 @@ def bench_config(module, out_dir: str, model: str, reward: str, updates: int, ne
 
 def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, count_update: int | None,
              new_tokens: int = 32, batch: int = 8, launches: bool = False, dtype: str = "float32") -> dict:
-    """``updates`` PPO updates of one path ('old', 'new', 'compiled': new with ``compile_update``); per-update
+    """``updates`` PPO updates of one path ('old', 'new', 'compiled': new with ``compile_update``, 'shared': new
+    with ``value_head: "shared"``); per-update
     wall times (from the progress callbacks), and the counters of update ``count_update`` (1-based; None: no
     counting): the dispatch counter, or with ``launches`` the profiler's launched ops."""
     import torch
@@ -242,7 +244,8 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
     module = __import__(f"rlhf.{'ppo_legacy' if path == 'old' else 'ppo'}", fromlist=["train"])
     module.generate_ids = fake_generate_ids(new_tokens)
     cfg = bench_config(module, out_dir, model, reward, updates, new_tokens, batch, dtype,
-                       **({"compile_update": True} if path == "compiled" else {}))
+                       **({"compile_update": True} if path == "compiled" else {}),
+                       **({"value_head": "shared"} if path == "shared" else {}))
     marks, counts = [], {}
     counter = (LaunchCounter() if launches else Counter()) if count_update else None
 
@@ -477,10 +480,11 @@ def child(path: str, out: str, updates: int, dtype: str) -> None:
 
 
 def part_smollm(tmp: Path, updates: int) -> list[dict]:
-    """Part 2: the old path as it ran on a CPU (fp32), the new path in fp32 (what the engine alone changes) and
-    the new path with dtype "auto" (bf16 weights on a CPU with native bf16), each in its own process."""
+    """Part 2: the old path as it ran on a CPU (fp32), the new path in fp32 (what the engine alone changes), the
+    new path with dtype "auto" (bf16 weights on a CPU with native bf16) and the new path in fp32 with the value
+    head on the policy's trunk (``value_head: "shared"``), each in its own process."""
     rows = []
-    for path, dtype in (("old", "float32"), ("new", "float32"), ("new", "auto")):
+    for path, dtype in (("old", "float32"), ("new", "float32"), ("new", "auto"), ("shared", "float32")):
         out = tmp / f"smollm_{path}_{dtype}.json"
         subprocess.run([sys.executable, __file__, "--child", path, "--dtype", dtype, "--out", str(out),
                         "--updates", str(updates)], check=True, cwd=REPO)
@@ -497,7 +501,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "profile", "all"],
                         default="all")
-    parser.add_argument("--child", choices=["old", "new"])
+    parser.add_argument("--child", choices=["old", "new", "shared"])
     parser.add_argument("--dtype", default="auto", help="the child's weights dtype (part 2)")
     parser.add_argument("--out")
     parser.add_argument("--updates", type=int, default=1, help="SmolLM2-135M updates per path (part 2)")
@@ -538,14 +542,19 @@ def main() -> None:
         print(f"| narrow 32-layer: wall per update, new eager vs compile_update (ms) | {1000 * we:.0f} | "
               f"{1000 * wc:.0f} | {we / wc:.2f}x |")
     if smollm:
-        old, new32, new = smollm  # old fp32; new fp32; new with dtype "auto" (the table's "new")
+        old, new32, new, shared = smollm  # old fp32; new fp32; new with dtype "auto" (the table's "new"); shared fp32
         for i in range(len(old["walls"])):
             print(f"| SmolLM2-135M: update {i + 1} wall (s) | {old['walls'][i]:.1f} | {new['walls'][i]:.1f} | "
                   f"{old['walls'][i] / new['walls'][i]:.2f}x |")
             print(f"| SmolLM2-135M: update {i + 1} wall, new path in fp32 (s) | {old['walls'][i]:.1f} | "
                   f"{new32['walls'][i]:.1f} | {old['walls'][i] / new32['walls'][i]:.2f}x |")
+            print(f"| SmolLM2-135M: update {i + 1} wall, new path in fp32, value_head shared (s) | "
+                  f"{old['walls'][i]:.1f} | {shared['walls'][i]:.1f} | {old['walls'][i] / shared['walls'][i]:.2f}x |")
             o, n = old[f"hwm_after_update_{i + 1}_mb"], new[f"hwm_after_update_{i + 1}_mb"]
             print(f"| SmolLM2-135M: peak RSS during update {i + 1} (MB) | {o:.0f} | {n:.0f} | new = {n / o:.2f}x old |")
+            n = shared[f"hwm_after_update_{i + 1}_mb"]
+            print(f"| SmolLM2-135M: peak RSS during update {i + 1}, fp32, value_head shared (MB) | {o:.0f} | {n:.0f} | "
+                  f"new = {n / o:.2f}x old |")
         print(f"| SmolLM2-135M: weights | {old['weights_dtype']} | {new['weights_dtype']} | |")
         print(f"| SmolLM2-135M: peak RSS while loading the models (MB) | {old['peak_rss_mb']:.0f} | {new['peak_rss_mb']:.0f} | "
               f"new = {new['peak_rss_mb'] / old['peak_rss_mb']:.2f}x old |")

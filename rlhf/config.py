@@ -296,6 +296,11 @@ class PPOConfig(TrainerConfig):
     data_format: str = _help("'prompts' (see rlhf.data.load_prompts) or 'hh_rlhf' (the prompts of HH-RLHF pairs).", "prompts")
     reward_model: str | None = _help("Reward model checkpoint (sequence classifier, one label). Needed unless train() gets reward_fn.")
     value_model: str | None = _help("Value model initialisation; null = the reward model (or the policy checkpoint with a fresh head when there is none).")
+    value_head: str = _help("'separate': a value model of its own (value_model, or the reward model: InstructGPT's "
+                            "choice). 'shared': a scalar head on the policy's final hidden states (one trunk for "
+                            "policy and value, as TRL's former AutoModelForCausalLMWithValueHead): one trunk pass "
+                            "fewer per rollout and one forward + backward fewer per micro-step, and the value "
+                            "loss (vf_coef) trains the policy's trunk too.", "separate")
     dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU and on a CPU with native bf16, AVX512-BF16 or "
                        "AMX, with fp32 LoRA adapters and fp32 master weights for full fine-tuning; fp32 otherwise; "
                        "RLHF_CPU_BF16=0/1 overrides the CPU check), 'float32', 'bfloat16'.", "auto")
@@ -366,6 +371,7 @@ class PPOConfig(TrainerConfig):
 # --------------------------------------------------------------------------------- RLOO and GRPO
 
 POLICY_METHODS = ("ppo", "rloo", "grpo")
+VALUE_HEADS = ("separate", "shared")
 KL_PENALTIES = ("reward", "loss")
 LOSS_AGGREGATIONS = ("token", "sequence")
 
@@ -388,6 +394,7 @@ class RLOOConfig(PPOConfig):
     whiten_advantages: bool = _help("Normalise advantages to mean 0, std 1 over the batch's valid tokens.", False)
     ppo_epochs: int = _help("Passes over each rollout batch (1: on-policy; more reuse it with the clipped ratio).", 1)
     value_model: str | None = _help("Ignored by RLOO and GRPO (no value model).")
+    value_head: str = _help("Ignored by RLOO and GRPO (no value model).", "separate")
 
 
 @dataclass
@@ -414,6 +421,11 @@ def check_policy_config(config: PPOConfig) -> None:
     penalty = config.length_penalty
     if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not math.isfinite(penalty) or penalty < 0:
         raise ValueError(f"length_penalty must be 0 (off) or a positive number (got {penalty!r}).")
+    if config.value_head not in VALUE_HEADS:
+        raise ValueError(f"value_head must be one of {list(VALUE_HEADS)} (got {config.value_head!r}).")
+    if config.value_head == "shared" and config.value_model and not isinstance(config, RLOOConfig):
+        raise ValueError("value_model initialises a separate value model, and value_head 'shared' has none (the "
+                         "value head reads the policy's trunk): set one of them, not both.")
     if isinstance(config, RLOOConfig):
         if config.num_samples < 2:
             raise ValueError(f"num_samples must be 2 or more for {config.method} (got {config.num_samples}): the "

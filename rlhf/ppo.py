@@ -29,7 +29,11 @@ Where this differs from the paper (Schulman et al.) and why:
   over one trunk). With LoRA it is a *second LoRA adapter on the reward model's own weights* (with the
   score head as a trainable copy): adapter on = value model, adapter off = the frozen reward model, so the
   value model costs no second copy of the weights. Without a reward model (``reward_fn``), the value model
-  starts from the policy's checkpoint with a fresh scalar head.
+  starts from the policy's checkpoint with a fresh scalar head. ``value_head: "shared"`` instead puts a
+  scalar head (``ValueHead``, zero-initialised) on the policy's own final hidden states, as TRL's earlier
+  ``AutoModelForCausalLMWithValueHead`` did: the values come out of the pass that computes the log-probs, so
+  a rollout makes one trunk pass fewer and a training micro-step one forward and backward fewer, and the
+  value loss (weighted by ``vf_coef``) trains the policy's trunk too.
 * The reference policy is the SFT model: with LoRA, the policy with its adapter disabled (no second
   copy); with full fine-tuning a frozen copy.
 * Reward normalisation uses running mean/std over all scores seen so far (InstructGPT instead offsets
@@ -387,14 +391,18 @@ def causal_lm_parts(model):
 
 
 def policy_forward(model, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
-                   with_entropy: bool = False, chunk_elements: int | None = None):
-    """Response log-probs (B, R) (and per-token entropy (B, R)) at ``temperature``.
+                   with_entropy: bool = False, chunk_elements: int | None = None, value_head=None):
+    """Response log-probs (B, R) (and per-token entropy (B, R)) at ``temperature``; with ``value_head`` (a
+    ``ValueHead`` on this trunk) the values V(s_t) (B, R) as well, last in the returned tuple.
 
     The trunk runs over query + response minus the last token; the output head is applied in chunks to the
     hidden states of the R response positions only (see ``token_logprobs_from_hidden``). Models without a
-    plain output head fall back to ``policy_forward_full``."""
+    plain output head fall back to ``policy_forward_full`` (not with a ``value_head``: ``build_models``
+    refuses that combination)."""
     parts = causal_lm_parts(model)
     if parts is None:
+        if value_head is not None:
+            raise ValueError("a shared value head needs a causal LM with a plain linear output head")
         return policy_forward_full(model, query_ids, query_mask, response_ids, response_mask, temperature,
                                    with_entropy)
     backbone, head = parts
@@ -405,7 +413,11 @@ def policy_forward(model, query_ids, query_mask, response_ids, response_mask, te
                       use_cache=False).last_hidden_state[:, Q - 1:]  # (B, R, H): the states predicting y_t
     out = token_logprobs_from_hidden(hidden, head, response_ids, temperature, with_entropy, chunk_elements)
     m = response_mask.to(torch.float32)
-    return (out[0] * m, out[1] * m) if with_entropy else out * m
+    out = (out[0] * m, out[1] * m) if with_entropy else out * m
+    if value_head is None:
+        return out
+    values = value_head(hidden).squeeze(-1).float() * m  # (B, R) V(s_t) from the same hidden states
+    return (*out, values) if with_entropy else (out, values)
 
 
 def policy_forward_full(model, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
@@ -436,6 +448,21 @@ def value_forward(value_model, query_ids, query_mask, response_ids, response_mas
     return clf.score(hidden[:, Q - 1:-1]).squeeze(-1).float() * response_mask  # (B, R)
 
 
+class ValueHead(torch.nn.Linear):
+    """``value_head: "shared"``: V(s_t) = w . h_t + b on the policy's final hidden states h_t, fp32 whatever the
+    trunk's dtype. Zero-initialised, so the first values are 0 and the value loss reaches the trunk only once
+    the head has learnt something (d V / d h = w)."""
+
+    def __init__(self, hidden_size: int, device=None):
+        super().__init__(hidden_size, 1, device=device, dtype=torch.float32)
+        with torch.no_grad():
+            self.weight.zero_()
+            self.bias.zero_()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden.to(self.weight.dtype))
+
+
 @contextmanager
 def adapter_disabled(model):
     """The frozen base: a PeftModel with its adapter off (the SFT reference / the reward model)."""
@@ -460,12 +487,15 @@ class Models:
     reward_tokenizer: Any | None
     generator: Any | None = None  # merged_generation: a plain copy of the policy that only samples
     reward_suffix: list[int] | None = None  # reward scored from token ids (see reward_token_suffix), else text
+    value_head: Any | None = None  # value_head "shared": a ValueHead on the policy's trunk (then value is None)
 
 
 def build_models(config: PPOConfig, use_reward_model: bool = True, with_value: bool = True) -> Models:
     """Load policy, reference, value and reward model as described in the module docstring.
 
-    ``with_value=False`` (RLOO, GRPO): no value model; the reward model is loaded frozen on its own."""
+    ``with_value=False`` (RLOO, GRPO): no value model; the reward model is loaded frozen on its own. With
+    ``config.value_head == "shared"`` (PPO) the value is a ``ValueHead`` on the policy's trunk: no value model,
+    and the reward model is loaded frozen on its own as well."""
     from peft import get_peft_model
 
     from .models import load_causal_lm, load_reward_model, load_tokenizer, lora_config
@@ -476,6 +506,8 @@ def build_models(config: PPOConfig, use_reward_model: bool = True, with_value: b
     if config.merged_generation and config.load_in_bits:
         raise ValueError("merged_generation needs full-precision base weights: it cannot fold LoRA into a "
                          f"{config.load_in_bits}-bit model; turn one of them off")
+    shared_head = with_value and getattr(config, "value_head", "separate") == "shared"
+    with_value = with_value and not shared_head  # a value *model*
     seed_everything(config.seed)  # fresh score heads are initialised at load time
     load = dict(device=config.device, dtype=config.dtype, load_in_bits=config.load_in_bits)
     tokenizer = load_tokenizer(config.model)
@@ -516,7 +548,15 @@ def build_models(config: PPOConfig, use_reward_model: bool = True, with_value: b
         disable_dropout(generator)
         generator.config.pad_token_id = tokenizer.pad_token_id
     suffix = reward_token_suffix(tokenizer, reward_tokenizer) if config.reward_from_ids else None
-    return Models(policy, ref, value, reward, shares, tokenizer, reward_tokenizer, generator, suffix)
+    head = None
+    if shared_head:
+        if causal_lm_parts(policy) is None:
+            raise ValueError("value_head 'shared' reads the policy's final hidden states, which needs a causal LM "
+                             "with a plain linear output head (this model has none, or LoRA targets lm_head): "
+                             "use value_head 'separate'")
+        text_config = policy.config.get_text_config() if hasattr(policy.config, "get_text_config") else policy.config
+        head = ValueHead(text_config.hidden_size, device=next(policy.parameters()).device)
+    return Models(policy, ref, value, reward, shares, tokenizer, reward_tokenizer, generator, suffix, head)
 
 
 @torch.no_grad()
@@ -538,6 +578,8 @@ def trainable_parameters(models: Models) -> dict[str, torch.nn.Parameter]:
     out = {f"policy.{n}": p for n, p in models.policy.named_parameters() if p.requires_grad}
     if models.value is not None:
         out.update({f"value.{n}": p for n, p in models.value.named_parameters() if p.requires_grad})
+    if models.value_head is not None:
+        out.update({f"value_head.{n}": p for n, p in models.value_head.named_parameters()})
     return out
 
 
@@ -688,7 +730,11 @@ def collect_rollout(models: Models, prompts: Sequence[Messages], config: PPOConf
         args = (q[s], qm[s], r[s], rm[s])
         with autocast():
             new_cuda_graph_step(r.device, compiled)
-            logprobs[s], entropy[s] = forward(policy, *args, config.temperature, with_entropy=True)
+            if models.value_head is not None:  # the values from the same pass (shared trunk)
+                logprobs[s], entropy[s], values[s] = forward(policy, *args, config.temperature, with_entropy=True,
+                                                             value_head=models.value_head)
+            else:
+                logprobs[s], entropy[s] = forward(policy, *args, config.temperature, with_entropy=True)
             if models.ref is None:
                 with adapter_disabled(policy):
                     ref_logprobs[s] = forward(policy, *args, config.temperature)
@@ -864,13 +910,19 @@ def micro_step_loss(policy, value, query_ids, query_mask, response_ids, response
                     cliprange_value: float, vf_coef: float, aggregation: str, kl_term: bool):
     """One micro-batch: (loss, statistics row in STAT_KEYS order). Tensor code only (no host reads), so
     ``compiled_micro_step`` can compile it whole: the policy (and value) forward, the losses, and through
-    AOTAutograd their backward. PPO-ptx is added outside (its batches vary in shape)."""
+    AOTAutograd their backward. PPO-ptx is added outside (its batches vary in shape). ``value``: the value
+    model, a ``ValueHead`` on the policy's trunk (one forward gives log-probs and values), or None."""
     mask = response_mask.float()
-    new_logprobs = policy_forward(policy, query_ids, query_mask, response_ids, response_mask, temperature)
+    shared = isinstance(value, ValueHead)
+    new_logprobs = policy_forward(policy, query_ids, query_mask, response_ids, response_mask, temperature,
+                                  value_head=value if shared else None)
+    if shared:
+        new_logprobs, vpred = new_logprobs
     out = policy_gradient_losses(new_logprobs, old_logprobs, advantages, mask, cliprange, aggregation)
     loss = out["pg_loss"]
     if value is not None:
-        vpred = value_forward(value, query_ids, query_mask, response_ids, response_mask)
+        if not shared:
+            vpred = value_forward(value, query_ids, query_mask, response_ids, response_mask)
         out.update(value_losses(vpred, old_values, returns, mask, cliprange_value))
         loss = loss + vf_coef * out["vf_loss"]
     if kl_term:
@@ -959,7 +1011,8 @@ def ppo_update(models: Models, ro: Rollout, optimizer, config: PPOConfig, params
     ``config.kl_penalty == 'loss'`` a k3 KL-to-reference term weighted by ``kl_coef``). Statistics stay on the
     device and are read once at the end (and once per optimizer step only when ``target_kl`` is set); the
     micro-batches keep the rollout's full width (no sync to trim padding columns)."""
-    policy, value = models.policy, models.value
+    policy = models.policy
+    value = models.value if models.value is not None else models.value_head  # a model, a ValueHead or None
     policy.train()  # dropout is off; train() only matters for gradient checkpointing
     if value is not None:
         value.train()

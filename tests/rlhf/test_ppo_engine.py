@@ -4,6 +4,7 @@ path, the closed-form GAE vs the loop, fp32 master weights for bf16 full fine-tu
 device-side statistics, and a whole run of the new update vs the old one kept in rlhf/ppo_legacy.py."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -298,18 +299,20 @@ def test_reward_from_token_ids_reads_the_score_at_the_suffix(tiny_rm_dir, tiny_t
 
 
 # ------------------------------------------------------------------------------ compiled micro-step
-def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_path, tiny_dir, tiny_rm_dir):
+@pytest.mark.parametrize("value_head", ["separate", "shared"])
+def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_path, tiny_dir, tiny_rm_dir,
+                                                                          value_head):
     """`compile_update` (the rollout's scoring passes — policy, reference, value and the reward model from
     token ids — and the micro-steps compiled): the same seed gives the same metrics and (merged) weights as
-    the eager update over 3 updates (LoRA policy and value, the studio's default), with the rollouts' widths
-    padded to fixed shapes; the prompts' lengths change between updates inside one bucket, and nothing
-    recompiles after the first."""
+    the eager update over 3 updates (LoRA policy and value, the studio's default; and the value head on the
+    policy's trunk), with the rollouts' widths padded to fixed shapes; the prompts' lengths change between
+    updates inside one bucket, and nothing recompiles after the first."""
     from safetensors.torch import load_file
     from torch._dynamo.utils import counters
 
     prompts = PROMPTS * 3  # 12 prompts, 4 per update: each update's query width differs
     cfg = small_config(tmp_path, tiny_dir, max_steps=3, rollout_batch_size=4, mini_batch_size=2, ppo_epochs=2,
-                       reward_model=tiny_rm_dir)
+                       reward_model=tiny_rm_dir, value_head=value_head)
     seen_eager, seen_compiled, graphs = [], [], []
 
     def on_compiled(step, total, metrics):
@@ -331,3 +334,115 @@ def test_compiled_update_trains_like_the_eager_one_and_does_not_recompile(tmp_pa
     wb = load_file(str(tmp_path / "compiled" / "model" / "model.safetensors"))
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+
+
+# ------------------------------------------------------------------------------ shared value head
+def _record_widths(module) -> list[int]:
+    """The input width of every forward of ``module`` (a trunk, called with input_ids=...)."""
+    widths = []
+    module.register_forward_hook(lambda mod, args, kwargs, out: widths.append(kwargs["input_ids"].shape[1]),
+                                 with_kwargs=True)
+    return widths
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_shared_value_head_reads_the_policys_trunk_in_the_same_pass(tmp_path, tiny_dir, tiny_rm_dir, lora):
+    """value_head 'shared': no value model; the reward model is a frozen model of its own; the rollout's values
+    are the head applied to the policy's final hidden states of the pass that gave the log-probs (one trunk pass
+    fewer: policy + reference, not policy + reference + value); a micro-step runs the trunk once and its value
+    loss reaches both the head and the policy's trainable weights."""
+    from rlhf.ppo import ValueHead, causal_lm_parts, collect_rollout, micro_step_loss, trainable_parameters
+
+    cfg = small_config(tmp_path, tiny_dir, reward_model=tiny_rm_dir, value_head="shared", use_lora=lora)
+    models = build_models(cfg)
+    assert models.value is None and isinstance(models.value_head, ValueHead)
+    assert models.reward is not None and not models.reward_shares_value
+    assert not any(p.requires_grad for p in models.reward.parameters())
+    assert {n for n in trainable_parameters(models) if n.startswith("value_head.")} == {"value_head.weight",
+                                                                                      "value_head.bias"}
+    assert torch.count_nonzero(models.value_head.weight) == 0  # zero-initialised: V = 0 before training
+    with torch.no_grad():
+        models.value_head.weight.normal_()
+        models.value_head.bias.fill_(0.25)
+    backbone, _ = causal_lm_parts(models.policy)
+    trunk = _record_widths(backbone)
+    ref = _record_widths(causal_lm_parts(models.ref)[0]) if models.ref is not None else []
+    ro = collect_rollout(models, PROMPTS, cfg, None)
+    scoring = ro.query_ids.shape[1] + ro.response_ids.shape[1] - 1  # the scoring passes' width (not decoding's)
+    # policy and reference (adapter off / the frozen copy), one batch each: no value pass
+    assert (trunk + ref).count(scoring) == 2
+    ids = torch.cat([ro.query_ids, ro.response_ids], 1)[:, :-1]
+    mask = torch.cat([ro.query_mask, ro.response_mask], 1)[:, :-1].long()
+    from rlhf.ppo import position_ids_from
+
+    with torch.no_grad():
+        hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids_from(mask)).last_hidden_state
+        expected = models.value_head(hidden[:, ro.query_ids.shape[1] - 1:]).squeeze(-1) * ro.response_mask
+    assert ro.values.abs().sum() > 0 and torch.allclose(ro.values, expected, atol=1e-5)
+    # one micro-step: one trunk forward; the value loss's gradient reaches the head and the policy
+    trunk.clear()
+    R = ro.response_ids.shape[1]
+    returns = ro.values + torch.linspace(-1, 1, R) * ro.response_mask
+    loss, stats = micro_step_loss(models.policy, models.value_head, ro.query_ids, ro.query_mask, ro.response_ids,
+                                  ro.response_mask, ro.logprobs, torch.zeros_like(ro.values), ro.values, returns,
+                                  ro.ref_logprobs, torch.tensor(0.0), cfg.temperature, cfg.cliprange,
+                                  cfg.cliprange_value, vf_coef=1.0, aggregation="token", kl_term=False)
+    assert trunk == [scoring]
+    loss.backward()  # advantages are 0: every gradient below comes from the value loss
+    assert models.value_head.weight.grad.abs().sum() > 0
+    policy_grads = [p.grad for n, p in trainable_parameters(models).items() if n.startswith("policy.")]
+    assert any(g is not None and g.abs().sum() > 0 for g in policy_grads)
+
+
+def test_shared_value_head_learns_the_toy_reward_and_resumes_exactly(tmp_path, tiny_dir):
+    """The toy reward rises with the shared head as with a value model (the fp32 test's bound), the value
+    metrics are reported, and a run cancelled after update 2 resumes from its checkpoint (the head's weights
+    and optimizer state included) to the same weights as an uninterrupted run."""
+    import math
+
+    from safetensors.torch import load_file
+
+    from rlhf import Cancelled
+
+    cfg = small_config(tmp_path, tiny_dir, use_lora=False, max_steps=20, rollout_batch_size=32, mini_batch_size=8,
+                       kl_coef=0.05, value_head="shared")
+    history = []
+    art = train(cfg, PROMPTS * 4, lambda s, t, m: history.append(m), reward_fn=share_reward)
+    assert art.status == "succeeded" and len(history) == 20
+    rewards = [m["objective/reward"] for m in history]
+    assert sum(rewards[-5:]) / 5 >= sum(rewards[:5]) / 5 + 0.15, rewards
+    assert max(m["objective/kl"] for m in history) < 8.0
+    assert all(math.isfinite(history[-1][k]) for k in ("loss/value", "val/explained_variance", "val/mean"))
+    assert history[-1]["val/mean"] != 0.0  # the head learnt from its zero start
+
+    short = dataclasses.replace(cfg, max_steps=4, save_steps=0, rollout_batch_size=8, mini_batch_size=4)
+
+    def stop_at_2(step, total, metrics):
+        if step == 2:
+            raise Cancelled()
+
+    assert train(dataclasses.replace(short, output_dir=str(tmp_path / "cut")), PROMPTS, stop_at_2,
+                 reward_fn=share_reward).status == "cancelled"
+    ckpt = load_file(str(tmp_path / "cut" / "checkpoint-2" / "trainable.safetensors"))
+    assert {"value_head.weight", "value_head.bias"} <= set(ckpt)
+    resumed = train(dataclasses.replace(short, output_dir=str(tmp_path / "cut"), resume=True), PROMPTS, None,
+                    reward_fn=share_reward)
+    straight = train(dataclasses.replace(short, output_dir=str(tmp_path / "straight")), PROMPTS, None,
+                     reward_fn=share_reward)
+    a = load_file(str(Path(resumed.model_dir) / "model.safetensors"))
+    b = load_file(str(Path(straight.model_dir) / "model.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_value_head_setting_is_checked_before_any_model_loads(tmp_path, tiny_dir):
+    from rlhf.config import RLOOConfig, check_policy_config
+
+    with pytest.raises(ValueError, match=r"value_head must be one of \['separate', 'shared'\] \(got 'both'\)"):
+        train(small_config(tmp_path, tiny_dir, value_head="both"), PROMPTS, reward_fn=share_reward)
+    with pytest.raises(ValueError, match="value_model initialises a separate value model"):
+        train(small_config(tmp_path, tiny_dir, value_head="shared", value_model=tiny_dir), PROMPTS,
+              reward_fn=share_reward)
+    assert not (tmp_path / "run").exists()  # nothing written
+    check_policy_config(RLOOConfig(output_dir=str(tmp_path / "r"), model=tiny_dir, value_head="shared",
+                                   value_model=tiny_dir))  # RLOO has no value model: both ignored
