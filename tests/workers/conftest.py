@@ -147,8 +147,16 @@ def wait_for(predicate, timeout: float, what: str, worker: Worker | None = None)
         if value:
             return value
         time.sleep(0.5)
-    tail = worker.output()[-3000:] if worker else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n--- worker log ---\n{tail}")
+    if worker is None:
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    code = worker.proc.poll()
+    state = "still running" if code is None else f"exited with code {code}"
+    log_lines = worker.output().splitlines()
+    # the worker's own ERROR/CRITICAL lines first (a traceback's tail alone hides what the worker did next)
+    events = [line for line in log_lines if ": ERROR/" in line or ": CRITICAL/" in line or ": WARNING/" in line]
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the worker is {state}\n"
+                         f"--- worker's errors and warnings (last 20) ---\n" + "\n".join(events[-20:]) +
+                         "\n--- worker log (tail) ---\n" + "\n".join(log_lines)[-4000:])
 
 
 def execute(executor, run):
