@@ -152,7 +152,7 @@ def wait_for(predicate, timeout: float, what: str, worker: Worker | None = None)
     code = worker.proc.poll()
     state = "still running" if code is None else f"exited with code {code}"
     log_lines = worker.output().splitlines()
-    # the worker's own ERROR/CRITICAL lines first (a traceback's tail alone hides what the worker did next)
+    # the worker's own ERROR/CRITICAL/WARNING lines first (a traceback's tail alone hides what the worker did next)
     events = [line for line in log_lines if ": ERROR/" in line or ": CRITICAL/" in line or ": WARNING/" in line]
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; the worker is {state}\n"
                          f"--- worker's errors and warnings (last 20) ---\n" + "\n".join(events[-20:]) +
