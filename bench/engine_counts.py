@@ -41,8 +41,12 @@ estimate of the host's dispatch cost, launched ops x the cost per op of a tiny e
 measured in the same process (tensors of 4 x 8: compute ~0). That estimate bounds what compiling can save
 on a CPU, where a compiled graph still runs its kernels one by one; on a GPU it is what CUDA graphs remove.
 
+Part 6 (overhead): the overhead-only update (``part_overhead``): part 1's layers and head layout with a 384-token
+vocabulary and eager attention, so that compute is next to nothing on a CPU too; old, new eager and new compiled,
+launched ops and wall per update.
+
 Run the parts separately to stay under a 10-minute timeout: ``--part counts``, ``--part smollm``,
-``--part compiled``, ``--part components``, ``--part profile``.
+``--part compiled``, ``--part components``, ``--part profile``, ``--part overhead``.
 """
 
 from __future__ import annotations
@@ -246,11 +250,17 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
     cfg = bench_config(module, out_dir, model, reward, updates, new_tokens, batch, dtype,
                        **({"compile_update": True} if path == "compiled" else {}),
                        **({"value_head": "shared"} if path == "shared" else {}))
-    marks, counts = [], {}
+    marks, starts, counts = [], [], {}
     counter = (LaunchCounter() if launches else Counter()) if count_update else None
 
     def progress(step, total, metrics):
         marks.append(time.perf_counter())
+        try:
+            on_update(step)
+        finally:
+            starts.append(time.perf_counter())  # the counter's own work (the profiler's events) is no update's wall
+
+    def on_update(step):
         counts[f"hwm_after_update_{step}_mb"] = vm_hwm_mb()
         reset_peak_rss()  # the next update's peak RSS starts from the current RSS
         if counter is not None and step == count_update:
@@ -267,7 +277,7 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
     torch.manual_seed(0)
     art = module.train(cfg, PROMPTS[:batch] if batch <= len(PROMPTS) else (PROMPTS * batch)[:batch], progress)
     assert art.status == "succeeded", art.status
-    walls = [b - a for a, b in zip([start] + marks[:-1], marks)]
+    walls = [b - a for a, b in zip([start] + starts[:-1], marks)]
     from rlhf.contract import read_metadata
 
     return {"path": path, "walls": walls, "metrics": {k: art.metrics.get(k) for k in ("objective/kl", "loss/policy")},
@@ -468,6 +478,42 @@ def part_profile(tmp: Path) -> dict:
     return row
 
 
+def part_overhead(tmp: Path, updates: int = 6) -> list[dict]:
+    """Part 6: the overhead-only update. Part 1's 32-layer narrow model is not overhead-only on a CPU (part 5:
+    the 49,152-wide head and the CPU flash-attention kernel at head size 4 are most of its wall), so here the
+    same layers and head layout (hidden 60, 15 query / 5 KV heads of size 4) get rlhf.testing's 384-token
+    tokenizer and eager attention (matmul + softmax at these sizes costs next to nothing): the wall is host
+    overhead. Old path, new path eager and new path with ``compile_update``, each ``updates`` updates in this
+    process; launched ops counted on update 2 (profiler), the wall averaged over updates 3 to the last."""
+    import torch._inductor.config as inductor_config
+
+    import rlhf.models
+    from rlhf.testing import build_tiny_tokenizer
+
+    inductor_config.cpp.enable_kernel_profile = True
+    tok = build_tiny_tokenizer()
+    policy_dir, rm_dir = tmp / "overhead", tmp / "overhead_rm"
+    narrow_360m(tok).save_pretrained(policy_dir, safe_serialization=True)
+    narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
+    for d in (policy_dir, rm_dir):
+        tok.save_pretrained(d)
+    rlhf.models._SAFE["attn_implementation"] = "eager"  # every model this process loads (bench only)
+    rows = []
+    try:
+        for path in ("old", "new", "compiled"):
+            row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"overhead_{path}"), updates=updates,
+                           count_update=2, launches=True)
+            rows.append(row)
+            timed = row["walls"][2:]
+            print(f"[overhead] {path}: launched ops/update {row['launched']:,} (outside compiled code "
+                  f"{row['outside']:,}), compiled-graph calls {row['graphs']}, syncs {row['syncs']}, wall/update "
+                  f"{1000 * sum(timed) / len(timed):.0f} ms (updates 3-{updates}: "
+                  f"{', '.join(f'{1000 * w:.0f}' for w in timed)} ms; update 1 {row['walls'][0]:.1f} s)", flush=True)
+    finally:
+        rlhf.models._SAFE.pop("attn_implementation", None)
+    return rows
+
+
 def child(path: str, out: str, updates: int, dtype: str) -> None:
     """One path on SmolLM2-135M in this process: ``updates`` updates, then the peak RSS."""
     from rlhf.models import convert_bundled_model
@@ -499,7 +545,7 @@ def part_smollm(tmp: Path, updates: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "profile", "all"],
+    parser.add_argument("--part", choices=["counts", "smollm", "compiled", "components", "profile", "overhead", "all"],
                         default="all")
     parser.add_argument("--child", choices=["old", "new", "shared"])
     parser.add_argument("--dtype", default="auto", help="the child's weights dtype (part 2)")
@@ -522,6 +568,7 @@ def main() -> None:
         if args.part in ("profile", "all"):
             part_profile(tmp)
         compiled = part_compiled(tmp) if args.part in ("compiled", "all") else None
+        overhead = part_overhead(tmp) if args.part in ("overhead", "all") else None
         counts = part_counts(tmp) if args.part in ("counts", "all") else None
         smollm = part_smollm(tmp, args.updates) if args.part in ("smollm", "all") else None
     print("\n| measure | old | new | old / new |\n|---|---|---|---|")
@@ -541,6 +588,17 @@ def main() -> None:
               f"{eager['outside'] / max(comp['outside'], 1):.2f}x |")
         print(f"| narrow 32-layer: wall per update, new eager vs compile_update (ms) | {1000 * we:.0f} | "
               f"{1000 * wc:.0f} | {we / wc:.2f}x |")
+    if overhead:
+        old, eager, comp = overhead
+        wo, we, wc = (sum(r["walls"][2:]) / len(r["walls"][2:]) for r in overhead)
+        print(f"| overhead-only 32-layer (384 tokens, eager attention): launched ops per update, old vs new compiled | "
+              f"{old['launched']:,} | {comp['launched']:,} (outside compiled code {comp['outside']:,}) | "
+              f"{old['launched'] / comp['launched']:.2f}x |")
+        print(f"| overhead-only: wall per update, old vs new eager (ms) | {1000 * wo:.0f} | {1000 * we:.0f} | {wo / we:.2f}x |")
+        print(f"| overhead-only: wall per update, old vs new compiled (ms) | {1000 * wo:.0f} | {1000 * wc:.0f} | "
+              f"{wo / wc:.2f}x |")
+        print(f"| overhead-only: wall per update, new eager vs new compiled (ms) | {1000 * we:.0f} | {1000 * wc:.0f} | "
+              f"{we / wc:.2f}x |")
     if smollm:
         old, new32, new, shared = smollm  # old fp32; new fp32; new with dtype "auto" (the table's "new"); shared fp32
         for i in range(len(old["walls"])):
