@@ -216,6 +216,14 @@ class RewardRunConfig(TrainerConfig):
                                 "bias).", "none")
     length_balance_bins: int = _help("'balance': how many equal-count bands of |log length ratio| the pairs are "
                                      "balanced within (1: one balance over all pairs).", 4)
+    length_calibration: str = _help("Post-hoc length calibration after training: 'none', 'chars' or 'log_chars'. "
+                                    "The reward becomes r - beta * L (L: the answer's characters, or log(1 + "
+                                    "characters)), beta fitted on training pairs so that the calibrated reward "
+                                    "prefers the longer answer no more often than their labels do; stored in the "
+                                    "model (config.json `rlhf_length_calibration`) and applied wherever it scores "
+                                    "(see docs/RLHF.md, Length bias).", "none")
+    length_calibration_pairs: int = _help("Training pairs scored to fit the length calibration (a random sample; "
+                                          "all of them when fewer).", 256)
     odin_length_weight: float = _help("ODIN: weight of the length-correlation loss |corr(quality, length)| + "
                                       "1 - corr(length head, length), over each batch's answers.", 1.0)
     odin_orthogonal_weight: float = _help("ODIN: weight of |cos| between the quality and the length head's weights.",
@@ -229,6 +237,7 @@ class RewardRunConfig(TrainerConfig):
 
 
 LENGTH_CONTROLS = ("none", "odin", "poe", "balance")
+LENGTH_CALIBRATIONS = ("none", "chars", "log_chars")  # "none" or an rlhf.length.CALIBRATION_SCALES scale
 
 
 LABEL_WEIGHTS = ("none", "weight", "soft")
@@ -249,6 +258,12 @@ def check_reward_config(config: RewardRunConfig) -> None:
     if isinstance(config.length_balance_bins, bool) or not isinstance(config.length_balance_bins, int) \
             or config.length_balance_bins < 1:
         raise ValueError(f"length_balance_bins must be a whole number, 1 or more (got {config.length_balance_bins!r}).")
+    if config.length_calibration not in LENGTH_CALIBRATIONS:
+        raise ValueError(f"length_calibration must be one of {list(LENGTH_CALIBRATIONS)} "
+                         f"(got {config.length_calibration!r}).")
+    pairs = config.length_calibration_pairs
+    if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 2:
+        raise ValueError(f"length_calibration_pairs must be a whole number, 2 or more (got {pairs!r}).")
     for name in ("odin_length_weight", "odin_orthogonal_weight"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must be 0 or more (got {getattr(config, name)}).")

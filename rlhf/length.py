@@ -57,6 +57,12 @@ weight (half the group's), so that within every band of length difference, lengt
 answer was chosen and the loss gives it no gradient on average. A group with pairs of one direction only has
 nothing to balance them with and is dropped (weight 0); pairs of equal length keep their weight. The reward
 model itself is unchanged (one head, plain Bradley-Terry with these per-pair weights).
+
+Post-hoc length calibration (``fit_length_calibration``; after Huang et al. 2024, "Post-hoc Reward Calibration:
+A Case Study on Length Bias", arXiv:2409.17407): after training, the reward becomes r - beta * f(L), beta
+fitted on training pairs so that the calibrated reward prefers the longer answer no more often than the
+labels do. It works on top of any of the controls above; the trained model carries it in its config
+(``CONFIG_KEY``) and ``rlhf.reward.score`` and PPO's token-id reward apply it.
 """
 
 from __future__ import annotations
@@ -247,3 +253,76 @@ def length_balance(chosen_lengths, rejected_lengths, *, weights=None, bins: int 
                "pairs_dropped": dropped, "chosen_longer_share_before": longer_share([1.0] * len(d)),
                "chosen_longer_share_after": longer_share(factors)}
     return factors, summary
+
+
+# -------------------------------------------------------------------------------------- calibration
+CALIBRATION_SCALES = ("chars", "log_chars")
+
+
+def length_feature(lengths, scale: str = "chars") -> torch.Tensor:
+    """The length term of a calibration: characters, or log(1 + characters) (float64)."""
+    if scale not in CALIBRATION_SCALES:
+        raise ValueError(f"unknown length scale {scale!r}; expected one of {', '.join(CALIBRATION_SCALES)}.")
+    lengths = torch.as_tensor(lengths, dtype=torch.float64)
+    return lengths if scale == "chars" else torch.log1p(lengths)
+
+
+def fit_length_calibration(chosen_rewards, rejected_rewards, chosen_lengths, rejected_lengths, *,
+                           scale: str = "chars") -> dict:
+    """A post-hoc length calibration of a trained reward model (in the spirit of Huang et al. 2024,
+    "Post-hoc Reward Calibration: A Case Study on Length Bias", arXiv:2409.17407, who subtract the reward's
+    estimated length trend): the slope ``beta`` >= 0 such that the calibrated reward ``r - beta * f(L)``
+    (f: ``length_feature``) prefers the longer answer of the calibration pairs no more often than their labels
+    do. Where Huang et al. remove the whole trend (true quality assumed independent of length), this keeps as
+    much length preference as the labellers showed and removes only the excess the model learnt on top.
+
+    On the pairs of unequal length, with d = r_longer - r_shorter and D = f(L_longer) - f(L_shorter) > 0, the
+    calibrated model prefers the longer answer iff d / D > beta, so beta is the k+1-th largest of the ratios
+    d / D, k = floor(share of pairs whose chosen answer is the longer x pairs): closed form, no search. beta is
+    0 when the model prefers the longer answer no more often than the labels already.
+
+    Returns {"beta", "scale", "pairs" (of unequal length), "labels_prefer_longer", "model_prefers_longer"
+    (before), "calibrated_prefers_longer"}."""
+    rc, rr = torch.as_tensor(chosen_rewards, dtype=torch.float64), torch.as_tensor(rejected_rewards, dtype=torch.float64)
+    fc, fr = length_feature(chosen_lengths, scale), length_feature(rejected_lengths, scale)
+    if not (len(rc) == len(rr) == len(fc) == len(fr)):
+        raise ValueError("one reward and one length per chosen and rejected answer")
+    longer = fc > fr
+    unequal = longer | (fc < fr)
+    n = int(unequal.sum())
+    if n == 0:
+        raise ValueError("a length calibration needs pairs whose answers differ in length; every pair given has "
+                         "two answers of the same length.")
+    d = torch.where(longer, rc - rr, rr - rc)[unequal]
+    gap = torch.where(longer, fc - fr, fr - fc)[unequal]
+    ratios = torch.sort(d / gap, descending=True).values
+    labels = float(longer[unequal].double().mean())
+    k = math.floor(labels * n)
+    before = float((d > 0).double().mean() + 0.5 * (d == 0).double().mean())
+    beta = 0.0 if before <= labels or k >= n else max(0.0, float(ratios[k]))
+    after = d - beta * gap
+    return {"beta": beta, "scale": scale, "pairs": n, "labels_prefer_longer": labels, "model_prefers_longer": before,
+            "calibrated_prefers_longer": float((after > 0).double().mean() + 0.5 * (after == 0).double().mean())}
+
+
+def calibrate(rewards, lengths, calibration: dict | None) -> torch.Tensor:
+    """Rewards (N,) minus the calibration's length term (``fit_length_calibration``); unchanged when None or
+    beta is 0. Lengths in characters; the result keeps the rewards' device and (floating) dtype."""
+    rewards = torch.as_tensor(rewards)
+    if not calibration or not calibration.get("beta"):
+        return rewards
+    term = calibration["beta"] * length_feature(lengths, calibration.get("scale", "chars"))
+    dtype = rewards.dtype if rewards.is_floating_point() else torch.float64
+    return (rewards.double() - term.to(rewards.device)).to(dtype)
+
+
+# Where a calibrated reward model carries its calibration: an attribute of its transformers config, so that it
+# is saved in config.json with the weights and comes back with every load (merged or as an adapter's base).
+CONFIG_KEY = "rlhf_length_calibration"
+
+
+def calibration_of(model) -> dict | None:
+    """The length calibration a (reward) model carries, or None."""
+    config = getattr(model, "config", None)
+    value = getattr(config, CONFIG_KEY, None) if config is not None else None
+    return value if isinstance(value, dict) and value.get("beta") else None

@@ -301,7 +301,21 @@ def _load_adapter(auto_cls, path: str, kwargs: dict, merge: bool, depth: int = 0
             raise ValueError(f"{path} is a prompt-learning adapter ({config.peft_type}); another adapter cannot be "
                              "trained on top of it: start that run from its base model instead")
         return model
-    return model.merge_and_unload() if merge else model
+    model = model.merge_and_unload() if merge else model
+    _restore_calibration(model, path)
+    return model
+
+
+CALIBRATION_FILE = "length_calibration.json"  # beside an adapter: what a merged model keeps in its config.json
+
+
+def _restore_calibration(model, path) -> None:
+    """An adapter's length calibration (rlhf.length.CONFIG_KEY) back onto the loaded model's config."""
+    from .length import CONFIG_KEY
+
+    file = Path(path) / CALIBRATION_FILE
+    if file.is_file():
+        setattr(model.config, CONFIG_KEY, json.loads(file.read_text()))
 
 
 def save_adapter(model, out_dir: str | os.PathLike, base_ref, tokenizer=None) -> str:
@@ -311,6 +325,11 @@ def save_adapter(model, out_dir: str | os.PathLike, base_ref, tokenizer=None) ->
     for adapter in model.peft_config.values():
         adapter.base_model_name_or_path = base
     model.save_pretrained(out_dir, safe_serialization=True)
+    from .length import CONFIG_KEY
+
+    calibration = getattr(model.config, CONFIG_KEY, None)
+    if calibration is not None:  # an adapter dir has no config.json of its own: the calibration goes beside it
+        (Path(out_dir) / CALIBRATION_FILE).write_text(json.dumps(calibration))
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return str(out_dir)

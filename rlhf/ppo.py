@@ -686,6 +686,7 @@ def score_rollout(models: Models, prompts, completions, response_ids, response_m
     trained; eager: its width is the texts')."""
     if reward_fn is not None:
         return torch.as_tensor(reward_fn(prompts, completions, response_ids, response_mask), dtype=torch.float32)
+    from .length import calibrate, calibration_of
     from .reward import conversation, score
 
     with (adapter_disabled(models.value) if models.reward_shares_value else nullcontext(models.reward)) as rm:
@@ -697,9 +698,11 @@ def score_rollout(models: Models, prompts, completions, response_ids, response_m
                 def forward(*args):  # each chunk's scores are copied out before the next replay
                     new_cuda_graph_step(device, True)
                     return graph(*args)
-            return reward_from_token_ids(rm, query_ids, query_mask, response_ids, response_mask, has_eos,
-                                         models.reward_suffix, models.reward_tokenizer.pad_token_id, batch_size,
-                                         forward)
+            scores = reward_from_token_ids(rm, query_ids, query_mask, response_ids, response_mask, has_eos,
+                                           models.reward_suffix, models.reward_tokenizer.pad_token_id, batch_size,
+                                           forward)
+            # a calibrated reward model (rlhf.length): as `score` applies it on the text path, on the answers' text
+            return calibrate(scores, [len(c) for c in completions], calibration_of(rm))
         items = [conversation(p, c) for p, c in zip(prompts, completions)]
         return score(rm, models.reward_tokenizer, items, batch_size)
 

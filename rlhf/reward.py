@@ -34,6 +34,7 @@ from .config import (  # noqa: F401 (they live in rlhf.config; importable from h
 )
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
+from .length import CONFIG_KEY, calibrate, calibration_of
 from .models import describe_model, load_reward_model, load_tokenizer
 from .runner import attach_progress, check_peft_here, peft_config_for, resolve_throughput, run_trainer, trl_args
 from .weighting import select_pairs
@@ -55,11 +56,19 @@ def encode_for_reward(tokenizer, item: str | Messages) -> list[int]:
     return tokenizer.apply_chat_template(item, tokenize=True, return_dict=True)["input_ids"]
 
 
+def answer_text(item: str | Messages) -> str:
+    """The answer a reward is for: a conversation's last message, or the whole of a plain text."""
+    return item if isinstance(item, str) else (item[-1].get("content") or "" if item else "")
+
+
 @torch.no_grad()
-def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 16, features: bool = False):
+def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 16, features: bool = False,
+          calibrated: bool = True):
     """Rewards (N,) float32 on CPU for full conversations (or plain texts), in input order. With ``features``:
     (rewards, features (N, H) float32), the final hidden state at the token the score head reads (what
-    ``rlhf.active``'s ensemble heads are fitted on)."""
+    ``rlhf.active``'s ensemble heads are fitted on). A model that carries a length calibration
+    (``rlhf.length.calibration_of``; ``length_calibration`` of the reward run) has it applied to the rewards,
+    with each answer's characters (``answer_text``), unless ``calibrated`` is False."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     model_pad = model.config.get_text_config().pad_token_id if hasattr(model.config, "get_text_config") else None
@@ -97,13 +106,16 @@ def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 1
         if hook is not None:
             hook.remove()
         model.train(was_training)
+    calibration = calibration_of(model) if calibrated else None
+    if calibration:
+        out = calibrate(out, [len(answer_text(it)) for it in items], calibration)
     return (out, feats) if features else out
 
 
-def score_pairs(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16):
+def score_pairs(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16, calibrated: bool = True):
     """(rewards of the chosen answers (N,), rewards of the rejected answers (N,))."""
     items = [conversation(p.prompt, p.chosen) for p in pairs] + [conversation(p.prompt, p.rejected) for p in pairs]
-    rewards = score(model, tokenizer, items, batch_size)
+    rewards = score(model, tokenizer, items, batch_size, calibrated=calibrated)
     return rewards[:len(pairs)], rewards[len(pairs):]
 
 
@@ -116,12 +128,39 @@ def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_s
 
 
 def held_out_report(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16) -> dict:
-    """Pairwise accuracy and the length diagnostics (``rlhf.length``) on held-out pairs."""
+    """Pairwise accuracy and the length diagnostics (``rlhf.length``) on held-out pairs; for a model with a
+    length calibration, of the calibrated reward, with the same diagnostics of the uncalibrated one under
+    ``eval/uncalibrated/``."""
     from .length import answer_lengths, length_diagnostics
 
-    chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size)
-    return length_diagnostics(chosen, rejected, answer_lengths([p.chosen for p in pairs]),
-                              answer_lengths([p.rejected for p in pairs]))
+    chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size, calibrated=False)
+    lc, lr = answer_lengths([p.chosen for p in pairs]), answer_lengths([p.rejected for p in pairs])
+    calibration = calibration_of(model)
+    report = length_diagnostics(calibrate(chosen, lc, calibration), calibrate(rejected, lr, calibration), lc, lr)
+    if calibration:
+        raw = length_diagnostics(chosen, rejected, lc, lr)
+        report.update({f"eval/uncalibrated/{key.removeprefix('eval/')}": raw[key] for key in UNCALIBRATED_KEYS})
+    return report
+
+
+UNCALIBRATED_KEYS = ("eval/pairwise_accuracy", "eval/accuracy_chosen_longer", "eval/accuracy_chosen_shorter",
+                     "eval/prefers_longer", "eval/reward_length_corr")
+
+
+def fit_reward_calibration(model, tokenizer, pairs: Sequence[PreferencePair], config: RewardRunConfig) -> dict:
+    """``length_calibration``: score ``length_calibration_pairs`` training pairs (a sample drawn with the run's
+    seed), fit ``rlhf.length.fit_length_calibration`` on them and store it in the model's config (saved with
+    it). Returns the fit."""
+    from .length import fit_length_calibration
+
+    sample = list(pairs)
+    if len(sample) > config.length_calibration_pairs:
+        sample = random.Random(config.seed).sample(sample, config.length_calibration_pairs)
+    chosen, rejected = score_pairs(model, tokenizer, sample, config.eval_batch_size, calibrated=False)
+    fit = fit_length_calibration(chosen, rejected, [len(p.chosen) for p in sample], [len(p.rejected) for p in sample],
+                                 scale=config.length_calibration)
+    setattr(model.config, CONFIG_KEY, {"beta": fit["beta"], "scale": fit["scale"]})
+    return fit
 
 
 def fit_to_length(pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> list[PreferencePair]:
@@ -433,9 +472,16 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
 
     def held_out(trainer) -> dict:
         drop_length_head(trainer.model)  # ODIN / PoE: from here on the model is its quality head alone
-        if not eval_pairs:
-            return {}
-        return held_out_report(trainer.model, tokenizer, eval_pairs, config.eval_batch_size)
+        metrics = {}
+        if getattr(trainer.model.config, CONFIG_KEY, None) is not None:  # inherited from a calibrated base: not ours;
+            setattr(trainer.model.config, CONFIG_KEY, {"beta": 0.0})  # saved as such, it overrides the base's
+        if config.length_calibration != "none":  # before the held-out report, which then reads the calibrated reward
+            fit = fit_reward_calibration(trainer.model, tokenizer, pairs, config)
+            trainer.rlhf_length_calibration = fit
+            metrics.update({f"length_calibration/{k}": v for k, v in fit.items() if k != "scale"})
+        if eval_pairs:
+            metrics.update(held_out_report(trainer.model, tokenizer, eval_pairs, config.eval_batch_size))
+        return metrics
 
     head = {"odin": "quality head of ODIN (length head dropped)",
             "poe": "quality head of PoE (length expert dropped)",

@@ -13,6 +13,16 @@ REWARD_DIAGNOSTICS = (
     ("eval/prefers_longer", "Prefers the longer answer", "share of unequal-length pairs; 0.5 = length-blind"),
     ("eval/longer_wins_baseline", "“Longer wins” baseline", "accuracy of always picking the longer answer"),
     ("eval/reward_length_corr", "Correlation of reward with length", "Pearson, over every held-out answer"),
+    # a run with a post-hoc length calibration (rlhf.length.fit_length_calibration): the rows above are the
+    # calibrated reward's; these say how strong the calibration is and what the reward gave before it
+    ("length_calibration/beta", "Length calibration slope",
+     "subtracted from the reward per character (per log(1 + characters) with scale log_chars); fitted on "
+     "training pairs so the reward prefers longer answers no more often than the labels did"),
+    ("eval/uncalibrated/pairwise_accuracy", "Held-out accuracy before calibration", "the same model, reward as trained"),
+    ("eval/uncalibrated/accuracy_chosen_shorter", "… where the chosen answer is shorter, before calibration",
+     "the same model, reward as trained"),
+    ("eval/uncalibrated/prefers_longer", "Prefers the longer answer, before calibration",
+     "the same model, reward as trained"),
 )
 REWARD_KEYS = ("objective/reward",)
 LENGTH_KEYS = ("objective/response_length", "policy/response_length")  # mean response tokens per step
@@ -30,7 +40,7 @@ def reward_diagnostics(metrics: dict | None) -> list[dict]:
     rows = []
     for key, label, hint in REWARD_DIAGNOSTICS:
         if _number(metrics.get(key)):
-            value = f"{metrics[key]:.3f}"
+            value = f"{metrics[key]:.3g}" if key == "length_calibration/beta" else f"{metrics[key]:.3f}"
             if key == "eval/accuracy_chosen_longer" and _number(metrics.get("eval/pairs_chosen_longer")):
                 value += f" ({metrics['eval/pairs_chosen_longer']} pairs)"
             if key == "eval/accuracy_chosen_shorter" and _number(metrics.get("eval/pairs_chosen_shorter")):
@@ -44,10 +54,22 @@ def length_diagnostics(metrics: dict | None) -> dict | None:
     metrics = metrics or {}
     if "eval/accuracy_chosen_longer" not in metrics and "eval/accuracy_chosen_shorter" not in metrics:
         return None
-    names = [key for key, _, _ in REWARD_DIAGNOSTICS] + ["eval/pairs", "eval/pairs_chosen_longer",
-                                                          "eval/pairs_chosen_shorter"]
+    names = [key for key, _, _ in REWARD_DIAGNOSTICS if "calibrat" not in key] + [
+        "eval/pairs", "eval/pairs_chosen_longer", "eval/pairs_chosen_shorter"]
     out = {key.removeprefix("eval/"): metrics.get(key) for key in names}
     out["accuracy"] = out.pop("pairwise_accuracy")
+    if _number(metrics.get("length_calibration/beta")):  # the values above are the calibrated reward's
+        before = {key.removeprefix("eval/uncalibrated/"): value for key, value in metrics.items()
+                  if key.startswith("eval/uncalibrated/")}
+        if "pairwise_accuracy" in before:
+            before["accuracy"] = before.pop("pairwise_accuracy")
+        out["calibration"] = {"beta": metrics["length_calibration/beta"],
+                              **{key.removeprefix("length_calibration/"): metrics[key]
+                                 for key in ("length_calibration/labels_prefer_longer",
+                                             "length_calibration/model_prefers_longer",
+                                             "length_calibration/calibrated_prefers_longer")
+                                 if _number(metrics.get(key))},
+                              "uncalibrated": before}
     return {**out, "length_unit": "characters"}
 
 

@@ -166,6 +166,27 @@ def test_reward_model_length_diagnostics_on_run_page_registry_and_api(project, a
     assert client.get(f"/api/v1/model-versions/{policy.pk}/").json()["length_diagnostics"] is None
 
 
+def test_calibrated_reward_model_shows_its_calibration_on_run_page_and_api(project, admin, client):
+    """A reward run with length_calibration: the run page adds the slope and the uncalibrated values; the API
+    nests them under `calibration` (the top-level values are the calibrated reward's)."""
+    metrics = {**DIAGNOSTICS, "length_calibration/beta": 0.00123, "length_calibration/labels_prefer_longer": 0.55,
+               "length_calibration/model_prefers_longer": 0.8, "length_calibration/calibrated_prefers_longer": 0.55,
+               "length_calibration/pairs": 250, "eval/uncalibrated/pairwise_accuracy": 0.61,
+               "eval/uncalibrated/accuracy_chosen_shorter": 0.28, "eval/uncalibrated/prefers_longer": 0.8}
+    run = TrainingRun.objects.create(project=project, kind="reward", status="succeeded", result=metrics)
+    client.force_login(admin)
+    page = client.get(reverse("studio:run", args=[project.slug, run.pk])).content.decode()
+    assert '<tr data-key="length_calibration/beta"><td>Length calibration slope</td><td>0.00123</td>' in page
+    assert '<tr data-key="eval/uncalibrated/accuracy_chosen_shorter"><td>… where the chosen answer is shorter, ' \
+           'before calibration</td><td>0.280</td>' in page
+    api = client.get(f"/api/v1/runs/{run.pk}/").json()["length_diagnostics"]
+    assert api["accuracy_chosen_shorter"] == 0.406 and "length_calibration/beta" not in api
+    assert api["calibration"] == {"beta": 0.00123, "labels_prefer_longer": 0.55, "model_prefers_longer": 0.8,
+                                  "calibrated_prefers_longer": 0.55,
+                                  "uncalibrated": {"accuracy": 0.61, "accuracy_chosen_shorter": 0.28,
+                                                   "prefers_longer": 0.8}}
+
+
 def test_policy_trend_flags_reward_rising_with_length(project, admin, client):
     history = [{"step": i, "objective/reward": 0.1 * i, "objective/response_length": 40 + 6 * i,
                 "objective/kl": 0.5 * i} for i in range(1, 13)]

@@ -3,6 +3,7 @@ formula, the `length_control` setting reaching the loss, and the saved ODIN mode
 head wherever a reward model is loaded (rlhf.reward.score, PPO, the CLI's metadata)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -396,3 +397,120 @@ def test_dpo_logs_the_chosen_and_rejected_lengths(tmp_path, tiny_dir, tiny_token
     assert seen[-1]["lengths/chosen"] == pytest.approx(expected_chosen)
     assert seen[-1]["lengths/rejected"] == pytest.approx(expected_rejected)
     assert seen[-1]["lengths/chosen"] > 3 * seen[-1]["lengths/rejected"]
+
+
+def test_length_calibration_equals_a_hand_computation():
+    from rlhf.length import calibrate, fit_length_calibration, length_diagnostics
+
+    # (r_chosen, r_rejected, L_chosen, L_rejected): the labels prefer the longer answer in 2 of 4 pairs, the
+    # model in all 4. Ratios d / D (longer minus shorter): 2/100, 0.5/50, 1/200, 3/100 -> sorted 0.03, 0.02,
+    # 0.01, 0.005; k = floor(0.5 * 4) = 2, so beta = 0.01 (pair 2 becomes a tie, counted one half).
+    rc, rr, lc, lr = [2.0, 1.0, 0.0, 0.0], [0.0, 0.5, 1.0, 3.0], [200, 150, 100, 50], [100, 100, 300, 150]
+    fit = fit_length_calibration(rc, rr, lc, lr)
+    assert fit["beta"] == pytest.approx(0.01)
+    assert fit["pairs"] == 4 and fit["labels_prefer_longer"] == 0.5 and fit["model_prefers_longer"] == 1.0
+    assert fit["calibrated_prefers_longer"] == pytest.approx(2.5 / 4)
+    # calibrated rewards: 2 - 2 = 0 vs 0 - 1 = -1 (right); 1 - 1.5 = -0.5 vs 0.5 - 1 = -0.5 (tie); 0 - 1 = -1 vs
+    # 1 - 3 = -2 (right now); 0 - 0.5 vs 3 - 1.5 (still wrong)
+    chosen, rejected = calibrate(rc, lc, fit), calibrate(rr, lr, fit)
+    assert chosen.tolist() == pytest.approx([0.0, -0.5, -1.0, -0.5])
+    assert rejected.tolist() == pytest.approx([-1.0, -0.5, -2.0, 1.5])
+    before = length_diagnostics(rc, rr, lc, lr)
+    after = length_diagnostics(chosen, rejected, lc, lr)
+    assert before["eval/accuracy_chosen_shorter"] == 0.0 and after["eval/accuracy_chosen_shorter"] == 0.5
+    assert after["eval/accuracy_chosen_longer"] == 0.75 and after["eval/pairwise_accuracy"] == 0.625
+
+
+def test_length_calibration_leaves_a_model_that_prefers_length_no_more_than_its_labels():
+    from rlhf.length import calibrate, fit_length_calibration
+
+    # the model prefers the longer answer in 1 of 2 pairs, the labels in 2 of 2: nothing to remove
+    fit = fit_length_calibration([1.0, 0.0], [0.0, 1.0], [20, 30], [10, 10])
+    assert fit["beta"] == 0.0 and fit["calibrated_prefers_longer"] == fit["model_prefers_longer"] == 0.5
+    assert calibrate([1.0, 2.0], [10, 20], fit).tolist() == [1.0, 2.0]
+    assert calibrate([1.0, 2.0], [10, 20], None).tolist() == [1.0, 2.0]
+    # on log(1 + L), the chosen answer the shorter: the ratio is 1 / (log 21 - log 11); the labels prefer the
+    # longer answer in 0 of 1 pairs -> k = 0, beta = that ratio
+    fit = fit_length_calibration([0.0], [1.0], [10], [20], scale="log_chars")
+    assert fit["beta"] == pytest.approx(1.0 / (math.log(21) - math.log(11)))
+    assert calibrate([1.0], [20], fit).tolist() == pytest.approx([1.0 - fit["beta"] * math.log(21)])
+
+
+@pytest.mark.parametrize("args, message", [
+    (([1.0], [0.0], [10], [10]), "differ in length"),
+    (([1.0, 2.0], [0.0], [10], [10]), "one reward and one length"),
+])
+def test_length_calibration_refuses_what_it_cannot_fit(args, message):
+    from rlhf.length import fit_length_calibration
+
+    with pytest.raises(ValueError, match=message):
+        fit_length_calibration(*args)
+    with pytest.raises(ValueError, match="unknown length scale"):
+        fit_length_calibration([1.0], [0.0], [20], [10], scale="tokens")
+
+
+# The chosen answer is the shorter in every pair: the labels never prefer the longer answer, so a model that
+# prefers it anywhere gets a calibration (beta > 0).
+SHORTER_CHOSEN = [PreferencePair(p.prompt, *sorted([p.chosen, p.rejected], key=len)) for p in PAIRS
+                  if len(p.chosen) != len(p.rejected)]
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_length_calibration_is_fitted_saved_and_applied_wherever_the_reward_model_scores(tmp_path, tiny_dir, merge):
+    """length_calibration 'chars': after training, beta is fitted on the run's training pairs (the scores of
+    the saved model, refitted here, give the same beta), stored with the model (config.json, or beside an
+    adapter), applied by rlhf.reward.score and by the held-out report (with the uncalibrated diagnostics beside
+    it); a reward run from a calibrated checkpoint does not inherit it."""
+    from rlhf.length import CONFIG_KEY, calibration_of, fit_length_calibration, length_diagnostics
+    from rlhf.models import CALIBRATION_FILE, load_reward_model, load_tokenizer
+    from rlhf.reward import conversation, score, score_pairs, split_pairs, train_reward
+
+    # a learning rate of ~0 keeps the random model, which prefers the longer answer in some pairs
+    config = _config(tmp_path, tiny_dir, length_calibration="chars", max_steps=2, learning_rate=1e-9,
+                     merge=merge, eval_fraction=0.25)
+    art = train_reward(config, SHORTER_CHOSEN)
+    train, held_out = split_pairs(SHORTER_CHOSEN, config.eval_fraction, config.seed)
+    model, tok = load_reward_model(art.model_dir, device="cpu", dtype="float32"), load_tokenizer(art.model_dir)
+    calibration = calibration_of(model)
+    assert calibration is not None and calibration["scale"] == "chars" and calibration["beta"] > 0
+    assert art.metrics["length_calibration/beta"] == pytest.approx(calibration["beta"])
+    assert art.metrics["length_calibration/labels_prefer_longer"] == 0.0
+    assert art.metrics["length_calibration/calibrated_prefers_longer"] <= 0.5 / art.metrics["length_calibration/pairs"]
+    assert (Path(art.model_dir) / CALIBRATION_FILE).is_file() == (not merge)
+    # refit on the saved model's uncalibrated scores of the same training pairs: the same beta
+    chosen, rejected = score_pairs(model, tok, train, calibrated=False)
+    refit = fit_length_calibration(chosen, rejected, [len(p.chosen) for p in train], [len(p.rejected) for p in train])
+    assert refit["beta"] == pytest.approx(calibration["beta"], rel=1e-4)
+    # score() applies it: r - beta x characters of the answer
+    items = [conversation(p.prompt, p.chosen) for p in held_out]
+    raw = score(model, tok, items, calibrated=False)
+    expected = raw - calibration["beta"] * torch.tensor([float(len(p.chosen)) for p in held_out])
+    assert torch.allclose(score(model, tok, items), expected, atol=1e-5)
+    # the run's held-out report is the calibrated reward's, the uncalibrated one beside it
+    c, r = score_pairs(model, tok, held_out, calibrated=False)
+    lc, lr = [len(p.chosen) for p in held_out], [len(p.rejected) for p in held_out]
+    raw_report = length_diagnostics(c, r, lc, lr)
+    cal_report = length_diagnostics(c - calibration["beta"] * torch.tensor(lc, dtype=torch.float32),
+                                    r - calibration["beta"] * torch.tensor(lr, dtype=torch.float32), lc, lr)
+    assert art.metrics["eval/pairwise_accuracy"] == pytest.approx(cal_report["eval/pairwise_accuracy"])
+    assert art.metrics["eval/uncalibrated/pairwise_accuracy"] == pytest.approx(raw_report["eval/pairwise_accuracy"])
+    assert art.metrics["eval/uncalibrated/prefers_longer"] == pytest.approx(raw_report["eval/prefers_longer"])
+    meta = json.loads((tmp_path / "rm" / "metadata.json").read_text())
+    assert meta["config"]["length_calibration"] == "chars" and "length_calibration/beta" in meta["metrics"]
+    # a plain reward run started from the calibrated checkpoint drops the calibration it would inherit
+    again = train_reward(_config(tmp_path, art.model_dir, output_dir=str(tmp_path / "rm2"), max_steps=1,
+                                 merge=merge), SHORTER_CHOSEN)
+    reloaded = load_reward_model(again.model_dir, device="cpu", dtype="float32")
+    assert calibration_of(reloaded) is None and getattr(reloaded.config, CONFIG_KEY, {}).get("beta", 0.0) == 0.0
+    assert "eval/uncalibrated/pairwise_accuracy" not in again.metrics
+
+
+@pytest.mark.parametrize("bad, message", [({"length_calibration": "tokens"}, "length_calibration must be one of"),
+                                          ({"length_calibration_pairs": 1}, "length_calibration_pairs must be"),
+                                          ({"length_calibration_pairs": 2.5}, "length_calibration_pairs must be")])
+def test_bad_length_calibration_fails_before_any_model_loads(tmp_path, bad, message):
+    from rlhf.reward import train_reward
+
+    with pytest.raises(ValueError, match=message):
+        train_reward(_config(tmp_path, str(tmp_path / "no-such-model"), **bad), PAIRS)
+    assert not (tmp_path / "rm").exists()

@@ -133,6 +133,20 @@ def test_token_id_reward_equals_the_text_path(tmp_path, tiny_dir, tiny_rm_dir):
     compiled = score_rollout(models, PROMPTS, answers, r, rm, 2, None, enc["input_ids"],
                              enc["attention_mask"].bool(), has_eos, compiled=True)  # compile_update's reward pass
     assert torch.allclose(compiled, by_ids, atol=1e-5), (compiled, by_ids)
+    # a reward model with a length calibration (rlhf.length): both paths subtract beta x the answer's characters
+    from rlhf.length import CONFIG_KEY
+
+    rm_model = models.reward if models.reward is not None else models.value
+    setattr(rm_model.config, CONFIG_KEY, {"beta": 0.05, "scale": "chars"})
+    try:
+        expected = by_ids - 0.05 * torch.tensor([float(len(a)) for a in answers])
+        cal_ids = score_rollout(models, PROMPTS, answers, r, rm, 2, None, enc["input_ids"], enc["attention_mask"].bool(),
+                                has_eos)
+        cal_text = score_rollout(text_models, PROMPTS, answers, r, rm, 2, None, enc["input_ids"],
+                                 enc["attention_mask"].bool(), has_eos)
+        assert torch.allclose(cal_ids, expected, atol=1e-5) and torch.allclose(cal_text, expected, atol=1e-5)
+    finally:
+        delattr(rm_model.config, CONFIG_KEY)
 
 
 def test_token_id_reward_falls_back_to_text_when_tokenizers_differ(tiny_tokenizer):
