@@ -63,8 +63,8 @@ def fmt(mean: float | None, half: float | None = None) -> str:
 def label_of(rec: dict) -> str:
     if rec["method"] == "odin":
         return f"odin (length {rec['odin_length_weight']:g}, orth {rec['odin_orthogonal_weight']:g})"
-    if rec["method"] == "balance":
-        return f"balance ({rec['length_balance_bins']} bins)"
+    if rec["method"].startswith("balance"):
+        return rec["method"].replace("balance", f"balance ({rec['length_balance_bins']} bins)", 1)
     return rec["method"]
 
 
@@ -111,6 +111,54 @@ def print_table(records: list[dict]) -> None:
               f"overall at most 0.02 below plain (mean drop {drop:.3f}: {'met' if drop <= 0.02 else 'missed'})")
 
 
+def save_scores(model_dir, train, test, seed: int, n_calibration: int, path: Path) -> Path:
+    """Per-pair rewards and answer lengths (characters) of the held-out pairs and of ``n_calibration`` training
+    pairs drawn with ``seed``, from the trained (merged) model, as JSON: what a post-hoc calibration is fitted and
+    read on without training again."""
+    import random
+
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.reward import score_pairs
+
+    model = load_reward_model(model_dir, device="cpu", dtype="float32")
+    tokenizer = load_tokenizer(model_dir)
+    calibration = random.Random(seed).sample(list(train), min(n_calibration, len(train)))
+    out = {}
+    for name, pairs in (("calibration", calibration), ("test", list(test))):
+        chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size=8)
+        out[name] = {"chosen": chosen.tolist(), "rejected": rejected.tolist(),
+                     "chosen_chars": [len(p.chosen) for p in pairs], "rejected_chars": [len(p.rejected) for p in pairs],
+                     "chosen_tokens": [len(tokenizer(p.chosen)["input_ids"]) for p in pairs],
+                     "rejected_tokens": [len(tokenizer(p.rejected)["input_ids"]) for p in pairs]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return path
+
+
+def calibrated_records(records: list[dict]) -> list[dict]:
+    """For every run with saved scores, one derived record per length scale: the post-hoc calibration
+    (``rlhf.length.fit_length_calibration``) fitted on the run's calibration pairs (training pairs) and read on the
+    held-out pairs; labelled '<method> + calibration (<scale>)'. No training: the scores are the run's own."""
+    from rlhf.length import CALIBRATION_SCALES, calibrate, fit_length_calibration, length_diagnostics
+
+    out = []
+    for rec in records:
+        path = Path(rec.get("scores") or "")
+        if not rec.get("scores") or not path.is_file():
+            continue
+        scores = json.loads(path.read_text())
+        cal, test = scores["calibration"], scores["test"]
+        for scale in CALIBRATION_SCALES:
+            fit = fit_length_calibration(cal["chosen"], cal["rejected"], cal["chosen_chars"], cal["rejected_chars"],
+                                         scale=scale)
+            metrics = length_diagnostics(calibrate(test["chosen"], test["chosen_chars"], fit),
+                                         calibrate(test["rejected"], test["rejected_chars"], fit),
+                                         test["chosen_chars"], test["rejected_chars"])
+            out.append({**rec, "method": f"{rec['method']} + calibration ({scale})", "calibration": fit,
+                        "metrics": metrics})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default="plain,odin,poe",
@@ -133,11 +181,15 @@ def main() -> None:
     ap.add_argument("--results", default=None, help="JSON lines of finished runs (default: <output-dir>/results.jsonl)")
     ap.add_argument("--keep-models", action="store_true", help="keep each run's merged model (540 MB each)")
     ap.add_argument("--table-only", action="store_true", help="print the table of the runs in --results and exit")
+    ap.add_argument("--save-scores", action="store_true",
+                    help="after each run, score the held-out pairs and --calibration-pairs training pairs and write "
+                         "the per-pair rewards and lengths to <output-dir>/scores-<method>-seed<seed>.json")
+    ap.add_argument("--calibration-pairs", type=int, default=256, help="training pairs scored by --save-scores")
     args = ap.parse_args()
     results = Path(args.results or Path(args.output_dir) / "results.jsonl")
     done = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] if results.is_file() else []
     if args.table_only:
-        print_table(done)
+        print_table(done + calibrated_records(done))
         return
 
     import torch
@@ -179,8 +231,12 @@ def main() -> None:
                       f"acc {metrics.get('accuracy', float('nan')):.3f} {(time.time() - t0) / 60:.1f} min", flush=True)
 
         art = train_reward(config, train, eval_pairs=test, progress=progress)
-        record = {**key, "run_minutes": round((time.time() - t0) / 60, 1), "threads": torch.get_num_threads(),
-                  "metrics": {k: v for k, v in art.metrics.items() if k.startswith("eval/")}}
+        minutes = round((time.time() - t0) / 60, 1)
+        scores = save_scores(art.model_dir, train, test, seed, args.calibration_pairs,
+                             Path(args.output_dir) / f"scores-{method}-seed{seed}.json") if args.save_scores else None
+        record = {**key, "run_minutes": minutes, "threads": torch.get_num_threads(),
+                  "metrics": {k: v for k, v in art.metrics.items() if k.startswith("eval/")},
+                  **({"scores": str(scores)} if scores else {})}
         if not args.keep_models and art.model_dir:
             shutil.rmtree(art.model_dir, ignore_errors=True)
         results.parent.mkdir(parents=True, exist_ok=True)
@@ -188,7 +244,8 @@ def main() -> None:
             f.write(json.dumps(record) + "\n")
         done.append(record)
         print(json.dumps(record), flush=True)
-    print_table([r for r in done if all(r.get(k) == v for k, v in settings.items())])
+    done = [r for r in done if all(r.get(k) == v for k, v in settings.items())]
+    print_table(done + calibrated_records(done))
 
 
 if __name__ == "__main__":

@@ -514,3 +514,32 @@ def test_bad_length_calibration_fails_before_any_model_loads(tmp_path, bad, mess
     with pytest.raises(ValueError, match=message):
         train_reward(_config(tmp_path, str(tmp_path / "no-such-model"), **bad), PAIRS)
     assert not (tmp_path / "rm").exists()
+
+
+def test_reward_length_bench_reads_the_calibration_off_saved_scores(tmp_path):
+    """bench/reward_length.py: a run's saved per-pair scores give one derived row per length scale, the
+    calibration fitted on the run's training pairs and read on its held-out pairs."""
+    from rlhf.length import calibrate, fit_length_calibration
+    from tests.conftest import load_bench_module
+
+    bench = load_bench_module("reward_length")
+    calibration = {"chosen": [2.0, 1.0, 0.0, 0.0], "rejected": [0.0, 0.5, 1.0, 3.0],
+                   "chosen_chars": [200, 150, 100, 50], "rejected_chars": [100, 100, 300, 150]}
+    test = {"chosen": [1.0, 0.2, 0.9], "rejected": [0.0, 0.4, 1.0], "chosen_chars": [90, 20, 40],
+            "rejected_chars": [30, 60, 200]}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps({"calibration": calibration, "test": test}))
+    record = {"method": "plain", "seed": 0, "scores": str(path), "metrics": {}}
+    rows = bench.calibrated_records([record, {"method": "poe", "seed": 0, "metrics": {}}])
+    assert [r["method"] for r in rows] == ["plain + calibration (chars)", "plain + calibration (log_chars)"]
+    fit = fit_length_calibration(calibration["chosen"], calibration["rejected"], calibration["chosen_chars"],
+                                 calibration["rejected_chars"])
+    assert rows[0]["calibration"] == fit and fit["beta"] == pytest.approx(0.01)
+    expected = length_diagnostics(calibrate(test["chosen"], test["chosen_chars"], fit),
+                                  calibrate(test["rejected"], test["rejected_chars"], fit),
+                                  test["chosen_chars"], test["rejected_chars"])
+    assert rows[0]["metrics"] == expected
+    # the two chosen-shorter pairs, wrong as scored, turn right: 0.2 - 0.2 > 0.4 - 0.6 and 0.9 - 0.4 > 1.0 - 2.0
+    assert length_diagnostics(test["chosen"], test["rejected"], test["chosen_chars"],
+                              test["rejected_chars"])["eval/accuracy_chosen_shorter"] == 0.0
+    assert expected["eval/accuracy_chosen_shorter"] == 1.0 and expected["eval/pairwise_accuracy"] == 1.0
