@@ -285,12 +285,13 @@ def run_path(path: str, model: str, reward: str, out_dir: str, updates: int, cou
 
 
 # ---------------------------------------------------------------------------------------------- parts
-def narrow_checkpoints(tmp: Path) -> tuple[Path, Path]:
-    """The narrow 32-layer policy and reward model saved under ``tmp`` with the bundled tokenizer."""
+def narrow_checkpoints(tmp: Path, tok=None, name: str = "narrow") -> tuple[Path, Path]:
+    """The narrow 32-layer policy and reward model saved under ``tmp`` with ``tok`` (default: the bundled
+    tokenizer, whose 49,152 tokens size the models' vocabulary)."""
     from rlhf.models import convert_bundled_model, load_tokenizer
 
-    tok = load_tokenizer(str(convert_bundled_model()))
-    policy_dir, rm_dir = tmp / "narrow", tmp / "narrow_rm"
+    tok = tok or load_tokenizer(str(convert_bundled_model()))
+    policy_dir, rm_dir = tmp / name, tmp / f"{name}_rm"
     narrow_360m(tok).save_pretrained(policy_dir, safe_serialization=True)
     narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
     for d in (policy_dir, rm_dir):
@@ -318,16 +319,21 @@ def part_compiled(tmp: Path) -> list[dict]:
     import torch._inductor.config as inductor_config
 
     inductor_config.cpp.enable_kernel_profile = True
-    policy_dir, rm_dir = narrow_checkpoints(tmp)
+    return launch_rows("compiled", ("new", "compiled"), *narrow_checkpoints(tmp), tmp, updates=4)
+
+
+def launch_rows(tag: str, paths, policy_dir: Path, rm_dir: Path, tmp: Path, updates: int) -> list[dict]:
+    """``run_path`` for each of ``paths``, launched ops counted on update 2 (profiler), the wall of updates 3-."""
     rows = []
-    for path in ("new", "compiled"):
-        row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"launch_{path}"), updates=4, count_update=2,
-                       launches=True)
+    for path in paths:
+        row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"{tag}_{path}"), updates=updates,
+                       count_update=2, launches=True)
         rows.append(row)
         timed = row["walls"][2:]
-        print(f"[compiled] {path}: launched ops/update {row['launched']:,} (outside compiled code "
+        print(f"[{tag}] {path}: launched ops/update {row['launched']:,} (outside compiled code "
               f"{row['outside']:,}), compiled-graph calls {row['graphs']}, syncs {row['syncs']}, wall/update "
-              f"{1000 * sum(timed) / len(timed):.0f} ms (updates 3-4; update 1 with the compile "
+              f"{1000 * sum(timed) / len(timed):.0f} ms (updates 3-{updates}: "
+              f"{', '.join(f'{1000 * w:.0f}' for w in timed)} ms; update 1, with any compile, "
               f"{row['walls'][0]:.1f} s)", flush=True)
     return rows
 
@@ -491,27 +497,12 @@ def part_overhead(tmp: Path, updates: int = 6) -> list[dict]:
     from rlhf.testing import build_tiny_tokenizer
 
     inductor_config.cpp.enable_kernel_profile = True
-    tok = build_tiny_tokenizer()
-    policy_dir, rm_dir = tmp / "overhead", tmp / "overhead_rm"
-    narrow_360m(tok).save_pretrained(policy_dir, safe_serialization=True)
-    narrow_360m(tok, for_reward=True).save_pretrained(rm_dir, safe_serialization=True)
-    for d in (policy_dir, rm_dir):
-        tok.save_pretrained(d)
+    policy_dir, rm_dir = narrow_checkpoints(tmp, build_tiny_tokenizer(), "overhead")
     rlhf.models._SAFE["attn_implementation"] = "eager"  # every model this process loads (bench only)
-    rows = []
     try:
-        for path in ("old", "new", "compiled"):
-            row = run_path(path, str(policy_dir), str(rm_dir), str(tmp / f"overhead_{path}"), updates=updates,
-                           count_update=2, launches=True)
-            rows.append(row)
-            timed = row["walls"][2:]
-            print(f"[overhead] {path}: launched ops/update {row['launched']:,} (outside compiled code "
-                  f"{row['outside']:,}), compiled-graph calls {row['graphs']}, syncs {row['syncs']}, wall/update "
-                  f"{1000 * sum(timed) / len(timed):.0f} ms (updates 3-{updates}: "
-                  f"{', '.join(f'{1000 * w:.0f}' for w in timed)} ms; update 1 {row['walls'][0]:.1f} s)", flush=True)
+        return launch_rows("overhead", ("old", "new", "compiled"), policy_dir, rm_dir, tmp, updates)
     finally:
         rlhf.models._SAFE.pop("attn_implementation", None)
-    return rows
 
 
 def child(path: str, out: str, updates: int, dtype: str) -> None:
