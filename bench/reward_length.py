@@ -143,8 +143,10 @@ def calibrated_records(records: list[dict]) -> list[dict]:
 
     out = []
     for rec in records:
-        path = Path(rec.get("scores") or "")
-        if not rec.get("scores") or not path.is_file():
+        if not rec.get("scores"):
+            continue
+        path = Path(rec["scores"]) if Path(rec["scores"]).is_absolute() else REPO / rec["scores"]
+        if not path.is_file():
             continue
         scores = json.loads(path.read_text())
         cal, test = scores["calibration"], scores["test"]
