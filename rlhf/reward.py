@@ -477,7 +477,6 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
             setattr(trainer.model.config, CONFIG_KEY, {"beta": 0.0})  # saved as such, it overrides the base's
         if config.length_calibration != "none":  # before the held-out report, which then reads the calibrated reward
             fit = fit_reward_calibration(trainer.model, tokenizer, pairs, config)
-            trainer.rlhf_length_calibration = fit
             metrics.update({f"length_calibration/{k}": v for k, v in fit.items() if k != "scale"})
         if eval_pairs:
             metrics.update(held_out_report(trainer.model, tokenizer, eval_pairs, config.eval_batch_size))
