@@ -127,9 +127,7 @@ def save_scores(model_dir, train, test, seed: int, n_calibration: int, path: Pat
     for name, pairs in (("calibration", calibration), ("test", list(test))):
         chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size=8)
         out[name] = {"chosen": chosen.tolist(), "rejected": rejected.tolist(),
-                     "chosen_chars": [len(p.chosen) for p in pairs], "rejected_chars": [len(p.rejected) for p in pairs],
-                     "chosen_tokens": [len(tokenizer(p.chosen)["input_ids"]) for p in pairs],
-                     "rejected_tokens": [len(tokenizer(p.rejected)["input_ids"]) for p in pairs]}
+                     "chosen_chars": [len(p.chosen) for p in pairs], "rejected_chars": [len(p.rejected) for p in pairs]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     return path

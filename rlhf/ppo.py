@@ -686,7 +686,7 @@ def score_rollout(models: Models, prompts, completions, response_ids, response_m
     trained; eager: its width is the texts')."""
     if reward_fn is not None:
         return torch.as_tensor(reward_fn(prompts, completions, response_ids, response_mask), dtype=torch.float32)
-    from .length import calibrate, calibration_of
+    from .length import answer_lengths, calibrate, calibration_of
     from .reward import conversation, score
 
     with (adapter_disabled(models.value) if models.reward_shares_value else nullcontext(models.reward)) as rm:
@@ -702,7 +702,7 @@ def score_rollout(models: Models, prompts, completions, response_ids, response_m
                                            models.reward_suffix, models.reward_tokenizer.pad_token_id, batch_size,
                                            forward)
             # a calibrated reward model (rlhf.length): as `score` applies it on the text path, on the answers' text
-            return calibrate(scores, [len(c) for c in completions], calibration_of(rm))
+            return calibrate(scores, answer_lengths(completions), calibration_of(rm))
         items = [conversation(p, c) for p, c in zip(prompts, completions)]
         return score(rm, models.reward_tokenizer, items, batch_size)
 

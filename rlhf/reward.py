@@ -34,7 +34,7 @@ from .config import (  # noqa: F401 (they live in rlhf.config; importable from h
 )
 from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
-from .length import CONFIG_KEY, calibrate, calibration_of
+from .length import CONFIG_KEY, answer_lengths, calibrate, calibration_of
 from .models import describe_model, load_reward_model, load_tokenizer
 from .runner import attach_progress, check_peft_here, peft_config_for, resolve_throughput, run_trainer, trl_args
 from .weighting import select_pairs
@@ -108,7 +108,7 @@ def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 1
         model.train(was_training)
     calibration = calibration_of(model) if calibrated else None
     if calibration:
-        out = calibrate(out, [len(answer_text(it)) for it in items], calibration)
+        out = calibrate(out, answer_lengths([answer_text(it) for it in items]), calibration)
     return (out, feats) if features else out
 
 
@@ -131,7 +131,7 @@ def held_out_report(model, tokenizer, pairs: Sequence[PreferencePair], batch_siz
     """Pairwise accuracy and the length diagnostics (``rlhf.length``) on held-out pairs; for a model with a
     length calibration, of the calibrated reward, with the same diagnostics of the uncalibrated one under
     ``eval/uncalibrated/``."""
-    from .length import answer_lengths, length_diagnostics
+    from .length import length_diagnostics
 
     chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size, calibrated=False)
     lc, lr = answer_lengths([p.chosen for p in pairs]), answer_lengths([p.rejected for p in pairs])
@@ -157,8 +157,8 @@ def fit_reward_calibration(model, tokenizer, pairs: Sequence[PreferencePair], co
     if len(sample) > config.length_calibration_pairs:
         sample = random.Random(config.seed).sample(sample, config.length_calibration_pairs)
     chosen, rejected = score_pairs(model, tokenizer, sample, config.eval_batch_size, calibrated=False)
-    fit = fit_length_calibration(chosen, rejected, [len(p.chosen) for p in sample], [len(p.rejected) for p in sample],
-                                 scale=config.length_calibration)
+    fit = fit_length_calibration(chosen, rejected, answer_lengths([p.chosen for p in sample]),
+                                 answer_lengths([p.rejected for p in sample]), scale=config.length_calibration)
     setattr(model.config, CONFIG_KEY, {"beta": fit["beta"], "scale": fit["scale"]})
     return fit
 
