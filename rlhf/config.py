@@ -52,7 +52,8 @@ class TrainerConfig:
     device: str = _help("'auto' (CUDA if present, else CPU), 'cpu' or 'cuda[:i]'.", "auto")
     dtype: str = _help("Weight dtype: 'auto' (bf16 on a capable GPU, and for SFT and DPO with LoRA on a CPU with "
                        "native bf16; fp32 otherwise: see throughput), 'float32', 'bfloat16'.", "auto")
-    bf16: bool | None = _help("bf16 autocast; null = on when the GPU supports it, off on CPU.")
+    bf16: bool | None = _help("bf16 autocast; null = on when the GPU supports it and for a LoRA reward run on a "
+                              "CPU with native bf16 (throughput 'auto'), off otherwise on CPU.")
     gradient_checkpointing: bool = _help("Trade compute for memory (slower; useful for big models on GPU).", False)
     use_lora: bool = _help("Train a LoRA adapter (true) or all weights (false: full fine-tuning).", True)
     lora_r: int = _help("LoRA rank.", 16)

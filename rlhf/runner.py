@@ -56,8 +56,10 @@ def resolve_throughput(config: TrainerConfig, kind: str, *, device=None, bf16_ok
 
     On a CPU that multiplies bf16 natively (``rlhf.models.cpu_bf16_native``: AVX512-BF16 or AMX-BF16 and measured
     faster than fp32), SFT and DPO runs with a LoRA adapter load bf16 weights without autocast (peft keeps the
-    adapter in fp32): about 2x faster a DPO step on the bundled model. Reward runs stay fp32 there (TRL's optimizer would train the score
-    head in bf16), as do full fine-tuning, other adapters and every other CPU. ``device``/``bf16_ok``/
+    adapter in fp32): about 2x faster a DPO step on the bundled model. Reward runs with LoRA keep fp32 weights
+    there (TRL's optimizer would otherwise train the score head in bf16) under bf16 autocast: 2.2x faster a
+    reward step on the bundled model (162 -> 75 s for 340 pairs on an AMX Xeon, 2 threads). Full fine-tuning,
+    other adapters and every other CPU keep fp32 without autocast. ``device``/``bf16_ok``/
     ``liger_ok``/``cpu_bf16_ok`` override what this host reports (tests).
     """
     import torch
@@ -67,8 +69,10 @@ def resolve_throughput(config: TrainerConfig, kind: str, *, device=None, bf16_ok
     liger_ok = liger_installed() if liger_ok is None else liger_ok
     gpu = device.type == "cuda" and config.throughput == "auto" and kind in ("sft", "reward")
     method = peft_method(config)
-    cpu_bf16 = (device.type == "cpu" and config.throughput == "auto" and kind in ("sft", "dpo") and method == "lora"
-                and (cpu_bf16_native() if cpu_bf16_ok is None else cpu_bf16_ok))
+    native_cpu_lora = (device.type == "cpu" and config.throughput == "auto" and method == "lora"
+                       and (cpu_bf16_native() if cpu_bf16_ok is None else cpu_bf16_ok))
+    cpu_bf16 = native_cpu_lora and kind in ("sft", "dpo")
+    cpu_autocast = native_cpu_lora and kind == "reward"
     if config.dtype != "auto":
         dtype = config.dtype
     elif gpu and method == "none":
@@ -81,6 +85,8 @@ def resolve_throughput(config: TrainerConfig, kind: str, *, device=None, bf16_ok
         bf16 = config.bf16
     elif (gpu and kind == "sft" and method != "none" or cpu_bf16) and dtype == "bfloat16":
         bf16 = False
+    elif cpu_autocast and dtype == "float32":
+        bf16 = True
     else:
         bf16 = bf16_ok
     optim = config.optim or ("adamw_torch_fused" if gpu else "adamw_torch")
@@ -98,7 +104,8 @@ def resolve_throughput(config: TrainerConfig, kind: str, *, device=None, bf16_ok
     active = tuple(name for name, on in (
         ("padding_free", padding_free), ("fused_adamw", optim.endswith("fused")), ("liger", liger),
         ("bf16_weights_no_autocast", dtype == "bfloat16" and not bf16),
-        ("fp32_master_weights", gpu and method == "none" and dtype == "float32" and bf16)) if on)
+        ("fp32_master_weights", gpu and method == "none" and dtype == "float32" and bf16),
+        ("cpu_bf16_autocast", device.type == "cpu" and dtype == "float32" and bf16)) if on)
     return Throughput(device=str(device), dtype=dtype, bf16=bf16, optim=optim, padding_free=padding_free,
                       liger=liger, mode=config.throughput, active=active)
 

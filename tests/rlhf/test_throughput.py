@@ -31,15 +31,20 @@ def test_cpu_runs_keep_trls_defaults():
 
 
 def test_a_native_bf16_cpu_gives_sft_and_dpo_with_an_adapter_bf16_weights():
-    """On a CPU that computes bf16 natively, SFT and DPO with LoRA load bf16 weights without autocast; reward runs,
-    full fine-tuning, other adapters and `throughput: off` keep fp32; an explicit dtype wins."""
+    """On a CPU that computes bf16 natively, SFT and DPO with LoRA load bf16 weights without autocast, a LoRA reward
+    run keeps fp32 weights under bf16 autocast; full fine-tuning, other adapters and `throughput: off` keep fp32
+    without autocast; an explicit dtype or bf16 wins."""
     native = dict(device="cpu", bf16_ok=False, liger_ok=False, cpu_bf16_ok=True)
     for kind in ("sft", "dpo"):
         t = resolve_throughput(sft(), kind, **native)
         assert (t.dtype, t.bf16, t.optim, t.liger, t.active) == (
             "bfloat16", False, "adamw_torch", False, ("bf16_weights_no_autocast",))
-    for config, kind in ((reward(), "reward"), (sft(use_lora=False), "sft"), (sft(peft="ia3"), "dpo"),
-                         (sft(throughput="off"), "dpo")):
+    t = resolve_throughput(reward(), "reward", **native)
+    assert (t.dtype, t.bf16, t.optim, t.active) == ("float32", True, "adamw_torch", ("cpu_bf16_autocast",))
+    assert resolve_throughput(reward(bf16=False), "reward", **native).active == ()
+    assert resolve_throughput(reward(), "reward", **dict(native, cpu_bf16_ok=False)).bf16 is False
+    for config, kind in ((reward(use_lora=False), "reward"), (reward(throughput="off"), "reward"),
+                         (sft(use_lora=False), "sft"), (sft(peft="ia3"), "dpo"), (sft(throughput="off"), "dpo")):
         t = resolve_throughput(config, kind, **native)
         assert (t.dtype, t.bf16, t.active) == ("float32", False, ()), (config, kind)
     assert resolve_throughput(sft(dtype="float32"), "dpo", **native).dtype == "float32"
@@ -66,6 +71,35 @@ def test_a_dpo_run_on_a_native_bf16_cpu_trains_its_fp32_adapter_over_bf16_weight
     art = train_dpo(config, pairs)
     meta = read_metadata(art.output_dir)["throughput"]
     assert art.status == "succeeded" and meta["dtype"] == "bfloat16" and meta["active"] == ["bf16_weights_no_autocast"]
+
+
+
+def test_a_reward_run_on_a_native_bf16_cpu_trains_in_fp32_under_bf16_autocast(tmp_path, tiny_dir, monkeypatch):
+    """RLHF_CPU_BF16=1: a LoRA reward run keeps every weight fp32 (the score head included), its forward runs
+    under CPU bf16 autocast, the adapter and the head move, and the metadata records the setting."""
+    from rlhf.reward import RewardRunConfig, build_reward_trainer, train_reward
+
+    monkeypatch.setenv("RLHF_CPU_BF16", "1")
+    pairs = [PreferencePair(f"Tell me about {t}.", f"A great answer about {t}.", f"A bad answer about {t}.")
+             for t in ("cats", "dogs", "the sea", "plants")] * 2
+    config = RewardRunConfig(output_dir=str(tmp_path / "rm"), model=tiny_dir, max_steps=3, per_device_batch_size=4,
+                             max_length=256, save_steps=0, seed=0, learning_rate=1e-2, eval_fraction=0.0)
+    trainer = build_reward_trainer(config, pairs)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    assert trainer.args.bf16 is True
+    seen = []
+    head = trainer.model.get_submodule("base_model.model.score.modules_to_save.default")
+    head.register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    moved = {n for n, p in trainer.model.named_parameters() if n in before and not torch.equal(before[n], p)}
+    assert any("lora_B" in n for n in moved) and any("score" in n for n in moved)
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    art = train_reward(config, pairs)
+    meta = read_metadata(art.output_dir)["throughput"]
+    assert art.status == "succeeded" and meta["dtype"] == "float32" and meta["bf16"] is True
+    assert meta["active"] == ["cpu_bf16_autocast"]
 
 
 def test_gpu_sft_with_an_adapter_turns_every_setting_on():
