@@ -209,6 +209,12 @@ class RewardRunConfig(TrainerConfig):
     lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
     group_by_length: bool = _help("Batch pairs of similar token length together (batches in random order): far "
                                   "less padding (one fixed order, reused if there are several epochs).", True)
+    group_by_prompt: bool = _help("Put the pairs of one prompt next to each other in the epoch order (prompts in "
+                                  "length-grouped random order) and score each distinct conversation of a batch "
+                                  "once: a ranking of K answers gives K(K-1)/2 pairs but only K answers, so a batch "
+                                  "holding a prompt's pairs needs up to (K-1) x overlap fewer forward passes "
+                                  "(InstructGPT trains a prompt's comparisons as one batch element). The loss per "
+                                  "pair is unchanged; only the order of the pairs is.", False)
     length_control: str = _help("'none': plain Bradley-Terry. 'odin': ODIN (Chen et al. 2024): a quality head and a "
                                 "length head trained together, the quality head kept as the reward. 'poe': the "
                                 "reward trained beside a length-only expert w*log(1+characters), which is dropped. "

@@ -231,7 +231,13 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
                                        load_in_bits=config.load_in_bits)
     model.config.pad_token_id = tokenizer.pad_token_id
     sampling = {}
-    if config.group_by_length and len(pairs) > config.per_device_batch_size:
+    if config.group_by_prompt and len(pairs) > config.per_device_batch_size:
+        lengths = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, c))) for c in (p.chosen, p.rejected))
+                   for p in pairs]
+        batch = config.per_device_batch_size * config.gradient_accumulation_steps
+        pairs = [pairs[i] for i in prompt_grouped_order([p.prompt for p in pairs], lengths, batch, config.seed)]
+        sampling = {"train_sampling_strategy": "sequential"}
+    elif config.group_by_length and len(pairs) > config.per_device_batch_size:
         # Our own length-grouped order + a sequential sampler (transformers' group_by_length needs an
         # `input_ids` column; RewardTrainer's rows hold chosen/rejected ids). Longest conversation of a pair:
         lengths = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, c))) for c in (p.chosen, p.rejected))
@@ -244,7 +250,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     common = dict(model=model, args=args, processing_class=tokenizer,
                   eval_dataset=pairs_to_dataset(eval_pairs) if eval_pairs else None,
                   peft_config=peft_config_for(config, "SEQ_CLS"))
-    if config.length_control == "none" and config.label_weights == "none":
+    if config.length_control == "none" and config.label_weights == "none" and not config.group_by_prompt:
         trainer = RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
         trainer.rlhf_throughput = throughput
         return trainer
@@ -304,9 +310,55 @@ LENGTH_HEAD_FILE = "length_head.safetensors"
 _STUDIO_TRAINER = None
 
 
+def prompt_grouped_order(prompts: Sequence, lengths: Sequence[int], batch_size: int, seed: int,
+                         mega: int = 50) -> list[int]:
+    """``group_by_prompt``'s epoch order: the pairs of one prompt consecutive (in random order among
+    themselves), prompts in ``length_grouped_order``'s way: shuffled, cut into mega-batches of about
+    ``mega x batch_size`` pairs, each sorted by its prompt's longest pair, then cut into batches of
+    ``batch_size`` pairs whose order is shuffled. A permutation of ``range(len(prompts))``."""
+    import json
+
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        groups.setdefault(prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True), []).append(i)
+    units = list(groups.values())
+    rng.shuffle(units)
+    for unit in units:
+        rng.shuffle(unit)
+    span = max(1, mega * batch_size)
+    order, chunk, size = [], [], 0
+    for unit in units + [None]:
+        if unit is None or size >= span:
+            order += [i for u in sorted(chunk, key=lambda u: -max(lengths[i] for i in u)) for i in u]
+            chunk, size = [], 0
+        if unit is not None:
+            chunk.append(unit)
+            size += len(unit)
+    batches = [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
+
+
+def distinct_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first, inverse): the index of each distinct (ids, mask) row's first occurrence, and for every row the
+    position of its distinct row in ``first``; rows equal wherever the mask is 1 (and equally masked) are one
+    row. ``x[first][inverse]`` equals ``x`` row for row."""
+    key = input_ids.masked_fill(attention_mask == 0, -1)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)
+    n = len(key)
+    first = torch.full((int(inverse.max()) + 1,), n, dtype=torch.long, device=key.device)
+    first.scatter_reduce_(0, inverse, torch.arange(n, device=key.device), reduce="amin")
+    order = torch.argsort(first)  # distinct rows in order of first appearance
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order), device=key.device)
+    return first[order], rank[inverse]
+
+
 def _studio_trainer_class():
     """``RewardTrainer`` with a length head and ODIN's or PoE's loss, and/or per-pair weights and soft
-    labels (rlhf.weighting); built on first use, as TRL loads lazily."""
+    labels (rlhf.weighting), and/or ``group_by_prompt``'s one forward pass per distinct conversation of a
+    batch; built on first use, as TRL loads lazily."""
     global _STUDIO_TRAINER
     if _STUDIO_TRAINER is not None:
         return _STUDIO_TRAINER
@@ -370,20 +422,33 @@ def _studio_trainer_class():
             if control == "odin":
                 hook = self._score.register_forward_hook(
                     lambda module, args, out: captured.__setitem__("hidden", args[0]))
+            ids, mask = inputs["input_ids"], inputs["attention_mask"]
+            inverse = None
+            if self.control.group_by_prompt:  # score each distinct conversation of the batch once
+                first, inverse = distinct_rows(ids, mask)
+                self._metrics[mode]["scored_share"].append(len(first) / len(ids))  # forward rows / 2B
+                if len(first) < len(ids):
+                    ids, mask = ids[first], mask[first]
+                else:
+                    inverse = None
             try:
-                outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+                outputs = model(input_ids=ids, attention_mask=mask, use_cache=False)
             finally:
                 if hook is not None:
                     hook.remove()
+            if inverse is not None:  # back to one reward per row: chosen then rejected, as TRL lays them out
+                outputs.logits = outputs.logits[inverse]
             quality = outputs.logits.squeeze(-1).float()  # (2B,) the score head = quality head
             lengths = lengths.to(quality.device)
             weights = None if weights is None else weights.to(quality.device)
             targets = None if targets is None else targets.to(quality.device)
             if control == "odin":
                 head = self.model.length_head
-                hidden = captured["hidden"]  # (2B, T, H), what the score head read
-                last = inputs["attention_mask"].sum(-1) - 1  # right padding: the token the score is read at
-                length = head(hidden[torch.arange(len(last), device=hidden.device), last].float()).squeeze(-1)  # (2B,)
+                hidden = captured["hidden"]  # (2B, T, H) (distinct rows with group_by_prompt), what the score head read
+                last = mask.sum(-1) - 1  # right padding: the token the score is read at
+                length = head(hidden[torch.arange(len(last), device=hidden.device), last].float()).squeeze(-1)
+                if inverse is not None:
+                    length = length[inverse]  # (2B,)
                 loss, parts = odin_loss(quality, length, lengths, _head_weight(self._score), head.weight,
                                         length_weight=self.control.odin_length_weight,
                                         orthogonal_weight=self.control.odin_orthogonal_weight,
