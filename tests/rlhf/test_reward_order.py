@@ -117,7 +117,7 @@ def test_group_by_prompt_gives_the_same_loss_and_gradients_from_fewer_rows(tmp_p
         loss.backward()
         hook.remove()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-        results[grouped] = float(loss), grads, rows, dict(trainer._metrics["train"])
+        results[grouped] = float(loss.detach()), grads, rows, dict(trainer._metrics["train"])
     (plain, g_plain, rows_plain, _), (grouped, g_grouped, rows_grouped, metrics) = results[False], results[True]
     assert rows_plain == [24] and rows_grouped == [6]  # 12 pairs = 24 rows, 6 distinct conversations
     assert metrics["scored_share"] == [0.25]
