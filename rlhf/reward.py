@@ -231,19 +231,15 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
                                        load_in_bits=config.load_in_bits)
     model.config.pad_token_id = tokenizer.pad_token_id
     sampling = {}
-    if config.group_by_prompt and len(pairs) > config.per_device_batch_size:
+    if (config.group_by_prompt or config.group_by_length) and len(pairs) > config.per_device_batch_size:
+        # Our own epoch order + a sequential sampler (transformers' group_by_length needs an `input_ids` column;
+        # RewardTrainer's rows hold chosen/rejected ids). Longest conversation of a pair:
         lengths = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, c))) for c in (p.chosen, p.rejected))
                    for p in pairs]
         batch = config.per_device_batch_size * config.gradient_accumulation_steps
-        pairs = [pairs[i] for i in prompt_grouped_order([p.prompt for p in pairs], lengths, batch, config.seed)]
-        sampling = {"train_sampling_strategy": "sequential"}
-    elif config.group_by_length and len(pairs) > config.per_device_batch_size:
-        # Our own length-grouped order + a sequential sampler (transformers' group_by_length needs an
-        # `input_ids` column; RewardTrainer's rows hold chosen/rejected ids). Longest conversation of a pair:
-        lengths = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, c))) for c in (p.chosen, p.rejected))
-                   for p in pairs]
-        batch = config.per_device_batch_size * config.gradient_accumulation_steps
-        pairs = [pairs[i] for i in length_grouped_order(lengths, batch, config.seed)]
+        order = (prompt_grouped_order([p.prompt for p in pairs], lengths, batch, config.seed)
+                 if config.group_by_prompt else length_grouped_order(lengths, batch, config.seed))
+        pairs = [pairs[i] for i in order]
         sampling = {"train_sampling_strategy": "sequential"}
     args = trl_args(config, RewardConfig, throughput, center_rewards_coefficient=config.center_rewards_coefficient,
                     per_device_eval_batch_size=config.eval_batch_size, **sampling)
