@@ -221,7 +221,9 @@ def run_reliability(seed: int, args, done: set) -> list[dict]:
     held_pairs = held_out_pairs(held)
     pairs = [p for task, by in rankings.items() for a, order in by.items()
              for p in ranking_pairs(pool[task], order, task, a, fit)]
-    for variant, mode in (("plain", "none"), ("weight", "weight"), ("soft", "soft")):
+    modes = {"plain": "none", "weight": "weight", "soft": "soft"}
+    for variant in args.variants.split(","):
+        mode = modes[variant]
         if ("reliability", seed, variant) in done:
             continue
         accuracy, facts = train(pairs, held_pairs, args, seed, mode)
@@ -345,6 +347,9 @@ def main() -> None:
     ap.add_argument("--estimates", default="entropy,bald",
                     help="active: comma list of entropy (rlhf.judge.pairwise_entropy: results 'uncertainty@…') and "
                          "bald (rlhf.active's bootstrap-head ensemble: 'bald@…')")
+    ap.add_argument("--variants", default="plain,weight,soft",
+                    help="reliability: comma list of reward models to train per seed, in this order "
+                         "(plain, weight, soft); finished ones are skipped")
     ap.add_argument("--flags-only", action="store_true",
                     help="reliability: fit the reliability model and report its flags, train no reward model")
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -366,6 +371,9 @@ def main() -> None:
     unknown = set(args.estimates.split(",")) - set(ESTIMATES)
     if unknown:
         ap.error(f"--estimates: unknown {', '.join(sorted(unknown))} (known: {', '.join(ESTIMATES)})")
+    unknown = set(args.variants.split(",")) - {"plain", "weight", "soft"}
+    if unknown:
+        ap.error(f"--variants: unknown {', '.join(sorted(unknown))} (known: plain, weight, soft)")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.experiment == "table":
         table(args)
