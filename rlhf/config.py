@@ -205,7 +205,9 @@ class RewardRunConfig(TrainerConfig):
     eval_fraction: float = _help("Held-out fraction of pairs when no eval pairs are given.", 0.1)
     eval_batch_size: int = _help("Sequences per forward pass when scoring held-out pairs.", 16)
     margin_scale: float | None = _help("Margin = scale x (score_chosen - score_rejected) from 1-7 scores (rankings).")
-    center_rewards_coefficient: float | None = _help("Weight of the mean-zero reward penalty (TRL).")
+    center_rewards_coefficient: float | None = _help(
+        "Weight of TRL's centring penalty, mean((r_chosen + r_rejected)²) over the pairs of a batch; the same "
+        "term in every reward trainer.")
     lora_layers: list[int] | None = _help("Only these decoder-layer indices get LoRA (null: all); top layers = cheap.")
     group_by_length: bool = _help("Batch pairs of similar token length together (batches in random order): far "
                                   "less padding (one fixed order, reused if there are several epochs).", True)

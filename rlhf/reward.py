@@ -458,8 +458,9 @@ def _studio_trainer_class():
                 if inputs.get("margin") is not None:
                     diff = diff - inputs["margin"]
                 loss, parts = bradley_terry(diff, weights, targets), {}
-            if self.args.center_rewards_coefficient is not None:
-                loss = loss + self.args.center_rewards_coefficient * torch.mean(quality ** 2)
+            if self.args.center_rewards_coefficient is not None:  # TRL's penalty: each pair's rewards sum to zero
+                pair_chosen, pair_rejected = quality.chunk(2)
+                loss = loss + self.args.center_rewards_coefficient * torch.mean((pair_chosen + pair_rejected) ** 2)
             chosen, rejected = quality.detach().chunk(2)
             self._metrics[mode]["accuracy"].append(float((chosen > rejected).float().mean()))  # the quality head's
             self._metrics[mode]["margin"].append(float((chosen - rejected).mean()))

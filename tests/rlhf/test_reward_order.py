@@ -97,7 +97,8 @@ def _trainer(tmp_path, tiny_dir, pairs, **kw):
     return build_reward_trainer(config, pairs)
 
 
-@pytest.mark.parametrize("kw", [{}, {"label_weights": "weight", "length_control": "odin"},
+@pytest.mark.parametrize("kw", [{}, {"center_rewards_coefficient": 0.5},  # TRL's trainer vs the studio's
+                                {"label_weights": "weight", "length_control": "odin"},
                                 {"label_weights": "soft", "length_control": "poe"}])
 def test_group_by_prompt_gives_the_same_loss_and_gradients_from_fewer_rows(tmp_path, tiny_dir, kw):
     pairs = _ranking_pairs()
