@@ -153,7 +153,14 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
         **({} if args.bf16 == "auto" else {"bf16": args.bf16 == "on"}),
     )
     started = time.time()
-    artifacts = train_reward(config, pairs, eval_pairs=held)
+
+    def progress(step: int, total: int, metrics: dict) -> None:  # a line every 50 steps: hours-long runs say where they are
+        if step % 50 == 0 or step == total:
+            rate = metrics.get("perf/steps_per_s") or 0.0
+            left = f", about {(total - step) / rate / 60:.0f} min left" if rate else ""
+            print(f"  [{mode}] step {step}/{total}, {time.time() - started:.0f} s{left}", file=sys.stderr, flush=True)
+
+    artifacts = train_reward(config, pairs, eval_pairs=held, progress=progress)
     bf16 = args.bf16 == "on" or args.bf16 == "auto" and resolve_throughput(config, "reward").bf16
     facts = {"seconds": round(time.time() - started, 1), "pairs": len(pairs), "steps": artifacts.global_step,
              "bf16_autocast": bool(bf16), **({"group_by_prompt": True} if args.group_by_prompt else {})}

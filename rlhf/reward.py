@@ -36,7 +36,15 @@ from .contract import Artifacts, data_hash, seed_everything
 from .data import Messages, PreferencePair, load_pairs, pairs_to_dataset
 from .length import CONFIG_KEY, answer_lengths, calibrate, calibration_of
 from .models import describe_model, load_reward_model, load_tokenizer
-from .runner import attach_progress, check_peft_here, peft_config_for, resolve_throughput, run_trainer, trl_args
+from .runner import (
+    attach_progress,
+    check_lora_layers,
+    check_peft_here,
+    peft_config_for,
+    resolve_throughput,
+    run_trainer,
+    trl_args,
+)
 from .weighting import select_pairs
 from .weighting import summary as weighting_summary
 
@@ -229,6 +237,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     throughput = resolve_throughput(config, "reward")
     model = model or load_reward_model(config.model, device=config.device, dtype=throughput.dtype,
                                        load_in_bits=config.load_in_bits)
+    check_lora_layers(config, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     sampling = {}
     if (config.group_by_prompt or config.group_by_length) and len(pairs) > config.per_device_batch_size:

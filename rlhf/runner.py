@@ -155,6 +155,21 @@ def peft_config_for(config: TrainerConfig, task_type: str):
                        init_text=init_text, tokenizer_path=resolve_model(config.model) if init_text else None)
 
 
+def check_lora_layers(config: TrainerConfig, model) -> None:
+    """ValueError when ``lora_layers`` names decoder layers the loaded model does not have (peft would adapt
+    only those it finds, or fail with 'No modules were targeted'); before the adapter is made."""
+    layers = getattr(config, "lora_layers", None)
+    if not layers or peft_method(config) not in ("lora", "qlora"):
+        return
+    count = getattr(model.config, "num_hidden_layers", None)
+    if count is None:
+        return
+    missing = sorted({i for i in layers if not 0 <= i < count})
+    if missing:
+        raise ValueError(f"lora_layers: {missing} are not decoder layers of {config.model or 'the bundled model'}, "
+                         f"which has {count} (indices 0-{count - 1}); use null for all of them")
+
+
 def check_peft_here(config: TrainerConfig, kind: str) -> str:
     """rlhf.config.check_peft with this host's CUDA: refuses before any model loads."""
     import torch

@@ -189,3 +189,18 @@ def test_decoding_through_virtual_tokens_matches_the_training_forward(tiny_dir, 
         assert out["response_ids"][row, :n].tolist() == expected[:n], (method, row)
         assert n == 4 or expected[n - 1] in (tiny_tokenizer.eos_token_id, *eos)
     assert not torch.allclose(plain, model(input_ids=ids[:, :-4]).logits[0, -1])  # the adapter changes the output
+
+
+def test_reward_lora_layers_the_model_lacks_are_refused_with_nothing_written(tmp_path, tiny_dir):
+    from rlhf.reward import train_reward
+
+    out = tmp_path / "rm"
+    config = RewardRunConfig(output_dir=str(out), model=tiny_dir, lora_layers=[1, 26, 27], max_steps=1,
+                             save_steps=0, eval_fraction=0.0, **SMALL)
+    with pytest.raises(ValueError, match=r"lora_layers: \[26, 27\] are not decoder layers of .*which has 2 "
+                                         r"\(indices 0-1\); use null for all of them"):
+        train_reward(config, PAIRS, eval_pairs=PAIRS[:2])
+    assert not out.exists() or not any(out.iterdir())
+    art = train_reward(RewardRunConfig(output_dir=str(tmp_path / "ok"), model=tiny_dir, lora_layers=[1], max_steps=1,
+                                       save_steps=0, eval_fraction=0.0, **SMALL), PAIRS, eval_pairs=PAIRS[:2])
+    assert art.status == "succeeded"
