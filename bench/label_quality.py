@@ -141,8 +141,8 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
     import shutil
     import tempfile
 
+    from rlhf.contract import read_metadata
     from rlhf.reward import RewardRunConfig, train_reward
-    from rlhf.runner import resolve_throughput
 
     out = keep or Path(tempfile.mkdtemp(prefix="lq-", dir=args.output_dir))
     config = RewardRunConfig(
@@ -161,7 +161,7 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
             print(f"  [{mode}] step {step}/{total}, {time.time() - started:.0f} s{left}", file=sys.stderr, flush=True)
 
     artifacts = train_reward(config, pairs, eval_pairs=held, progress=progress)
-    bf16 = args.bf16 == "on" or args.bf16 == "auto" and resolve_throughput(config, "reward").bf16
+    bf16 = read_metadata(artifacts.output_dir)["throughput"]["bf16"]  # what the run trained with, as it recorded
     facts = {"seconds": round(time.time() - started, 1), "pairs": len(pairs), "steps": artifacts.global_step,
              "bf16_autocast": bool(bf16), **({"group_by_prompt": True} if args.group_by_prompt else {})}
     accuracy = float(artifacts.metrics["eval/pairwise_accuracy"])
