@@ -170,6 +170,7 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
     return accuracy, facts
 
 
+VARIANTS = {"plain": "none", "weight": "weight", "soft": "soft"}  # reliability reward models -> label_weights
 ESTIMATES = {"entropy": "uncertainty", "bald": "bald"}  # --estimates name -> the results' variant prefix
 
 
@@ -228,9 +229,8 @@ def run_reliability(seed: int, args, done: set) -> list[dict]:
     held_pairs = held_out_pairs(held)
     pairs = [p for task, by in rankings.items() for a, order in by.items()
              for p in ranking_pairs(pool[task], order, task, a, fit)]
-    modes = {"plain": "none", "weight": "weight", "soft": "soft"}
     for variant in args.variants.split(","):
-        mode = modes[variant]
+        mode = VARIANTS[variant]
         if ("reliability", seed, variant) in done:
             continue
         accuracy, facts = train(pairs, held_pairs, args, seed, mode)
@@ -378,9 +378,9 @@ def main() -> None:
     unknown = set(args.estimates.split(",")) - set(ESTIMATES)
     if unknown:
         ap.error(f"--estimates: unknown {', '.join(sorted(unknown))} (known: {', '.join(ESTIMATES)})")
-    unknown = set(args.variants.split(",")) - {"plain", "weight", "soft"}
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
-        ap.error(f"--variants: unknown {', '.join(sorted(unknown))} (known: plain, weight, soft)")
+        ap.error(f"--variants: unknown {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     if args.experiment == "table":
         table(args)
