@@ -172,6 +172,7 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
 
 VARIANTS = {"plain": "none", "weight": "weight", "soft": "soft"}  # reliability reward models -> label_weights
 ESTIMATES = {"entropy": "uncertainty", "bald": "bald"}  # --estimates name -> the results' variant prefix
+ESTIMATE_OF = {prefix: name for name, prefix in ESTIMATES.items()}
 
 
 def uncertainty(model_dir: Path, pool: list[dict], estimate: str = "entropy",
@@ -259,33 +260,44 @@ def run_active(seed: int, args, done: set) -> None:
         return [p for t in tasks for p in ranking_pairs(pool[t], labels[t], t, 0)]
 
     def step(strategy: str, chosen: list[int], keep: Path | None = None) -> None:
-        fraction = len(chosen) / (4 * quarter)
-        if ("active", seed, f"{strategy}@{fraction}") in done and (keep is None or keep.is_dir()):
+        """Train on `chosen` and record the accuracy, unless recorded already; `keep`: the model is needed
+        to choose the next quarter, so a recorded step whose model is gone is trained again (not recorded
+        twice: a second row would count twice in the table's mean)."""
+        variant = f"{strategy}@{len(chosen) / (4 * quarter)}"
+        recorded = ("active", seed, variant) in done
+        if recorded and (keep is None or (keep / "model").is_dir()):
             return
         accuracy, facts = train(pairs_of(chosen), held_pairs, args, seed, keep=keep)
-        _emit({"experiment": "active", "seed": seed, "variant": f"{strategy}@{fraction}", "rankings": len(chosen),
+        if recorded:
+            print(f"  {variant} retrained to choose the next quarter: accuracy {accuracy:.3f}", file=sys.stderr)
+            return
+        done.add(("active", seed, variant))
+        _emit({"experiment": "active", "seed": seed, "variant": variant, "rankings": len(chosen),
                "accuracy": accuracy, **facts}, args)
 
+    step1 = Path(args.output_dir) / f"active-{seed}-step1"  # the shared random quarter's model starts every order
+    chains = [ESTIMATES[e] for e in args.estimates.split(",")
+              if any(("active", seed, f"{ESTIMATES[e]}@{f}") not in done for f in (0.5, 0.75, 1.0))]
     for n in range(1, 5):
-        step("random", order[:quarter * n])
+        step("random", order[:quarter * n], keep=step1 if n == 1 and chains else None)
     # Each estimate: the first (random) quarter, then each next quarter the items the model trained on
-    # everything so far scores highest; the model of each step is kept to choose the next.
-    for estimate in args.estimates.split(","):
-        name = ESTIMATES[estimate]
+    # everything so far scores highest; the model of each step is kept to choose the next. An order whose
+    # points are all recorded is skipped (its models would only be retrained).
+    for name in chains:
         chosen = order[:quarter]
         for n in range(1, 4):  # step 1's model (the shared random quarter) is the same for every estimate
-            model_dir = Path(args.output_dir) / (f"active-{seed}-step1" if n == 1 else f"active-{seed}-{name}-step{n}")
+            model_dir = step1 if n == 1 else Path(args.output_dir) / f"active-{seed}-{name}-step{n}"
             if not (model_dir / "model").is_dir():
                 train(pairs_of(chosen), held_pairs, args, seed, keep=model_dir)
             pairs_of(chosen)  # the labels of what is chosen so far (the same whichever order asked for them)
             rest = [t for t in range(len(pool)) if t not in set(chosen)]
-            scores = uncertainty(model_dir / "model", [pool[t] for t in rest], estimate,
+            scores = uncertainty(model_dir / "model", [pool[t] for t in rest], ESTIMATE_OF[name],
                                  labelled=[(pool[t], labels[t]) for t in chosen], seed=seed)
             chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
             step(name, chosen, keep=Path(args.output_dir) / f"active-{seed}-{name}-step{n + 1}" if n < 3 else None)
             if n > 1:
                 shutil.rmtree(model_dir, ignore_errors=True)
-    shutil.rmtree(Path(args.output_dir) / f"active-{seed}-step1", ignore_errors=True)
+    shutil.rmtree(step1, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- output
