@@ -119,15 +119,15 @@ def _cancelled(artifacts) -> bool:
     return False
 
 
-def preference_pairs(project, min_gap: int = 1, mode: str = "none"):
+def preference_pairs(project, min_gap: int = 1, mode: str = "none", min_confidence: float = 0.0):
     """rlhf PreferencePairs for a reward-model or DPO run of `project` (labelapp.selectors.quality.training_pairs:
     people's rankings with gold left out and disputes adjudicated, reliability weights and confidences for
-    `label_weights` `mode`, AI labels at the project's `ai_label_weight`), and the selection itself (its
-    ids, the mode to train with and the lineage)."""
+    `label_weights` `mode`, confidences too when `min_confidence` filters, AI labels at the project's
+    `ai_label_weight`), and the selection itself (its ids, the mode to train with and the lineage)."""
     from labelapp.selectors.quality import training_pairs
     from rlhf.data import PreferencePair
 
-    selected = training_pairs(project=project, min_gap=min_gap, mode=mode)
+    selected = training_pairs(project=project, min_gap=min_gap, mode=mode, min_confidence=min_confidence)
     pairs = [PreferencePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, margin=p.margin,
                             weight=p.weight, confidence=p.confidence) for p in selected.pairs]
     return pairs, selected
@@ -176,7 +176,7 @@ def run_reward(run: TrainingRun, progress: Progress) -> Outcome:
 
     gap = run.params.get("min_rank_gap", 1)
     config = make_config(RewardRunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
-    pairs, selected = preference_pairs(run.project, gap, config.label_weights)
+    pairs, selected = preference_pairs(run.project, gap, config.label_weights, config.min_confidence)
     if len(pairs) < 2:
         raise ValidationError(f"The reward model needs at least 2 preference pairs; there are {len(pairs)}"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))
@@ -219,7 +219,7 @@ def run_dpo(run: TrainingRun, progress: Progress) -> Outcome:
 
     gap = run.params.get("min_rank_gap", 1)
     config = make_config(DPORunConfig, run, exclude=PAIR_SETTINGS, model=model_ref(run))
-    pairs, selected = preference_pairs(run.project, gap, config.label_weights)
+    pairs, selected = preference_pairs(run.project, gap, config.label_weights, config.min_confidence)
     if not pairs:
         raise ValidationError("DPO needs preference pairs; there are none yet"
                               + (f" with min_rank_gap {gap}." if gap > 1 else "."))

@@ -284,9 +284,11 @@ class _Order:
         self.order, self.scores = order, {}
 
 
-def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none") -> TrainingPairs:
+def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none",
+                   min_confidence: float = 0.0) -> TrainingPairs:
     """The preference pairs a reward-model or DPO run of `project` trains on, for its `label_weights`
-    `mode`:
+    `mode` (and its `min_confidence`: above 0, pairs carry their confidence whatever the mode, so the
+    trainer's filter drops the same pairs the export's does; their weights stay 1 in mode "none"):
 
     * people's rankings, gold tasks left out, a disputed task's rankings replaced by its adjudication
       (the export's rows, labelapp.formats.exports); with `mode` "weight" or "soft" each pair carries its
@@ -301,7 +303,8 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none") ->
     from labelapp.formats import exports
     from labelapp.selectors.labels import ranking_pairs
 
-    reliability = pair_weights(project=project) if mode != "none" else None
+    reliability = pair_weights(project=project) if mode != "none" or min_confidence > 0 else None
+    weighted = reliability is not None and mode != "none"
     out = TrainingPairs(pairs=[], mode=mode, fit_id=reliability.fit_id if reliability else None)
     for row in exports._ranking_rows(exports.ExportFilter(project=project)):
         (out.adjudications if row.adjudicated else out.rankings).append(row.id)
@@ -311,7 +314,7 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none") ->
             if row.adjudicated:
                 confidence = 1.0 if reliability else None
             elif reliability:
-                weight = reliability.weight(row.annotator_id)
+                weight = reliability.weight(row.annotator_id) if weighted else 1.0
                 confidence = reliability.confidence(row.task_id, chosen, rejected)
             out.pairs.append(TrainingPair(row.turns, texts[chosen], texts[rejected], margin, weight, confidence,
                                           "adjudication" if row.adjudicated else "human"))

@@ -17,7 +17,6 @@ from collections.abc import Sequence
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
 
 from labelapp.analysis import reliability
 from labelapp.models import (
@@ -121,18 +120,15 @@ def gold_import(*, project: Project, user, items: Sequence[dict]) -> dict:
 
 
 def reliability_inputs(*, project: Project):
-    """What the reliability model is fitted on: rankings of items with two or more annotators and
-    of gold items ({task: {annotator: order}}), and the known orders: gold items' expected ones and
-    adjudicated items' decisions (an adjudication counts as gold)."""
+    """What the reliability model is fitted on: every ranking with a preference ({task: {annotator:
+    order}}) — items with two or more annotators and gold items inform the annotators' reliabilities,
+    an item one annotator ranked gets its posterior from that annotator's — and the known orders: gold
+    items' expected ones and adjudicated items' decisions (an adjudication counts as gold)."""
     gold_orders = dict(
         RankingTask.objects.filter(project=project, gold_order__isnull=False).values_list("id", "gold_order")
     )
     gold_orders.update(Adjudication.objects.filter(task__project=project).values_list("task_id", "order"))
-    rows = (
-        Ranking.objects.filter(task__project=project)
-        .filter(Q(task__ranking_count__gte=2) | Q(task_id__in=list(gold_orders)))
-        .exclude(order=[])
-    )
+    rows = Ranking.objects.filter(task__project=project).exclude(order=[])
     rankings: dict[int, dict[int, list]] = defaultdict(dict)
     digest = hashlib.sha256()
     for ranking_id, task_id, annotator_id, order in rows.order_by("id").values_list("id", "task_id", "annotator_id", "order"):
@@ -150,17 +146,21 @@ def reliability_refit(*, project: Project, force: bool = False) -> ReliabilityFi
     latest = ReliabilityFit.objects.filter(project=project).first()
     if latest is not None and latest.labels_hash == labels_hash and not force:
         return latest
-    if not rankings:
-        return None
+    if not any(t in gold_orders or len(by) >= 2 for t, by in rankings.items()):
+        return None  # nothing shared and no gold: nothing says how reliable anyone is
     started = time.monotonic()
     result = reliability.fit(reliability.judgments_from_rankings(rankings),
                              gold=reliability.gold_units(gold_orders))
+    # An annotator none of whose labels is shared or gold is unknown to the fit: not stored (weight 1,
+    # PairWeights), and the items only they ranked get no posterior (trained as stated, not at the prior).
+    known = {a for a, f in result.annotators.items() if f.judgments}
     annotators = {
         str(a): {"reliability": f.reliability, "low": f.low, "high": f.high, "tie_rate": f.tie_rate,
                  "judgments": f.judgments, "strict": f.strict, "gold_judgments": f.gold_judgments}
-        for a, f in result.annotators.items()
+        for a, f in result.annotators.items() if a in known
     }
-    posterior = {f"{t}:{x}:{y}": round(p, 6) for (t, x, y), p in result.posterior.items()}
+    posterior = {f"{t}:{x}:{y}": round(p, 6) for (t, x, y), p in result.posterior.items()
+                 if t in gold_orders or len(rankings[t]) >= 2 or set(rankings[t]) <= known}
     return ReliabilityFit.objects.create(
         project=project, labels_hash=labels_hash, annotators=annotators, posterior=posterior,
         units=result.units, gold_units=result.gold_units, iterations=result.iterations,

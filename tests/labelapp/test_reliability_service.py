@@ -5,10 +5,11 @@ from unittest import mock
 
 import pytest
 
-from labelapp.models import ReliabilityFit
-from labelapp.selectors.quality import annotator_report
+from labelapp.models import Ranking, ReliabilityFit
+from labelapp.selectors.quality import PairWeights, annotator_report, training_pairs
 from labelapp.services.quality import ranking_task_set_gold, reliability_refit
 from tests.conftest import add_member, make_project, make_prompt, make_task
+from tests.labelapp.test_adjudication import ranked
 
 pytestmark = pytest.mark.django_db
 
@@ -74,3 +75,36 @@ def test_no_overlap_and_no_gold_means_no_fit():
     project = crowd_project(5, ["careful", "careful"], overlap=1)
     assert reliability_refit(project=project) is None
     assert annotator_report(project=project)["fit"] is None
+
+
+def test_an_item_one_annotator_ranked_takes_that_annotators_reliability_when_the_fit_knows_them():
+    """Overlap 1: gold tells the fit who is reliable, and every item the inverted annotator ranked alone
+    is trained as probably reversed (soft labels below 0.5); an annotator with no gold and no shared
+    item stays unknown — weight 1, no confidence — rather than taking the prior."""
+    project = crowd_project(10, ["careful", "careful", "inverted"], overlap=1, gold=3)
+    project.gold_rate = 0
+    project.save()
+    newcomer = add_member(project)
+    alone, _ = ranked(project, [(newcomer, [0, 1, 2, 3])])
+    fit = reliability_refit(project=project)
+    weights = PairWeights(fit)
+    assert str(newcomer.pk) not in fit.annotators and weights.weight(newcomer.pk) == 1.0
+    q = {int(a): f["reliability"] for a, f in fit.annotators.items()}
+    assert len(q) == 3 and sorted(v < 0.5 for v in q.values()) == [False, False, True]
+    checked = 0
+    for ranking in Ranking.objects.filter(task__project=project, task__gold_order__isnull=True):
+        heads = [group[0] for group in ranking.order]  # one answer of each rank: strictly ordered neighbours
+        for better, worse in zip(heads, heads[1:]):
+            confidence = weights.confidence(ranking.task_id, better, worse)
+            if ranking.task_id == alone.pk:
+                assert confidence is None
+                continue
+            assert confidence is not None and (confidence < 0.5) == (q[ranking.annotator_id] < 0.5)
+            checked += 1
+    assert checked >= 10  # every non-gold item (one annotator each) has strictly ordered pairs
+    soft = training_pairs(project=project, mode="soft")
+    assert soft.fit_id == fit.pk
+    reversed_pairs = [p for p in soft.pairs if p.weight == 0.0]  # the inverted annotator's: weight max(0, 2q - 1)
+    assert reversed_pairs and all(p.confidence < 0.5 for p in reversed_pairs)
+    assert all(p.confidence > 0.5 for p in soft.pairs if 0 < p.weight < 1)  # the careful ones'
+    assert sum(p.confidence is None for p in soft.pairs) == 6  # the newcomer's item, trained as stated

@@ -54,6 +54,27 @@ def test_gold_left_out_and_the_decision_replaces_the_disputed_rankings(crowd):
     assert selected.lineage() == {"pair_sources": {"adjudication": 3, "human": 18}, "reliability_fit": None}
 
 
+def test_min_confidence_without_weighting_drops_what_the_export_drops(crowd):
+    """label_weights "none" with min_confidence: the pairs carry their confidence (so the trainer's filter
+    can act) but keep weight 1; the trainer keeps exactly the pairs the export with the same threshold keeps."""
+    from rlhf.data import PreferencePair
+    from rlhf.weighting import select_pairs
+
+    project = crowd["project"]
+    fit = reliability_refit(project=project)
+    selected = training_pairs(project=project, mode="none", min_confidence=0.5)
+    assert selected.mode == "none" and selected.fit_id == fit.pk
+    assert all(p.weight == 1.0 for p in selected.pairs)
+    assert any(p.confidence is not None and p.confidence < 0.5 for p in selected.pairs)  # c's reversed pairs
+    kept = select_pairs([PreferencePair(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, weight=p.weight,
+                                        confidence=p.confidence) for p in selected.pairs],
+                        mode="none", min_confidence=0.5)
+    assert 0 < len(kept) < len(selected.pairs)
+    lines = [json.loads(x) for x in b"".join(export_pairs(ExportFilter(project=project), min_confidence=0.5)).splitlines()]
+    assert sorted((x["chosen"].strip(), x["rejected"].strip()) for x in lines) == sorted((p.chosen, p.rejected) for p in kept)
+    assert all(p.confidence is None for p in training_pairs(project=project, mode="none").pairs)  # no threshold: as before
+
+
 @pytest.mark.parametrize("mode", ["weight", "soft"])
 def test_weights_and_confidences_come_from_the_latest_fit(crowd, mode):
     project = crowd["project"]
