@@ -28,6 +28,7 @@ from labelapp.selectors import labels as selectors
 REVIEWER_ONLY_FIELDS = {
     "Project": ("base_model", "sampling"),
     "Completion": ("model_version", "decoding", "source"),
+    "RankingTask": ("ranking_count",),  # every annotator ranks a gold task: a count above overlap gives it away
 }
 
 
@@ -88,12 +89,16 @@ class CompletionSerializer(ReviewerFieldsMixin, serializers.ModelSerializer):
         return obj.prompt.project_id
 
 
-class RankingTaskSerializer(serializers.ModelSerializer):
+class RankingTaskSerializer(ReviewerFieldsMixin, serializers.ModelSerializer):
+    component = "RankingTask"
     completions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
 
     class Meta:
         model = RankingTask
         fields = ["id", "project", "prompt", "completions", "ranking_count", "created_at"]
+
+    def project_id_of(self, obj) -> int:
+        return obj.project_id
 
 
 @extend_schema_field(OpenApiTypes.STR)

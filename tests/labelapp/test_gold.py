@@ -64,6 +64,29 @@ def test_gold_is_served_to_everyone_once_scored_and_never_fills_overlap(setup):
     assert all(t.ranking_count == 0 for t in RankingTask.objects.filter(pk__in=[t.pk for t in real[1:]]))
 
 
+def test_gold_and_real_tasks_look_the_same_to_annotators_in_the_api(setup):
+    """The ranking-task list gives annotators no count: every annotator ranks a gold task, so a count above
+    the project's overlap would single it out. Reviewers still see the counts."""
+    from rest_framework.test import APIClient
+
+    project, _, real, gold = setup
+    users = [add_member(project) for _ in range(3)]
+    a, b, c = ids_of(gold)
+    with always(gold=True):
+        for user in users:
+            ranking_submit(assignment_id=task_claim(project=project, user=user, queue=Queue.RANK).pk, user=user,
+                           order=[[a], [b], [c]])
+    api = APIClient()
+    api.force_authenticate(users[0])
+    rows = {r["id"]: r for r in api.get("/api/v1/ranking-tasks/", {"project": project.pk}).json()["results"]}
+    assert set(rows) == {gold.pk, *(t.pk for t in real)}
+    assert {frozenset(r) for r in rows.values()} == {frozenset({"id", "project", "prompt", "completions", "created_at"})}
+    assert "ranking_count" not in api.get(f"/api/v1/ranking-tasks/{gold.pk}/").json()
+    api.force_authenticate(add_member(project, role="reviewer"))
+    counts = {r["id"]: r["ranking_count"] for r in api.get("/api/v1/ranking-tasks/", {"project": project.pk}).json()["results"]}
+    assert counts[gold.pk] == 3 and project.overlap == 1
+
+
 def test_gold_is_not_served_when_no_real_work_is_left(setup):
     project, _, real, gold = setup
     user = add_member(project)
