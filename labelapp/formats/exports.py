@@ -165,7 +165,10 @@ def _ranking_rows(f: ExportFilter) -> Iterator[RankingRow]:
         batch = list(qs.filter(task_id__gt=after)[:size])
         if len(batch) == size:  # the last task may continue on the next page: leave it for then
             last_task = batch[-1][1]
-            batch = [row for row in batch if row[1] != last_task] or batch
+            whole = [row for row in batch if row[1] != last_task]
+            # one task fills the page (many annotators, a former gold item): the rest of it now, by id,
+            # since the next page starts after this task
+            batch = whole or batch + list(qs.filter(task_id=last_task, id__gt=batch[-1][0]))
         if not batch:
             break
         texts = _completion_texts(f.project, {row[1] for row in batch})
