@@ -11,7 +11,7 @@ from django.db.models import Avg, Count, Q, Sum
 
 from labelapp.analysis.agreement import annotator_consensus_agreement, annotator_pairwise_agreement
 from labelapp.analysis.reliability import AnnotatorFit, FlagRules, flags_for
-from labelapp.models import AILabel, Comparison, Project, Ranking, RankingTask, ReliabilityFit
+from labelapp.models import AILabel, Comparison, Project, Prompt, Ranking, RankingTask, ReliabilityFit
 from labelapp.selectors.stats import project_rankings
 
 
@@ -290,6 +290,8 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none",
     `mode` (and its `min_confidence`: above 0, pairs carry their confidence whatever the mode, so the
     trainer's filter drops the same pairs the export's does; their weights stay 1 in mode "none"):
 
+    * the training split's tasks only (validation prompts stay held out for the evaluation and the promotion
+      gate, as for SFT and PPO);
     * people's rankings, gold tasks left out, a disputed task's rankings replaced by its adjudication
       (the export's rows, labelapp.formats.exports); with `mode` "weight" or "soft" each pair carries its
       annotator's reliability weight and the posterior confidence of its order from the latest fit
@@ -306,7 +308,7 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none",
     reliability = pair_weights(project=project) if mode != "none" or min_confidence > 0 else None
     weighted = reliability is not None and mode != "none"
     out = TrainingPairs(pairs=[], mode=mode, fit_id=reliability.fit_id if reliability else None)
-    for row in exports._ranking_rows(exports.ExportFilter(project=project)):
+    for row in exports._ranking_rows(exports.ExportFilter(project=project, split=Prompt.Split.TRAIN)):
         (out.adjudications if row.adjudicated else out.rankings).append(row.id)
         texts = {cid: text for cid, (text, _) in row.completions.items()}
         for chosen, rejected, margin in ranking_pairs(row, min_gap):
@@ -325,7 +327,8 @@ def training_pairs(*, project: Project, min_gap: int = 1, mode: str = "none",
         out.ai_left_out = "label_weights 'soft' carries no per-pair weight; use 'weight' to mix AI labels"
         return out
     latest: dict[int, AILabel] = {}
-    for label in AILabel.objects.filter(task__project=project, task__gold_order__isnull=True).select_related(
+    for label in AILabel.objects.filter(task__project=project, task__gold_order__isnull=True,
+                                        task__prompt__split=Prompt.Split.TRAIN).select_related(
             "task__prompt").order_by("task_id", "id"):
         latest[label.task_id] = label  # the newest of each task wins
     if not latest:

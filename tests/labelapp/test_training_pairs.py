@@ -124,3 +124,50 @@ def test_ai_labels_only_at_their_weight_never_on_gold_and_the_latest_per_task(cr
 
     soft = training_pairs(project=project, mode="soft")
     assert soft.mode == "soft" and not soft.ai_labels and "soft" in soft.lineage()["ai_labels_left_out"]
+
+
+def test_a_task_with_more_rankings_than_a_page_is_read_whole(monkeypatch):
+    """Rankings are read in keyset pages by task: a task whose rankings fill a whole page (many annotators,
+    a former gold item) used to lose the rest of them in both the export and training."""
+    from labelapp.formats import exports
+
+    monkeypatch.setattr(exports, "FIRST_CHUNK", 3)
+    monkeypatch.setattr(exports, "CHUNK", 3)
+    project = make_project(k=3, overlap=5)
+    project.gold_rate = 0
+    project.save()
+    users = [add_member(project) for _ in range(5)]
+    crowded, _ = ranked(project, [(u, [0, 1, 2]) for u in users])
+    after, _ = ranked(project, [(u, [2, 1, 0]) for u in users[:2]])
+    selected = training_pairs(project=project)
+    assert len(selected.rankings) == 7 and len(selected.pairs) == 7 * 3
+    rows = [json.loads(x) for x in b"".join(exports.export_rankings(ExportFilter(project=project))).splitlines()]
+    assert sorted(r["task_id"] for r in rows) == [crowded.pk] * 5 + [after.pk] * 2
+
+
+def test_validation_prompts_stay_out_of_training_but_not_out_of_the_export():
+    """Reward and DPO runs read the training split only, as SFT and PPO do: the validation prompts are what the
+    evaluation and the promotion gate judge a policy on. The export keeps every split unless asked."""
+    from labelapp.models import Queue
+    from labelapp.services.labels import ranking_submit
+    from labelapp.services.queue import task_claim
+    from tests.conftest import make_prompt
+
+    project = make_project(k=3, overlap=1)
+    project.gold_rate, project.ai_label_weight = 0, 0.5
+    project.save()
+    a = add_member(project)
+    trained, _ = ranked(project, [(a, [0, 1, 2])])
+    held = make_task(project, make_prompt(project, split="validation"))
+    lease = task_claim(project=project, user=a, queue=Queue.RANK)
+    assert lease.ranking_task_id == held.pk
+    ids = sorted(held.completions.values_list("id", flat=True))
+    ranking_submit(assignment_id=lease.pk, user=a, order=[[i] for i in ids])
+    version = ModelVersion.objects.create(project=project, name="rm", kind="reward")
+    ai_label_record(task_id=held.pk, source="reward_model", model_version_id=version.pk, order=[[i] for i in ids],
+                    scores={})
+    selected = training_pairs(project=project)
+    assert [p.source for p in selected.pairs] == ["human"] * 3 and selected.ai_labels == []
+    assert selected.rankings == list(trained.rankings.values_list("id", flat=True))
+    rows = [json.loads(x) for x in b"".join(export_pairs(ExportFilter(project=project))).splitlines()]
+    assert len(rows) == 6  # both tasks' pairs
