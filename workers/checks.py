@@ -11,7 +11,8 @@ from labelapp.services.quality import demonstration_check_record
 
 
 def check_demonstrations(*, limit: int = 200, oracle=None) -> int:
-    """Check up to `limit` unchecked demonstrations; returns how many were checked."""
+    """Check up to `limit` unchecked demonstrations; returns how many checks were stored (one whose text
+    was edited while it was being checked is left for the next pass)."""
     import torch
 
     pending = list(Demonstration.objects.filter(checked_at__isnull=True).select_related("prompt", "author")
@@ -23,6 +24,7 @@ def check_demonstrations(*, limit: int = 200, oracle=None) -> int:
 
         oracle = EmbeddingOracle()
     threshold = settings.DEMONSTRATION_DUPLICATE_SIMILARITY
+    checked = 0
     by_project: dict[int, list[Demonstration]] = {}
     for demo in pending:
         by_project.setdefault(demo.prompt.project_id, []).append(demo)
@@ -60,8 +62,9 @@ def check_demonstrations(*, limit: int = 200, oracle=None) -> int:
                     duplicates.append({"kind": "near duplicate", "detail": f"of a model sample (completion "
                                                                            f"{own_samples[top][0]}, similarity "
                                                                            f"{similarities[top]:.2f})"})
-            demonstration_check_record(demonstration_id=demo.pk, embedding=vectors[i].tolist(), duplicates=duplicates)
-    return len(pending)
+            checked += demonstration_check_record(demonstration_id=demo.pk, text=demo.text,
+                                                  embedding=vectors[i].tolist(), duplicates=duplicates)
+    return checked
 
 
 def ai_label_tasks(*, project_id: int, source: str, model_version_id: int, limit: int = 500) -> int:

@@ -213,22 +213,26 @@ def ranking_task_adjudicate(*, task_id: int, reviewer, order: list[list[int]], c
 
 
 @transaction.atomic
-def demonstration_check_record(*, demonstration_id: int, embedding: list[float], duplicates: list[dict]) -> None:
+def demonstration_check_record(*, demonstration_id: int, text: str, embedding: list[float],
+                               duplicates: list[dict]) -> bool:
     """Store the near-duplicate check of a demonstration (run by the worker): its embedding and one
-    "near duplicate" flag per match ({"kind", "detail"}); earlier near-duplicate flags are replaced."""
+    "near duplicate" flag per match ({"kind", "detail"}); earlier near-duplicate flags are replaced.
+    `text` is the text that was checked: if the author edited it meanwhile, nothing is written (the
+    edit left it unchecked, so the next pass checks the new text). False when nothing was written."""
     from django.utils import timezone
 
     from labelapp.models import Demonstration
 
     demonstration = Demonstration.objects.select_for_update().filter(pk=demonstration_id).first()
-    if demonstration is None:  # withdrawn meanwhile
-        return
+    if demonstration is None or demonstration.text != text:  # withdrawn or edited meanwhile
+        return False
     flags = [f for f in demonstration.quality_flags if f["kind"] != "near duplicate"] + duplicates
     demonstration.embedding = [round(float(x), 5) for x in embedding]
     demonstration.checked_at = timezone.now()
     demonstration.quality_flags = flags
     demonstration.flagged = bool(flags)
     demonstration.save(update_fields=["embedding", "checked_at", "quality_flags", "flagged"])
+    return True
 
 
 # ------------------------------------------------------------------------------------------ AI feedback

@@ -82,3 +82,32 @@ def test_the_worker_flags_near_duplicates_of_others_and_of_model_samples():
     assert copy.flagged and copy.quality_flags[0]["detail"].startswith(f"of demonstration {original.pk} by {a.username}")
     assert sample_copy.flagged and "of a model sample" in sample_copy.quality_flags[0]["detail"]
     assert check_demonstrations() == 0  # nothing new
+
+
+def test_an_answer_edited_while_it_is_checked_is_checked_again_with_its_new_text():
+    """The worker embeds for seconds without a lock; an edit meanwhile clears the check. Recording the old
+    text's result would mark the new text checked (never compared); it is left for the next pass instead."""
+    from labelapp.services.label_changes import demonstration_edit
+    from workers.checks import check_demonstrations
+    from workers.simulate import EmbeddingOracle
+
+    project = make_project()
+    for i in range(2):
+        make_prompt(project, text=f"Explain photosynthesis ({i}).")
+    a, b = add_member(project), add_member(project)
+    original = write(project, a, ANSWER, time_spent_ms=60_000)
+    edited = write(project, b, "Plants make their food from sunlight.", time_spent_ms=60_000)
+    oracle = EmbeddingOracle()
+
+    class EditedMeanwhile:
+        def embed(self, texts):
+            demonstration_edit(demonstration_id=edited.pk, user=b, text=ANSWER.replace("inside", "in"))
+            return oracle.embed(texts)
+
+    assert check_demonstrations(oracle=EditedMeanwhile()) == 1  # the original's check only
+    edited.refresh_from_db()
+    assert edited.checked_at is None and edited.embedding is None and not edited.flagged
+    assert check_demonstrations(oracle=oracle) == 1  # the new text, now compared with the original
+    edited.refresh_from_db()
+    assert edited.checked_at is not None and edited.flagged
+    assert edited.quality_flags[0]["detail"].startswith(f"of demonstration {original.pk}")
