@@ -46,6 +46,10 @@ def ranking_task_set_gold(*, task_id: int, user, order: list[list[int]] | None) 
         raise ValidationError(f"There is no ranking task {task_id}.")
     require_role(project=task.project, user=user, role=Role.ADMIN)
     if order is not None:
+        decided = Adjudication.objects.filter(task=task).select_related("reviewer").first()
+        if decided is not None:  # two known answers would disagree in the reliability fit and the gold scores
+            raise ValidationError(f"Task {task_id} was decided in adjudication by {decided.reviewer.username}: its "
+                                  "decision is already its known answer, and a task cannot be both.")
         ids = set(task.completions.values_list("id", flat=True))
         order = validate_order(order, completion_ids=ids)
         if len(order) < 2:

@@ -7,6 +7,9 @@ evaluation tasks that still need comparisons. An item is *available* to a user w
     submitted labels + live leases held by others < capacity      (capacity = overlap)
     and the user has not already submitted or skipped it.
 
+A ranking task a reviewer has decided (an adjudication) is never served again: the decision
+replaced its rankings in training, so another ranking would go unused.
+
 Order: highest priority first (only ranking tasks have one: a round's own samples carry the
 round's `priority` setting while it runs, see labelapp.services.rounds); then, in the rank queue
 of a project with `active_learning` on, the tasks the current reward model is least sure of
@@ -102,6 +105,8 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
     items = spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
     if spec.gold is not None:
         items = items.exclude(spec.gold)
+    if spec.model is RankingTask:  # a reviewer's decision replaced its rankings: another one would be unused
+        items = items.filter(adjudication__isnull=True)
     return (
         items.annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
         .filter(live_leases__lt=Value(capacity) - F(spec.count_field))

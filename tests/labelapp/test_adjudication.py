@@ -12,7 +12,12 @@ from labelapp.formats.exports import ExportFilter, export_pairs, export_rankings
 from labelapp.models import Adjudication, Queue
 from labelapp.selectors.quality import disputed_tasks, item_confidences
 from labelapp.services.labels import ranking_submit
-from labelapp.services.quality import ranking_task_adjudicate, reliability_inputs, reliability_refit
+from labelapp.services.quality import (
+    ranking_task_adjudicate,
+    ranking_task_set_gold,
+    reliability_inputs,
+    reliability_refit,
+)
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_task
 
@@ -109,3 +114,22 @@ def test_the_decision_page(disputed_setup):
     annotator = add_member(project)
     client.force_login(annotator)
     assert client.get(f"/p/{project.slug}/adjudicate/").status_code == 404
+
+
+def test_a_decided_task_leaves_the_rank_queue_and_cannot_be_made_gold():
+    """Overlap 3, two annotators disagree and a reviewer decides: the third annotator is not served the task
+    (their ranking would be replaced by the decision, unused), and an admin cannot then mark it gold with
+    another answer (two known answers)."""
+    project = make_project(k=3, overlap=3)
+    project.gold_rate = 0
+    project.save()
+    a, b, c = (add_member(project) for _ in range(3))
+    reviewer, admin = add_member(project, role="reviewer"), add_member(project, role="admin")
+    split, ids = ranked(project, [(a, [0, 1, 2]), (b, [2, 1, 0])])
+    ranking_task_adjudicate(task_id=split.pk, reviewer=reviewer, order=[[ids[0]], [ids[1]], [ids[2]]])
+    other = make_task(project)
+    assert task_claim(project=project, user=c, queue=Queue.RANK).ranking_task_id == other.pk
+    with pytest.raises(ValidationError, match="decided in adjudication by"):
+        ranking_task_set_gold(task_id=split.pk, user=admin, order=[[ids[2]], [ids[1]], [ids[0]]])
+    split.refresh_from_db()
+    assert split.gold_order is None
