@@ -226,8 +226,9 @@ def ai_human_agreement(*, project: Project) -> list[dict]:
 
 def ai_suggestion(*, task_id: int, letters: dict[int, str]) -> tuple[str, str] | None:
     """The AI annotator's ranking of a task as the page shows it ("A > C = B > D", in the annotator's
-    letters) and where it comes from, or None; the reward model's label is preferred, then the newest."""
-    label = (AILabel.objects.filter(task_id=task_id).select_related("model_version")
+    letters) and where it comes from, or None; the reward model's label is preferred, then the newest.
+    None on a gold task (one marked gold after the model labelled it too): it would give the answer away."""
+    label = (AILabel.objects.filter(task_id=task_id, task__gold_order__isnull=True).select_related("model_version")
              .order_by("-source", "-created_at").first())  # "reward_model" sorts after "judge"
     if label is None:
         return None

@@ -245,10 +245,11 @@ def demonstration_check_record(*, demonstration_id: int, text: str, embedding: l
 @transaction.atomic
 def ai_label_record(*, task_id: int, source: str, model_version_id: int, order: list[list[int]],
                     scores: dict) -> AILabel | None:
-    """Store a model's ranking of a task (run by the worker); None when the task is gone. Idempotent:
-    the same model's label of the same task is written once."""
+    """Store a model's ranking of a task (run by the worker); None when the task is gone or was made gold
+    since the worker picked it (gold is never labelled by a model). Idempotent: the same model's label of
+    the same task is written once."""
     task = RankingTask.objects.filter(pk=task_id).first()
-    if task is None:
+    if task is None or task.gold_order is not None:
         return None
     if source not in AILabel.Source.values:
         raise ValidationError(f"Unknown AI label source {source!r}.")

@@ -10,7 +10,7 @@ from labelapp.models import AILabel, ModelVersion, Queue, Ranking
 from labelapp.selectors.quality import ai_human_agreement, ai_suggestion, annotator_report
 from labelapp.selectors.stats import project_agreement
 from labelapp.services.labels import ranking_submit
-from labelapp.services.quality import ai_label_record, ai_labels_enqueue
+from labelapp.services.quality import ai_label_record, ai_labels_enqueue, ranking_task_set_gold
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_task
 
@@ -65,6 +65,18 @@ def test_suggestions_are_off_by_default_and_agreement_is_recorded_when_on(labell
     assert 'id="ai-suggestion"' in page and "Suggestion from the reward model" in page
     second = ranking_submit(assignment_id=lease.pk, user=b, order=[[ids[2]], [ids[1]], [ids[0]]])
     assert second.ai_agreement == 0.0  # b reversed the suggestion
+
+
+def test_a_task_made_gold_after_the_model_labelled_it_shows_no_suggestion_and_takes_no_new_label(labelled):
+    project, task, ids, version = labelled
+    letters = {ids[0]: "A", ids[1]: "B", ids[2]: "C"}
+    assert ai_suggestion(task_id=task.pk, letters=letters) is not None
+    ranking_task_set_gold(task_id=task.pk, user=add_member(project, role="admin"), order=[[i] for i in ids])
+    assert ai_suggestion(task_id=task.pk, letters=letters) is None  # the model's order would give the answer away
+    later = ModelVersion.objects.create(project=project, name="rm-2", kind="reward")
+    assert ai_label_record(task_id=task.pk, source="reward_model", model_version_id=later.pk,
+                           order=[[i] for i in ids], scores={}) is None
+    assert AILabel.objects.filter(task=task).count() == 1
 
 
 def test_suggestion_uses_the_annotators_letters(labelled):
