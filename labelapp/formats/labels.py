@@ -3,7 +3,9 @@ rows, before anything is written. Pure: no database access.
 
 Formats (`fmt`):
 - `studio-rankings`        the lines labelapp.formats.exports.export_rankings writes; `order`, `flags` and
-                           `scores` name completion ids listed in the same row's `completions`
+                           `scores` name completion ids listed in the same row's `completions`; a row
+                           with an `adjudication_id` (a reviewer's decision, not a ranking) is checked,
+                           then left out and named in the notes
 - `studio-demonstrations`  the `{"messages": [..., assistant turn]}` lines export_demonstrations writes
 - `completions`            `{"prompt": str | turns, "completion": str | [assistant turn], "model": str?,
                            "decoding": {…}?}`
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -104,6 +107,7 @@ class ImportedRanking:
     flags: dict[int, list[str]] = field(default_factory=dict)
     scores: dict[int, int] = field(default_factory=dict)
     time_spent_ms: int = 0
+    synthetic: bool = False  # the file names no annotator: `annotator` is the format's own label for everyone
 
 
 @dataclass
@@ -123,6 +127,12 @@ class LabelReport(ParseReport):
     rankings: list[ImportedRanking] = field(default_factory=list)
     demonstrations: list[ImportedDemonstration] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    adjudications: int = 0  # studio-rankings rows of reviewers' decisions, left out
+
+    def skip_adjudication(self, line: int) -> None:
+        self.adjudications += 1
+        if self.adjudications <= MAX_REPORTED_ERRORS:
+            self.notes.append(f"line {line} skipped: a reviewer's decision (adjudication_id), not an annotator's ranking")
 
     def add(self, item) -> None:
         kind = {ImportedCompletion: self.completions, ImportedRanking: self.rankings}.get(type(item), self.demonstrations)
@@ -245,7 +255,7 @@ def _studio_rankings(obj: dict, line: int, report: LabelReport) -> Iterator:
     def known(key, field_name: str) -> int:
         try:
             return index[int(key)]
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: Infinity, 1e400
             raise RowError(field_name, f"completion {key!r} is not among this row's completions {ids}") from None
 
     none_acceptable = obj.get("none_acceptable", False)
@@ -268,7 +278,7 @@ def _studio_rankings(obj: dict, line: int, report: LabelReport) -> Iterator:
         raise RowError("flags" if not isinstance(flags, dict) else "scores", "must be an object keyed by completion id")
     clean_flags = {}
     for key, values in flags.items():
-        if not isinstance(values, list) or set(values) - set(Flag.values):
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values) or set(values) - set(Flag.values):
             raise RowError("flags", f"flags of completion {key} must be a list of {', '.join(Flag.values)}")
         clean_flags[known(key, "flags")] = sorted(set(values))
     clean_scores = {}
@@ -279,10 +289,15 @@ def _studio_rankings(obj: dict, line: int, report: LabelReport) -> Iterator:
     time_spent = obj.get("time_spent_ms", 0)
     if not isinstance(time_spent, int) or not 0 <= time_spent <= MAX_TIME_SPENT_MS:
         raise RowError("time_spent_ms", f"must be a whole number of milliseconds up to {MAX_TIME_SPENT_MS:,}")
-    yield ImportedRanking(
+    ranking = ImportedRanking(
         line, prompt, [ImportedCompletion(line, prompt, t) for t in texts],
         groups, _annotator(obj, "unknown"), none_acceptable, clean_flags, clean_scores, time_spent,
+        synthetic="annotator" not in obj,
     )
+    if obj.get("adjudication_id") is not None:  # export_rankings' row for a reviewer's decision on a disputed task
+        report.skip_adjudication(line)
+        return
+    yield ranking
 
 
 def _studio_demonstrations(obj: dict, line: int, report: LabelReport) -> Iterator:
@@ -304,11 +319,12 @@ def _completions(obj: dict, line: int, report: LabelReport) -> Iterator:
     yield ImportedCompletion(line, prompt, _reply(obj.get("completion"), "completion"), model.strip(), decoding)
 
 
-def _pair(line: int, prompt: ImportedPrompt, chosen: str, rejected: str, annotator: str) -> ImportedRanking:
+def _pair(line: int, prompt: ImportedPrompt, chosen: str, rejected: str, annotator: str,
+          synthetic: bool = True) -> ImportedRanking:
     _distinct([chosen, rejected], "rejected")
     return ImportedRanking(
         line, prompt, [ImportedCompletion(line, prompt, chosen), ImportedCompletion(line, prompt, rejected)],
-        [[0], [1]], annotator,
+        [[0], [1]], annotator, synthetic=synthetic,
     )
 
 
@@ -323,7 +339,8 @@ def _trl_pairs(obj: dict, line: int, report: LabelReport) -> Iterator:
         prompt, chosen, rejected = make_prompt(c[:-1], "chosen", **_meta(obj, report)), chosen[-1:], rejected[-1:]
     else:
         raise RowError("prompt", "missing; give 'prompt', or conversational chosen/rejected that share the prompt turns")
-    yield _pair(line, prompt, _reply(chosen, "chosen"), _reply(rejected, "rejected"), _annotator(obj, "pairs"))
+    yield _pair(line, prompt, _reply(chosen, "chosen"), _reply(rejected, "rejected"), _annotator(obj, "pairs"),
+                synthetic="annotator" not in obj)
 
 
 def _record(call, obj):
@@ -355,7 +372,7 @@ def _oasst(obj: dict, line: int, report: LabelReport) -> Iterator:
         order = [[i for i, x in enumerate(ranks) if x == rank] for rank in sorted(set(ranks))]
         models = [ranking.meta["models"][i] for i in best_first]
         yield ImportedRanking(line, prompt, [ImportedCompletion(line, prompt, t, m) for t, m in zip(texts, models)],
-                              order, "consensus")
+                              order, "consensus", synthetic=True)
 
 
 def copeland_order(preference: list[int], k: int = 4) -> list[list[int]]:
@@ -371,7 +388,7 @@ def _finegrained(obj: dict, line: int, report: LabelReport) -> Iterator:
     texts = [_text(t, f"prediction {i}", what="prediction") for i, t in enumerate(ranking.completions, start=1)]
     order = [[i for i, r in enumerate(ranking.ranks) if r == rank] for rank in sorted(set(ranking.ranks))]
     yield ImportedRanking(line, prompt, [ImportedCompletion(line, prompt, t, "T5 policy (FineGrainedRLHF)") for t in texts],
-                          order, "annotator")
+                          order, "annotator", synthetic=True)
     corrected = formats.finegrained_correction(obj)
     if corrected is not None:
         yield ImportedDemonstration(line, prompt, _text(corrected, "feedback", what="corrected prediction"), "annotator")
@@ -422,6 +439,9 @@ def _objects(stream, report: LabelReport) -> Iterator[tuple[int, object | ValueE
             return
         except RecursionError:
             yield line, ValueError("the JSON is nested too deeply")
+            return
+        except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+            yield line, ValueError(f"broken JSON: a number has more than {sys.get_int_max_str_digits():,} digits")
             return
         yield line, obj
         pos = _skip(text, pos)
@@ -479,6 +499,8 @@ def parse_labels(data, *, fmt: str, skip_invalid: bool = False, categories: list
             report.add(row)
     if skipped > MAX_REPORTED_ERRORS:
         report.notes.append(f"{skipped - MAX_REPORTED_ERRORS:,} more lines skipped")
-    if not report.row_count and not report.errors:
+    if report.adjudications > MAX_REPORTED_ERRORS:
+        report.notes.append(f"{report.adjudications - MAX_REPORTED_ERRORS:,} more reviewers' decisions skipped")
+    if not report.row_count and not report.errors and not report.adjudications:
         report.error(1, None, f"the file holds no {fmt} rows")
     return report

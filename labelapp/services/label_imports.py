@@ -8,13 +8,19 @@ refuses it whole with ImportRejected. Then, in one transaction, with bulk querie
 - a ranking task is matched by its prompt and its exact set of completions, else created, so
   every ranking of the same completions — imported or made in the studio — shares one task;
 - a ranking is a duplicate when its annotator already ranked that task (the database allows one
-  ranking per task and annotator), so re-importing a file adds nothing;
+  ranking per task and annotator), so re-importing a file adds nothing. Formats that name no
+  annotator (HH, OASST, FineGrainedRLHF, TRL pairs without `annotator`) give every row the same
+  label: there a ranking is a duplicate only when it equals that label's ranking of the task (order,
+  ties, flags, scores, none acceptable); a differing one goes to `<label>-2`, `-3`, … (like
+  demonstrations below), so two rows that disagree are both kept;
 - a demonstration is a duplicate when its prompt already has a demonstration with the same text.
 
 External annotators: each annotator label of a file becomes an inactive user with an unusable
 password named `ext-<source>-<label>` (e.g. `ext-hh-crowdworker`, `ext-oasst-consensus`), with an
 annotator membership in the project, so exports and agreement treat them like people. A
-`studio-rankings` pseudonym that belongs to a member of this project maps back to that member.
+`studio-rankings` pseudonym that belongs to a member of this project maps back to that member;
+a member's imported ranking also gets a submitted assignment of the task (their live lease on it,
+if any, becomes that one), as a submit leaves it, so the queue never serves them the task again.
 Demonstrations arrive pending review; a prompt holds one demonstration per author, so the n-th
 distinct imported demonstration of a prompt by the same label goes to `ext-<source>-<label>-<n>`.
 Imported prompts join the write queue like any imported prompt; a ranking task whose imported
@@ -34,11 +40,13 @@ from django.utils import timezone
 from labelapp.formats.exports import pseudonym
 from labelapp.formats.labels import ImportedPrompt, LabelReport, parse_labels
 from labelapp.models import (
+    Assignment,
     Completion,
     Demonstration,
     Membership,
     Project,
     Prompt,
+    Queue,
     Ranking,
     RankingTask,
     Role,
@@ -100,6 +108,7 @@ class _Run:
         self.prompt_ids: dict[str, int] = {}  # content hash → id
         self.completion_ids: dict[tuple[int, str], int] = {}  # (prompt id, text) → id
         self.users: dict[str, int] = {}  # annotator label → user id
+        self.members: set[int] = set()  # users of studio pseudonyms: people of this project
 
     def count(self, kind: str, created: int, duplicates: int) -> None:
         self.result.created[kind] += created
@@ -147,6 +156,7 @@ class _Run:
         members = Membership.objects.filter(project=self.project).values_list("user_id", flat=True)
         if self.report.source == "studio":
             self.users.update({pseudonym(uid): uid for uid in members if pseudonym(uid) in labels})
+            self.members = set(self.users.values())
         names = {label: external_username(self.report.source, label) for label in labels - set(self.users)}
         self.users.update(self._external_users(names))
 
@@ -200,23 +210,59 @@ class _Run:
         self.count("ranking_tasks", len(tasks), len({k for *_, k in keyed}) - len(tasks))
 
         task_ids = sorted({task_of[k] for *_, k in keyed})
-        done: set[tuple[int, int]] = set()
+        done: dict[tuple[int, int], tuple] = {}  # (task, annotator) → what they ranked
         for chunk in _chunks(task_ids):
-            done.update(Ranking.objects.filter(task_id__in=chunk).values_list("task_id", "annotator_id"))
+            for tid, uid, *content in Ranking.objects.filter(task_id__in=chunk).values_list(
+                "task_id", "annotator_id", "order", "none_acceptable", "flags", "scores"
+            ):
+                done[(tid, uid)] = _content(*content)
         new = []
         for r, _pid, ids, key in keyed:
-            tid, uid = task_of[key], self.users[r.annotator]
-            if (tid, uid) in done:
-                continue
-            done.add((tid, uid))
-            new.append(Ranking(
-                task_id=tid, annotator_id=uid, order=[sorted(ids[i] for i in g) for g in r.order],
+            ranking = Ranking(
+                task_id=task_of[key], order=[sorted(ids[i] for i in g) for g in r.order],
                 none_acceptable=r.none_acceptable, flags={str(ids[i]): v for i, v in r.flags.items()},
                 scores={str(ids[i]): v for i, v in r.scores.items()}, time_spent_ms=r.time_spent_ms,
-            ))
+            )
+            content = _content(ranking.order, ranking.none_acceptable, ranking.flags, ranking.scores)
+            uid, n = self._user(r.annotator), 1
+            while r.synthetic and done.get((ranking.task_id, uid), content) != content:  # then "<label>-2", "-3", …
+                n += 1
+                uid = self._user(f"{r.annotator}-{n}")
+            if (ranking.task_id, uid) in done:
+                continue
+            done[(ranking.task_id, uid)] = content
+            ranking.annotator_id = uid
+            new.append(ranking)
+        self._assign([r for r in new if r.annotator_id in self.members])
         _insert(Ranking, new)
         _bump(RankingTask, "ranking_count", Counter(r.task_id for r in new))
         self.count("rankings", len(new), len(rows) - len(new))
+
+    def _assign(self, rankings: list[Ranking]) -> None:
+        """Members' rankings finish their assignment of the task, as ranking_submit does: a new
+        submitted one, or theirs on it (a live or expired lease, a skip) marked submitted."""
+        if not rankings:
+            return
+        now = timezone.now()
+        wanted = {(r.annotator_id, r.task_id): r for r in rankings}
+        held: dict[tuple[int, int], int] = {}  # (user, task) → assignment id
+        for chunk in _chunks(sorted({tid for _, tid in wanted})):
+            for pk, uid, tid in Assignment.objects.filter(
+                ranking_task_id__in=chunk, user_id__in=sorted({uid for uid, _ in wanted})
+            ).values_list("id", "user_id", "ranking_task_id"):
+                if (uid, tid) in wanted:
+                    held[(uid, tid)] = pk
+        for chunk in _chunks(sorted(held.values())):
+            Assignment.objects.filter(pk__in=chunk).update(status=Assignment.Status.SUBMITTED, finished_at=now, skip_reason="")
+        new = [
+            Assignment(project=self.project, user_id=uid, queue=Queue.RANK, ranking_task_id=tid,
+                       status=Assignment.Status.SUBMITTED, leased_at=now, expires_at=now, finished_at=now)
+            for uid, tid in wanted if (uid, tid) not in held
+        ]
+        _insert(Assignment, new, ids=True)
+        held.update(((a.user_id, a.ranking_task_id), a.pk) for a in new)
+        for key, ranking in wanted.items():
+            ranking.assignment_id = held[key]
 
     def demonstrations(self) -> None:
         rows = self.report.demonstrations
@@ -290,6 +336,15 @@ def _bump(model, counter: str, increments: Counter) -> None:
     for n, pks in by_n.items():
         for chunk in _chunks(pks):
             model.objects.filter(pk__in=chunk).update(**{counter: F(counter) + n})
+
+
+def _content(order: list, none_acceptable: bool, flags: dict, scores: dict) -> tuple:
+    """What a ranking says, comparable between a stored one and an imported one."""
+    return (
+        tuple(tuple(sorted(g)) for g in order or []), bool(none_acceptable),
+        sorted((str(k), tuple(sorted(v))) for k, v in (flags or {}).items() if v),
+        sorted((str(k), v) for k, v in (scores or {}).items()),
+    )
 
 
 def external_username(source: str, label: str) -> str:

@@ -13,9 +13,10 @@ from rest_framework.test import APIClient
 
 from labelapp.formats import exports
 from labelapp.formats.labels import copeland_order
-from labelapp.models import Completion, Demonstration, Membership, Prompt, Queue, Ranking, RankingTask
+from labelapp.models import Assignment, Completion, Demonstration, Membership, Prompt, Queue, Ranking, RankingTask
 from labelapp.services.label_imports import labels_import
 from labelapp.services.labels import demonstration_submit, ranking_submit
+from labelapp.services.quality import ranking_task_adjudicate
 from labelapp.services.queue import task_claim
 from tests.conftest import add_member, make_project, make_prompt, make_task
 
@@ -194,6 +195,78 @@ def test_another_annotator_of_the_same_completions_shares_the_task(labelled):
     assert Ranking.objects.filter(annotator__username="ext-studio-vendor-7").count() == 4
 
 
+def test_a_reviewers_decision_in_an_export_is_not_imported_as_a_ranking():
+    project = make_project(k=2, overlap=2)
+    a, b, reviewer = add_member(project), add_member(project), add_member(project, role="reviewer")
+    make_task(project)  # agreed on
+    disputed = make_task(project)
+    for user in (a, b):
+        for _ in range(2):
+            lease = task_claim(project=project, user=user, queue=Queue.RANK)
+            ids = sorted(lease.ranking_task.completions.values_list("id", flat=True))
+            flip = user == b and lease.ranking_task_id == disputed.pk
+            ranking_submit(assignment_id=lease.pk, user=user, order=[[i] for i in (ids[::-1] if flip else ids)])
+    ids = sorted(disputed.completions.values_list("id", flat=True))
+    ranking_task_adjudicate(task_id=disputed.pk, reviewer=reviewer, order=[[ids[1]], [ids[0]]])
+    data = b"".join(exports.export_rankings(exports.ExportFilter(project=project)))
+    assert [json.loads(line)["adjudication_id"] is not None for line in data.splitlines()] == [False, False, True]
+    before = counts()
+    own = labels_import(project=project, data=data, fmt="studio-rankings")
+    assert not any(own.created.values()) and counts() == before
+    assert (own.rows, own.duplicates["rankings"]) == (2, 2)
+    assert own.notes == ["line 3 skipped: a reviewer's decision (adjudication_id), not an annotator's ranking"]
+    assert not Ranking.objects.filter(annotator=reviewer).exists()
+    assert RankingTask.objects.get(pk=disputed.pk).ranking_count == 2
+    other = labels_import(project=make_project(name="Copy", k=2), data=data, fmt="studio-rankings")
+    assert other.created["rankings"] == 2 and other.created["ranking_tasks"] == 1 and len(other.notes) == 1
+
+
+def test_a_ranking_imported_for_a_member_is_not_served_to_them_again():
+    project = make_project(k=2, overlap=2)
+    member, holder = add_member(project), add_member(project)
+    row = {**RANKING, "prompt": "Name a bird.", "completions": [{"id": 1, "text": "Owl."}, {"id": 2, "text": "Oak."}]}
+    labels_import(project=project, data=jsonl({**row, "annotator": exports.pseudonym(member.pk)}), fmt="studio-rankings")
+    ranking = Ranking.objects.get(annotator=member)
+    assert ranking.assignment.status == Assignment.Status.SUBMITTED and ranking.assignment.finished_at is not None
+    assert ranking.assignment.ranking_task_id == ranking.task_id and ranking.assignment.queue == Queue.RANK
+    assert task_claim(project=project, user=member, queue=Queue.RANK) is None  # ranked already: not served again
+
+    lease = task_claim(project=project, user=holder, queue=Queue.RANK)  # leased, then their ranking arrives by import
+    assert lease.ranking_task_id == ranking.task_id
+    result = labels_import(project=project, data=jsonl({**row, "annotator": exports.pseudonym(holder.pk)}), fmt="studio-rankings")
+    assert result.created["rankings"] == 1 and Assignment.objects.count() == 2
+    imported = Ranking.objects.get(annotator=holder)
+    assert imported.assignment_id == lease.pk and Assignment.objects.get(pk=lease.pk).status == Assignment.Status.SUBMITTED
+    ids = sorted(imported.task.completions.values_list("id", flat=True))
+    assert ranking_submit(assignment_id=lease.pk, user=holder, order=[[ids[1]], [ids[0]]]) == imported  # no second ranking
+    assert RankingTask.objects.get(pk=ranking.task_id).ranking_count == 2
+
+
+@pytest.mark.parametrize("fmt, row, label", [
+    ("hh", {"chosen": "\n\nHuman: Pick a colour.\n\nAssistant: Blue.", "rejected": "\n\nHuman: Pick a colour.\n\nAssistant: Red."},
+     "ext-hh-crowdworker"),
+    ("trl-pairs", {"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "Red."}, "ext-trl-pairs"),
+])
+def test_disagreeing_rows_without_annotators_are_all_kept(project, fmt, row, label):
+    flipped = {**row, "chosen": row["rejected"], "rejected": row["chosen"]}
+    data = jsonl(row, flipped, row, flipped)
+    result = labels_import(project=project, data=data, fmt=fmt)
+    assert (result.created["rankings"], result.duplicates["rankings"], result.created["ranking_tasks"]) == (2, 2, 1)
+    task = RankingTask.objects.get()
+    assert task.ranking_count == 2
+    texts = {c.pk: c.text for c in task.completions.all()}
+    assert sorted((r.annotator.username, texts[r.order[0][0]]) for r in task.rankings.all()) == [
+        (label, "Blue."), (f"{label}-2", "Red.")]
+    again = labels_import(project=project, data=data, fmt=fmt)
+    assert not any(again.created.values()) and again.duplicates["rankings"] == 4
+
+
+def test_a_named_annotators_second_ranking_of_a_task_stays_a_duplicate(project):
+    labels_import(project=project, data=jsonl(RANKING), fmt="studio-rankings")
+    result = labels_import(project=project, data=jsonl({**RANKING, "order": [[2], [1]]}), fmt="studio-rankings")
+    assert (result.created["rankings"], result.duplicates["rankings"]) == (0, 1)  # one ranking per person and task
+
+
 def test_demonstrations_round_trip(labelled):
     first = list(exports.export_demonstrations(exports.ExportFilter(project=labelled)))
     other = make_project(name="Copy")
@@ -255,6 +328,15 @@ RANKING = {"prompt": [{"role": "user", "content": "Q?"}], "completions": [{"id":
         (jsonl(RANKING, {**RANKING, "prompt": "Q\u0000?"}), "studio-rankings", "line 2: contains a NUL character"),
         (jsonl({**RANKING, "time_spent_ms": 2**40}), "studio-rankings", "line 1, field 'time_spent_ms'"),
         (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "oasst", "line 1: the JSON is nested too deeply"),
+        (jsonl({**RANKING, "flags": {"1": [["harmful"]]}}), "studio-rankings",
+         "line 1, field 'flags': flags of completion 1 must be a list of"),
+        (jsonl({**RANKING, "flags": {"1": [{"harmful": 1}]}}), "studio-rankings", "line 1, field 'flags': flags of completion 1"),
+        (jsonl({**RANKING, "order": [[float("inf")], [2]]}), "studio-rankings",
+         "line 1, field 'order': completion inf is not among this row's completions [1, 2]"),
+        (jsonl(json.dumps(RANKING).replace('[[1], [2]]', '[[1e400], [2]]')), "studio-rankings",
+         "line 1, field 'order': completion inf is not among"),
+        (b'[\n{"question": "q"},\n{"question": ' + b"7" * 5000 + b"}\n]", "finegrained",
+         "line 3: broken JSON: a number has more than"),
     ],
 )
 def test_bad_files_are_refused_whole(project, data, fmt, expected):
