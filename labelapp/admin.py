@@ -1,6 +1,24 @@
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
 
 from labelapp import models
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written only by services (runs, rounds, labels, evaluation, quality): shown, not edited. Their
+    counters, state machines and label snapshots are kept by labelapp.services; an edit or a delete here
+    would bypass them (use the studio or the API to act)."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(models.Project)
@@ -50,25 +68,85 @@ class RankingInline(admin.TabularInline):
     readonly_fields = fields
     can_delete = False
 
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class _DryRun(Exception):
+    pass
+
+
+class RankingTaskGoldForm(forms.ModelForm):
+    """The one thing the admin edits on a ranking task: its gold answer, through the same service as the
+    studio (labelapp.services.quality.ranking_task_set_gold: the order checked, the task's rankings scored,
+    a decided task refused, the project's admin role required). The form runs the service once and rolls
+    it back, so every refusal shows on the field and nothing is saved; save_model runs it for real."""
+
+    class Meta:
+        model = models.RankingTask
+        fields = ("gold_order",)
+
+    user = None  # set by RankingTaskAdmin.get_form
+
+    def clean(self):
+        from labelapp.services.quality import ranking_task_set_gold
+
+        data = super().clean()
+        if self.instance.pk and "gold_order" in self.changed_data and not self.errors:
+            try:
+                with transaction.atomic():
+                    ranking_task_set_gold(task_id=self.instance.pk, user=self.user, order=data.get("gold_order"))
+                    raise _DryRun
+            except _DryRun:
+                pass
+            except ValidationError as exc:
+                self.add_error("gold_order", exc)
+            except PermissionDenied as exc:
+                self.add_error(None, str(exc))
+        return data
+
 
 @admin.register(models.RankingTask)
 class RankingTaskAdmin(admin.ModelAdmin):
     list_display = ("id", "prompt", "project", "ranking_count", "created_at")
     list_filter = ("project",)
-    raw_id_fields = ("prompt", "completions")
-    readonly_fields = ("ranking_count",)
+    form = RankingTaskGoldForm
+    fields = ("project", "prompt", "completions", "ranking_count", "gold_order", "priority", "uncertainty", "round",
+              "created_at")
+    readonly_fields = ("project", "prompt", "completions", "ranking_count", "priority", "uncertainty", "round",
+                       "created_at")
     inlines = [RankingInline]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # tasks come from sampling, imports and the API
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False  # would take its rankings with it, past the label freeze and the lineage
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change=change, **kwargs)
+        form.user = request.user
+        return form
+
+    def save_model(self, request, obj, form, change):
+        from labelapp.services.quality import ranking_task_set_gold
+
+        if change and "gold_order" in form.changed_data:
+            ranking_task_set_gold(task_id=obj.pk, user=request.user, order=form.cleaned_data.get("gold_order"))
 
 
 @admin.register(models.Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
+class AssignmentAdmin(ReadOnlyAdmin):
     list_display = ("id", "user", "queue", "prompt", "ranking_task", "status", "leased_at", "expires_at")
     list_filter = ("queue", "status", "project")
     raw_id_fields = ("user", "prompt", "ranking_task")
 
 
 @admin.register(models.Demonstration)
-class DemonstrationAdmin(admin.ModelAdmin):
+class DemonstrationAdmin(ReadOnlyAdmin):
     list_display = ("id", "prompt", "author", "review_status", "reviewer", "created_at")
     list_filter = ("review_status", "prompt__project")
     search_fields = ("text",)
@@ -76,26 +154,13 @@ class DemonstrationAdmin(admin.ModelAdmin):
 
 
 @admin.register(models.Ranking)
-class RankingAdmin(admin.ModelAdmin):
+class RankingAdmin(ReadOnlyAdmin):
     list_display = ("id", "task", "annotator", "none_acceptable", "time_spent_ms", "created_at")
     list_filter = ("none_acceptable", "task__project")
     raw_id_fields = ("task", "annotator", "assignment")
 
 
-# --- rows written only by services (runs, rounds, evaluation, quality): shown, not edited ----------
-# Their counters, state machines and label snapshots are kept by labelapp.services; an edit or a
-# delete here would bypass them, so these admins are read-only (use the studio or the API to act).
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+# --- more rows written only by services: shown, not edited (ReadOnlyAdmin above) --------------------
 
 
 @admin.register(models.Round)

@@ -148,3 +148,46 @@ def test_run_cancel_action_goes_through_the_service(one_of_each, project):
     assert (queued.status, queued.cancel_requested) == ("cancelled", True)
     assert finished.status == "succeeded"
     assert "already succeeded" in response.content.decode()
+
+
+def test_labels_and_assignments_are_read_only_in_the_admin(one_of_each):
+    client, _ = _superuser_client()
+    for model, changes in ((m.Ranking, {"order": "[]"}), (m.Demonstration, {"text": "edited"}),
+                           (m.Assignment, {"status": "submitted"})):
+        obj = model.objects.get()
+        name = model._meta.model_name
+        before = model.objects.filter(pk=obj.pk).values().get()
+        assert client.post(reverse(f"admin:labelapp_{name}_change", args=[obj.pk]), changes).status_code == 403
+        assert client.post(reverse(f"admin:labelapp_{name}_delete", args=[obj.pk]), {"post": "yes"}).status_code == 403
+        assert model.objects.filter(pk=obj.pk).values().get() == before  # counters and lineage stay true
+
+
+def _gold_post(client, task, gold_order: str):
+    rankings = list(task.rankings.order_by("pk"))
+    data = {"gold_order": gold_order, "rankings-TOTAL_FORMS": len(rankings), "rankings-INITIAL_FORMS": len(rankings),
+            "rankings-MIN_NUM_FORMS": 0, "rankings-MAX_NUM_FORMS": 1000}
+    for i, ranking in enumerate(rankings):
+        data.update({f"rankings-{i}-id": ranking.pk, f"rankings-{i}-task": task.pk})
+    return client.post(reverse("admin:labelapp_rankingtask_change", args=[task.pk]), data)
+
+
+def test_gold_marked_in_the_admin_goes_through_the_service(project):
+    """The admin's one edit on a ranking task is its gold answer, checked and scored as in the studio."""
+    from labelapp.services.labels import ranking_submit
+    from labelapp.services.queue import task_claim
+
+    client, _ = _superuser_client()
+    annotator = add_member(project, role="annotator")
+    task = make_task(project)
+    ids = sorted(task.completions.values_list("id", flat=True))
+    lease = task_claim(project=project, user=annotator, queue=m.Queue.RANK)
+    ranking_submit(assignment_id=lease.pk, user=annotator, order=[[i] for i in ids])
+    order = "[" + ", ".join(f"[{i}]" for i in ids) + "]"
+    response = _gold_post(client, task, f"[[{ids[0]}], [{ids[0] + 10_000}]]")
+    assert response.status_code == 200 and "not" in response.content.decode()  # an id not in the task
+    task.refresh_from_db()
+    assert task.gold_order is None
+    assert _gold_post(client, task, order).status_code == 302
+    task.refresh_from_db()
+    assert task.gold_order == [[i] for i in ids] and task.rankings.get().gold_score == 1.0  # scored at once
+    assert client.post(reverse("admin:labelapp_rankingtask_delete", args=[task.pk]), {"post": "yes"}).status_code == 403
