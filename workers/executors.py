@@ -98,7 +98,18 @@ def resume_retried(run: TrainingRun, records) -> dict:
         log.info("run %s starts from step 0: run %s left %s", run.pk, old.pk,
                  "no checkpoint" if checkpoint is None else "a checkpoint of other training data")
         return {}
-    shutil.copytree(checkpoint, out / Path(checkpoint).name, copy_function=_link_or_copy, dirs_exist_ok=True)
+    # copied whole under another name, then renamed: a copy that breaks off leaves no half checkpoint that
+    # last_checkpoint would trust (it looks for checkpoint-<step> with a trainer state)
+    target = out / Path(checkpoint).name
+    partial = out / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        shutil.copytree(checkpoint, partial, copy_function=_link_or_copy)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete one (no trainer state) left by an older copy
+    os.replace(partial, target)
     log.info("run %s resumes from run %s's %s", run.pk, old.pk, Path(checkpoint).name)
     return {"resume": True}
 
@@ -332,7 +343,8 @@ def base_version(project) -> ModelVersion:
 
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     """One answer per held-out prompt from the candidate (the run's input model) and the
-    baseline; both scored by the current reward model; stored as blind A/B tasks."""
+    baseline; both scored by the round's reward model (`reward_model_id`; the current one for a
+    standalone evaluation); stored as blind A/B tasks."""
     from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import evaluation_task_create
     from rlhf.models import load_for_sampling, load_reward_model, load_tokenizer
@@ -364,7 +376,8 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
         finish[version.pk] = [{"finish_reason": s.finish_reason, "completion_tokens": s.completion_tokens} for s in samples]
         del model
         progress(step, 3, {})
-    reward = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD, is_current=True).first()
+    rewards = ModelVersion.objects.filter(project=project, kind=ModelVersion.Kind.REWARD)
+    reward = rewards.filter(pk=run.params.get("reward_model_id")).first() or rewards.filter(is_current=True).first()
     rewards_a = rewards_b = [None] * len(prompts)
     if reward is not None:
         rm = load_reward_model(reward.artifact_path, dtype="float32")

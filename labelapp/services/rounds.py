@@ -55,6 +55,7 @@ STAGE_RUN = {
 # The POLICY stage's run kinds (one per Round.Method); those that score rollouts with the round's reward model.
 POLICY_KINDS = [TrainingRun.Kind.PPO, TrainingRun.Kind.DPO, TrainingRun.Kind.RLOO, TrainingRun.Kind.GRPO]
 REWARD_MODEL_KINDS = (TrainingRun.Kind.PPO, TrainingRun.Kind.RLOO, TrainingRun.Kind.GRPO)
+MAX_LINEAGE = 1000  # parents followed looking for the demonstrations a policy was trained on (a cycle stops sooner)
 
 
 def current_policy(project: Project) -> ModelVersion | None:
@@ -111,13 +112,26 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
         created_by=user,
     )
     snapshot = selectors.demonstration_snapshot(project=project, include_pending=params["sft"]["include_pending"])
-    trained_on = (policy.training_data.get("demonstrations") or {}).get("hash") if policy else None
-    if snapshot["count"] and snapshot["hash"] != trained_on:
+    if snapshot["count"] and snapshot["hash"] != demonstrations_hash(policy):
         _enter(rnd, Stage.SFT, input_model=policy)
     else:
         rnd.sft_policy = policy
         _enter(rnd, Stage.SAMPLING, input_model=policy)
     return rnd
+
+
+def demonstrations_hash(policy: ModelVersion | None) -> str | None:
+    """The demonstration snapshot hash `policy` was trained on: its own SFT lineage, else the nearest one up its
+    `parent` chain (a PPO, DPO, RLOO or GRPO policy records its prompts or pairs, and keeps its SFT ancestor's
+    demonstrations); None when no ancestor trained on demonstrations."""
+    seen: set[int] = set()
+    while policy is not None and policy.pk not in seen and len(seen) < MAX_LINEAGE:
+        demonstrations = (policy.training_data or {}).get("demonstrations")
+        if demonstrations:
+            return demonstrations.get("hash")
+        seen.add(policy.pk)
+        policy = policy.parent
+    return None
 
 
 def _set(section: dict) -> dict:
@@ -143,7 +157,8 @@ def _enter(rnd: Round, stage: str, input_model: ModelVersion | None = None) -> N
         run_create(project=rnd.project, kind=TrainingRun.Kind.REWARD, params=p["reward"], input_model=input_model, round=rnd)
     elif stage == Stage.EVALUATION:
         baseline = rnd.sft_policy or rnd.base_policy
-        params = {**_set(p["evaluation"]), "baseline_id": baseline.pk if baseline else None}
+        params = {**_set(p["evaluation"]), "baseline_id": baseline.pk if baseline else None,
+                  "reward_model_id": rnd.reward_model_id}  # the gate judges with the round's reward model
         run_create(project=rnd.project, kind=TrainingRun.Kind.EVALUATE, params=params, input_model=input_model, round=rnd)
     elif stage == Stage.POLICY:
         kind = TrainingRun.Kind(rnd.method)  # ppo, dpo, rloo, grpo: a run kind of the same name
@@ -271,16 +286,32 @@ def gate_verdict(rnd: Round) -> dict:
             checks.append({"name": name, "passed": rate >= need, "win_rate": rate, "n": human["n"],
                            "text": f"blind human {what} {_pct(rate)} over {human['n']} judgments "
                                    f"(needs ≥ {_pct(need)})"})
+    moved_on = _moved_on(rnd)
+    if moved_on:  # promoting would drop newer work (as round_promote refuses): held, however it scored
+        checks.append({"name": "parent_current", "passed": False, "text": moved_on})
     failed = any(c["passed"] is False for c in checks)
     state = "held" if failed else "waiting" if waiting else "passed"
     said = "; ".join(c["text"] for c in checks) or "no checks set"
     text = {
-        "held": f"Promotion gate: held for review — {said}. The previous policy stays current until an admin "
-                "promotes or discards the new one.",
+        "held": f"Promotion gate: held for review — {said}. "
+                + ("Discard this round or start a new one." if moved_on else
+                   "The previous policy stays current until an admin promotes or discards the new one."),
         "waiting": f"Promotion gate: waiting — {said}.",
         "passed": f"Promotion gate: passed — {said}; the new policy is now current.",
     }[state]
     return {"state": state, "checks": checks, "summary": said, "text": text}
+
+
+def _moved_on(rnd: Round) -> str | None:
+    """Why the round's new policy may not become current: the current policy is no longer its parent (the
+    round's starting point), so promoting it would drop that newer work. None when it may."""
+    policy = rnd.new_policy
+    parent = policy.parent if policy else None
+    current = current_policy(rnd.project)
+    if current is None or parent is None or current.pk == parent.pk:
+        return None
+    return (f"the current policy is now {current.name}, not {parent.name} (this round's starting point): "
+            "promoting would drop that newer work")
 
 
 def _make_current(version: ModelVersion) -> None:
@@ -307,11 +338,9 @@ def _decide(rnd: Round, user, decision: str, text: str) -> Round:
 def round_promote(*, round_id: int, user) -> Round:
     """An admin overrides the gate: the held round's new policy becomes current, the round is done."""
     rnd = _held(round_id, user)
-    policy, parent = rnd.new_policy, rnd.new_policy.parent if rnd.new_policy else None
-    current = current_policy(rnd.project)
-    if current is not None and parent is not None and current.pk != parent.pk:
-        raise ValidationError(f"The current policy is now {current.name}, not {parent.name} (this round's starting "
-                              "point): promoting would drop that newer work. Discard this round or start a new one.")
+    policy, moved_on = rnd.new_policy, _moved_on(rnd)
+    if moved_on:
+        raise ValidationError(f"{moved_on[0].upper()}{moved_on[1:]}. Discard this round or start a new one.")
     _make_current(policy)
     return _decide(rnd, user, "promoted", f"Promotion gate: held for review — {_said(rnd)}. Promoted by "
                                           f"{user.get_username()}: {policy.name} is now the current policy.")
@@ -337,7 +366,10 @@ def round_cancel(*, round_id: int, user) -> Round:
     require_role(project=rnd.project, user=user, role=Role.ADMIN)
     if rnd.finished:
         raise ValidationError(f"Round {rnd.number} already ended ({rnd.get_stage_display().lower()}).")
-    for run in rnd.runs.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]):
+    # locked, so a run that finishes meanwhile is skipped (it is checked again once its lock is free), not refused
+    unfinished = rnd.runs.select_for_update(of=("self",)).filter(
+        status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
+    for run in unfinished:
         run_cancel(run_id=run.pk, user=user)
     rnd.error = "Cancelled by an admin."
     _enter(rnd, Stage.CANCELLED)

@@ -170,12 +170,15 @@ def run_finish(
 
     `store(run, result)`, given for a succeeded run, writes the run's outputs here, after the token
     check and in this transaction (it may add counts to `result`; a ModelVersion it returns becomes
-    the run's output model): the outputs and the outcome are committed together or not at all."""
+    the run's output model): the outputs and the outcome are committed together or not at all. A run
+    that succeeded after its cancel was requested (past its last step) is recorded cancelled, with no outputs."""
     now = now or timezone.now()
     run = TrainingRun.objects.select_for_update(of=("self",)).get(pk=run_id)
     if run.execution != token or run.status != TrainingRun.Status.RUNNING:
         raise RunLost(f"run {run_id} is no longer executed by this worker")
     result = dict(result or {})
+    if run.cancel_requested and status == TrainingRun.Status.SUCCEEDED:  # cancelled after its last step: no outputs
+        status, output_model = TrainingRun.Status.CANCELLED, None
     if store is not None and status == TrainingRun.Status.SUCCEEDED:
         output_model = store(run, result) or output_model
     run.status = status
