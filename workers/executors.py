@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from django.core.exceptions import ValidationError
+from django.db import transaction
 
 from labelapp.models import Completion, ModelVersion, Project, Prompt, RankingTask, TrainingRun
 from labelapp.round_settings import STUDIO_DEFAULTS  # LoRA runs keep their adapter only
@@ -343,7 +344,7 @@ def base_version(project) -> ModelVersion:
 
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     """One answer per held-out prompt from the candidate (the run's input model) and the
-    baseline; both scored by the round's reward model (`reward_model_id`; the current one for a
+    baseline (`baseline_id`, else the candidate's parent, else the project's base model); both scored by the round's reward model (`reward_model_id`; the current one for a
     standalone evaluation); stored as blind A/B tasks."""
     from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import evaluation_task_create
@@ -352,9 +353,15 @@ def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
     from rlhf.sampling import sample
 
     project, candidate = run.project, run.input_model
-    baseline = ModelVersion.objects.filter(pk=run.params.get("baseline_id")).first() or (candidate and candidate.parent)
-    if candidate is None or baseline is None:
-        raise ValidationError("An evaluation needs a candidate model and a baseline (its parent).")
+    if candidate is None:
+        raise ValidationError("An evaluation needs a candidate model (the run's input model).")
+    baseline = ModelVersion.objects.filter(pk=run.params.get("baseline_id")).first() or candidate.parent
+    if baseline is None:  # a policy trained straight from the base model (a first round without SFT): against it
+        with transaction.atomic():
+            baseline = base_version(project)
+        if baseline.pk == candidate.pk:
+            raise ValidationError("An evaluation needs a baseline other than the candidate: the candidate is the "
+                                  "project's base model and has no parent.")
     n = int(run.params.get("prompts", 8))
     held_out = Prompt.objects.filter(project=project, split=Prompt.Split.VALIDATION)
     note = ""

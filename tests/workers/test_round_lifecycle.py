@@ -278,3 +278,19 @@ def test_cancelling_a_round_while_its_run_finishes_skips_that_run(sent):
     assert not errors, errors
     assert Round.objects.get(pk=rnd.pk).stage == Round.Stage.CANCELLED
     assert TrainingRun.objects.get(pk=run.pk).status == "succeeded"
+
+
+def test_an_evaluation_of_a_policy_without_parent_is_against_the_base_model(tmp_path, settings, sent, scored_with):
+    """A first round with no current policy and no demonstrations trains its policy from the base model;
+    its evaluation then compares against that base model instead of failing at the round's last stage."""
+    from labelapp.models import ModelVersion
+
+    settings.DATA_DIR = tmp_path
+    project = make_project()
+    make_prompt(project, split="validation")
+    new = policy(project, "ppo-1")
+    run = run_create(project=project, kind="evaluate", input_model=new, params={})
+    assert execute(executors.run_evaluate, run).status == "succeeded"
+    base = ModelVersion.objects.get(project=project, artifact_path=project.base_model)
+    task = EvaluationTask.objects.get()
+    assert {task.model_a_id, task.model_b_id} == {new.pk, base.pk}
