@@ -221,6 +221,9 @@ class ReviewInput(serializers.Serializer):
     decision = serializers.ChoiceField(["approve", "reject"])
     comment = serializers.CharField(required=False, allow_blank=True, default="", trim_whitespace=False,
                                     help_text="required to reject")
+    text_sha256 = serializers.RegexField(r"^[0-9a-f]{64}$", required=False,
+                                         help_text="SHA-256 (hex) of the demonstration text you read: if the "
+                                                   "author edited it since, the decision is refused (400)")
 
 
 class ReviewView(APIView):
@@ -240,6 +243,7 @@ class ReviewView(APIView):
         wanted = Demonstration.Review.APPROVED if decision == "approve" else Demonstration.Review.REJECTED
         if not (demonstration.reviewer_id == request.user.pk and demonstration.review_status == wanted):
             demonstration = demonstration_review(demonstration_id=demonstration.pk, reviewer=request.user,
-                                                 approve=decision == "approve", comment=body.validated_data["comment"])
+                                                 approve=decision == "approve", comment=body.validated_data["comment"],
+                                                 seen_sha256=body.validated_data.get("text_sha256"))
         return Response({"id": demonstration.pk, "review_status": demonstration.review_status,
                          "review_comment": demonstration.review_comment})

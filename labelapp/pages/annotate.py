@@ -29,6 +29,7 @@ from labelapp.services.labels import (
     demonstration_submit,
     order_from_ranks,
     ranking_submit,
+    text_sha256,
 )
 from labelapp.services.queue import assignment_skip, task_claim
 
@@ -346,6 +347,7 @@ def review(request: HttpRequest, slug: str) -> HttpResponse:
                     reviewer=request.user,
                     approve=decision == "approve",
                     comment=request.POST.get("comment", ""),
+                    seen_sha256=request.POST.get("text_sha256") or None,  # the page's form always sends it
                 )
             except (ValidationError, PermissionDenied) as exc:
                 errors = _errors(exc) if isinstance(exc, ValidationError) else [str(exc)]
@@ -366,6 +368,7 @@ def review(request: HttpRequest, slug: str) -> HttpResponse:
         ),
         "errors": errors,
         "comment": request.POST.get("comment", ""),
+        "text_sha256": text_sha256(current.text) if current else "",
     }
     return _render(request, "labelapp/review.html", "review", context, status=400 if errors else 200)
 

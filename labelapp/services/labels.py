@@ -6,6 +6,7 @@ the label stored the first time instead of storing a second one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -330,12 +331,20 @@ def _finish(assignment: Assignment, now: datetime) -> None:
     assignment.save(update_fields=["status", "finished_at"])
 
 
+def text_sha256(text: str) -> str:
+    """The hash a reviewer's decision names the text it was made on by (demonstration_review)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 @transaction.atomic
 def demonstration_review(
-    *, demonstration_id: int, reviewer, approve: bool, comment: str = "", now: datetime | None = None
+    *, demonstration_id: int, reviewer, approve: bool, comment: str = "", now: datetime | None = None,
+    seen_sha256: str | None = None,
 ) -> Demonstration:
     """Approve or reject a pending demonstration. A rejection needs a comment and sends the
-    prompt back to the write queue (rejected demonstrations do not count towards it)."""
+    prompt back to the write queue (rejected demonstrations do not count towards it).
+    `seen_sha256`: the text_sha256 of the text the reviewer read (the review page always sends it); if
+    the author edited the answer since, the decision is refused, so nobody approves a text unread."""
     now = now or timezone.now()
     demonstration = (
         Demonstration.objects.select_for_update(of=("self",))
@@ -359,6 +368,9 @@ def demonstration_review(
         raise ValidationError(f"The comment is longer than {settings.LABEL_MAX_TEXT_CHARS:,} characters.")
     if not approve and not comment:
         raise ValidationError("Say why in the comment: a rejection needs a comment the author can act on.")
+    if seen_sha256 is not None and seen_sha256 != text_sha256(demonstration.text):
+        raise ValidationError("The author edited this answer after you opened it: read the new text and decide "
+                              "again.")
     demonstration.review_status = Demonstration.Review.APPROVED if approve else Demonstration.Review.REJECTED
     demonstration.reviewer = reviewer
     demonstration.review_comment = comment

@@ -156,6 +156,27 @@ def test_review_claim_and_decision(project, annotator, reviewer):
     assert own.status_code == 403 and Demonstration.objects.get().reviewer == reviewer
 
 
+def test_a_review_names_the_text_it_read(project, annotator, reviewer):
+    import hashlib
+
+    from labelapp.services.label_changes import demonstration_edit
+
+    make_prompt(project)
+    lease = task_claim(project=project, user=annotator, queue=Queue.WRITE)
+    demo = demonstration_submit(assignment_id=lease.pk, user=annotator, text="Draft answer.")
+    api = client_for(reviewer)
+    item = claim(api, project, "review").json()
+    seen = hashlib.sha256(item["demonstration"]["text"].encode()).hexdigest()
+    bad = api.post(item["submit"], {"decision": "approve", "text_sha256": "not a hash"}, format="json")
+    assert bad.status_code == 400 and "text_sha256" in bad.json()["errors"]
+    demonstration_edit(demonstration_id=demo.pk, user=annotator, text="Edited after the claim.")
+    stale = api.post(item["submit"], {"decision": "approve", "text_sha256": seen}, format="json")
+    assert stale.status_code == 400 and "edited this answer" in stale.json()["detail"]
+    assert Demonstration.objects.get().review_status == "pending"
+    fresh = hashlib.sha256(b"Edited after the claim.").hexdigest()
+    assert api.post(item["submit"], {"decision": "approve", "text_sha256": fresh}, format="json").status_code == 200
+
+
 def test_unknown_queue_and_other_peoples_assignments(project, annotator):
     make_task(project)
     api = client_for(annotator)

@@ -136,6 +136,33 @@ def test_review_flow(client_for, project, annotator, reviewer):
     assert demo.review_status == "rejected" and demo.review_comment == "Cite a source."
 
 
+def test_a_review_of_an_answer_edited_since_the_page_opened_is_refused(client_for, project, annotator, reviewer):
+    """The page sends the hash of the text the reviewer read; an edit in between refuses the decision and
+    shows the new text to decide on."""
+    from labelapp.services.label_changes import demonstration_edit
+    from labelapp.services.labels import demonstration_submit, text_sha256
+
+    make_prompt(project)
+    lease = task_claim(project=project, user=annotator, queue=Queue.WRITE)
+    demo = demonstration_submit(assignment_id=lease.pk, user=annotator, text="Draft answer")
+    c = client_for(reviewer)
+    url = reverse("labelapp:review", args=[project.slug])
+    page = c.get(url).content.decode()
+    seen = text_sha256("Draft answer")
+    assert f'name="text_sha256" value="{seen}"' in page
+    demonstration_edit(demonstration_id=demo.pk, user=annotator, text="A different answer, never read")
+    refused = c.post(url, {"demonstration_id": demo.pk, "decision": "approve", "text_sha256": seen})
+    body = refused.content.decode()
+    assert refused.status_code == 400 and "edited this answer after you opened it" in body
+    assert "A different answer, never read" in body and text_sha256("A different answer, never read") in body
+    demo.refresh_from_db()
+    assert demo.review_status == "pending" and demo.reviewer is None
+    fresh = text_sha256("A different answer, never read")
+    assert c.post(url, {"demonstration_id": demo.pk, "decision": "approve", "text_sha256": fresh}).status_code == 302
+    demo.refresh_from_db()
+    assert demo.review_status == "approved"
+
+
 def test_skip_write_needs_reason(client_for, project, annotator):
     make_prompt(project)
     c = client_for(annotator)
