@@ -80,13 +80,25 @@ def resume_retried(run: TrainingRun, records) -> dict:
     """{"resume": True} when this run is the retry (`retry_of`) of a failed run that left a checkpoint and
     trained on the same records (same data hash): that checkpoint is linked into this run's directory (hard
     links, a copy across file systems) and training continues from it instead of from step 0. {} otherwise.
-    Records this run's data hash in its directory for a later retry to compare."""
+    {"resume": False} when this run's own checkpoints (a re-queued attempt) were trained on other records
+    than these: they are removed. Records this run's data hash in its directory for a later attempt to compare."""
     from rlhf.contract import data_hash, last_checkpoint
 
     out = Path(run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     digest = data_hash(records)
+    try:
+        before = json.loads((out / INPUTS_FILE).read_text()).get("data_hash")
+    except (OSError, ValueError, AttributeError):
+        before = None
     (out / INPUTS_FILE).write_text(json.dumps({"data_hash": digest}))
+    if before is not None and before != digest and last_checkpoint(out):
+        # A re-queued attempt (a lost worker) whose labels changed meanwhile: its checkpoints trained on other
+        # data, so resuming would mix the two and the lineage would name only the new set. Start over.
+        for stale in out.glob("checkpoint-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        log.info("run %s starts from step 0: its checkpoints are of other training data", run.pk)
+        return {"resume": False}
     old = run.retry_of
     if old is None or old.status != TrainingRun.Status.FAILED or last_checkpoint(out):
         return {}  # not a retry, or this run has checkpoints of its own (a re-queued attempt resumes from those)

@@ -294,3 +294,27 @@ def test_an_evaluation_of_a_policy_without_parent_is_against_the_base_model(tmp_
     base = ModelVersion.objects.get(project=project, artifact_path=project.base_model)
     task = EvaluationTask.objects.get()
     assert {task.model_a_id, task.model_b_id} == {new.pk, base.pk}
+
+
+def test_a_requeued_run_whose_labels_changed_starts_over(tmp_path, settings):
+    """A run re-queued after its worker was lost resumes from its own checkpoints only if it reads the same
+    records again; if labels changed meanwhile, those checkpoints are removed and it starts from step 0."""
+    import json
+
+    from rlhf.contract import data_hash, last_checkpoint
+
+    settings.DATA_DIR = tmp_path
+    project = make_project()
+    first = [{"prompt": "p", "response": "r"}]
+    changed = first + [{"prompt": "p2", "response": "r2"}]
+    run = TrainingRun.objects.create(project=project, kind="sft", status="running", params={"resume": True})
+    out = Path(run.output_dir)
+    checkpoint = out / "checkpoint-3"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    (out / executors.INPUTS_FILE).write_text(json.dumps({"data_hash": data_hash(first)}))
+    assert executors.resume_retried(run, first) == {}  # same records: the run's own resume stands
+    assert last_checkpoint(out) is not None
+    assert executors.resume_retried(run, changed) == {"resume": False}
+    assert last_checkpoint(out) is None and not checkpoint.exists()
+    assert json.loads((out / executors.INPUTS_FILE).read_text())["data_hash"] == data_hash(changed)
