@@ -71,6 +71,17 @@ def reviewer(project):
     return add_member(project, role="reviewer")
 
 
+@pytest.fixture
+def sent(monkeypatch):
+    """Run messages the services would publish, recorded instead (the real broker is exercised by
+    tests/workers)."""
+    from labelapp.services import runs as run_services
+
+    messages: list[int] = []
+    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
+    return messages
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> str:
     """One tiny random-weight checkpoint for the session (rlhf.testing), for rlhf and worker tests."""

@@ -2,17 +2,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from labelapp.models import ModelVersion, Round, TrainingRun
-from labelapp.services import runs as run_services
 from tests.conftest import add_member, make_prompt
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    messages = []
-    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
-    return messages
 
 
 def client_for(user):

@@ -5,20 +5,12 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from labelapp.models import Queue, RankingTask, Round, TrainingRun
-from labelapp.services import runs as run_services
 from labelapp.services.labels import ranking_submit
 from labelapp.services.queue import task_claim
 from labelapp.services.rounds import round_cancel, round_rankings, round_start
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    messages: list[int] = []
-    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
-    return messages
 
 
 def rank_all(assignment, user):

@@ -7,7 +7,6 @@ from django.db import transaction
 from django.utils import timezone
 
 from labelapp.models import TrainingRun
-from labelapp.services import runs as run_services
 from labelapp.services.runs import (
     RunLost,
     run_begin,
@@ -21,15 +20,6 @@ from labelapp.services.runs import (
 from tests.conftest import add_member
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """Messages the services send, recorded instead of published (the real broker is
-    exercised by tests/workers)."""
-    messages: list[int] = []
-    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
-    return messages
 
 
 @pytest.fixture

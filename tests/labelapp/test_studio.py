@@ -8,21 +8,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from labelapp.models import ModelVersion, Round, TrainingRun
-from labelapp.services import runs as run_services
 from labelapp.services.labels import demonstration_submit
 from labelapp.services.queue import task_claim
 from labelapp.services.runs import model_version_register, run_begin, run_create, run_report
 from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    """Run messages the services would publish, recorded (the real broker is tests/workers')."""
-    messages: list[int] = []
-    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
-    return messages
 
 
 @pytest.fixture

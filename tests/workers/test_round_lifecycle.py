@@ -13,7 +13,6 @@ from django.utils import timezone
 
 from labelapp.models import Demonstration, EvaluationTask, ModelVersion, Round, TrainingRun
 from labelapp.selectors import labels as selectors
-from labelapp.services import runs as run_services
 from labelapp.services.rounds import demonstrations_hash, round_advance, round_cancel, round_promote, round_start
 from labelapp.services.runs import model_version_register, run_begin, run_cancel, run_create, run_finish
 from tests.conftest import add_member, make_project, make_prompt, make_user
@@ -21,13 +20,6 @@ from tests.workers.conftest import execute
 from workers import executors
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    messages: list[int] = []
-    monkeypatch.setattr(run_services, "enqueue", lambda run: messages.append(run.pk))
-    return messages
 
 
 def approved_demonstrations(project, n: int) -> None:
