@@ -64,12 +64,13 @@ class QueueSpec:
     capacity_field: str  # project field giving the capacity
     gold: Q | None = None  # items of this queue that are gold (none for the write queue)
     priority_field: str | None = None  # item field served highest first, before the fewest-labels order
+    closed: Q | None = None  # items that take no more labels whatever their count (a decided ranking task)
 
 
 SPECS = {
     Queue.WRITE: QueueSpec(Prompt, "prompt", "demonstration_count", "demonstrations_per_prompt"),
     Queue.RANK: QueueSpec(RankingTask, "ranking_task", "ranking_count", "overlap", Q(gold_order__isnull=False),
-                          priority_field="priority"),
+                          priority_field="priority", closed=Q(adjudication__isnull=False)),
     Queue.COMPARE: QueueSpec(EvaluationTask, "evaluation_task", "comparison_count", "overlap", ~Q(gold_winner="")),
 }
 
@@ -105,8 +106,8 @@ def available_items(*, project: Project, user, queue: str, now: datetime) -> mod
     items = spec.model.objects.filter(project=project, **{f"{spec.count_field}__lt": capacity})
     if spec.gold is not None:
         items = items.exclude(spec.gold)
-    if spec.model is RankingTask:  # a reviewer's decision replaced its rankings: another one would be unused
-        items = items.filter(adjudication__isnull=True)
+    if spec.closed is not None:
+        items = items.exclude(spec.closed)
     return (
         items.annotate(live_leases=Coalesce(Subquery(leases, output_field=models.IntegerField()), Value(0)))
         .filter(live_leases__lt=Value(capacity) - F(spec.count_field))
