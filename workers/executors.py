@@ -355,9 +355,10 @@ def base_version(project) -> ModelVersion:
 
 
 def run_evaluate(run: TrainingRun, progress: Progress) -> Outcome:
-    """One answer per held-out prompt from the candidate (the run's input model) and the
-    baseline (`baseline_id`, else the candidate's parent, else the project's base model); both scored by the round's reward model (`reward_model_id`; the current one for a
-    standalone evaluation); stored as blind A/B tasks."""
+    """One answer per held-out prompt from the candidate (the run's input model) and the baseline
+    (`baseline_id`, else the candidate's parent, else the project's base model); both scored by the
+    round's reward model (`reward_model_id`; the current one for a standalone evaluation); stored as
+    blind A/B tasks."""
     from labelapp.selectors.stats import evaluation_summary
     from labelapp.services.projects import evaluation_task_create
     from rlhf.models import load_for_sampling, load_reward_model, load_tokenizer
