@@ -10,7 +10,8 @@ Formats (TRL's dataset formats, https://huggingface.co/docs/trl/dataset_formats)
 - pairs, conversational: {"prompt": [turns], "chosen": [assistant turn], "rejected": [assistant turn][, "margin"]}
 - rankings:              the whole ranking with ties, flags, scores, the completions' texts and the
                          prompt's category and metadata
-- demonstrations:        {"messages": [prompt turns…, {"role": "assistant", "content": demonstration}]}
+- demonstrations:        {"messages": [prompt turns…, {"role": "assistant", "content": demonstration}],
+                         "category": the prompt's category, "split": train | validation}
 - kto (unpaired):        {"prompt": [turns], "completion": [assistant turn], "label": bool}
 - prompts:               the prompt import's own JSONL ({"text"} or {"messages"}, category, split,
                          source, reference, metadata), so a project's prompts import back unchanged
@@ -312,10 +313,12 @@ def export_demonstrations(f: ExportFilter, *, statuses: Iterable[str] = ("approv
         qs = qs.filter(created_at__gte=f.since)
     if f.until:
         qs = qs.filter(created_at__lt=f.until)
-    rows = qs.order_by("id").values_list("text", "prompt__text", "prompt__messages").iterator(chunk_size=CHUNK)
-    for text, prompt_text, messages in rows:
+    rows = qs.order_by("id").values_list(
+        "text", "prompt__text", "prompt__messages", "prompt__category", "prompt__split"
+    ).iterator(chunk_size=CHUNK)
+    for text, prompt_text, messages, category, split in rows:
         turns = list(messages) if messages else [{"role": "user", "content": prompt_text}]
-        yield _line({"messages": turns + _assistant(text)})
+        yield _line({"messages": turns + _assistant(text), "category": category, "split": split})
 
 
 PROMPT_FIELDS = ("text", "messages", "category", "split", "source", "reference", "metadata")

@@ -6,7 +6,8 @@ Formats (`fmt`):
                            `scores` name completion ids listed in the same row's `completions`; a row
                            with an `adjudication_id` (a reviewer's decision, not a ranking) is checked,
                            then left out and named in the notes
-- `studio-demonstrations`  the `{"messages": [..., assistant turn]}` lines export_demonstrations writes
+- `studio-demonstrations`  the `{"messages": [..., assistant turn], "category", "split"}` lines
+                           export_demonstrations writes (category and split optional)
 - `completions`            `{"prompt": str | turns, "completion": str | [assistant turn], "model": str?,
                            "decoding": {…}?}`
 - `trl-pairs`              TRL preference rows `{"prompt", "chosen", "rejected"}`, plain strings or
@@ -94,6 +95,13 @@ class ImportedCompletion:
     text: str
     model: str = ""
     decoding: dict = field(default_factory=dict)
+    ref: int | None = None  # studio-rankings: the completion's id in the exporting project
+
+    @property
+    def model_label(self) -> str:
+        """The model the file says produced it ("" when it names none), as the import stores it."""
+        named = self.decoding.get("model")
+        return self.model or (named.strip() if isinstance(named, str) else "")
 
 
 @dataclass
@@ -290,7 +298,7 @@ def _studio_rankings(obj: dict, line: int, report: LabelReport) -> Iterator:
     if not isinstance(time_spent, int) or not 0 <= time_spent <= MAX_TIME_SPENT_MS:
         raise RowError("time_spent_ms", f"must be a whole number of milliseconds up to {MAX_TIME_SPENT_MS:,}")
     ranking = ImportedRanking(
-        line, prompt, [ImportedCompletion(line, prompt, t) for t in texts],
+        line, prompt, [ImportedCompletion(line, prompt, t, ref=i) for t, i in zip(texts, ids)],
         groups, _annotator(obj, "unknown"), none_acceptable, clean_flags, clean_scores, time_spent,
         synthetic="annotator" not in obj,
     )

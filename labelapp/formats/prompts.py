@@ -83,7 +83,11 @@ def normalise_line_endings(text: str) -> str:
 def prompt_hash(*, text: str = "", messages: list[dict] | None = None) -> str:
     """Content hash used to skip prompts that are already in the project. Only line endings are
     normalised (CRLF and CR count as LF): spaces, indentation and blank lines are part of a prompt,
-    so two prompts that differ only there are two prompts."""
+    so two prompts that differ only there are two prompts. A chat of one user turn is the same
+    prompt as its text (label imports store it as text, prompt imports as given): both hash as the
+    text, whichever way a file or a form gives it."""
+    if messages and len(messages) == 1 and isinstance(messages[0], dict) and messages[0].get("role") == "user":
+        text, messages = messages[0]["content"], None
     if messages:
         canonical = json.dumps([[m["role"], normalise_line_endings(m["content"])] for m in messages], ensure_ascii=False)
     else:

@@ -3,10 +3,13 @@
 All or nothing: the file is parsed and validated first (labelapp.formats.labels); any error
 refuses it whole with ImportRejected. Then, in one transaction, with bulk queries:
 
-- prompts are matched by Prompt.content_hash (labelapp.formats.prompts.prompt_hash), else created;
-- completions are matched per prompt by their exact text, else created (source "imported");
-- a ranking task is matched by its prompt and its exact set of completions, else created, so
-  every ranking of the same completions — imported or made in the studio — shares one task;
+- prompts are matched by Prompt.content_hash (labelapp.formats.prompts.prompt_hash: a chat of one
+  user turn is its text), else created;
+- completions are matched per prompt by their exact text and, when the row names one, their model,
+  else created (source "imported"): the same text from two models stays two completions (_Run.completions);
+- a ranking task is matched by the exact completions a studio-rankings row names (ids of this
+  project), else by its prompt and its completions' texts (and models), else created, so every
+  ranking of the same completions — imported or made in the studio — shares one task (_Tasks);
 - a ranking is a duplicate when its annotator already ranked that task (the database allows one
   ranking per task and annotator), so re-importing a file adds nothing. Formats that name no
   annotator (HH, OASST, FineGrainedRLHF, TRL pairs without `annotator`) give every row the same
@@ -16,7 +19,8 @@ refuses it whole with ImportRejected. Then, in one transaction, with bulk querie
 - a demonstration is a duplicate when its prompt already has a demonstration with the same text.
 
 External annotators: each annotator label of a file becomes an inactive user with an unusable
-password named `ext-<source>-<label>` (e.g. `ext-hh-crowdworker`, `ext-oasst-consensus`), with an
+password named `ext-<source>-<label>` (e.g. `ext-hh-crowdworker`, `ext-oasst-consensus`; a label
+that is not letters, digits and `_.-` only gets a hash of itself: external_username), with an
 annotator membership in the project, so exports and agreement treat them like people. A
 `studio-rankings` pseudonym that belongs to a member of this project maps back to that member;
 a member's imported ranking also gets a submitted assignment of the task (their live lease on it,
@@ -28,6 +32,7 @@ rankings reach the project's overlap leaves the rank queue.
 """
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -106,7 +111,9 @@ class _Run:
     def __init__(self, project: Project, report: LabelReport, result: LabelImportResult):
         self.project, self.report, self.result = project, report, result
         self.prompt_ids: dict[str, int] = {}  # content hash → id
-        self.completion_ids: dict[tuple[int, str], int] = {}  # (prompt id, text) → id
+        # (prompt id, text) → [(completion id, the models it is known by)], oldest first, the new ones last
+        self.same_text: dict[tuple[int, str], list[tuple[int, frozenset[str]]]] = defaultdict(list)
+        self.completion_info: dict[int, tuple[int, str, frozenset[str]]] = {}  # id → (prompt id, text, models)
         self.users: dict[str, int] = {}  # annotator label → user id
         self.members: set[int] = set()  # users of studio pseudonyms: people of this project
 
@@ -132,21 +139,38 @@ class _Run:
         self.count("prompts", len(new), len(wanted) - len(new))
 
     def completions(self) -> None:
-        wanted: dict[tuple[int, str], dict] = {}  # (prompt id, text) → decoding
+        """A completion is its prompt, its text and the model that wrote it. A row that names a model
+        matches a completion of the same prompt and text by that model (an imported one with that
+        `model`, or one sampled from a model version of that name), else is a new completion, so the
+        same text from two models stays two completions; a row that names none matches any of the
+        same prompt and text (the oldest). Rows naming a model are resolved first, so within one file
+        the outcome does not depend on the order of the lines, and a re-import matches itself."""
+        wanted: dict[tuple[int, str, str], dict] = {}  # (prompt id, text, model) → decoding
         for c in (*self.report.completions, *(c for r in self.report.rankings for c in r.completions)):
             decoding = {**c.decoding, "model": c.model} if c.model else c.decoding
-            wanted.setdefault((self.prompt_ids[c.prompt.content_hash], c.text), decoding)
-        prompt_ids = sorted({pid for pid, _ in wanted})
+            wanted.setdefault((self.prompt_ids[c.prompt.content_hash], c.text, c.model_label), decoding)
+        prompt_ids = sorted({pid for pid, _, _ in wanted})
         for chunk in _chunks(prompt_ids):
-            for cid, pid, text in Completion.objects.filter(prompt_id__in=chunk).values_list("id", "prompt_id", "text"):
-                self.completion_ids.setdefault((pid, text), cid)
-        new = [
-            Completion(prompt_id=pid, text=text, source=Completion.Source.IMPORTED, decoding=decoding)
-            for (pid, text), decoding in wanted.items() if (pid, text) not in self.completion_ids
-        ]
+            for cid, pid, text, decoding, version in Completion.objects.filter(prompt_id__in=chunk).order_by("id").values_list(
+                "id", "prompt_id", "text", "decoding", "model_version__name"
+            ):
+                self.completion_info[cid] = (pid, text, _models(decoding, version))
+                self.same_text[(pid, text)].append((cid, self.completion_info[cid][2]))
+        new = []
+        for (pid, text, model), decoding in sorted(wanted.items(), key=lambda item: not item[0][2]):  # named first
+            if self.completion_for(pid, text, model) is None:
+                completion = Completion(prompt_id=pid, text=text, source=Completion.Source.IMPORTED, decoding=decoding)
+                new.append(completion)
+                self.same_text[(pid, text)].append((completion, frozenset({model} - {""})))
         _insert(Completion, new, ids=True)
-        self.completion_ids.update(((c.prompt_id, c.text), c.pk) for c in new)
+        for pid, text in {(c.prompt_id, c.text) for c in new}:  # the new ones' ids, now that they have them
+            self.same_text[(pid, text)] = [(c if isinstance(c, int) else c.pk, m) for c, m in self.same_text[(pid, text)]]
+        self.completion_info.update((c.pk, (c.prompt_id, c.text, _models(c.decoding, None))) for c in new)
         self.count("completions", len(new), len(wanted) - len(new))
+
+    def completion_for(self, pid: int, text: str, model: str):
+        """The oldest completion of a prompt with this text that `model` ("" for any) may be."""
+        return next((cid for cid, models in self.same_text.get((pid, text), ()) if not model or model in models), None)
 
     def annotators(self) -> None:
         """One inactive user per external label; studio pseudonyms of members map to the member."""
@@ -185,7 +209,6 @@ class _Run:
         rows = self.report.rankings
         if not rows:
             return
-        task_of: dict[tuple[int, frozenset[int]], int] = {}
         through = RankingTask.completions.through
         members: dict[int, set[int]] = defaultdict(set)
         prompt_of: dict[int, int] = {}
@@ -195,19 +218,13 @@ class _Run:
             ):
                 members[tid].add(cid)
                 prompt_of[tid] = pid
+        tasks = _Tasks(self)
         for tid in sorted(members):
-            task_of.setdefault((prompt_of[tid], frozenset(members[tid])), tid)
-        keyed = []
-        for r in rows:
-            pid = self.prompt_ids[r.prompt.content_hash]
-            ids = [self.completion_ids[(pid, c.text)] for c in r.completions]
-            keyed.append((r, pid, ids, (pid, frozenset(ids))))
-        new_keys = list(dict.fromkeys(key for *_, key in keyed if key not in task_of))
-        tasks = [RankingTask(project=self.project, prompt_id=pid) for pid, _ in new_keys]
-        _insert(RankingTask, tasks, ids=True)
-        _insert(through, [through(rankingtask_id=t.pk, completion_id=cid) for t, (_, cids) in zip(tasks, new_keys) for cid in sorted(cids)])
-        task_of.update((key, t.pk) for key, t in zip(new_keys, tasks))
-        self.count("ranking_tasks", len(tasks), len({k for *_, k in keyed}) - len(tasks))
+            tasks.add(tid, prompt_of[tid], members[tid])
+        keyed = [(r, *tasks.resolve(self.prompt_ids[r.prompt.content_hash], r.completions)) for r in rows]
+        created = tasks.insert()
+        task_of = {key: tasks.pk(key) for *_, key in keyed}
+        self.count("ranking_tasks", len(created), len(task_of) - len(created))
 
         task_ids = sorted({task_of[k] for *_, k in keyed})
         done: dict[tuple[int, int], tuple] = {}  # (task, annotator) → what they ranked
@@ -217,7 +234,7 @@ class _Run:
             ):
                 done[(tid, uid)] = _content(*content)
         new = []
-        for r, _pid, ids, key in keyed:
+        for r, ids, key in keyed:
             ranking = Ranking(
                 task_id=task_of[key], order=[sorted(ids[i] for i in g) for g in r.order],
                 none_acceptable=r.none_acceptable, flags={str(ids[i]): v for i, v in r.flags.items()},
@@ -292,6 +309,70 @@ class _Run:
         self.count("demonstrations", len(new), len(rows) - len(new))
 
 
+class _Tasks:
+    """The ranking tasks of the file's prompts, those in the database (oldest first) and those this
+    import creates (after them, in the file's order), so a re-import finds what the first one made.
+    A row's task is, in this order: the task of exactly the completions it names (studio-rankings
+    rows carry their ids: a round trip into the same project keeps each ranking on its own task
+    even when two completions of the prompt share a text); the oldest task of the prompt whose
+    completions have the row's texts and may be the row's (the same models, when the row names
+    them), wherever they came from; else a new task of the completions `_Run.completion_for` gives."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.by_ids: dict[tuple[int, frozenset[int]], int | RankingTask] = {}
+        self.by_texts: dict[tuple[int, frozenset[str]], list[dict[str, tuple[int, frozenset[str]]]]] = defaultdict(list)
+        self.new: list[tuple[RankingTask, frozenset[int]]] = []
+
+    def add(self, task: int | RankingTask, pid: int, cids) -> None:
+        self.by_ids.setdefault((pid, frozenset(cids)), task)
+        info = [self.run.completion_info.get(cid) for cid in cids]
+        if not all(i is not None and i[0] == pid for i in info):
+            return
+        by_text = {text: (cid, models) for cid, (_, text, models) in zip(cids, info)}
+        if len(by_text) == len(info):  # a task with two equal texts is no row's
+            self.by_texts[(pid, frozenset(by_text))].append(by_text)
+
+    def resolve(self, pid: int, completions: list) -> tuple[list[int], tuple[int, frozenset[int]]]:
+        """The ids of a row's completions (in its order) and the key of its task."""
+        texts = [c.text for c in completions]
+        refs = [c.ref for c in completions]
+        exact = refs if all(
+            isinstance(ref, int) and self.run.completion_info.get(ref, (None, None))[:2] == (pid, text)
+            for ref, text in zip(refs, texts)
+        ) else None
+        if exact and (pid, frozenset(exact)) in self.by_ids:
+            return exact, (pid, frozenset(exact))
+        for by_text in self.by_texts.get((pid, frozenset(texts)), ()):
+            if all(not c.model_label or c.model_label in by_text[c.text][1] for c in completions):
+                ids = [by_text[t][0] for t in texts]
+                return ids, (pid, frozenset(ids))
+        ids = exact or [self.run.completion_for(pid, c.text, c.model_label) for c in completions]
+        key = (pid, frozenset(ids))
+        if key not in self.by_ids:
+            task = RankingTask(project=self.run.project, prompt_id=pid)
+            self.new.append((task, key[1]))
+            self.add(task, pid, ids)
+        return ids, key
+
+    def insert(self) -> list[RankingTask]:
+        tasks = [task for task, _ in self.new]
+        _insert(RankingTask, tasks, ids=True)
+        through = RankingTask.completions.through
+        _insert(through, [through(rankingtask_id=t.pk, completion_id=cid) for t, cids in self.new for cid in sorted(cids)])
+        return tasks
+
+    def pk(self, key: tuple[int, frozenset[int]]) -> int:
+        task = self.by_ids[key]
+        return task if isinstance(task, int) else task.pk
+
+
+def _models(decoding, version: str | None) -> frozenset[str]:
+    """The model names a stored completion is known by: its model version's, an import's `model`."""
+    named = decoding.get("model") if isinstance(decoding, dict) else None
+    return frozenset(m.strip() for m in (named, version) if isinstance(m, str) and m.strip())
+
+
 def _insert(model, objs: list, *, ids: bool = False) -> None:
     """Bulk insert. On PostgreSQL with COPY, several times faster than INSERT with client-side
     quoting of every value; with `ids`, the ids are drawn from the table's sequence first and set
@@ -347,6 +428,18 @@ def _content(order: list, none_acceptable: bool, flags: dict, scores: dict) -> t
     )
 
 
+USERNAME_MAX = 150  # django.contrib.auth's User.username
+
+
 def external_username(source: str, label: str) -> str:
+    """The user name of an external annotator label: `ext-<source>-<label>` when the label is
+    letters, digits and `_.-` only and fits (the names of earlier imports stay as they were); else
+    the label with every other character as `_`, shortened to fit, then `+` and a hash of the label
+    as given. A kept label never holds a `+`, so two different labels never share a name ("a b" and
+    "a_b", "a/b" and "a?b", two long labels that start alike), and a label always gets the same one."""
+    prefix = f"ext-{source}-"
     safe = "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in label)
-    return f"ext-{source}-{safe}"[:150]
+    if safe == label and len(prefix) + len(label) <= USERNAME_MAX:
+        return prefix + label
+    digest = hashlib.sha256(label.encode("utf-8")).hexdigest()[:12]
+    return f"{prefix}{safe[: USERNAME_MAX - len(prefix) - len(digest) - 1]}+{digest}"

@@ -245,7 +245,8 @@ def test_demonstrations_export(api, project, annotator, reviewer):
     lease = task_claim(project=project, user=annotator, queue=Queue.WRITE)
     demonstration_submit(assignment_id=lease.pk, user=annotator, text="Hi!")
     rows = read_lines(as_user(api, reviewer).get(f"/api/v1/projects/{project.pk}/exports/demonstrations/"))
-    assert rows == [{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}]}]
+    assert rows == [{"messages": [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hi!"}],
+                     "category": "other", "split": "train"}]
     assert read_lines(api.get(f"/api/v1/projects/{project.pk}/exports/demonstrations/", {"status": "approved"})) == []
 
 

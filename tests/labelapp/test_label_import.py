@@ -337,6 +337,10 @@ RANKING = {"prompt": [{"role": "user", "content": "Q?"}], "completions": [{"id":
          "line 1, field 'order': completion inf is not among"),
         (b'[\n{"question": "q"},\n{"question": ' + b"7" * 5000 + b"}\n]", "finegrained",
          "line 3: broken JSON: a number has more than"),
+        (jsonl({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "category": "poetry"}),
+         "studio-demonstrations", "line 1, field 'category': unknown category 'poetry'"),
+        (jsonl({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}], "split": "test"}),
+         "studio-demonstrations", "line 1, field 'split': unknown split 'test'"),
     ],
 )
 def test_bad_files_are_refused_whole(project, data, fmt, expected):
@@ -409,3 +413,156 @@ def test_management_command(project, tmp_path):
     path.write_bytes(b'{"prompt": \n')
     with pytest.raises(CommandError, match="line 1: broken JSON"):
         call_command("labels_import", project.slug, str(path), "--format", "oasst")
+
+
+# ---- identity: prompts, completions, external annotators ----------------------------------------
+
+
+def test_a_one_user_turn_chat_and_its_text_are_one_prompt(project):
+    from labelapp.formats.prompts import prompt_hash
+    from labelapp.services.projects import prompts_import
+
+    assert prompt_hash(messages=[{"role": "user", "content": "Q?\r\n"}]) == prompt_hash(text="Q?\n")
+    assert prompt_hash(messages=[{"role": "system", "content": "Q?"}]) != prompt_hash(text="Q?")
+    result = prompts_import(project=project, data=jsonl({"messages": [{"role": "user", "content": "Name a bird."}]},
+                                                        {"text": "Name a bird."}), fmt="jsonl")
+    assert (result.created, result.duplicates) == (1, 1)
+    member = add_member(project)
+    chat = Prompt.objects.get()
+    assert chat.messages == [{"role": "user", "content": "Name a bird."}]  # stored as given
+    make_task(project, prompt=chat, texts=["Owl.", "Oak."])
+    lease = task_claim(project=project, user=member, queue=Queue.RANK)
+    ids = sorted(lease.ranking_task.completions.values_list("id", flat=True))
+    ranking_submit(assignment_id=lease.pk, user=member, order=[[ids[0]], [ids[1]]])
+    before = counts()
+    exported = b"".join(exports.export_rankings(exports.ExportFilter(project=project)))
+    assert not any(labels_import(project=project, data=exported, fmt="studio-rankings").created.values())
+    pairs = labels_import(project=project, data=jsonl({"prompt": "Name a bird.", "chosen": "Owl.", "rejected": "Oak."},
+                                                      {"prompt": [{"role": "user", "content": "Name a bird."}],
+                                                       "chosen": "Owl.", "rejected": "Oak.", "annotator": "v"}),
+                          fmt="trl-pairs")
+    assert (pairs.created["prompts"], pairs.duplicates["prompts"], pairs.created["ranking_tasks"]) == (0, 1, 0)
+    assert Prompt.objects.count() == before["Prompt"] == 1
+
+
+def test_the_migration_rehashes_one_user_turn_chats_unless_the_text_is_there(project):
+    import hashlib
+    import importlib
+
+    from django.apps import apps
+
+    from labelapp.formats.prompts import prompt_hash
+
+    migration = importlib.import_module("labelapp.migrations.0019_prompt_hash_one_user_turn")
+
+    def legacy(content):  # the hash a one user turn chat had before
+        return hashlib.sha256(json.dumps([["user", content]], ensure_ascii=False).encode()).hexdigest()
+
+    alone = make_prompt(project, messages=[{"role": "user", "content": "Alone"}])
+    twin = make_prompt(project, messages=[{"role": "user", "content": "Twin"}])
+    for prompt in (alone, twin):
+        Prompt.objects.filter(pk=prompt.pk).update(content_hash=legacy(prompt.messages[0]["content"]))
+    text = make_prompt(project, text="Twin")  # the duplicate the old hash let in
+    migration.rehash_one_user_turn(apps, None)
+    hashes = dict(Prompt.objects.values_list("pk", "content_hash"))
+    assert hashes[alone.pk] == prompt_hash(text="Alone") and hashes[text.pk] == prompt_hash(text="Twin")
+    assert hashes[twin.pk] == legacy("Twin")  # the text prompt holds the hash; nothing merged
+
+
+def test_the_same_text_from_two_models_stays_two_completions(project):
+    rows = [{"prompt": "Name a bird.", "completion": "Owl.", "model": "model-a", "decoding": {"temperature": 0.7}},
+            {"prompt": "Name a bird.", "completion": "Owl.", "model": "model-b", "decoding": {"temperature": 1.0}},
+            {"prompt": "Name a bird.", "completion": "Owl."},  # names no model: one of them
+            {"prompt": "Name a tree.", "completion": "Owl.", "model": "model-a"}]  # another prompt: its own
+    result = labels_import(project=project, data=jsonl(*rows), fmt="completions")
+    assert (result.created["completions"], result.duplicates["completions"]) == (3, 1)
+    owls = {(c.prompt.text, c.decoding["model"]): c.decoding for c in Completion.objects.select_related("prompt")}
+    assert owls[("Name a bird.", "model-a")] == {"temperature": 0.7, "model": "model-a"}
+    assert owls[("Name a bird.", "model-b")] == {"temperature": 1.0, "model": "model-b"}
+    assert ("Name a tree.", "model-a") in owls
+    again = labels_import(project=project, data=jsonl(*reversed(rows)), fmt="completions")
+    assert not any(again.created.values()) and again.duplicates["completions"] == 4
+
+
+def test_rankings_stay_on_their_tasks_when_completions_of_a_prompt_share_a_text():
+    project = make_project(k=2, overlap=1)
+    member = add_member(project)
+    prompt = make_prompt(project, text="Is it raining?")
+    first = make_task(project, prompt=prompt, texts=["Yes.", "No."])
+    second = make_task(project, prompt=prompt, texts=["Yes.", "Maybe."])  # another "Yes." (another sample, model)
+    for _ in range(2):
+        lease = task_claim(project=project, user=member, queue=Queue.RANK)
+        ids = sorted(lease.ranking_task.completions.values_list("id", flat=True))
+        ranking_submit(assignment_id=lease.pk, user=member, order=[[ids[1]], [ids[0]]])
+    exported = b"".join(exports.export_rankings(exports.ExportFilter(project=project)))
+    before = counts()
+    own = labels_import(project=project, data=exported, fmt="studio-rankings")
+    assert not any(own.created.values()) and counts() == before
+    rows = [json.loads(line) for line in exported.splitlines()]
+    vendor = labels_import(project=project, data=jsonl(*({**r, "annotator": "vendor"} for r in rows)), fmt="studio-rankings")
+    assert (vendor.created["rankings"], vendor.created["ranking_tasks"]) == (2, 0)
+    pairs = labels_import(project=project, data=jsonl({"prompt": "Is it raining?", "chosen": "Maybe.", "rejected": "Yes."}),
+                          fmt="trl-pairs")
+    assert (pairs.created["rankings"], pairs.created["ranking_tasks"], pairs.created["completions"]) == (1, 0, 0)
+    assert [t.ranking_count for t in RankingTask.objects.filter(pk__in=[first.pk, second.pk]).order_by("pk")] == [2, 3]
+    for ranking in Ranking.objects.all():  # every ranking names its own task's completions
+        assert {i for g in ranking.order for i in g} == set(ranking.task.completions.values_list("id", flat=True))
+    copy = make_project(name="Copy", k=2)
+    other = labels_import(project=copy, data=exported, fmt="studio-rankings")
+    assert (other.created["ranking_tasks"], other.created["completions"], other.created["rankings"]) == (2, 3, 2)
+    assert not any(labels_import(project=copy, data=exported, fmt="studio-rankings").created.values())
+
+
+def test_a_ranking_naming_its_models_does_not_take_another_models_completions(project):
+    tree = {"message_tree_id": "t", "prompt": {"message_id": "root", "role": "prompter", "text": "Name a bird.", "replies": [
+        {"message_id": "r1", "role": "assistant", "text": "Owl.", "rank": 0, "model_name": "m1", "replies": []},
+        {"message_id": "r2", "role": "assistant", "text": "Oak.", "rank": 1, "model_name": "m1", "replies": []}]}}
+    labels_import(project=project, data=jsonl({"prompt": "Name a bird.", "completion": "Owl.", "model": "m2"}), fmt="completions")
+    result = labels_import(project=project, data=jsonl(tree), fmt="oasst")
+    assert (result.created["completions"], result.created["rankings"]) == (2, 1)
+    models = {c.pk: c.decoding.get("model") for c in Completion.objects.all()}
+    assert sorted(models.values()) == ["m1", "m1", "m2"]
+    assert {models[i] for g in Ranking.objects.get().order for i in g} == {"m1"}
+    assert not any(labels_import(project=project, data=jsonl(tree), fmt="oasst").created.values())
+
+
+@pytest.mark.parametrize("a, b", [("a b", "a_b"), ("a/b", "a?b"), ("ann.1", "ann-1"), ("x" * 200 + "1", "x" * 200 + "2"),
+                                  ("a+b", "a_b")])
+def test_different_external_labels_never_share_a_user(project, a, b):
+    from labelapp.services.label_imports import external_username
+
+    assert external_username("trl", a) != external_username("trl", b)
+    assert all(len(external_username("trl", x)) <= 150 for x in (a, b))
+    row = {"prompt": "Pick a colour.", "chosen": "Blue.", "rejected": "Red."}
+    data = jsonl({**row, "annotator": a}, {**row, "annotator": b})
+    result = labels_import(project=project, data=data, fmt="trl-pairs")
+    assert (result.created["rankings"], result.created["annotators"]) == (2, 2)
+    assert not any(labels_import(project=project, data=data, fmt="trl-pairs").created.values())
+
+
+def test_external_user_names_of_plain_labels_are_unchanged():
+    from labelapp.services.label_imports import external_username
+
+    assert external_username("hh", "crowdworker") == "ext-hh-crowdworker"
+    assert external_username("studio", "ann_0123abcd-2") == "ext-studio-ann_0123abcd-2"
+    assert external_username("trl", "a b") == external_username("trl", "a b")  # the same label, the same user
+    assert external_username("trl", "a b").startswith("ext-trl-a_b+")
+
+
+def test_demonstrations_export_carries_category_and_split(project):
+    from labelapp.services.projects import prompt_create
+
+    writer = add_member(project)
+    prompt_create(project=project, text="List three owls.", category="brainstorming", split="validation")
+    write = task_claim(project=project, user=writer, queue=Queue.WRITE)
+    demonstration_submit(assignment_id=write.pk, user=writer, text="Barn, snowy, tawny.")
+    lines = list(exports.export_demonstrations(exports.ExportFilter(project=project)))
+    assert [json.loads(line) for line in lines] == [{
+        "messages": [{"role": "user", "content": "List three owls."}, {"role": "assistant", "content": "Barn, snowy, tawny."}],
+        "category": "brainstorming", "split": "validation"}]
+    assert list(exports.export_demonstrations(exports.ExportFilter(project=project, split="train"))) == []
+    other = make_project(name="Copy")
+    assert labels_import(project=other, data=b"".join(lines), fmt="studio-demonstrations").created["demonstrations"] == 1
+    copied = Prompt.objects.get(project=other)
+    assert (copied.category, copied.split) == ("brainstorming", "validation")
+    assert list(exports.export_demonstrations(exports.ExportFilter(project=other))) == lines
