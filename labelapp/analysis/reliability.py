@@ -305,10 +305,15 @@ class FlagRules:
     inverted_below: float = 0.5  # q's upper bound below this: the scale looks reversed
     too_fast_share: float = 0.25  # median time on task below this share of the project's median
     min_strict: float = 10.0  # no reliability flag on fewer expected strict judgments
+    untimed_share: float = 0.5  # at least this share of the rankings carry no time on task (API clients may omit it)
 
 
 def flags_for(fit: AnnotatorFit | None, *, median_ms: float | None, project_median_ms: float | None,
-              rules: FlagRules = FlagRules()) -> list[str]:
+              rules: FlagRules = FlagRules(), untimed_share: float | None = None) -> list[str]:
+    """The annotator's flags. Pace reads timed labels only: `median_ms` is the median over the annotator's
+    rankings that carry a time on task (None when none does), so "too fast" says nothing about untimed ones;
+    `untimed_share`, the share of their rankings without a time, flags "untimed" from `rules.untimed_share` on,
+    so an annotator whose pace cannot be judged is not shown as though it had been."""
     out = []
     if fit is not None and fit.strict >= rules.min_strict:
         if fit.high < rules.inverted_below:
@@ -317,4 +322,6 @@ def flags_for(fit: AnnotatorFit | None, *, median_ms: float | None, project_medi
             out.append("likely random")
     if median_ms is not None and project_median_ms and median_ms < rules.too_fast_share * project_median_ms:
         out.append("too fast")
+    if untimed_share is not None and untimed_share >= rules.untimed_share:
+        out.append("untimed")
     return out

@@ -213,8 +213,11 @@ class AnnotatorQualitySerializer(serializers.Serializer):
     reliability_low = serializers.FloatField(allow_null=True)
     reliability_high = serializers.FloatField(allow_null=True)
     tie_rate = serializers.FloatField(allow_null=True)
-    labels_per_hour = serializers.FloatField(allow_null=True)
-    median_time_ms = serializers.FloatField(allow_null=True)
+    labels_per_hour = serializers.FloatField(allow_null=True, help_text="Timed rankings per hour of their time on task.")
+    median_time_ms = serializers.FloatField(allow_null=True, help_text="Median time on task of the timed rankings.")
+    timed_rankings = serializers.IntegerField(help_text="Rankings sent with a time on task (time_spent_ms > 0).")
+    untimed_share = serializers.FloatField(allow_null=True, help_text="Share of the rankings sent without a time on "
+                                                                      "task; pace and the 'too fast' flag ignore them.")
     flags = serializers.ListField(child=serializers.CharField())
 
 

@@ -164,7 +164,8 @@ def adjudicate_list(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 def adjudicate(request: HttpRequest, slug: str, task_id: int) -> HttpResponse:
-    """A disputed task: every annotator's ranking, pseudonymised, and the reviewer's decision."""
+    """A disputed task: every annotator's ranking, pseudonymised, and the reviewer's decision. A task that is not
+    in the adjudication queue is shown without the form; a decision posted for it anyway is refused by the service."""
     from labelapp.pages.annotate import _project as member_project
     from labelapp.selectors.quality import adjudication_view, disputed_tasks
     from labelapp.services.labels import order_from_ranks
@@ -201,8 +202,8 @@ def adjudicate(request: HttpRequest, slug: str, task_id: int) -> HttpResponse:
             for c in completions]
     decided = getattr(task, "adjudication", None) if hasattr(task, "adjudication") else None
     context = {"project": project, "task": task, "prompt": task.prompt, "annotators": annotators, "rows": rows,
-               "confidence": confidence, "errors": errors, "decided": decided, "k": len(completions),
-               "comment": request.POST.get("comment", "")}
+               "confidence": confidence, "disputed": confidence is not None, "errors": errors, "decided": decided,
+               "k": len(completions), "comment": request.POST.get("comment", "")}
     return _render(request, "labelapp/adjudicate.html", "adjudicate", context, status=400 if errors else 200)
 
 

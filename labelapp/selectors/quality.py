@@ -20,6 +20,7 @@ def latest_fit(*, project: Project) -> ReliabilityFit | None:
 
 
 def _median_times(project: Project) -> dict[int, float]:
+    """Each annotator's median time on a ranking, over their timed rankings only (0: no time was sent)."""
     times: dict[int, list[int]] = defaultdict(list)
     rows = Ranking.objects.filter(task__project=project, time_spent_ms__gt=0).values_list("annotator_id", "time_spent_ms")
     for annotator, ms in rows.iterator(chunk_size=5000):
@@ -38,7 +39,7 @@ def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dic
     counts = {
         row["annotator"]: row
         for row in Ranking.objects.filter(task__project=project).order_by().values("annotator").annotate(
-            rankings=Count("id"), ms=Sum("time_spent_ms"),
+            rankings=Count("id"), ms=Sum("time_spent_ms"), timed=Count("id", filter=Q(time_spent_ms__gt=0)),
             gold=Count("id", filter=Q(gold_score__isnull=False)), gold_score=Avg("gold_score"),
         )
     }
@@ -54,7 +55,8 @@ def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dic
         annotator_fit = AnnotatorFit(**fitted) if fitted else None
         gold_n = c["gold"] + compare_gold.get(uid, {}).get("n", 0)
         gold_right = (c["gold_score"] or 0) * c["gold"] + compare_gold.get(uid, {}).get("right", 0)
-        hours = (c["ms"] or 0) / 3_600_000
+        hours = (c["ms"] or 0) / 3_600_000  # the time of the timed rankings: labels per hour counts only those
+        untimed_share = (c["rankings"] - c["timed"]) / c["rankings"] if c["rankings"] else None
         others, consensus = with_others.get(uid), with_consensus.get(uid)
         rows.append({
             "user_id": uid,
@@ -70,10 +72,13 @@ def annotator_report(*, project: Project, rules: FlagRules = FlagRules()) -> dic
             "reliability_low": annotator_fit.low if annotator_fit else None,
             "reliability_high": annotator_fit.high if annotator_fit else None,
             "tie_rate": annotator_fit.tie_rate if annotator_fit else None,
-            "labels_per_hour": c["rankings"] / hours if hours > 0 else None,
+            "labels_per_hour": c["timed"] / hours if hours > 0 else None,
+            "timed_rankings": c["timed"],
+            "untimed_share": untimed_share,
             "median_time_ms": medians.get(uid),
             "median_time_s": medians[uid] / 1000 if uid in medians else None,
-            "flags": flags_for(annotator_fit, median_ms=medians.get(uid), project_median_ms=project_median, rules=rules),
+            "flags": flags_for(annotator_fit, median_ms=medians.get(uid), project_median_ms=project_median, rules=rules,
+                               untimed_share=untimed_share),
         })
     rows.sort(key=lambda r: (r["reliability"] is None, -(r["reliability"] or 0), r["username"]))
     return {
@@ -139,6 +144,18 @@ def item_confidences(fit: ReliabilityFit | None) -> dict[int, float]:
     return {task: total / n for task, (total, n) in sums.items()}
 
 
+def consensus_confidence(task: RankingTask, confidences: dict[int, float]) -> float | None:
+    """A task's consensus confidence: from the fit (`item_confidences`), else its annotators' pairwise
+    agreement; None when neither says anything."""
+    value = confidences.get(task.pk)
+    if value is None:
+        from labelapp.analysis.agreement import pairwise_agreement
+
+        orders = {r.annotator_id: r.order for r in task.rankings.all() if r.order}
+        value = pairwise_agreement({task.pk: orders}).rate
+    return value
+
+
 def disputed_tasks(*, project: Project, reviewer=None) -> list[tuple[RankingTask, float]]:
     """Ranking tasks with two or more rankings whose consensus confidence is below the project's
     `adjudication_below`, least certain first, not yet adjudicated, not gold, and (given a reviewer)
@@ -153,12 +170,7 @@ def disputed_tasks(*, project: Project, reviewer=None) -> list[tuple[RankingTask
     confidence = item_confidences(latest_fit(project=project))
     out = []
     for task in candidates.select_related("prompt").order_by("id"):
-        value = confidence.get(task.pk)
-        if value is None:
-            from labelapp.analysis.agreement import pairwise_agreement
-
-            orders = {r.annotator_id: r.order for r in task.rankings.all() if r.order}
-            value = pairwise_agreement({task.pk: orders}).rate
+        value = consensus_confidence(task, confidence)
         if value is not None and value < project.adjudication_below:
             out.append((task, value))
     return sorted(out, key=lambda item: (item[1], item[0].pk))

@@ -26,7 +26,7 @@ from django.utils import timezone
 from labelapp.models import Assignment, Demonstration, Prompt, Ranking, RankingTask, Role
 from labelapp.selectors import labels as selectors
 from labelapp.services.access import require_role
-from labelapp.services.labels import clean_text, gold_score, ranking_fields
+from labelapp.services.labels import ai_agreement_with, clean_text, gold_score, ranking_fields
 
 
 def _refuse_if_frozen(*, project, kind: str, label_id: int) -> None:
@@ -122,12 +122,16 @@ def ranking_edit(
     *, ranking_id: int, user, order: list[list[int]] | None, none_acceptable: bool = False,
     flags: Mapping | None = None, scores: Mapping | None = None,
 ) -> Ranking:
-    """Replace the order, flags and scores of one of the user's rankings (validated as a submission is)."""
+    """Replace the order, flags and scores of one of the user's rankings (validated as a submission is). Its
+    gold score and, when it was given with an AI suggestion shown (`ai_agreement` set on submit), its agreement
+    with that suggestion are computed again for the new order."""
     ranking = _own_ranking(ranking_id, user)
     _refuse_if_frozen(project=ranking.task.project, kind="rankings", label_id=ranking.pk)
     fields = ranking_fields(task_id=ranking.task_id, order=order, none_acceptable=none_acceptable, flags=flags,
                             scores=scores)
     fields["gold_score"] = gold_score(fields["order"], ranking.task.gold_order)
+    if ranking.ai_agreement is not None:  # the person saw the suggestion when ranking: measure the new order
+        fields["ai_agreement"] = ai_agreement_with(task_id=ranking.task_id, order=fields["order"])
     for name, value in fields.items():
         setattr(ranking, name, value)
     ranking.full_clean(validate_unique=False, validate_constraints=False)

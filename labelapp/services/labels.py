@@ -260,11 +260,7 @@ def ranking_submit(
     gold_order = RankingTask.objects.filter(pk=assignment.ranking_task_id).values_list("gold_order", flat=True).first()
     ai_agreement = None
     if assignment.project.ai_suggestions:  # the page showed the AI's ranking: did the person follow it?
-        from labelapp.models import AILabel
-
-        shown = (AILabel.objects.filter(task_id=assignment.ranking_task_id).order_by("-source", "-created_at")
-                 .values_list("order", flat=True).first())
-        ai_agreement = gold_score(fields["order"], shown) if shown else None
+        ai_agreement = ai_agreement_with(task_id=assignment.ranking_task_id, order=fields["order"])
     ranking = Ranking(
         task_id=assignment.ranking_task_id,
         annotator=user,
@@ -308,6 +304,17 @@ def comparison_submit(
     EvaluationTask.objects.filter(pk=assignment.evaluation_task_id).update(comparison_count=F("comparison_count") + 1)
     _finish(assignment, now)
     return comparison
+
+
+def ai_agreement_with(*, task_id: int, order: list[list[int]]) -> float | None:
+    """`Ranking.ai_agreement` of `order`: the share of the AI suggestion's strict pairs it orders the same way,
+    against the suggestion the rank page shows (labelapp.selectors.quality.ai_suggestion: the reward model's label
+    first, then the newest; none on a gold task); None when there is none. Used on submit and on every edit."""
+    from labelapp.models import AILabel
+
+    shown = (AILabel.objects.filter(task_id=task_id, task__gold_order__isnull=True).order_by("-source", "-created_at")
+             .values_list("order", flat=True).first())
+    return gold_score(order, shown) if shown else None
 
 
 def gold_score(order: list[list[int]], gold_order: list[list[int]] | None) -> float | None:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 def ranking_task_set_gold(*, task_id: int, user, order: list[list[int]] | None) -> RankingTask:
     """Make a ranking task gold with `order` as its expected ranking (tie groups, best first), or
     ordinary again with `order=None`. Its existing rankings are scored (or unscored) at once."""
-    task = RankingTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()
+    task = RankingTask.objects.select_for_update(of=("self",)).select_related("project").filter(pk=task_id).first()
     if task is None:
         raise ValidationError(f"There is no ranking task {task_id}.")
     require_role(project=task.project, user=user, role=Role.ADMIN)
@@ -190,11 +190,13 @@ def reliability_refit_enqueue(*, project: Project, user) -> bool:
 def ranking_task_adjudicate(*, task_id: int, reviewer, order: list[list[int]], comment: str = "") -> Adjudication:
     """A reviewer decides a disputed ranking task: `order` (tie groups of its completion ids, best
     first) replaces its annotators' rankings in training and exports, and is the item's truth for
-    the reliability model. A reviewer who ranked the task may not decide it; a task is decided once."""
-    from labelapp.selectors.quality import item_confidences, latest_fit
+    the reliability model. A reviewer who ranked the task may not decide it; a task is decided once.
+    Only a task in the adjudication queue is decided: one whose consensus confidence is below the project's
+    `adjudication_below` (labelapp.selectors.quality.disputed_tasks); any other is refused and nothing is written."""
+    from labelapp.selectors.quality import consensus_confidence, item_confidences, latest_fit
     from labelapp.services.labels import clean_text
 
-    task = RankingTask.objects.select_for_update().select_related("project").filter(pk=task_id).first()
+    task = RankingTask.objects.select_for_update(of=("self",)).select_related("project").filter(pk=task_id).first()
     if task is None:
         raise ValidationError(f"There is no ranking task {task_id}.")
     require_role(project=task.project, user=reviewer, role=Role.REVIEWER)
@@ -207,10 +209,20 @@ def ranking_task_adjudicate(*, task_id: int, reviewer, order: list[list[int]], c
         raise ValidationError("You ranked this task yourself: another reviewer must decide it.")
     if task.ranking_count < 2:
         raise ValidationError("Only a task ranked by two or more annotators can be disputed.")
+    below = task.project.adjudication_below
+    if below <= 0:
+        raise ValidationError("Adjudication is off in this project (adjudication_below is 0): no task is disputed, "
+                              "so none can be decided.")
+    confidences = item_confidences(latest_fit(project=task.project))
+    confidence = consensus_confidence(task, confidences)  # under the task's lock: no ranking lands meanwhile
+    if confidence is None or confidence >= below:
+        said = "has no consensus confidence yet" if confidence is None else f"has consensus confidence {confidence:.2f}"
+        raise ValidationError(f"Task {task.pk} is not disputed: it {said}, and only tasks below the project's "
+                              f"{below:.2f} are in the adjudication queue. Its annotators' rankings stand.")
     order = validate_order(order, completion_ids=set(task.completions.values_list("id", flat=True)))
     comment = clean_text(comment, what="comment") if (comment or "").strip() else ""
     adjudication = Adjudication(task=task, reviewer=reviewer, order=order, comment=comment,
-                                confidence_before=item_confidences(latest_fit(project=task.project)).get(task.pk))
+                                confidence_before=confidences.get(task.pk))
     adjudication.full_clean(validate_unique=False)
     adjudication.save()
     return adjudication

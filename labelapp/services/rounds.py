@@ -16,19 +16,29 @@
 
 `round_advance` is called by the worker when a round's run ends, by the periodic
 `studio.rounds_advance` task (for the RANKING wait) and from the studio page; it is idempotent.
+
+A RANKING wait that can never end is said, not sat through: `round_start` refuses a `min_rankings` above
+`prompts` × the project's overlap (the most rankings the round's tasks can take), and while the round waits
+`round_advance` checks whether the people who can rank could still give the missing rankings
+(`ranking_blocker`: each task takes overlap rankings, each person ranks a task once, a skip or a withdrawal is
+final); when they cannot, `Round.error` says why and what would unblock it (a higher overlap, more annotators,
+or a new round with a reachable `min_rankings`), and the round keeps waiting, so the fix takes effect at the
+next check. The line clears itself once the rankings are reachable again.
 """
 from __future__ import annotations
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from labelapp import round_settings
-from labelapp.models import ModelVersion, Project, Ranking, RankingTask, Role, Round, TrainingRun
+from labelapp.models import Assignment, ModelVersion, Project, Ranking, RankingTask, Role, Round, TrainingRun
 from labelapp.selectors import labels as selectors
 from labelapp.services.access import require_role
-from labelapp.services.runs import check_pair_settings, run_create
+from labelapp.services.queue import FINISHED
+from labelapp.services.runs import check_pair_settings, lock_current, make_current_locked, run_create
 
 Stage = Round.Stage
 DEFAULTS = {
@@ -102,6 +112,13 @@ def round_start(*, project: Project, user, method: str = Round.Method.PPO, param
     if method not in Round.Method.values:
         raise ValidationError(f"Unknown method {method!r}: use {', '.join(Round.Method.values)}.")
     params = _clean_params(params, method)  # checked before anything is written
+    most = params["prompts"] * project.overlap
+    if params["min_rankings"] > most:
+        raise ValidationError(
+            f"'min_rankings' {params['min_rankings']} can never be reached: the round samples at most "
+            f"{params['prompts']} prompts and each of their tasks takes {project.overlap} ranking"
+            f"{'s' if project.overlap != 1 else ''} (the project's overlap), {most} in all. Lower min_rankings to "
+            f"{most} or less, or raise prompts or the project's overlap.")
     running = Round.objects.filter(project=project).exclude(stage__in=Round.ENDED)
     if running.exists():
         raise ValidationError(f"Round {running.first().number} is still in progress; finish or cancel it first.")
@@ -187,15 +204,82 @@ def round_rankings(rnd: Round) -> int:
     return Ranking.objects.filter(task__project=rnd.project, task__created_at__gte=first.started_at).count()
 
 
+def _leave_ranking_or_say_why(rnd: Round) -> None:
+    """RANKING: on to the reward model once `min_rankings` are in; else keep waiting, with `error` saying why
+    the wait cannot end when it cannot (cleared once it can)."""
+    if round_rankings(rnd) >= rnd.params["min_rankings"]:
+        rnd.error = ""
+        _enter(rnd, Stage.REWARD, input_model=rnd.sft_policy)
+        return
+    blocker = ranking_blocker(rnd)
+    if blocker != rnd.error:
+        rnd.error = blocker
+        rnd.save(update_fields=["error"])
+
+
+def _reachable(done: int, tasks: list[tuple[int, int]], overlap: int, extra_people: int = 0) -> int:
+    """Rankings the round can have at most: those in, plus per open task min(free slots, people who may still
+    rank it); `tasks` is (rankings so far, people who may still rank it) per task."""
+    return done + sum(min(max(0, overlap - count), people + extra_people) for count, people in tasks)
+
+
+def ranking_blocker(rnd: Round) -> str:
+    """Why the round's RANKING wait cannot reach `min_rankings` as things stand, and what would unblock it;
+    "" when it can (or when its tasks cannot be told apart: rounds sampled before tasks named their round).
+
+    At most: each task of the round not yet decided in adjudication takes the project's overlap in rankings,
+    each from a different person who may rank in the project (a member, any role, or a superuser; active) and
+    has not ranked, skipped or withdrawn it."""
+    needed, done = rnd.params["min_rankings"], round_rankings(rnd)
+    if done >= needed:
+        return ""
+    project = rnd.project
+    if not RankingTask.objects.filter(round=rnd).exists():
+        sampled = (rnd.runs.filter(kind=TrainingRun.Kind.SAMPLE, status=TrainingRun.Status.SUCCEEDED)
+                   .order_by("-finished_at", "-id").first())
+        if sampled is None or (sampled.result or {}).get("tasks", 1):
+            return ""  # not sampled yet, or an old round whose tasks do not name it
+        return (f"Waiting for rankings cannot finish: this round's sampling made no ranking tasks (no training prompt "
+                f"that the policy had not answered yet), and it needs {needed} rankings. To unblock it: add training "
+                "prompts, then cancel this round and start a new one.")
+    rankers = set(get_user_model().objects.filter(is_active=True).filter(
+        Q(memberships__project=project) | Q(is_superuser=True)).values_list("pk", flat=True))
+    open_tasks = dict(RankingTask.objects.filter(round=rnd, adjudication__isnull=True).values_list("pk", "ranking_count"))
+    gone: dict[int, set[int]] = {pk: set() for pk in open_tasks}  # per task: who may not rank it (again)
+    for task_id, user_id in [
+        *Assignment.objects.filter(ranking_task__in=open_tasks, status__in=FINISHED).values_list("ranking_task", "user"),
+        *Ranking.objects.filter(task__in=open_tasks).values_list("task", "annotator"),
+    ]:
+        gone[task_id].add(user_id)
+    tasks = [(count, len(rankers - gone[pk])) for pk, count in open_tasks.items()]
+    overlap = project.overlap
+    most = _reachable(done, tasks, overlap)
+    if most >= needed:
+        return ""
+    fixes = []
+    raised = next((o for o in range(overlap + 1, 21) if _reachable(done, tasks, o) >= needed), None)
+    if raised is not None:
+        fixes.append(f"raise the project's overlap to {raised}")
+    people = next((p for p in range(1, needed + 1) if _reachable(done, tasks, overlap, p) >= needed), None)
+    if people is not None:
+        fixes.append(f"add {people} more annotator{'s' if people != 1 else ''} to the project")
+    fixes.append(f"cancel this round and start one with min_rankings {most} or less" if most
+                 else "cancel this round and start a new one")
+    return (f"Waiting for rankings cannot finish: this round needs {needed} rankings of its tasks, {done} "
+            f"{'is' if done == 1 else 'are'} in, and at most {most - done} more can come ({len(open_tasks)} open "
+            f"task{'s' if len(open_tasks) != 1 else ''}, overlap {overlap}, {len(rankers)} "
+            f"{'person' if len(rankers) == 1 else 'people'} who can rank, each ranking a task once). To unblock it: "
+            + ", or ".join(fixes) + ".")
+
+
 @transaction.atomic
 def round_advance(*, round_id: int) -> Round:
     """Look at the round's latest run (or its rankings) and move it on when it can."""
-    rnd = Round.objects.select_for_update().select_related("project").get(pk=round_id)
+    rnd = Round.objects.select_for_update(of=("self",)).select_related("project").get(pk=round_id)
     if rnd.finished:
         return rnd
     if rnd.stage == Stage.RANKING:
-        if round_rankings(rnd) >= rnd.params["min_rankings"]:
-            _enter(rnd, Stage.REWARD, input_model=rnd.sft_policy)
+        _leave_ranking_or_say_why(rnd)
         return rnd
     kinds = POLICY_KINDS if rnd.stage == Stage.POLICY else [STAGE_RUN[rnd.stage]]
     run = rnd.runs.filter(kind__in=kinds).order_by("-created_at", "-id").first()
@@ -210,8 +294,7 @@ def round_advance(*, round_id: int) -> Round:
         _enter(rnd, Stage.SAMPLING, input_model=rnd.sft_policy)
     elif rnd.stage == Stage.SAMPLING:
         _enter(rnd, Stage.RANKING)
-        if round_rankings(rnd) >= rnd.params["min_rankings"]:
-            _enter(rnd, Stage.REWARD, input_model=rnd.sft_policy)
+        _leave_ranking_or_say_why(rnd)
     elif rnd.stage == Stage.REWARD:
         rnd.reward_model = run.output_model
         _enter(rnd, Stage.POLICY, input_model=rnd.sft_policy)
@@ -221,12 +304,13 @@ def round_advance(*, round_id: int) -> Round:
     elif rnd.stage == Stage.RESAMPLING:
         _enter(rnd, Stage.EVALUATION, input_model=rnd.new_policy)
     elif rnd.stage == Stage.EVALUATION:
+        lock_current(rnd.project_id)  # the verdict's "parent still current" holds until the policy is made current
         verdict = gate_verdict(rnd)
         rnd.gate = verdict
         if verdict["state"] == "waiting":  # for blind judgments; beat's rounds_advance looks again
             rnd.save(update_fields=["gate"])
         elif verdict["state"] == "passed":
-            _make_current(rnd.new_policy)
+            make_current_locked(rnd.new_policy)
             _enter(rnd, Stage.DONE)
         else:
             _enter(rnd, Stage.HELD)
@@ -314,11 +398,6 @@ def _moved_on(rnd: Round) -> str | None:
             "promoting would drop that newer work")
 
 
-def _make_current(version: ModelVersion) -> None:
-    ModelVersion.objects.filter(project=version.project_id, kind=version.kind, is_current=True).update(is_current=False)
-    ModelVersion.objects.filter(pk=version.pk).update(is_current=True)
-
-
 def _held(round_id: int, user) -> Round:
     rnd = Round.objects.select_for_update(of=("self",)).select_related("project", "new_policy").get(pk=round_id)
     require_role(project=rnd.project, user=user, role=Role.ADMIN)
@@ -338,10 +417,11 @@ def _decide(rnd: Round, user, decision: str, text: str) -> Round:
 def round_promote(*, round_id: int, user) -> Round:
     """An admin overrides the gate: the held round's new policy becomes current, the round is done."""
     rnd = _held(round_id, user)
+    lock_current(rnd.project_id)  # no other "make current" between the check and the change
     policy, moved_on = rnd.new_policy, _moved_on(rnd)
     if moved_on:
         raise ValidationError(f"{moved_on[0].upper()}{moved_on[1:]}. Discard this round or start a new one.")
-    _make_current(policy)
+    make_current_locked(policy)
     return _decide(rnd, user, "promoted", f"Promotion gate: held for review — {_said(rnd)}. Promoted by "
                                           f"{user.get_username()}: {policy.name} is now the current policy.")
 
@@ -362,7 +442,7 @@ def _said(rnd: Round) -> str:
 def round_cancel(*, round_id: int, user) -> Round:
     from labelapp.services.runs import run_cancel
 
-    rnd = Round.objects.select_for_update().select_related("project").get(pk=round_id)
+    rnd = Round.objects.select_for_update(of=("self",)).select_related("project").get(pk=round_id)
     require_role(project=rnd.project, user=user, role=Role.ADMIN)
     if rnd.finished:
         raise ValidationError(f"Round {rnd.number} already ended ({rnd.get_stage_display().lower()}).")

@@ -282,22 +282,46 @@ def model_version_register(
 ) -> ModelVersion:
     """Add a trained model to the registry, optionally as the project's current one of its kind.
     A `run` registers at most one model (enforced by the database)."""
-    if make_current:
-        ModelVersion.objects.filter(project=project, kind=kind, is_current=True).update(is_current=False)
     version = ModelVersion(
         project=project, name=name, kind=kind, artifact_path=artifact_path, parent=parent,
-        training_data=training_data or {}, metrics=metrics or {}, is_current=make_current, run=run,
+        training_data=training_data or {}, metrics=metrics or {}, is_current=False, run=run,
     )
     version.full_clean()
     version.save()
+    if make_current:
+        make_current_locked(version)
     return version
+
+
+def lock_current(project_id: int) -> None:
+    """Serialise every change of a project's current models (model_version_make_current, a run registering its
+    model as current, a round's promotion gate and round_promote). The project row's lock is what makes it
+    safe: locking the versions themselves is not enough, because two calls making two different versions
+    current see the same old current row, and the second, once the first commits, finds nothing left to clear
+    in its snapshot and breaks `modelversion_one_current_per_kind`. FOR NO KEY UPDATE: rows referencing the
+    project (labels, tasks, runs) are still inserted meanwhile. Call inside a transaction."""
+    Project.objects.select_for_update(no_key=True).filter(pk=project_id).values_list("pk").first()
+
+
+def make_current_locked(version: ModelVersion) -> bool:
+    """Make `version` the project's current model of its kind, under `lock_current`; False when it already
+    was (making the same version current twice is a no-op). Call inside a transaction."""
+    lock_current(version.project_id)
+    # fresh statements after the lock: they see whatever a call that held it before us committed
+    if ModelVersion.objects.filter(pk=version.pk, is_current=True).exists():
+        version.is_current = True
+        return False
+    ModelVersion.objects.filter(project=version.project_id, kind=version.kind, is_current=True).update(is_current=False)
+    ModelVersion.objects.filter(pk=version.pk).update(is_current=True)
+    version.is_current = True
+    return True
 
 
 @transaction.atomic
 def model_version_make_current(*, version_id: int, user) -> ModelVersion:
-    version = ModelVersion.objects.select_for_update(of=("self",)).select_related("project").get(pk=version_id)
+    """An admin makes a model the project's current one of its kind; safe when two such calls (or a run's
+    registration, or a round's gate) race, and idempotent for the same version."""
+    version = ModelVersion.objects.select_related("project").get(pk=version_id)
     require_role(project=version.project, user=user, role=Role.ADMIN)
-    ModelVersion.objects.filter(project=version.project, kind=version.kind, is_current=True).update(is_current=False)
-    version.is_current = True
-    version.save(update_fields=["is_current"])
+    make_current_locked(version)
     return version

@@ -133,3 +133,34 @@ def test_a_decided_task_leaves_the_rank_queue_and_cannot_be_made_gold():
         ranking_task_set_gold(task_id=split.pk, user=admin, order=[[ids[2]], [ids[1]], [ids[0]]])
     split.refresh_from_db()
     assert split.gold_order is None
+
+
+def test_a_task_that_is_not_disputed_cannot_be_decided(disputed_setup):
+    """Only the adjudication queue is decidable: the agreed task (and every task while adjudication is off) is
+    refused with the reason, and nothing is written."""
+    project, _, _, reviewer, agreed, split, ids = disputed_setup
+    agreed_ids = sorted(agreed.completions.values_list("id", flat=True))
+    with pytest.raises(ValidationError, match=rf"Task {agreed.pk} is not disputed: it has consensus confidence 1.00, "
+                                              r"and only tasks below the project's 0.70 are in the adjudication queue"):
+        ranking_task_adjudicate(task_id=agreed.pk, reviewer=reviewer, order=[[i] for i in reversed(agreed_ids)])
+    reliability_refit(project=project)  # with a fit, the fit's confidence decides
+    with pytest.raises(ValidationError, match="is not disputed"):
+        ranking_task_adjudicate(task_id=agreed.pk, reviewer=reviewer, order=[[i] for i in agreed_ids])
+    project.adjudication_below = 0
+    project.save()
+    with pytest.raises(ValidationError, match="Adjudication is off in this project"):
+        ranking_task_adjudicate(task_id=split.pk, reviewer=reviewer, order=[[i] for i in ids])
+    assert not Adjudication.objects.exists()
+
+
+def test_the_decision_page_of_a_task_that_is_not_disputed(disputed_setup):
+    project, _, _, reviewer, agreed, _, _ = disputed_setup
+    agreed_ids = sorted(agreed.completions.values_list("id", flat=True))
+    client = Client()
+    client.force_login(reviewer)
+    page = client.get(f"/p/{project.slug}/adjudicate/{agreed.pk}/").content.decode()
+    assert 'id="not-disputed"' in page and 'id="adjudicate-form"' not in page
+    posted = client.post(f"/p/{project.slug}/adjudicate/{agreed.pk}/",
+                         {f"rank_{agreed_ids[0]}": "3", f"rank_{agreed_ids[1]}": "2", f"rank_{agreed_ids[2]}": "1"})
+    assert posted.status_code == 400 and f"Task {agreed.pk} is not disputed" in posted.content.decode()
+    assert not Adjudication.objects.exists()

@@ -124,3 +124,24 @@ def test_the_worker_labels_waiting_tasks_with_a_tiny_reward_model_and_judge(tiny
         ids = sorted(task.completions.values_list("id", flat=True))
         for label in labels.values():
             assert sorted(c for g in label.order for c in g) == ids and set(map(int, label.scores)) == set(ids)
+
+
+def test_an_edit_measures_the_new_order_against_the_suggestion(labelled):
+    """ai_agreement follows the ranking: reversing the suggestion gives 0, editing to its order gives 1, and a
+    ranking given without a suggestion shown keeps None through an edit."""
+    from labelapp.services.label_changes import ranking_edit
+
+    project, task, ids, _ = labelled
+    a, b = add_member(project), add_member(project)
+    unseen = rank(project, a, ids, [2, 1, 0])
+    project.ai_suggestions = True
+    project.save()
+    seen = rank(project, b, ids, [2, 1, 0])
+    assert seen.ai_agreement == 0.0
+    edited = ranking_edit(ranking_id=seen.pk, user=b, order=[[ids[0]], [ids[1]], [ids[2]]])
+    assert edited.ai_agreement == 1.0
+    assert Ranking.objects.get(pk=seen.pk).ai_agreement == 1.0  # stored, not only on the returned object
+    ranking_edit(ranking_id=seen.pk, user=b, order=[[ids[0]], [ids[2]], [ids[1]]])
+    assert Ranking.objects.get(pk=seen.pk).ai_agreement == pytest.approx(2 / 3)
+    ranking_edit(ranking_id=unseen.pk, user=a, order=[[ids[0]], [ids[1]], [ids[2]]])
+    assert Ranking.objects.get(pk=unseen.pk).ai_agreement is None  # a was never shown the suggestion

@@ -25,7 +25,9 @@ def test_admin_starts_a_round_over_the_api(project, sent):
         bad = client_for(admin).post(url, {"method": "dpo", "params": params}, format="json")
         assert bad.status_code == 400 and error in str(bad.json()), bad.json()
     assert not Round.objects.exists() and not TrainingRun.objects.exists()
-    started = client_for(admin).post(url, {"method": "dpo", "params": {"prompts": 4}}, format="json")
+    unreachable = client_for(admin).post(url, {"method": "dpo", "params": {"prompts": 4}}, format="json")  # 8 rankings
+    assert unreachable.status_code == 400 and "'min_rankings' 8 can never be reached" in str(unreachable.json())
+    started = client_for(admin).post(url, {"method": "dpo", "params": {"prompts": 4, "min_rankings": 4}}, format="json")
     assert started.status_code == 201 and started.json()["method"] == "dpo"
     rnd = Round.objects.get()
     assert rnd.stage == "sampling" and rnd.runs.get().kind == "sample"  # no demonstrations: no SFT

@@ -138,3 +138,11 @@ def test_confidence_reads_the_posterior_in_the_stated_direction():
     p = result.posterior[("i", 0, 1)]
     assert result.confidence(("i", 0, 1), 1) == p and result.confidence(("i", 0, 1), -1) == 1 - p
     assert result.confidence(("i", 0, 1), 0) is None and result.confidence(("zz", 0, 1), 1) is None
+
+
+def test_untimed_labels_are_flagged_not_passed_as_timed():
+    assert flags_for(None, median_ms=None, project_median_ms=10000, untimed_share=1.0) == ["untimed"]
+    assert flags_for(None, median_ms=1000, project_median_ms=10000, untimed_share=0.5) == ["too fast", "untimed"]
+    assert flags_for(None, median_ms=5000, project_median_ms=10000, untimed_share=0.2) == []
+    assert flags_for(None, median_ms=5000, project_median_ms=10000, untimed_share=0.4,
+                     rules=FlagRules(untimed_share=0.3)) == ["untimed"]

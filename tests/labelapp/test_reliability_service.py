@@ -8,7 +8,7 @@ import pytest
 from labelapp.models import Ranking, ReliabilityFit
 from labelapp.selectors.quality import PairWeights, annotator_report, training_pairs
 from labelapp.services.quality import ranking_task_set_gold, reliability_refit
-from tests.conftest import add_member, make_project, make_prompt, make_task
+from tests.conftest import add_member, make_project, make_prompt, make_task, make_user
 from tests.labelapp.test_adjudication import ranked
 
 pytestmark = pytest.mark.django_db
@@ -108,3 +108,69 @@ def test_an_item_one_annotator_ranked_takes_that_annotators_reliability_when_the
     assert reversed_pairs and all(p.confidence < 0.5 for p in reversed_pairs)
     assert all(p.confidence > 0.5 for p in soft.pairs if 0 < p.weight < 1)  # the careful ones'
     assert sum(p.confidence is None for p in soft.pairs) == 6  # the newcomer's item, trained as stated
+
+
+def test_rankings_sent_without_a_time_are_reported_and_left_out_of_pace():
+    """An API client that leaves out time_spent_ms: the report gives the share of such rankings, flags an
+    annotator whose rankings mostly lack one "untimed", and reads pace (median, labels per hour, "too fast")
+    from timed rankings only — the fast clicker stays flagged whatever their untimed rankings."""
+    from labelapp.models import Queue
+    from labelapp.services.labels import ranking_submit
+    from labelapp.services.queue import task_claim
+
+    project = make_project(k=2, overlap=3)
+    project.gold_rate = 0
+    project.save()
+    careful, silent, fast = (add_member(project, make_user(name)) for name in ("careful", "silent", "fast"))
+    tasks = [make_task(project) for _ in range(4)]
+    times = {careful: [20_000] * 4, silent: [None] * 4, fast: [1_000, 1_000, None, None]}
+    for user, spent in times.items():
+        for ms in spent:
+            lease = task_claim(project=project, user=user, queue=Queue.RANK)
+            ids = sorted(lease.ranking_task.completions.values_list("id", flat=True))
+            extra = {} if ms is None else {"time_spent_ms": ms}  # as the API does when the field is left out
+            ranking_submit(assignment_id=lease.pk, user=user, order=[[i] for i in ids], **extra)
+    assert Ranking.objects.count() == 3 * len(tasks)
+    rows = {row["username"]: row for row in annotator_report(project=project)["annotators"]}
+    assert (rows["careful"]["untimed_share"], rows["careful"]["timed_rankings"], rows["careful"]["flags"]) == (0.0, 4, [])
+    silent_row = rows["silent"]
+    assert (silent_row["untimed_share"], silent_row["timed_rankings"]) == (1.0, 0)
+    assert silent_row["median_time_ms"] is None and silent_row["labels_per_hour"] is None
+    assert silent_row["flags"] == ["untimed"]
+    fast_row = rows["fast"]
+    assert (fast_row["untimed_share"], fast_row["timed_rankings"], fast_row["median_time_ms"]) == (0.5, 2, 1000)
+    assert fast_row["labels_per_hour"] == pytest.approx(2 / (2_000 / 3_600_000))  # two timed rankings in 2 s
+    assert fast_row["flags"] == ["too fast", "untimed"]
+
+
+def test_the_quality_page_and_the_api_show_the_untimed_share():
+    from django.test import Client
+
+    from labelapp.models import Queue
+    from labelapp.services.labels import ranking_submit
+    from labelapp.services.queue import task_claim
+    from labelapp.services.tokens import api_token_create
+
+    project = make_project(k=2, overlap=2)
+    project.gold_rate = 0
+    project.save()
+    admin = add_member(project, make_user("boss"), role="admin")
+    users = [add_member(project, make_user(name)) for name in ("timer", "quiet")]
+    for _ in range(2):
+        make_task(project)
+    for user in users:
+        for _ in range(2):
+            lease = task_claim(project=project, user=user, queue=Queue.RANK)
+            ids = sorted(lease.ranking_task.completions.values_list("id", flat=True))
+            ranking_submit(assignment_id=lease.pk, user=user, order=[[i] for i in ids],
+                           time_spent_ms=9000 if user.username == "timer" else 0)
+    reliability_refit(project=project)
+    _, key = api_token_create(user=admin, name="t")
+    body = Client(HTTP_AUTHORIZATION=f"Token {key}").get(f"/api/v1/projects/{project.pk}/statistics/annotators/").json()
+    rows = {row["username"]: row for row in body["annotators"]}
+    assert (rows["quiet"]["untimed_share"], rows["quiet"]["timed_rankings"], rows["quiet"]["flags"]) == (1.0, 0, ["untimed"])
+    assert (rows["timer"]["untimed_share"], rows["timer"]["timed_rankings"]) == (0.0, 2)
+    client = Client()
+    client.force_login(admin)
+    page = client.get(f"/studio/p/{project.slug}/quality/").content.decode()
+    assert "(100% untimed)" in page and "untimed</span>" in page

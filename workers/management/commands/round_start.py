@@ -15,7 +15,7 @@ class Command(BaseCommand):
         parser.add_argument("project", help="project slug")
         parser.add_argument("--as", dest="username", required=True, help="an admin of the project")
         parser.add_argument("--method", choices=["ppo", "dpo", "rloo", "grpo"], default="ppo")
-        parser.add_argument("--params", default="{}", help='JSON, e.g. \'{"prompts": 16, "min_rankings": 32}\'')
+        parser.add_argument("--params", default="{}", help='JSON, e.g. \'{"prompts": 16, "min_rankings": 16}\'')
 
     def handle(self, *args, **opts):
         project = Project.objects.filter(slug=opts["project"]).first()
