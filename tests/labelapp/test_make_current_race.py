@@ -62,11 +62,16 @@ def _race(calls, hold_pk: int) -> list[BaseException]:
     return errors
 
 
-def test_two_admins_making_two_versions_current_at_once():
+def _project_with_current():
+    """(project, its admin, its current policy "v0")."""
     _postgres()
     project = make_project()
     admin = add_member(project, make_user(), role="admin")
-    old = _version(project, "v0", current=True)
+    return project, admin, _version(project, "v0", current=True)
+
+
+def test_two_admins_making_two_versions_current_at_once():
+    project, admin, old = _project_with_current()
     first, second = _version(project, "v1"), _version(project, "v2")
     errors = _race([lambda: model_version_make_current(version_id=first.pk, user=admin),
                     lambda: model_version_make_current(version_id=second.pk, user=admin)], hold_pk=old.pk)
@@ -77,10 +82,7 @@ def test_two_admins_making_two_versions_current_at_once():
 
 def test_a_run_registering_its_model_while_an_admin_makes_another_current():
     """What failed finished runs: run_finish's store registers the run's model as current."""
-    _postgres()
-    project = make_project()
-    admin = add_member(project, make_user(), role="admin")
-    old = _version(project, "v0", current=True)
+    project, admin, old = _project_with_current()
     chosen = _version(project, "v1")
     errors = _race([lambda: model_version_make_current(version_id=chosen.pk, user=admin),
                     lambda: model_version_register(project=project, name="ppo-9", kind="policy", artifact_path="/m/9",
@@ -91,10 +93,7 @@ def test_a_run_registering_its_model_while_an_admin_makes_another_current():
 
 
 def test_the_same_version_made_current_twice_at_once_and_again():
-    _postgres()
-    project = make_project()
-    admin = add_member(project, make_user(), role="admin")
-    old = _version(project, "v0", current=True)
+    project, admin, old = _project_with_current()
     chosen = _version(project, "v1")
     errors = _race([lambda: model_version_make_current(version_id=chosen.pk, user=admin)] * 2, hold_pk=old.pk)
     assert errors == []
