@@ -118,3 +118,56 @@ def head_weight(model) -> torch.Tensor:
     if weight is None or weight.shape[0] != 1:
         raise ValueError("the reward model has no single-output `score` head to start the ensemble from")
     return weight.detach()[0].float().cpu()
+
+
+def probe_head(diffs: torch.Tensor, *, l2: float = 10.0, steps: int = 100) -> torch.Tensor:
+    """A Bradley–Terry head (H,) fitted to convergence on labelled pairs' feature differences ``diffs`` (n, H;
+    chosen minus rejected): the minimiser of mean softplus(-w . d_i) + l2 |w|^2 / (2 n), by L-BFGS from zero.
+    The probe that ``probe_scores`` asks; fitted in seconds, so it can be refitted on every label so far."""
+    if diffs.ndim != 2 or diffs.shape[0] == 0:
+        raise ValueError("probe_head needs at least one labelled pair's feature difference (n, H)")
+    if not l2 > 0:
+        raise ValueError("probe_head's l2 must be positive (an unregularised head diverges on separable pairs)")
+    diffs = diffs.detach().double()
+    w = torch.zeros(diffs.shape[1], dtype=torch.double, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
+    pull = l2 / (2 * diffs.shape[0])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.softplus(-(diffs @ w)).mean() + pull * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach().float()
+
+
+def probe_scores(task_features: Sequence[torch.Tensor], labelled_diffs: torch.Tensor, *,
+                 l2: float = 10.0) -> list[float]:
+    """Tasks' uncertainty under a linear probe on frozen features: each task's mean binary entropy (nats) of
+    sigmoid(w . (f_i - f_j)) over its answer pairs, w = ``probe_head`` fitted on every labelled pair so far.
+
+    Why, beside the reward model's own entropy (rlhf.judge.pairwise_entropy): at tens of rankings a reward model
+    trained for one epoch is still near chance (bench/label_quality.py: 0.50-0.54 held-out accuracy after 40
+    rankings), so what it is unsure of says little; a head fitted to convergence on the same labels, on the
+    trunk's frozen features, already orders held-out pairs better (docs/QUALITY.md, "Active learning"). Each
+    feature is divided by its root mean square over the labelled differences (left as it is where no labelled
+    pair differs), so the probe's penalty weighs every direction the labels explored the same."""
+    if not task_features:
+        return []
+    if labelled_diffs.ndim != 2 or labelled_diffs.shape[0] == 0:
+        raise ValueError("probe_scores needs at least one labelled pair's feature difference (n, H)")
+    rms = labelled_diffs.float().pow(2).mean(dim=0).sqrt()
+    scale = torch.where(rms > 0, rms, torch.ones_like(rms))
+    head = probe_head(labelled_diffs.float() / scale, l2=l2)
+    out = []
+    for f in task_features:
+        n = f.shape[0]
+        if n < 2:
+            out.append(0.0)
+            continue
+        rewards = (f.float() / scale) @ head
+        i, j = torch.triu_indices(n, n, offset=1)
+        out.append(float(_binary_entropy(torch.sigmoid(rewards[i] - rewards[j]).double()).mean()))
+    return out

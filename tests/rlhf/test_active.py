@@ -112,3 +112,28 @@ def test_score_features_follow_the_pooled_token_when_pad_is_eos(tiny_dir):
     rewards, features = score(model, tokenizer, items, batch_size=3, features=True)
     bias = model.score.bias if model.score.bias is not None else torch.zeros(1)
     assert torch.allclose(features @ head_weight(model) + bias.detach(), rewards, atol=1e-5)
+
+
+def test_the_probe_recovers_the_labelled_direction_and_is_unsure_only_where_it_cannot_tell():
+    from rlhf.active import probe_head, probe_scores
+
+    head = probe_head(labelled_diffs(), l2=1.0)
+    assert torch.nn.functional.cosine_similarity(head, TRUE, dim=0) > 0.9
+    assert head[4:].abs().max() < 1e-3  # no label ever differed there: the penalty keeps it at zero
+    clear, near_tie, unexplored = task([2.0, 0, 0, 0, 0, 0, 0, 0]), task([0.01, 0, 0, 0, 0, 0, 0, 0]), task([0, 0, 0, 0, 1.0, 0, 0, 0])
+    scores = probe_scores([clear, near_tie, unexplored], labelled_diffs(), l2=1.0)
+    assert scores[0] < 0.2 < math.log(2) - 1e-3 < scores[1] <= math.log(2) + 1e-9
+    assert scores[2] == pytest.approx(math.log(2), abs=1e-3)  # a direction no label explored: a coin flip
+    more = probe_scores([clear], labelled_diffs(n=4000), l2=1.0)[0]
+    assert more < scores[0]  # more labels along the direction: surer
+
+
+def test_the_probe_refuses_what_it_cannot_fit():
+    from rlhf.active import probe_head, probe_scores
+
+    with pytest.raises(ValueError, match="at least one labelled pair"):
+        probe_head(torch.zeros(0, H))
+    with pytest.raises(ValueError, match="l2 must be positive"):
+        probe_head(labelled_diffs(), l2=0)
+    assert probe_scores([], labelled_diffs()) == []
+    assert probe_scores([torch.zeros(1, H)], labelled_diffs()) == [0.0]  # one answer: nothing to order
