@@ -20,14 +20,16 @@ ordered by the noise-free oracle.
                  model accuracy after 25/50/75/100% of the budget with items taken in random order vs by the
                  current reward model's uncertainty (--estimates: "entropy", the mean binary entropy of its
                  Bradley–Terry probabilities over the item's 6 pairs; "bald", the mutual information of 8
-                 bootstrap heads on its features, rlhf.active; the first quarter is the same random quarter
-                 for every order).
+                 bootstrap heads on its features, rlhf.active; "probe", the same entropy under a linear head
+                 fitted to convergence on every ranking so far on the base model's frozen features,
+                 rlhf.active.probe_scores; the first quarter is the same random quarter for every order).
 
 Seed by seed, results appended to <output-dir>/results.jsonl (a rerun skips what is there), then the table:
 
     OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py reliability --seeds 0,1,2
     OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py active --seeds 0,1,2
     .venv/bin/python bench/label_quality.py reliability --flags-only --seeds 0,1,2,3,4   # the flags alone
+    .venv/bin/python bench/label_quality.py linear --linear-seeds 20   # active learning, a linear head as learner
 """
 from __future__ import annotations
 
@@ -171,7 +173,7 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
 
 
 VARIANTS = {"plain": "none", "weight": "weight", "soft": "soft"}  # reliability reward models -> label_weights
-ESTIMATES = {"entropy": "uncertainty", "bald": "bald"}  # --estimates name -> the results' variant prefix
+ESTIMATES = {"entropy": "uncertainty", "bald": "bald", "probe": "probe"}  # --estimates name -> the results' variant prefix
 ESTIMATE_OF = {prefix: name for name, prefix in ESTIMATES.items()}
 
 
@@ -204,6 +206,51 @@ def uncertainty(model_dir: Path, pool: list[dict], estimate: str = "entropy",
         groups += [n] * len(pairs)  # a ranking's pairs are resampled together
     return ensemble_scores([features[4 * n:4 * n + 4] for n in range(len(pool))], torch.stack(diffs),
                            head_weight(model), seed=seed, groups=groups)
+
+
+def base_features(args):
+    """(4 × items, H): every item's answers' features under the base model the reward models start from (the
+    final hidden state its fresh score head would read), in _scored_items order; computed once (about 10-20
+    CPU minutes) and kept in <output-dir>/base_features.pt, keyed by the model and the items' texts."""
+    import hashlib
+
+    import torch
+
+    from rlhf.models import load_reward_model, load_tokenizer
+    from rlhf.reward import conversation, score
+
+    all_items = _scored_items()
+    key = hashlib.sha256(json.dumps([args.model or "bundled", [[it["prompt"], it["texts"]] for it in all_items]])
+                         .encode()).hexdigest()
+    path = Path(args.output_dir) / "base_features.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("key") == key:
+            return cached["features"]
+    print("  base-model features of every answer (once)", file=sys.stderr, flush=True)
+    model = load_reward_model(args.model, device="cpu", dtype=torch.float32)
+    _, features = score(model, load_tokenizer(args.model),
+                        [conversation(it["prompt"], t) for it in all_items for t in it["texts"]],
+                        features=True, calibrated=False)
+    torch.save({"key": key, "features": features}, path)
+    return features
+
+
+def probe_order(pool: list[dict], chosen: list[int], labels: dict, quarter: int, args) -> list[int]:
+    """The next quarter by rlhf.active.probe_scores: a Bradley–Terry head fitted on every ranking so far, on the
+    base model's frozen features, asks the items whose order it is least sure of."""
+    import torch
+
+    from rlhf.active import probe_scores
+
+    features = base_features(args)
+    row = {id(it): n for n, it in enumerate(_scored_items())}
+    def of(t):
+        return features[4 * row[id(pool[t])]:4 * row[id(pool[t])] + 4]
+    diffs = torch.stack([of(t)[better] - of(t)[worse] for t in chosen for better, worse in order_pairs(labels[t])])
+    rest = [t for t in range(len(pool)) if t not in set(chosen)]
+    scores = probe_scores([of(t) for t in rest], diffs)
+    return chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
 
 
 # ------------------------------------------------------------------------------------------ experiments
@@ -278,13 +325,20 @@ def run_active(seed: int, args, done: set) -> None:
     step1 = Path(args.output_dir) / f"active-{seed}-step1"  # the shared random quarter's model starts every order
     chains = [ESTIMATES[e] for e in args.estimates.split(",")
               if any(("active", seed, f"{ESTIMATES[e]}@{f}") not in done for f in (0.5, 0.75, 1.0))]
+    needs_step1 = any(name != "probe" for name in chains)
     for n in range(1, 5):
-        step("random", order[:quarter * n], keep=step1 if n == 1 and chains else None)
+        step("random", order[:quarter * n], keep=step1 if n == 1 and needs_step1 else None)
     # Each estimate: the first (random) quarter, then each next quarter the items the model trained on
     # everything so far scores highest; the model of each step is kept to choose the next. An order whose
     # points are all recorded is skipped (its models would only be retrained).
     for name in chains:
         chosen = order[:quarter]
+        if name == "probe":  # no reward model needed to choose: only each step's accuracy is trained for
+            for _ in range(1, 4):
+                pairs_of(chosen)
+                chosen = probe_order(pool, chosen, labels, quarter, args)
+                step(name, chosen)
+            continue
         for n in range(1, 4):  # step 1's model (the shared random quarter) is the same for every estimate
             model_dir = step1 if n == 1 else Path(args.output_dir) / f"active-{seed}-{name}-step{n}"
             if not (model_dir / "model").is_dir():
@@ -298,6 +352,77 @@ def run_active(seed: int, args, done: set) -> None:
             if n > 1:
                 shutil.rmtree(model_dir, ignore_errors=True)
     shutil.rmtree(step1, ignore_errors=True)
+
+
+def run_linear(args) -> None:
+    """The active-learning experiment with a linear Bradley–Terry head on the base model's frozen features as the
+    learner (rlhf.active.probe_head, fitted to convergence): seconds a seed instead of an hour, so --linear-seeds
+    seeds and finer steps. Not the reward model the acceptance names: where an order cannot beat random with this
+    learner, which it also chooses for, it is unlikely to with a one-epoch LoRA reward model."""
+    import torch
+
+    from rlhf.active import ensemble_scores, probe_head, probe_scores
+
+    features = base_features(args).double()
+    features = ((features - features.mean(0)) / features.std(0).clamp(min=1e-6)).float()
+    row = {id(it): n for n, it in enumerate(_scored_items())}
+    steps, strategies = args.linear_steps, ["random", "probe", "bald"]
+    curves: dict[str, list[list[float]]] = {name: [] for name in strategies}
+    for seed in range(args.linear_seeds):
+        pool, held = items(seed)
+
+        def of(item):
+            return features[4 * row[id(item)]:4 * row[id(item)] + 4]
+
+        held_rows = [(of(it), it["scores"]) for it in held]
+        labels = {t: ranking(pool[t], "careful", random.Random(f"{seed}:{t}")) for t in range(len(pool))}
+        order = list(range(len(pool)))
+        random.Random(seed).shuffle(order)
+        size = args.budget // steps
+
+        def diffs_of(chosen):
+            pairs = [(t, better, worse) for t in chosen for better, worse in order_pairs(labels[t])]
+            return torch.stack([of(pool[t])[b] - of(pool[t])[w] for t, b, w in pairs]), [t for t, _, _ in pairs]
+
+        def accuracy(head):
+            right = total = 0
+            for f, scores in held_rows:
+                rewards = (f @ head).tolist()
+                for a in range(4):
+                    for b in range(a + 1, 4):
+                        if abs(scores[a] - scores[b]) >= 1e-6:
+                            total += 1
+                            right += (rewards[a] > rewards[b]) == (scores[a] > scores[b])
+            return right / total
+
+        for name in strategies:
+            chosen, curve = order[:size], []
+            for n in range(1, steps + 1):
+                diffs, groups = diffs_of(chosen)
+                head = probe_head(diffs, l2=args.linear_l2)
+                curve.append(accuracy(head))
+                if n == steps:
+                    break
+                rest = [t for t in range(len(pool)) if t not in set(chosen)]
+                if name == "random":
+                    chosen = chosen + [t for t in order if t not in set(chosen)][:size]
+                    continue
+                task_features = [of(pool[t]) for t in rest]
+                scores = (probe_scores(task_features, diffs, l2=args.linear_l2) if name == "probe" else
+                          ensemble_scores(task_features, diffs, head, seed=seed, groups=groups))
+                chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:size]]
+            curves[name].append(curve)
+    print(f"\nActive learning with a linear head on frozen base features (l2 {args.linear_l2}, "
+          f"{args.linear_seeds} seeds, {steps} steps of {args.budget // steps} rankings)")
+    for n in range(steps):
+        print(f"  {(n + 1) / steps:4.0%}" + "".join(
+            f"  {name} {_mean_ci([c[n] for c in curves[name]]):24s}" for name in strategies))
+    full = sum(c[-1] for c in curves["random"]) / len(curves["random"])
+    for name in strategies[1:]:
+        means = [sum(c[n] for c in curves[name]) / len(curves[name]) for n in range(steps)]
+        reached = next(((n + 1) / steps for n, m in enumerate(means) if m >= full), None)
+        print(f"  random's full-budget mean {full:.3f}: the {name} order reaches it at "
+              f"{f'{reached:.0%}' if reached else 'no share'} of the budget")
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -360,12 +485,16 @@ def table(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("experiment", choices=["reliability", "active", "table"])
+    ap.add_argument("experiment", choices=["reliability", "active", "linear", "table"])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--budget", type=int, default=160, help="active: rankings in the full budget")
     ap.add_argument("--estimates", default="entropy,bald",
-                    help="active: comma list of entropy (rlhf.judge.pairwise_entropy: results 'uncertainty@…') and "
-                         "bald (rlhf.active's bootstrap-head ensemble: 'bald@…')")
+                    help="active: comma list of entropy (rlhf.judge.pairwise_entropy: results 'uncertainty@…'), "
+                         "bald (rlhf.active's bootstrap-head ensemble: 'bald@…') and probe (rlhf.active.probe_scores "
+                         "on the base model's features: 'probe@…')")
+    ap.add_argument("--linear-seeds", type=int, default=20, help="linear: seeds 0..N-1")
+    ap.add_argument("--linear-steps", type=int, default=4, help="linear: steps the budget is taken in")
+    ap.add_argument("--linear-l2", type=float, default=10.0, help="linear: the head's L2 penalty (rlhf.active.probe_head)")
     ap.add_argument("--variants", default="plain,weight,soft",
                     help="reliability: comma list of reward models to train per seed, in this order "
                          "(plain, weight, soft); finished ones are skipped")
@@ -404,6 +533,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.experiment == "linear":
+        run_linear(args)
+        return
     path = Path(args.output_dir) / "results.jsonl"
     done = set()
     if path.exists():
