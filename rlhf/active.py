@@ -143,6 +143,17 @@ def probe_head(diffs: torch.Tensor, *, l2: float = 10.0, steps: int = 100) -> to
     return w.detach().float()
 
 
+def standardised_probe(diffs: torch.Tensor, *, l2: float = 10.0) -> torch.Tensor:
+    """``probe_head`` fitted on the differences with each feature divided by its root mean square over them (left
+    as it is where no pair differs), so that the penalty weighs every direction the labels explored the same;
+    returned as a head (H,) on the features as they are (the fitted weights divided by the same scale)."""
+    if diffs.ndim != 2 or diffs.shape[0] == 0:
+        raise ValueError("a probe needs at least one labelled pair's feature difference (n, H)")
+    rms = diffs.float().pow(2).mean(dim=0).sqrt()
+    scale = torch.where(rms > 0, rms, torch.ones_like(rms))
+    return probe_head(diffs.float() / scale, l2=l2) / scale
+
+
 def probe_scores(task_features: Sequence[torch.Tensor], labelled_diffs: torch.Tensor, *,
                  l2: float = 10.0) -> list[float]:
     """Tasks' uncertainty under a linear probe on frozen features: each task's mean binary entropy (nats) of
@@ -158,16 +169,14 @@ def probe_scores(task_features: Sequence[torch.Tensor], labelled_diffs: torch.Te
         return []
     if labelled_diffs.ndim != 2 or labelled_diffs.shape[0] == 0:
         raise ValueError("probe_scores needs at least one labelled pair's feature difference (n, H)")
-    rms = labelled_diffs.float().pow(2).mean(dim=0).sqrt()
-    scale = torch.where(rms > 0, rms, torch.ones_like(rms))
-    head = probe_head(labelled_diffs.float() / scale, l2=l2)
+    head = standardised_probe(labelled_diffs, l2=l2)
     out = []
     for f in task_features:
         n = f.shape[0]
         if n < 2:
             out.append(0.0)
             continue
-        rewards = (f.float() / scale) @ head
+        rewards = f.float() @ head
         i, j = torch.triu_indices(n, n, offset=1)
         out.append(float(_binary_entropy(torch.sigmoid(rewards[i] - rewards[j]).double()).mean()))
     return out

@@ -243,6 +243,14 @@ class RewardRunConfig(TrainerConfig):
                                "rlhf.weighting and docs/QUALITY.md.", "none")
     min_confidence: float = _help("Drop pairs whose `confidence` is below this (0 keeps every pair; pairs without a "
                                   "confidence are kept).", 0.0)
+    head_init: str = _help("How the score head starts. 'random': as transformers initialises a fresh head. 'probe': "
+                           "linear probing, then fine-tuning (LP-FT, Kumar et al. 2022): every training answer is "
+                           "scored once by the model as loaded, a Bradley-Terry head is fitted to convergence on "
+                           "the pairs' frozen features (rlhf.active.standardised_probe) and training starts from "
+                           "it. Costs one forward pass over the distinct answers; see docs/QUALITY.md.", "random")
+
+
+HEAD_INITS = ("random", "probe")
 
 
 LENGTH_CONTROLS = ("none", "odin", "poe", "balance")
@@ -262,6 +270,8 @@ def check_label_weights(config) -> None:
 def check_reward_config(config: RewardRunConfig) -> None:
     """Raise ``ValueError`` for bad settings before any model loads."""
     check_label_weights(config)
+    if config.head_init not in HEAD_INITS:
+        raise ValueError(f"head_init must be one of {list(HEAD_INITS)} (got {config.head_init!r}).")
     if config.length_control not in LENGTH_CONTROLS:
         raise ValueError(f"length_control must be one of {list(LENGTH_CONTROLS)} (got {config.length_control!r}).")
     if isinstance(config.length_balance_bins, bool) or not isinstance(config.length_balance_bins, int) \

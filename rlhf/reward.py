@@ -22,6 +22,7 @@ both keep only the quality head as the model's score head.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Callable, Sequence
 
@@ -121,10 +122,26 @@ def score(model, tokenizer, items: Sequence[str | Messages], batch_size: int = 1
 
 
 def score_pairs(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16, calibrated: bool = True):
-    """(rewards of the chosen answers (N,), rewards of the rejected answers (N,))."""
-    items = [conversation(p.prompt, p.chosen) for p in pairs] + [conversation(p.prompt, p.rejected) for p in pairs]
+    """(rewards of the chosen answers (N,), rewards of the rejected answers (N,)). Each distinct conversation is
+    scored once: the C(K, 2) pairs of a ranking of K answers hold only K of them."""
+    where, items = distinct_conversations(pairs)
     rewards = score(model, tokenizer, items, batch_size, calibrated=calibrated)
-    return rewards[:len(pairs)], rewards[len(pairs):]
+    return rewards[where[:len(pairs)]], rewards[where[len(pairs):]]
+
+
+def distinct_conversations(pairs: Sequence[PreferencePair]) -> tuple[torch.Tensor, list]:
+    """(index (2N,) into the distinct conversations of every chosen then every rejected answer, those
+    conversations in first-seen order)."""
+    seen: dict[str, int] = {}
+    items, where = [], []
+    for prompt, answer in [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]:
+        item = conversation(prompt, answer)
+        key = json.dumps(item, sort_keys=True)
+        if key not in seen:
+            seen[key] = len(items)
+            items.append(item)
+        where.append(seen[key])
+    return torch.tensor(where, dtype=torch.long), items
 
 
 def pairwise_accuracy(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16) -> float:
@@ -220,11 +237,41 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, meg
     return [i for batch in batches for i in batch]
 
 
+def probe_head_for(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16
+                   ) -> tuple[torch.Tensor, dict]:
+    """``head_init: "probe"``: (a score head (H,) fitted to convergence on the pairs' features under ``model`` as
+    it is, a summary). Pairs of weight 0 are left out; the others count once each, in their stated order."""
+    from .active import standardised_probe
+
+    kept = [p for p in pairs if p.weight > 0]
+    if not kept:
+        raise ValueError("head_init 'probe' needs at least one pair of positive weight to fit the head on.")
+    where, items = distinct_conversations(kept)
+    _, features = score(model, tokenizer, items, batch_size, features=True, calibrated=False)
+    diffs = features[where[:len(kept)]] - features[where[len(kept):]]
+    head = standardised_probe(diffs)
+    return head, {"mode": "probe", "pairs": len(kept), "answers": len(items),
+                  "train_accuracy": round(float((diffs @ head > 0).float().mean()), 4)}
+
+
+def set_score_head(model, head: torch.Tensor) -> None:
+    """Copy ``head`` (H,) into the model's single-output score head (before LoRA wraps it: peft's trainable copy
+    starts from it)."""
+    weight = _score_module(model).weight
+    if weight.shape != (1, head.shape[-1]):
+        raise ValueError(f"the score head has shape {tuple(weight.shape)}; the head to start from has "
+                         f"{tuple(head.shape)}")
+    with torch.no_grad():
+        weight.copy_(head.reshape(1, -1).to(weight.dtype))
+
+
 def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair],
-                         eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None):
+                         eval_pairs: Sequence[PreferencePair] | None = None, model=None, tokenizer=None,
+                         initial_head: torch.Tensor | None = None):
     """A ``RewardTrainer`` ready to ``train()`` (the studio subclass with a ``length_control`` or
     ``label_weights``; with "balance" the pairs carry their balanced weights, ``trainer.rlhf_length_balance``
-    the balance's summary)."""
+    the balance's summary). The score head starts as ``config.head_init`` says, or from ``initial_head`` (H,)
+    when given (e.g. a probe fitted on features computed before); ``trainer.rlhf_head_init`` says which."""
     from trl import RewardConfig, RewardTrainer
 
     check_reward_config(config)
@@ -239,6 +286,13 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
                                        load_in_bits=config.load_in_bits)
     check_lora_layers(config, model)
     model.config.pad_token_id = tokenizer.pad_token_id
+    head_init = {"mode": "random"}
+    if initial_head is not None:
+        head_init = {"mode": "given"}
+    elif config.head_init == "probe":
+        initial_head, head_init = probe_head_for(model, tokenizer, pairs, config.eval_batch_size)
+    if initial_head is not None:
+        set_score_head(model, initial_head)
     sampling = {}
     if (config.group_by_prompt or config.group_by_length) and len(pairs) > config.per_device_batch_size:
         # Our own epoch order + a sequential sampler (transformers' group_by_length needs an `input_ids` column;
@@ -258,6 +312,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     if config.length_control == "none" and config.label_weights == "none" and not config.group_by_prompt:
         trainer = RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
         trainer.rlhf_throughput = throughput
+        trainer.rlhf_head_init = head_init
         return trainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
@@ -272,6 +327,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     trainer = _studio_trainer_class()(config, train_dataset=dataset, data_collator=collator, **common)
     trainer.rlhf_throughput = throughput
     trainer.rlhf_length_balance = balance
+    trainer.rlhf_head_init = head_init
     return trainer
 
 
@@ -524,9 +580,10 @@ def drop_length_head(model) -> None:
 
 def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None = None,
                  eval_pairs: Sequence[PreferencePair] | None = None,
-                 progress: Callable[[int, int, dict], None] | None = None) -> Artifacts:
+                 progress: Callable[[int, int, dict], None] | None = None,
+                 initial_head: torch.Tensor | None = None) -> Artifacts:
     """Train the reward model; metrics include ``eval/pairwise_accuracy`` and the length diagnostics
-    (``rlhf.length``) on held-out pairs."""
+    (``rlhf.length``) on held-out pairs. ``initial_head``: see ``build_reward_trainer``."""
     check_reward_config(config)
     if pairs is None:
         pairs = load_pairs(config.data, config.data_format, config.margin_scale)
@@ -538,7 +595,8 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     if not pairs:
         raise ValueError(f"no pair is left to train on: all {len(given)} were dropped by min_confidence "
                          f"{config.min_confidence} or had weight 0.")
-    trainer = attach_progress(build_reward_trainer(config, pairs), progress)  # refuses bad input before loading
+    trainer = attach_progress(build_reward_trainer(config, pairs, initial_head=initial_head),
+                              progress)  # refuses bad input before loading
     tokenizer = trainer.processing_class
 
     def held_out(trainer) -> dict:
@@ -560,7 +618,7 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
     return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
                        data_hash=data_hash(pairs), progress=progress, after_train=held_out,
                        extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or []),
-                                   "reward_head": head,
+                                   "reward_head": head, "head_init": trainer.rlhf_head_init,
                                    "label_weighting": weighting_summary(given, pairs, mode=config.label_weights,
                                                                         min_confidence=config.min_confidence),
                                    **({"length_balance": trainer.rlhf_length_balance}
