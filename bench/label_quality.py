@@ -23,6 +23,10 @@ ordered by the noise-free oracle.
                  bootstrap heads on its features, rlhf.active; "probe", the same entropy under a linear head
                  fitted to convergence on every ranking so far on the base model's frozen features,
                  rlhf.active.probe_scores; the first quarter is the same random quarter for every order).
+                 --also-at (default 0.7, the target's share): further points, each the prefix of an order inside
+                 its quarter. --head-init probe: every reward model's score head starts from a linear probe fitted
+                 on its training pairs' base-model features (LP-FT, rlhf.reward's head_init "probe"); those
+                 results are kept apart as experiment "active-lpft" (--tag names another, e.g. a control).
 
 Seed by seed, results appended to <output-dir>/results.jsonl (a rerun skips what is there), then the table:
 
@@ -30,6 +34,8 @@ Seed by seed, results appended to <output-dir>/results.jsonl (a rerun skips what
     OMP_NUM_THREADS=2 flock /work/.heavy.lock nice .venv/bin/python bench/label_quality.py active --seeds 0,1,2
     .venv/bin/python bench/label_quality.py reliability --flags-only --seeds 0,1,2,3,4   # the flags alone
     .venv/bin/python bench/label_quality.py linear --linear-seeds 20   # active learning, a linear head as learner
+    OMP_NUM_THREADS=2 nice .venv/bin/python bench/label_quality.py active --seeds 0,1,2 --estimates entropy \
+        --head-init probe --bf16 on --threads 2                          # LP-FT reward models, 2-5 min each
 """
 from __future__ import annotations
 
@@ -162,7 +168,8 @@ def train(pairs, held, args, seed: int, mode: str = "none", keep: Path | None = 
             left = f", about {(total - step) / rate / 60:.0f} min left" if rate else ""
             print(f"  [{mode}] step {step}/{total}, {time.time() - started:.0f} s{left}", file=sys.stderr, flush=True)
 
-    artifacts = train_reward(config, pairs, eval_pairs=held, progress=progress)
+    head = probe_initial_head(pairs, args) if args.head_init == "probe" else None
+    artifacts = train_reward(config, pairs, eval_pairs=held, progress=progress, initial_head=head)
     bf16 = read_metadata(artifacts.output_dir)["throughput"]["bf16"]  # what the run trained with, as it recorded
     facts = {"seconds": round(time.time() - started, 1), "pairs": len(pairs), "steps": artifacts.global_step,
              "bf16_autocast": bool(bf16), **({"group_by_prompt": True} if args.group_by_prompt else {})}
@@ -236,6 +243,22 @@ def base_features(args):
     return features
 
 
+def probe_initial_head(pairs, args):
+    """--head-init probe: the score head the reward model starts from (LP-FT), fitted on the training pairs' base-model
+    features as rlhf.reward.probe_head_for fits it (rlhf.active.standardised_probe), read from the cached features
+    instead of a forward pass per run."""
+    import torch
+
+    from rlhf.active import standardised_probe
+
+    features = base_features(args)
+    row = {(it["prompt"], text): 4 * n + k for n, it in enumerate(_scored_items()) for k, text in enumerate(it["texts"])}
+    kept = [p for p in pairs if p.weight > 0]
+    prompt = [p.prompt[-1]["content"] for p in kept]
+    diffs = torch.stack([features[row[(q, p.chosen)]] - features[row[(q, p.rejected)]] for q, p in zip(prompt, kept)])
+    return standardised_probe(diffs)
+
+
 def probe_order(pool: list[dict], chosen: list[int], labels: dict, quarter: int, args) -> list[int]:
     """The next quarter by rlhf.active.probe_scores: a Bradley–Terry head fitted on every ranking so far, on the
     base model's frozen features, asks the items whose order it is least sure of."""
@@ -293,6 +316,8 @@ def run_reliability(seed: int, args, done: set) -> list[dict]:
 def run_active(seed: int, args, done: set) -> None:
     import shutil
 
+    tag = args.tag if args.tag is not None else "" if args.head_init == "random" else "-lpft"
+    experiment = f"active{tag}"
     pool, held = items(seed)
     held_pairs = held_out_pairs(held)
     order = list(range(len(pool)))
@@ -311,23 +336,32 @@ def run_active(seed: int, args, done: set) -> None:
         to choose the next quarter, so a recorded step whose model is gone is trained again (not recorded
         twice: a second row would count twice in the table's mean)."""
         variant = f"{strategy}@{len(chosen) / (4 * quarter)}"
-        recorded = ("active", seed, variant) in done
+        recorded = (experiment, seed, variant) in done
         if recorded and (keep is None or (keep / "model").is_dir()):
             return
         accuracy, facts = train(pairs_of(chosen), held_pairs, args, seed, keep=keep)
         if recorded:
             print(f"  {variant} retrained to choose the next quarter: accuracy {accuracy:.3f}", file=sys.stderr)
             return
-        done.add(("active", seed, variant))
-        _emit({"experiment": "active", "seed": seed, "variant": variant, "rankings": len(chosen),
+        done.add((experiment, seed, variant))
+        _emit({"experiment": experiment, "seed": seed, "variant": variant, "rankings": len(chosen),
                "accuracy": accuracy, **facts}, args)
 
-    step1 = Path(args.output_dir) / f"active-{seed}-step1"  # the shared random quarter's model starts every order
-    chains = [ESTIMATES[e] for e in args.estimates.split(",")
-              if any(("active", seed, f"{ESTIMATES[e]}@{f}") not in done for f in (0.5, 0.75, 1.0))]
+    def between(strategy: str, chosen: list[int], before: int) -> None:
+        """--also-at: the shares that fall inside the step just taken, each trained on that prefix of the order
+        (within a step the items are in the order's own ranking: most uncertain first)."""
+        for share in args.also_at:
+            k = round(share * 4 * quarter)
+            if before < k < len(chosen):
+                step(strategy, chosen[:k])
+
+    step1 = Path(args.output_dir) / f"active{tag}-{seed}-step1"  # the shared random quarter's model starts every order
+    chains = [ESTIMATES[e] for e in args.estimates.split(",") if e
+              if any((experiment, seed, f"{ESTIMATES[e]}@{f}") not in done for f in (0.5, 0.75, 1.0))]
     needs_step1 = any(name != "probe" for name in chains)
     for n in range(1, 5):
         step("random", order[:quarter * n], keep=step1 if n == 1 and needs_step1 else None)
+        between("random", order[:quarter * n], quarter * (n - 1))
     # Each estimate: the first (random) quarter, then each next quarter the items the model trained on
     # everything so far scores highest; the model of each step is kept to choose the next. An order whose
     # points are all recorded is skipped (its models would only be retrained).
@@ -336,19 +370,21 @@ def run_active(seed: int, args, done: set) -> None:
         if name == "probe":  # no reward model needed to choose: only each step's accuracy is trained for
             for _ in range(1, 4):
                 pairs_of(chosen)
-                chosen = probe_order(pool, chosen, labels, quarter, args)
+                before, chosen = len(chosen), probe_order(pool, chosen, labels, quarter, args)
                 step(name, chosen)
+                between(name, chosen, before)
             continue
         for n in range(1, 4):  # step 1's model (the shared random quarter) is the same for every estimate
-            model_dir = step1 if n == 1 else Path(args.output_dir) / f"active-{seed}-{name}-step{n}"
+            model_dir = step1 if n == 1 else Path(args.output_dir) / f"active{tag}-{seed}-{name}-step{n}"
             if not (model_dir / "model").is_dir():
                 train(pairs_of(chosen), held_pairs, args, seed, keep=model_dir)
             pairs_of(chosen)  # the labels of what is chosen so far (the same whichever order asked for them)
             rest = [t for t in range(len(pool)) if t not in set(chosen)]
             scores = uncertainty(model_dir / "model", [pool[t] for t in rest], ESTIMATE_OF[name],
                                  labelled=[(pool[t], labels[t]) for t in chosen], seed=seed)
-            chosen = chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
-            step(name, chosen, keep=Path(args.output_dir) / f"active-{seed}-{name}-step{n + 1}" if n < 3 else None)
+            before, chosen = len(chosen), chosen + [t for _, t in sorted(zip(scores, rest), reverse=True)[:quarter]]
+            step(name, chosen, keep=Path(args.output_dir) / f"active{tag}-{seed}-{name}-step{n + 1}" if n < 3 else None)
+            between(name, chosen, before)
             if n > 1:
                 shutil.rmtree(model_dir, ignore_errors=True)
     shutil.rmtree(step1, ignore_errors=True)
@@ -459,9 +495,15 @@ def table(args) -> None:
         for variant in ("weight", "soft"):
             diffs = [by[variant][s] - by["plain"][s] for s in by[variant] if s in by["plain"]]
             print(f"  {variant} − plain: {_mean_ci(diffs)} (target ≥ +0.030)")
-    act = [r for r in rows if r["experiment"] == "active"]
+    titles = {"active": "", "active-lpft": ", score head started from a linear probe (LP-FT)"}
+    for experiment in sorted({r["experiment"] for r in rows if r["experiment"].startswith("active")}):
+        _active_table([r for r in rows if r["experiment"] == experiment],
+                      titles.get(experiment, f", results tagged {experiment!r}"))
+
+
+def _active_table(act: list[dict], title: str) -> None:
     if act:
-        print("\nActive learning (reward-model accuracy after a share of the ranking budget)")
+        print(f"\nActive learning (reward-model accuracy after a share of the ranking budget{title})")
         names = [n for n in ESTIMATES.values() if any(r["variant"].startswith(f"{n}@") for r in act)]
 
         def accuracies(name: str, fraction: float) -> list[float]:
@@ -470,17 +512,24 @@ def table(args) -> None:
                 got = [r["accuracy"] for r in act if r["variant"] == "random@0.25"]
             return got
 
-        for fraction in (0.25, 0.5, 0.75, 1.0):
+        shares = sorted({0.25, 0.5, 0.75, 1.0} | {float(r["variant"].split("@")[1]) for r in act})
+        for fraction in shares:
             print(f"  {fraction:4.0%}  random {_mean_ci(accuracies('random', fraction)):28s}"
                   + "".join(f" {name} {_mean_ci(accuracies(name, fraction)):28s}" for name in names))
         full = accuracies("random", 1.0)
         if full:
             target = sum(full) / len(full)
             for name in names:
-                reached = [f for f in (0.25, 0.5, 0.75, 1.0)
+                reached = [f for f in shares
                            if (vals := accuracies(name, f)) and sum(vals) / len(vals) >= target]
                 print(f"  random's full-budget mean {target:.3f}: the {name} order reaches it at "
                       f"{f'{min(reached):.0%}' if reached else 'no share'} of the budget (target ≤ 70%)")
+                full_of = {r["seed"]: r["accuracy"] for r in act if r["variant"] == "random@1.0"}
+                for f in [f for f in shares if 0.5 <= f < 1.0]:  # paired by seed: the order at f − random at 100%
+                    diffs = [r["accuracy"] - full_of[r["seed"]] for r in act
+                             if r["variant"] == f"{name}@{f}" and r["seed"] in full_of]
+                    if diffs:
+                        print(f"    {name}@{f:.0%} − random@100%, paired by seed: {_mean_ci(diffs)}")
 
 
 def main() -> None:
@@ -513,10 +562,19 @@ def main() -> None:
     ap.add_argument("--group-by-prompt", action="store_true",
                     help="train with group_by_prompt: a prompt's pairs batched together, each distinct answer scored "
                          "once a batch (fewer forward passes; a different pair order)")
+    ap.add_argument("--also-at", default="0.7", type=lambda v: [float(x) for x in v.split(",") if x.strip()],
+                    help="active: comma list of further shares of the budget to measure, each a prefix of the order "
+                         "inside its step (default 0.7, the target's share; '' for none)")
+    ap.add_argument("--head-init", choices=["random", "probe"], default="random",
+                    help="active: how each reward model's score head starts ('probe': LP-FT, rlhf.reward's head_init "
+                         "'probe' on the cached base features; results under experiment 'active-lpft')")
+    ap.add_argument("--tag", default=None,
+                    help="active: results under experiment 'active<tag>' (default: '' with --head-init random, '-lpft' "
+                         "with probe), e.g. '-bf16' to keep a bf16 control apart from the fp32 rows")
     ap.add_argument("--model", default=None, help="reward model base (default: the bundled SmolLM2-135M-Instruct)")
     ap.add_argument("--output-dir", default=str(ROOT / "bench" / "out" / "label_quality"))
     args = ap.parse_args()
-    unknown = set(args.estimates.split(",")) - set(ESTIMATES)
+    unknown = {e for e in args.estimates.split(",") if e} - set(ESTIMATES)
     if unknown:
         ap.error(f"--estimates: unknown {', '.join(sorted(unknown))} (known: {', '.join(ESTIMATES)})")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
