@@ -519,12 +519,12 @@ def _active_table(act: list[dict], title: str) -> None:
         full = accuracies("random", 1.0)
         if full:
             target = sum(full) / len(full)
+            full_of = {r["seed"]: r["accuracy"] for r in act if r["variant"] == "random@1.0"}
             for name in names:
                 reached = [f for f in shares
                            if (vals := accuracies(name, f)) and sum(vals) / len(vals) >= target]
                 print(f"  random's full-budget mean {target:.3f}: the {name} order reaches it at "
                       f"{f'{min(reached):.0%}' if reached else 'no share'} of the budget (target ≤ 70%)")
-                full_of = {r["seed"]: r["accuracy"] for r in act if r["variant"] == "random@1.0"}
                 for f in [f for f in shares if 0.5 <= f < 1.0]:  # paired by seed: the order at f − random at 100%
                     diffs = [r["accuracy"] - full_of[r["seed"]] for r in act
                              if r["variant"] == f"{name}@{f}" and r["seed"] in full_of]
@@ -577,6 +577,8 @@ def main() -> None:
     unknown = {e for e in args.estimates.split(",") if e} - set(ESTIMATES)
     if unknown:
         ap.error(f"--estimates: unknown {', '.join(sorted(unknown))} (known: {', '.join(ESTIMATES)})")
+    if args.head_init != "random" and args.experiment != "active":  # its rows would mix with the random-head ones
+        ap.error("--head-init probe is for the active experiment (its results are kept apart there)")
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         ap.error(f"--variants: unknown {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
