@@ -5,7 +5,8 @@
 An ``AutoModelForSequenceClassification`` with one output is initialised from the SFT checkpoint (a
 fresh ``score`` head on top of the policy's body) and trained with the Bradley-Terry loss
 ``-log sigmoid(r_chosen - r_rejected [- margin])`` on conversational preference pairs. Pairs longer
-than ``max_length`` tokens are dropped (TRL does not truncate). After training the pairwise accuracy
+than ``max_length`` tokens are dropped (TRL does not truncate; ``drop_too_long`` drops them first and the run's
+metadata counts them as ``num_pairs_too_long``). After training the pairwise accuracy
 on held-out pairs (``eval_pairs``, or an ``eval_fraction`` split) is reported as
 ``eval/pairwise_accuracy``.
 
@@ -23,6 +24,7 @@ both keep only the quality head as the model's score head.
 from __future__ import annotations
 
 import json
+import logging
 import random
 from typing import Callable, Sequence
 
@@ -48,6 +50,8 @@ from .runner import (
 )
 from .weighting import select_pairs
 from .weighting import summary as weighting_summary
+
+log = logging.getLogger(__name__)
 
 
 def conversation(prompt: str | Messages, completion: str) -> Messages:
@@ -237,6 +241,30 @@ def length_grouped_order(lengths: Sequence[int], batch_size: int, seed: int, meg
     return [i for batch in batches for i in batch]
 
 
+def drop_too_long(pairs: Sequence[PreferencePair], tokenizer, max_length: int | None
+                  ) -> tuple[list[PreferencePair], list[int], int]:
+    """(the pairs whose chosen and rejected conversations both fit ``max_length`` tokens, the longest conversation
+    of each in tokens, how many were dropped): the pairs RewardTrainer would drop itself (it does not truncate),
+    dropped before anything sees them (the head probe, the epoch order, the count in the run's metadata). Each
+    distinct conversation is tokenized once. Raises ``ValueError`` when none fits."""
+    pairs = list(pairs)
+    where, items = distinct_conversations(pairs)
+    where = where.tolist()
+    sizes = [len(encode_for_reward(tokenizer, item)) for item in items]
+    lengths = [max(sizes[where[i]], sizes[where[len(pairs) + i]]) for i in range(len(pairs))]
+    if not max_length:
+        return pairs, lengths, 0
+    kept = [i for i, n in enumerate(lengths) if n <= max_length]
+    if not kept:
+        raise ValueError(f"no pair fits max_length={max_length} tokens: the shortest of the {len(pairs)} pairs "
+                         f"takes {min(lengths)} tokens (chat template included). Raise max_length, or shorten "
+                         "the prompts (rlhf.reward.fit_to_length keeps a pair with a shorter history).")
+    if len(kept) < len(pairs):
+        log.info("dropping %d of %d pairs longer than max_length=%d tokens", len(pairs) - len(kept), len(pairs),
+                 max_length)
+    return [pairs[i] for i in kept], [lengths[i] for i in kept], len(pairs) - len(kept)
+
+
 def probe_head_for(model, tokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16
                    ) -> tuple[torch.Tensor, dict]:
     """``head_init: "probe"``: (a score head (H,) fitted to convergence on the pairs' features under ``model`` as
@@ -281,6 +309,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
         pairs, balance = balance_pairs(pairs, mode=config.label_weights, bins=config.length_balance_bins)
     seed_everything(config.seed)  # the score head is initialised at load time
     tokenizer = tokenizer or load_tokenizer(config.model)
+    pairs, lengths, too_long = drop_too_long(pairs, tokenizer, config.max_length)  # before the model loads
     throughput = resolve_throughput(config, "reward")
     model = model or load_reward_model(config.model, device=config.device, dtype=throughput.dtype,
                                        load_in_bits=config.load_in_bits)
@@ -296,9 +325,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     sampling = {}
     if (config.group_by_prompt or config.group_by_length) and len(pairs) > config.per_device_batch_size:
         # Our own epoch order + a sequential sampler (transformers' group_by_length needs an `input_ids` column;
-        # RewardTrainer's rows hold chosen/rejected ids). Longest conversation of a pair:
-        lengths = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, c))) for c in (p.chosen, p.rejected))
-                   for p in pairs]
+        # RewardTrainer's rows hold chosen/rejected ids); `lengths`: the longest conversation of each pair.
         batch = config.per_device_batch_size * config.gradient_accumulation_steps
         order = (prompt_grouped_order([p.prompt for p in pairs], lengths, batch, config.seed)
                  if config.group_by_prompt else length_grouped_order(lengths, batch, config.seed))
@@ -313,6 +340,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
         trainer = RewardTrainer(train_dataset=pairs_to_dataset(pairs), **common)
         trainer.rlhf_throughput = throughput
         trainer.rlhf_head_init = head_init
+        trainer.rlhf_too_long = too_long
         return trainer
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
@@ -328,6 +356,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     trainer.rlhf_throughput = throughput
     trainer.rlhf_length_balance = balance
     trainer.rlhf_head_init = head_init
+    trainer.rlhf_too_long = too_long
     return trainer
 
 
@@ -617,7 +646,9 @@ def train_reward(config: RewardRunConfig, pairs: Sequence[PreferencePair] | None
                                                                                   "single head")
     return run_trainer(trainer, config, kind="reward", tokenizer=tokenizer, base_model=describe_model(config.model),
                        data_hash=data_hash(pairs), progress=progress, after_train=held_out,
-                       extra_meta={"num_pairs": len(pairs), "num_eval_pairs": len(eval_pairs or []),
+                       extra_meta={"num_pairs": len(pairs) - trainer.rlhf_too_long,
+                                   "num_pairs_too_long": trainer.rlhf_too_long,
+                                   "num_eval_pairs": len(eval_pairs or []),
                                    "reward_head": head, "head_init": trainer.rlhf_head_init,
                                    "label_weighting": weighting_summary(given, pairs, mode=config.label_weights,
                                                                         min_confidence=config.min_confidence),

@@ -18,8 +18,9 @@ PAIRS = [PreferencePair(f"Tell me about {t}.", ANSWERS[t][a], ANSWERS[t][b])
 def _config(tmp_path, tiny_dir, **kw):
     from rlhf.reward import RewardRunConfig
 
+    kw = {"max_length": 512, **kw}
     return RewardRunConfig(output_dir=str(tmp_path / "rm"), model=tiny_dir, max_steps=1, per_device_batch_size=2,
-                           max_length=512, save_steps=0, eval_fraction=0.0, seed=0, lora_dropout=0.0, **kw)
+                           save_steps=0, eval_fraction=0.0, seed=0, lora_dropout=0.0, **kw)
 
 
 def _features(tiny_dir, pairs):
@@ -103,3 +104,42 @@ def test_score_pairs_scores_each_distinct_answer_once_with_the_same_rewards(tiny
         PreferencePair("Tell me about cats.", "Yes.", "No."),
         PreferencePair([{"role": "user", "content": "Tell me about cats."}], "Yes.", "No.")])
     assert len(items) == 2 and where.tolist() == [0, 0, 1, 1]
+
+
+def _long(pair, words=120):
+    return replace(pair, chosen=pair.chosen + " really" * words)
+
+
+def test_pairs_longer_than_max_length_are_dropped_before_the_probe_and_counted(tmp_path, tiny_dir):
+    from rlhf.contract import read_metadata
+    from rlhf.models import load_tokenizer
+    from rlhf.reward import build_reward_trainer, conversation, drop_too_long, encode_for_reward, train_reward
+
+    tokenizer = load_tokenizer(tiny_dir)
+    pairs = PAIRS[:-2] + [_long(p) for p in PAIRS[-2:]]
+    longest = [max(len(encode_for_reward(tokenizer, conversation(p.prompt, a))) for a in (p.chosen, p.rejected))
+               for p in pairs]
+    limit = max(longest[:-2])
+    assert min(longest[-2:]) > limit  # the two long pairs do not fit, every other one does
+    kept, lengths, dropped = drop_too_long(pairs, tokenizer, limit)
+    assert kept == pairs[:-2] and lengths == longest[:-2] and dropped == 2
+    assert drop_too_long(pairs, tokenizer, limit + 10_000) == (pairs, longest, 0)
+    # TRL's own filter finds nothing left to drop; the probe was fitted on the pairs that train
+    trainer = build_reward_trainer(_config(tmp_path, tiny_dir, head_init="probe", max_length=limit), pairs)
+    assert len(trainer.train_dataset) == len(pairs) - 2 and trainer.rlhf_too_long == 2
+    assert trainer.rlhf_head_init["pairs"] == len(pairs) - 2
+    artifacts = train_reward(_config(tmp_path, tiny_dir, max_length=limit), pairs)
+    meta = read_metadata(artifacts.output_dir)
+    assert meta["num_pairs"] == len(pairs) - 2 and meta["num_pairs_too_long"] == 2
+
+
+def test_no_pair_within_max_length_is_a_clear_error_before_the_model_loads(tmp_path, tiny_dir, monkeypatch):
+    import rlhf.reward as reward
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(reward, "load_reward_model", no_model)
+    with pytest.raises(ValueError, match=r"no pair fits max_length=8 tokens: the shortest of the 18 pairs takes \d+"):
+        reward.train_reward(_config(tmp_path, tiny_dir, max_length=8), PAIRS)
+    assert not (tmp_path / "rm").exists()
