@@ -39,9 +39,11 @@ from rlhf.config import (
 
 POLICY_CONFIGS = {"ppo": PPOConfig, "dpo": DPORunConfig, "rloo": RLOOConfig, "grpo": GRPOConfig}
 
-# Where the studio's default differs from rlhf's: LoRA runs keep their adapter only (MBs, not a full copy of
-# the model; docs/OPERATIONS.md "Disk use"). The worker applies the same (workers.executors.make_config).
-STUDIO_DEFAULTS = {"merge": False}
+# Where the studio's default differs from rlhf's, for every config class that has the field: LoRA runs keep
+# their adapter only (MBs, not a full copy of the model; docs/OPERATIONS.md "Disk use"); reward runs start their
+# score head from a linear probe (LP-FT, 4.5-9 points of held-out accuracy on real rankings: docs/QUALITY.md
+# "Reward models that start from the probe"). The worker applies the same (workers.executors.make_config).
+STUDIO_DEFAULTS = {"merge": False, "head_init": "probe"}
 
 # Decided by the worker for every run (paths and the data it is given), never by the round.
 WORKER_FIELDS = frozenset({"output_dir", "model", "data", "data_format", "resume", "reward_model", "value_model",

@@ -73,7 +73,8 @@ def make_config(cls, run: TrainingRun, exclude: tuple = (), **fixed):
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValidationError(f"Unknown {cls.__name__} settings: {unknown}.")
-    return load_config(cls, {**STUDIO_DEFAULTS, **params, **fixed, "output_dir": run.output_dir})
+    studio = {k: v for k, v in STUDIO_DEFAULTS.items() if k in known}  # head_init: reward runs only
+    return load_config(cls, {**studio, **params, **fixed, "output_dir": run.output_dir})
 
 
 def resume_retried(run: TrainingRun, records) -> dict:

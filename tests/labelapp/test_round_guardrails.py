@@ -528,6 +528,8 @@ def test_rounds_keep_lora_adapters_only_by_default(sent):
     make_prompt(project)
     rnd = round_start(project=project, user=admin)
     assert all(rnd.params[section]["merge"] is False for section in ("sft", "reward", "policy"))
+    assert rnd.params["reward"]["head_init"] == "probe"  # LP-FT; the other sections have no such setting
+    assert all("head_init" not in rnd.params[section] for section in ("sft", "policy"))
     round_cancel(round_id=rnd.pk, user=admin)
     merged = round_start(project=project, user=admin, params={"reward": {"merge": True}})
     assert merged.params["reward"]["merge"] is True and merged.params["policy"]["merge"] is False

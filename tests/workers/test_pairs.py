@@ -53,6 +53,22 @@ def test_reward_and_dpo_runs_train_on_the_filtered_pairs_and_record_the_gap(rank
         step(run_of(ranked, kind, {**TINY, "min_rank_gap": 4}), lambda *a: None)
 
 
+def test_studio_reward_runs_start_their_head_from_the_probe_unless_the_round_says_otherwise(ranked):
+    from rlhf.contract import read_metadata
+    from rlhf.dpo import DPORunConfig
+    from rlhf.reward import RewardRunConfig
+
+    assert executors.make_config(RewardRunConfig, run_of(ranked, "reward", dict(TINY))).head_init == "probe"
+    assert not hasattr(executors.make_config(DPORunConfig, run_of(ranked, "dpo", dict(TINY))), "head_init")
+    finished = execute(executors.run_reward, run_of(ranked, "reward", dict(TINY)))
+    meta = read_metadata(finished.output_dir)
+    record = meta["head_init"]  # fitted on the pairs that train (the held-out split left out)
+    assert record["mode"] == "probe" and record["pairs"] == meta["num_pairs"] == 18 - meta["num_eval_pairs"] < 18
+    assert record["answers"] == 12
+    finished = execute(executors.run_reward, run_of(ranked, "reward", {**TINY, "head_init": "random"}))
+    assert read_metadata(finished.output_dir)["head_init"] == {"mode": "random"}
+
+
 def test_ppo_refuses_a_pair_setting_it_cannot_use(ranked):
     from rlhf.ppo import PPOConfig
 
