@@ -282,6 +282,27 @@ def probe_head_for(model, tokenizer, pairs: Sequence[PreferencePair], batch_size
                   "train_accuracy": round(float((diffs @ head > 0).float().mean()), 4)}
 
 
+HEAD_INIT_FILE = "head_init.json"  # in the run's output_dir: how the probe went, for a resumed run's metadata
+
+
+def _probe_or_resumed(config: RewardRunConfig, model, tokenizer, pairs: Sequence[PreferencePair]
+                      ) -> tuple[torch.Tensor | None, dict]:
+    """``head_init: "probe"``: the probe's head and summary (the summary kept in ``HEAD_INIT_FILE``); or, for a run
+    that resumes from a checkpoint of a run that fitted it, (None, that summary + ``resumed``): the checkpoint
+    holds the head training made of the probe, so no forward pass is spent on a head that would be overwritten."""
+    from pathlib import Path
+
+    from .contract import last_checkpoint
+
+    saved = Path(config.output_dir) / HEAD_INIT_FILE
+    if config.resume and saved.is_file() and last_checkpoint(config.output_dir):
+        return None, {**json.loads(saved.read_text()), "resumed": True}
+    head, summary = probe_head_for(model, tokenizer, pairs, config.eval_batch_size)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(summary))
+    return head, summary
+
+
 def set_score_head(model, head: torch.Tensor) -> None:
     """Copy ``head`` (H,) into the model's single-output score head (before LoRA wraps it: peft's trainable copy
     starts from it)."""
@@ -319,7 +340,7 @@ def build_reward_trainer(config: RewardRunConfig, pairs: Sequence[PreferencePair
     if initial_head is not None:
         head_init = {"mode": "given"}
     elif config.head_init == "probe":
-        initial_head, head_init = probe_head_for(model, tokenizer, pairs, config.eval_batch_size)
+        initial_head, head_init = _probe_or_resumed(config, model, tokenizer, pairs)
     if initial_head is not None:
         set_score_head(model, initial_head)
     sampling = {}

@@ -143,3 +143,21 @@ def test_no_pair_within_max_length_is_a_clear_error_before_the_model_loads(tmp_p
     with pytest.raises(ValueError, match=r"no pair fits max_length=8 tokens: the shortest of the 18 pairs takes \d+"):
         reward.train_reward(_config(tmp_path, tiny_dir, max_length=8), PAIRS)
     assert not (tmp_path / "rm").exists()
+
+
+def test_a_resumed_probe_run_takes_its_head_from_the_checkpoint_without_fitting_again(tmp_path, tiny_dir, monkeypatch):
+    import rlhf.reward as reward
+    from rlhf.contract import last_checkpoint, read_metadata
+
+    config = replace(_config(tmp_path, tiny_dir, head_init="probe"), max_steps=2, save_steps=1, save_total_limit=None)
+    first = read_metadata(reward.train_reward(config, PAIRS).output_dir)["head_init"]
+    assert first["mode"] == "probe" and last_checkpoint(config.output_dir)
+
+    def no_probe(*args, **kwargs):
+        raise AssertionError("the probe was fitted again")
+
+    monkeypatch.setattr(reward, "probe_head_for", no_probe)
+    trainer = reward.build_reward_trainer(replace(config, resume=True), PAIRS)
+    assert trainer.rlhf_head_init == {**first, "resumed": True}
+    with pytest.raises(AssertionError, match="fitted again"):  # a run that does not resume fits its own
+        reward.build_reward_trainer(config, PAIRS)
